@@ -1,0 +1,46 @@
+//! Builds the eBPF objects (ebpf/sonde-ebpf) with aya-build and embeds them.
+//!
+//! With `AYA_BUILD_SKIP=1` no object is built (for `cargo check`, clippy on
+//! machines without bpf-linker, docs); we then write empty placeholders so the
+//! agent still compiles, and it refuses at run time with a clear message.
+
+use std::{env, fs, path::PathBuf};
+
+use anyhow::{Context as _, Result};
+
+/// The objects the agent embeds; each is a `[[bin]]` of sonde-ebpf.
+const OBJECTS: &[&str] = &["sonde-process", "sonde-probe"];
+
+fn main() -> Result<()> {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let ebpf_dir = manifest_dir.join("../ebpf/sonde-ebpf");
+    let common_dir = manifest_dir.join("../ebpf/sonde-common");
+    // aya-build watches the kernel crate's directory; the ABI crate is a
+    // dependency of it that cargo cannot see through the nested build.
+    println!("cargo:rerun-if-changed={}", common_dir.display());
+
+    let ebpf_dir = ebpf_dir
+        .canonicalize()
+        .context("ebpf/sonde-ebpf is missing")?;
+    let root = ebpf_dir.to_str().context("non-UTF-8 path")?;
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "sonde-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::default(),
+    )
+    .context(
+        "building the eBPF objects failed; run `cargo xtask setup` to install the toolchain",
+    )?;
+
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    for name in OBJECTS {
+        let path = out_dir.join(name);
+        if !path.exists() {
+            fs::write(&path, b"").with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,186 @@
+//! Control API (HTTP/JSON on the Unix socket): what `sonde <command>` asks.
+
+use std::{
+    io,
+    os::unix::fs::{FileTypeExt, PermissionsExt},
+    path::Path,
+};
+
+use axum::{
+    Json, Router,
+    extract::{Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{AppState, NamedHealth};
+use crate::{features::Feature, process_table::ProcessInfo};
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/processes", get(processes))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Body of every control-API error: the CLI prints `error` as is.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+pub fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(ApiError { error: msg.into() })).into_response()
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; this agent may be older than the CLI",
+    )
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_seconds: f64,
+    pub kernel: String,
+    pub ready: bool,
+    pub status: crate::collectors::HealthStatus,
+    pub listen: String,
+    pub socket: String,
+    pub features: Vec<FeatureOut>,
+    pub collectors: Vec<CollectorOut>,
+    pub processes_tracked: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FeatureOut {
+    pub name: String,
+    pub available: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CollectorOut {
+    pub name: String,
+    pub status: crate::collectors::HealthStatus,
+    pub reason: String,
+}
+
+impl From<&Feature> for FeatureOut {
+    fn from(f: &Feature) -> Self {
+        Self {
+            name: f.name.to_owned(),
+            available: f.available,
+            detail: f.detail.clone(),
+        }
+    }
+}
+
+impl From<NamedHealth> for CollectorOut {
+    fn from(h: NamedHealth) -> Self {
+        Self {
+            name: h.name,
+            status: h.health.status,
+            reason: h.health.reason,
+        }
+    }
+}
+
+async fn status(State(s): State<AppState>) -> Json<Status> {
+    let report = s.health_report();
+    let features = s.features.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        uptime_seconds: s.started.elapsed().as_secs_f64(),
+        kernel: features.kernel.clone(),
+        ready: report.ready,
+        status: report.status,
+        listen: s.config.api.listen.to_string(),
+        socket: s.config.api.socket.display().to_string(),
+        features: features.features.iter().map(FeatureOut::from).collect(),
+        collectors: s
+            .collector_health()
+            .into_iter()
+            .map(CollectorOut::from)
+            .collect(),
+        processes_tracked: s.processes.list().iter().filter(|p| !p.exited).count(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct ProcessQuery {
+    pid: Option<u32>,
+    name: Option<String>,
+}
+
+async fn processes(
+    State(s): State<AppState>,
+    Query(q): Query<ProcessQuery>,
+) -> Json<Vec<ProcessInfo>> {
+    let list = s
+        .processes
+        .list()
+        .into_iter()
+        .filter(|p| q.pid.is_none_or(|pid| p.pid == pid))
+        .filter(|p| {
+            q.name
+                .as_deref()
+                .is_none_or(|n| p.comm == n || p.service == n)
+        })
+        .collect();
+    Json(list)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("another sonde agent is already serving {0}")]
+    InUse(String),
+    #[error("{path} exists and is not a socket; refusing to remove it")]
+    NotSocket { path: String },
+    #[error(
+        "cannot create the control socket {path}: {source} (set api.socket or SONDE_API__SOCKET)"
+    )]
+    Io { path: String, source: io::Error },
+}
+
+/// Binds the control socket with mode 0600, replacing a stale socket left by
+/// an agent that died, but never one that a live agent still serves.
+pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, SocketError> {
+    let p = path.display().to_string();
+    let io_err = |source| SocketError::Io {
+        path: p.clone(),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(SocketError::NotSocket { path: p });
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(SocketError::InUse(p)),
+            Err(_) => {
+                tracing::info!(socket = %p, "removing stale control socket");
+                std::fs::remove_file(path).map_err(io_err)?;
+            }
+        }
+    }
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+    }
+    // Create it private from the start: umask 077 around bind, so there is
+    // no window in which another user could connect.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let listener = tokio::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = listener.map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+    Ok(listener)
+}

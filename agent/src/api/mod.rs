@@ -1,0 +1,100 @@
+//! The agent's HTTP surfaces: metrics and health on TCP (safe to expose to a
+//! scraper), the control API on a Unix socket (stacks and paths are
+//! sensitive, so it is never on TCP unless configured).
+
+pub mod control;
+pub mod tcp;
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use serde::Serialize;
+
+use crate::{
+    collectors::{Collector, ComponentHealth, HealthStatus},
+    config::Config,
+    features::Features,
+    process_table::ProcessTable,
+    telemetry::Telemetry,
+};
+
+/// Everything the handlers read. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub telemetry: Telemetry,
+    pub config: Arc<Config>,
+    pub started: Instant,
+    pub features: Arc<Mutex<Features>>,
+    pub collectors: Arc<Mutex<Vec<Box<dyn Collector>>>>,
+    pub processes: ProcessTable,
+    /// Set once every enabled collector has been started (or has failed).
+    pub startup_done: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NamedHealth {
+    pub name: String,
+    #[serde(flatten)]
+    pub health: ComponentHealth,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    pub status: HealthStatus,
+    pub ready: bool,
+    pub components: Vec<NamedHealth>,
+}
+
+impl AppState {
+    pub fn collector_health(&self) -> Vec<NamedHealth> {
+        let collectors = self.collectors.lock().unwrap_or_else(|e| e.into_inner());
+        collectors
+            .iter()
+            .map(|c| NamedHealth {
+                name: c.name().to_owned(),
+                health: c.health(),
+            })
+            .collect()
+    }
+
+    /// Ready when start-up is over and at least one collector is running:
+    /// an agent with nothing attached should not receive traffic or be
+    /// considered rolled out.
+    pub fn health_report(&self) -> HealthReport {
+        let mut components = self.collector_health();
+        let startup_done = self.startup_done.load(Ordering::Acquire);
+        let any_running = components
+            .iter()
+            .any(|c| c.health.status != HealthStatus::Unhealthy);
+        let ready = startup_done && any_running;
+        components.push(NamedHealth {
+            name: "startup".into(),
+            health: if startup_done {
+                ComponentHealth::healthy("collectors started")
+            } else {
+                ComponentHealth::degraded("starting collectors")
+            },
+        });
+        let worst = components
+            .iter()
+            .map(|c| c.health.status)
+            .max()
+            .unwrap_or(HealthStatus::Healthy);
+        // The agent as a whole is unhealthy only when nothing runs; a single
+        // failed collector makes it degraded.
+        let status = match worst {
+            HealthStatus::Unhealthy if any_running => HealthStatus::Degraded,
+            s => s,
+        };
+        HealthReport {
+            status,
+            ready,
+            components,
+        }
+    }
+}

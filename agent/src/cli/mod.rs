@@ -1,0 +1,149 @@
+//! `sonde <command>`: argument parsing and dispatch. Arguments are parsed
+//! into typed values here; the daemon and the query commands get those,
+//! never raw strings.
+
+pub mod client;
+pub mod output;
+pub mod status;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, DEFAULT_SOCKET};
+
+const ABOUT: &str = "sonde: eBPF observability for Linux, with no code change.
+
+Run `sonde agent` as root (or as the systemd service / Kubernetes DaemonSet)
+and ask it questions with the other commands. They talk to the agent's control
+socket, /run/sonde/sonde.sock by default.";
+
+const AFTER: &str = "Examples:
+  sudo sonde agent                      run with built-in defaults
+  sudo sonde agent --config /etc/sonde/sonde.toml
+  sonde agent --check-config sonde.toml validate a config file and exit
+  sudo sonde status                     what is attached, what is missing and why
+  sudo sonde status -o json             the same, for scripts
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
+Docs: docs/cli.md, docs/config.md, docs/metrics.md";
+
+#[derive(Debug, Parser)]
+#[command(name = "sonde", version, about = ABOUT, after_help = AFTER, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent in the foreground (stops cleanly on SIGTERM/SIGINT).
+    #[command(after_help = "Examples:
+  sudo sonde agent
+  sudo SONDE_API__LISTEN=0.0.0.0:9464 sonde agent --config /etc/sonde/sonde.toml
+  sonde agent --check-config /etc/sonde/sonde.toml
+  sonde agent --print-config > sonde.toml      start a config from the defaults
+
+Every config key can be overridden by an environment variable named
+SONDE_<SECTION>__<KEY> (double underscore between parts), e.g.
+SONDE_COLLECTORS__PROCESS__ENABLED=false.")]
+    Agent(AgentArgs),
+    /// Show the agent's version, uptime, kernel features and collectors.
+    #[command(after_help = "Examples:
+  sudo sonde status
+  sudo sonde status -o json | jq '.collectors[] | select(.status != \"healthy\")'")]
+    Status(QueryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// TOML config file; every key has a default, so this is optional.
+    #[arg(long, short = 'c', env = "SONDE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Validate FILE (with environment overrides applied) and exit: 0 if it
+    /// is valid, 2 with the key and line at fault if not.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub check_config: Option<PathBuf>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// Options every query command shares.
+#[derive(Debug, Args, Clone)]
+pub struct QueryArgs {
+    /// The agent's control socket.
+    #[arg(long, env = "SONDE_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A table for people.
+    Table,
+    /// JSON for programs.
+    Json,
+}
+
+/// An error that is the user's input at fault: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Agent(a) => agent(a),
+        Command::Status(q) => status::run(&q),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<UsageError>().is_some()
+                || e.downcast_ref::<crate::config::ConfigError>().is_some()
+            {
+                2
+            } else {
+                1
+            }
+        }
+    }
+}
+
+fn env_vars() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+fn agent(a: AgentArgs) -> anyhow::Result<()> {
+    if let Some(path) = a.check_config {
+        let c = Config::load(Some(&path), env_vars())?;
+        println!("{}: ok", path.display());
+        if a.print_config {
+            print!("{}", c.to_toml());
+        }
+        return Ok(());
+    }
+    let config = Config::load(a.config.as_deref(), env_vars())?;
+    if a.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    crate::daemon::run(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,71 @@
+//! Plain-text tables for the query commands.
+
+/// Renders rows under a header, each column as wide as its widest cell.
+/// Columns whose header starts with '>' are right-aligned (numbers).
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let right: Vec<bool> = header.iter().map(|h| h.starts_with('>')).collect();
+    let header: Vec<&str> = header.iter().map(|h| h.trim_start_matches('>')).collect();
+    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(w) = width.get_mut(i) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::new();
+        for (i, c) in cells.enumerate() {
+            let w = width.get(i).copied().unwrap_or(0);
+            if i > 0 {
+                s.push_str("  ");
+            }
+            if right.get(i).copied().unwrap_or(false) {
+                s.push_str(&format!("{c:>w$}"));
+            } else {
+                s.push_str(&format!("{c:<w$}"));
+            }
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(&mut header.iter().copied());
+    for r in rows {
+        out.push_str(&line(&mut r.iter().map(String::as_str)));
+    }
+    out
+}
+
+/// `93.2s` / `12m 03s` / `3h 04m` / `2d 03h`.
+pub fn human_duration(secs: f64) -> String {
+    let s = secs as u64;
+    match s {
+        0..60 => format!("{secs:.1}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligns_columns() {
+        let t = table(
+            &["NAME", ">N"],
+            &[
+                vec!["a".into(), "100".into()],
+                vec!["long".into(), "2".into()],
+            ],
+        );
+        assert_eq!(t, "NAME    N\na     100\nlong    2\n");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(5.25), "5.2s");
+        assert_eq!(human_duration(125.0), "2m 05s");
+        assert_eq!(human_duration(7300.0), "2h 01m");
+    }
+}

@@ -1,0 +1,132 @@
+//! Collectors: one module per hook family, each behind [`Collector`].
+//!
+//! A collector owns its eBPF object, its kernel maps and its user-side
+//! workers. The daemon starts each one independently; a collector that cannot
+//! attach reports why through [`Collector::health`] and leaves the rest alone.
+//! Query data (process table, profiles, ...) is exposed through typed handles
+//! the collector hands to the API at construction, not through this trait:
+//! every collector's data has a different shape.
+
+pub mod process;
+
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::{features::Features, telemetry::Telemetry};
+
+/// Health of one component, as served by /health and `sonde status`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ComponentHealth {
+    pub status: HealthStatus,
+    /// Why it is not healthy, or a short note on what it does.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    Healthy,
+    /// Running with reduced function (e.g. a fallback hook, dropped events).
+    Degraded,
+    /// Not running.
+    Unhealthy,
+}
+
+impl ComponentHealth {
+    pub fn healthy(reason: impl Into<String>) -> Self {
+        Self {
+            status: HealthStatus::Healthy,
+            reason: reason.into(),
+        }
+    }
+    pub fn degraded(reason: impl Into<String>) -> Self {
+        Self {
+            status: HealthStatus::Degraded,
+            reason: reason.into(),
+        }
+    }
+    pub fn unhealthy(reason: impl Into<String>) -> Self {
+        Self {
+            status: HealthStatus::Unhealthy,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A health value shared between a collector and its worker tasks.
+#[derive(Clone, Debug)]
+pub struct SharedHealth(Arc<RwLock<ComponentHealth>>);
+
+impl SharedHealth {
+    pub fn new(h: ComponentHealth) -> Self {
+        Self(Arc::new(RwLock::new(h)))
+    }
+    pub fn set(&self, h: ComponentHealth) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = h;
+    }
+    pub fn get(&self) -> ComponentHealth {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What a collector gets to start with.
+pub struct StartContext<'a> {
+    pub features: &'a Features,
+    pub telemetry: &'a Telemetry,
+    /// Cancelled at shutdown; worker tasks must return when it fires.
+    pub shutdown: CancellationToken,
+    /// aya-log level to patch into objects (0 = kernel logging off).
+    pub kernel_log_level: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error(transparent)]
+    Load(#[from] crate::ebpf::LoadError),
+    #[error("{what}: {source}")]
+    Program {
+        what: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("{what}: {source}")]
+    Map {
+        what: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("no usable hook: {0}")]
+    NoHook(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The one small interface every collector implements.
+pub trait Collector: Send {
+    /// Stable name used in metrics labels, health and config.
+    fn name(&self) -> &'static str;
+    /// Loads and attaches the collector's programs and spawns its workers.
+    fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError>;
+    /// Current health; cheap, called on every /health request.
+    fn health(&self) -> ComponentHealth;
+    /// Detaches everything. Idempotent; called once at shutdown.
+    fn stop(&mut self);
+}
+
+/// Formats an error with its whole source chain on one line, the way the
+/// verifier's reason reaches the user.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,400 @@
+//! The agent's configuration: one TOML file, a built-in default for every key,
+//! and `SONDE_<SECTION>__<KEY>` environment overrides.
+//!
+//! Validation happens while deserializing (the bounded newtypes below), so
+//! toml's error carries the key and the line of the bad value.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Prefix of environment variables that override config keys. A nested key
+/// is spelled with `__` between its parts: `SONDE_API__LISTEN=0.0.0.0:9464`.
+pub const ENV_PREFIX: &str = "SONDE_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid environment override {var}: {message}")]
+    Env { var: String, message: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub api: ApiConfig,
+    pub collectors: CollectorsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Log filter in `tracing` syntax, e.g. `info` or `sonde=debug`.
+    pub log_level: String,
+    /// `auto` (JSON when stderr is not a terminal), `json` or `text`.
+    pub log_format: LogFormat,
+    /// Mount tracefs at /sys/kernel/tracing when it is missing and we are root.
+    pub mount_tracefs: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            log_level: "info".into(),
+            log_format: LogFormat::Auto,
+            mount_tracefs: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// TCP address for /metrics and /health. Loopback by default.
+    pub listen: SocketAddr,
+    /// Unix socket for the control API (profiles, stacks: sensitive data).
+    pub socket: PathBuf,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            socket: PathBuf::from(DEFAULT_SOCKET),
+        }
+    }
+}
+
+/// Where the control API listens unless configured otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/sonde/sonde.sock";
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectorsConfig {
+    pub process: ProcessConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    pub enabled: bool,
+    /// Most live processes tracked; beyond it the oldest entries are evicted
+    /// (and counted), so a fork bomb cannot grow the agent without bound.
+    pub max_processes: Bounded<64, 4_194_304>,
+    /// How long an exited process stays resolvable, so collectors that drain
+    /// on an interval can still name its last samples.
+    pub exited_grace: Dur<1, 3600>,
+}
+
+impl Default for ProcessConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_processes: Bounded(32_768),
+            exited_grace: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// An integer that must lie in `MIN..=MAX`; checked while parsing so the
+/// error points at the key and line.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Bounded<const MIN: u64, const MAX: u64>(pub u64);
+
+impl<const MIN: u64, const MAX: u64> Bounded<MIN, MAX> {
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = u64::deserialize(d)?;
+        if !(MIN..=MAX).contains(&v) {
+            return Err(serde::de::Error::custom(format!(
+                "must be between {MIN} and {MAX}, got {v}"
+            )));
+        }
+        Ok(Self(v))
+    }
+}
+
+/// A duration written as a string with a unit (`"500ms"`, `"10s"`, `"5m"`),
+/// bounded to `MIN..=MAX` seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur<const MIN: u64, const MAX: u64>(pub Duration);
+
+impl<const MIN: u64, const MAX: u64> Dur<MIN, MAX> {
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+impl<const MIN: u64, const MAX: u64> Serialize for Dur<MIN, MAX> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(self.0))
+    }
+}
+
+impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Dur<MIN, MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let v = parse_duration(&s).map_err(serde::de::Error::custom)?;
+        if v < Duration::from_secs(MIN) || v > Duration::from_secs(MAX) {
+            return Err(serde::de::Error::custom(format!(
+                "must be between {MIN}s and {MAX}s, got {s}"
+            )));
+        }
+        Ok(Self(v))
+    }
+}
+
+/// Parses `"250ms"`, `"10s"`, `"5m"`, `"1h"`. A bare number is refused: a
+/// unit-less duration is the classic source of off-by-1000 configs.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("duration {s:?} needs a unit: ms, s, m or h (e.g. \"10s\")"))?;
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("duration {s:?} does not start with a number"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => {
+            return Err(format!(
+                "duration {s:?} has unknown unit {unit:?}; use ms, s, m or h"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("duration {s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Formats a duration the way `parse_duration` reads it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(3_600_000) && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Json => "json",
+            Self::Text => "text",
+        })
+    }
+}
+
+impl Config {
+    /// Loads `path` (or the built-in defaults when `None`) and applies the
+    /// `SONDE_*__*` overrides found in `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let (text, name) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_owned(),
+                    source,
+                })?,
+                p.display().to_string(),
+            ),
+            None => (String::new(), "<built-in defaults>".to_owned()),
+        };
+        Self::from_str_with_env(&text, &name, env)
+    }
+
+    pub fn from_str_with_env(
+        text: &str,
+        name: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse_err = |e: toml::de::Error| ConfigError::Parse {
+            path: name.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        };
+        // Parse the file alone first so its errors carry its line numbers.
+        let config: Config = toml::from_str(text).map_err(parse_err)?;
+        let overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        if overrides.is_empty() {
+            return Ok(config);
+        }
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        for (var, value) in overrides {
+            apply_override(&mut table, &var, &value)?;
+            // Re-check after each one so an error names the variable at fault.
+            Config::deserialize(toml::Value::Table(table.clone())).map_err(|e| {
+                ConfigError::Env {
+                    var: var.clone(),
+                    message: e.to_string().trim_end().to_owned(),
+                }
+            })?;
+        }
+        Config::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Env {
+            var: "SONDE_*".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The effective configuration as TOML, for `--print-config`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    }
+}
+
+/// Sets the key named by `var` (`SONDE_COLLECTORS__PROCESS__ENABLED`) in
+/// `table`. The value is read as a TOML literal when it is one (`true`, `42`,
+/// `["a"]`), else as a string, so `SONDE_API__LISTEN=0.0.0.0:1` just works.
+fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let path: Vec<String> = var[ENV_PREFIX.len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.iter().any(String::is_empty) {
+        return Err(ConfigError::Env {
+            var: var.to_owned(),
+            message: "empty key segment".into(),
+        });
+    }
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let (last, parents) = path.split_last().expect("split() yields at least one item");
+    let mut cur = table;
+    for seg in parents {
+        let entry = cur
+            .entry(seg.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
+            var: var.to_owned(),
+            message: format!("`{seg}` is not a table"),
+        })?;
+    }
+    cur.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str_with_env(text, "test.toml", Vec::new())
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn default_round_trips_through_toml() {
+        let text = Config::default().to_toml();
+        assert_eq!(parse(&text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let err = parse("[api]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("listne"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_line_and_bounds() {
+        let err = parse("[collectors.process]\nmax_processes = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("between 64 and"), "{err}");
+    }
+
+    #[test]
+    fn bad_address_is_rejected() {
+        let err = parse("[api]\nlisten = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn durations_need_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("10").unwrap_err().contains("unit"));
+        assert!(parse_duration("10y").unwrap_err().contains("unknown unit"));
+        let err = parse("[collectors.process]\nexited_grace = \"2h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("between 1s and 3600s"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_apply_and_are_typed() {
+        let env = vec![
+            ("SONDE_API__LISTEN".to_owned(), "0.0.0.0:9999".to_owned()),
+            (
+                "SONDE_COLLECTORS__PROCESS__ENABLED".to_owned(),
+                "false".to_owned(),
+            ),
+            ("SONDE_CONFIG".to_owned(), "/ignored".to_owned()),
+        ];
+        let c = Config::from_str_with_env("[api]\nlisten = \"127.0.0.1:1\"\n", "t", env).unwrap();
+        assert_eq!(c.api.listen, "0.0.0.0:9999".parse().unwrap());
+        assert!(!c.collectors.process.enabled);
+    }
+
+    #[test]
+    fn bad_env_override_names_the_variable() {
+        let env = vec![("SONDE_API__LISTNE".to_owned(), "x".to_owned())];
+        let err = Config::from_str_with_env("", "t", env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("SONDE_API__LISTNE"), "{err}");
+        assert!(err.contains("listne"), "{err}");
+    }
+}

@@ -1,0 +1,204 @@
+//! `sonde agent`: start-up, the run loop and clean shutdown.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::{self, AppState},
+    collectors::{Collector, StartContext, chain, process::ProcessCollector},
+    config::Config,
+    ebpf, features, logging,
+    process_table::ProcessTable,
+    telemetry::Telemetry,
+};
+
+/// Errors that are the user's to fix before the agent can run at all. They
+/// map to exit code 1 (runtime), unlike config errors (2).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "sonde agent needs root, or CAP_BPF + CAP_PERFMON (plus CAP_SYS_RESOURCE, \
+         CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE): run it with sudo or see docs/deploy.md"
+    )]
+    NotPrivileged,
+    #[error("cannot listen on {addr}: {source} (set api.listen or SONDE_API__LISTEN)")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let filter = logging::init(&config.agent).map_err(|e| anyhow::anyhow!(e))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        // Two workers are plenty: the hot paths are in the kernel.
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("sonde-worker")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run_async(config, logging::kernel_debug_enabled(&filter)))
+}
+
+async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
+    if !features::Privileges::current().can_load_tracing() {
+        return Err(StartError::NotPrivileged.into());
+    }
+    raise_memlock_limit();
+
+    // Bind both listeners before touching the kernel, so a port clash fails
+    // fast and leaves nothing attached.
+    let tcp = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: config.api.listen.to_string(),
+            source,
+        })?;
+    let unix = api::control::bind(&config.api.socket)?;
+
+    let telemetry = Telemetry::new();
+    let pc = &config.collectors.process;
+    let processes = ProcessTable::new(
+        pc.max_processes.get() as usize,
+        pc.exited_grace.get(),
+        &telemetry,
+    );
+    let shutdown = CancellationToken::new();
+    let state = AppState {
+        telemetry: telemetry.clone(),
+        config: Arc::new(config.clone()),
+        started: Instant::now(),
+        features: Default::default(),
+        collectors: Arc::new(Mutex::new(Vec::new())),
+        processes: processes.clone(),
+        startup_done: Arc::new(AtomicBool::new(false)),
+    };
+
+    let tcp_server = tokio::spawn(serve(
+        tcp,
+        api::tcp::router(state.clone()),
+        shutdown.clone(),
+    ));
+    let unix_server = tokio::spawn(serve(
+        unix,
+        api::control::router(state.clone()),
+        shutdown.clone(),
+    ));
+    tracing::info!(listen = %config.api.listen, socket = %config.api.socket.display(), "serving");
+
+    let found = tokio::task::spawn_blocking({
+        let mount = config.agent.mount_tracefs;
+        move || features::probe(mount)
+    })
+    .await
+    .context("feature probe panicked")?;
+    for f in &found.features {
+        if f.available {
+            tracing::info!(feature = f.name, detail = %f.detail, "kernel feature available");
+        } else {
+            tracing::warn!(feature = f.name, reason = %f.detail, "kernel feature unavailable");
+        }
+    }
+    *state.features.lock().unwrap_or_else(|e| e.into_inner()) = found.clone();
+
+    let log_level = ebpf::kernel_log_level(kernel_debug);
+    for mut c in build_collectors(&config, &processes) {
+        let up = telemetry.collector_up.with_label_values(&[c.name()]);
+        let ctx = StartContext {
+            features: &found,
+            telemetry: &telemetry,
+            shutdown: shutdown.clone(),
+            kernel_log_level: log_level,
+        };
+        match c.start(ctx) {
+            Ok(()) => up.set(1),
+            Err(e) => {
+                up.set(0);
+                tracing::error!(
+                    collector = c.name(),
+                    "collector failed to start: {}",
+                    chain(&e)
+                );
+            }
+        }
+        state
+            .collectors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(c);
+    }
+    state.startup_done.store(true, Ordering::Release);
+    tracing::info!(ready = state.health_report().ready, "start-up complete");
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    for c in state
+        .collectors
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter_mut()
+    {
+        c.stop();
+        telemetry.collector_up.with_label_values(&[c.name()]).set(0);
+    }
+    let _ = tcp_server.await;
+    let _ = unix_server.await;
+    if let Err(e) = std::fs::remove_file(&config.api.socket) {
+        tracing::debug!("removing {}: {e}", config.api.socket.display());
+    }
+    tracing::info!("stopped; all programs detached");
+    Ok(())
+}
+
+fn build_collectors(config: &Config, processes: &ProcessTable) -> Vec<Box<dyn Collector>> {
+    let mut v: Vec<Box<dyn Collector>> = Vec::new();
+    if config.collectors.process.enabled {
+        v.push(Box::new(ProcessCollector::new(
+            &config.collectors.process,
+            processes.clone(),
+        )));
+    }
+    v
+}
+
+async fn serve<L>(listener: L, router: axum::Router, shutdown: CancellationToken)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let r = axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = r {
+        tracing::error!("server failed: {e}");
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so large
+/// maps load there too. Harmless (and unneeded) on newer kernels.
+fn raise_memlock_limit() {
+    use nix::sys::resource::{Resource, setrlimit};
+    if let Err(e) = setrlimit(Resource::RLIMIT_MEMLOCK, u64::MAX, u64::MAX) {
+        tracing::debug!("cannot raise RLIMIT_MEMLOCK: {e}");
+    }
+}

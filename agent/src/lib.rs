@@ -1,0 +1,13 @@
+//! sonde's agent and CLI as a library, so tests and tools can reuse the
+//! config, the API types and the output formatting.
+
+pub mod api;
+pub mod cli;
+pub mod collectors;
+pub mod config;
+pub mod daemon;
+pub mod ebpf;
+pub mod features;
+pub mod logging;
+pub mod process_table;
+pub mod telemetry;

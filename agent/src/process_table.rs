@@ -1,0 +1,404 @@
+//! The table of live processes that names everything else.
+//!
+//! Fed by the process collector's exec/exit events and seeded from /proc at
+//! start-up. Lookups that miss fall back to /proc, so other collectors can
+//! name processes even when the process collector could not attach. Bounded:
+//! beyond `max` entries the oldest are evicted in batches (and counted).
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::Path,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use prometheus::{IntCounter, IntGauge};
+use serde::Serialize;
+
+use crate::telemetry::Telemetry;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Kernel task name (at most 15 bytes).
+    pub comm: String,
+    /// Resolved `/proc/PID/exe`, empty for kernel threads or when unreadable.
+    pub exe: String,
+    /// cgroup v2 path (`0::/...` line of /proc/PID/cgroup).
+    pub cgroup: String,
+    /// Process start, seconds since the Unix epoch.
+    pub start_time: u64,
+    /// The name its metrics are labelled with (`service_name`).
+    pub service: String,
+    /// Set once the process has exited; kept for a grace period.
+    pub exited: bool,
+}
+
+impl ProcessInfo {
+    /// Reads what /proc knows of `pid`; `None` if it is gone.
+    pub fn from_proc(pid: u32) -> Option<Self> {
+        let base = Path::new("/proc").join(pid.to_string());
+        let stat = fs::read_to_string(base.join("stat")).ok()?;
+        let (comm, ppid, start_ticks) = parse_stat(&stat)?;
+        let exe = fs::read_link(base.join("exe"))
+            .map(|p| {
+                p.to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_owned()
+            })
+            .unwrap_or_default();
+        let cgroup = fs::read_to_string(base.join("cgroup"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            })
+            .unwrap_or_default();
+        let service = service_name(&exe, &comm);
+        Some(Self {
+            pid,
+            ppid,
+            comm,
+            exe,
+            cgroup,
+            start_time: boot_time() + start_ticks / clock_ticks(),
+            service,
+            exited: false,
+        })
+    }
+}
+
+/// Default service identity outside containers: the executable's file name,
+/// or the comm for kernel threads and unreadable executables.
+pub fn service_name(exe: &str, comm: &str) -> String {
+    Path::new(exe)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| comm.to_owned())
+}
+
+/// Parses comm, ppid and starttime out of /proc/PID/stat. The comm is in
+/// parentheses and may itself contain spaces and parentheses, so split at
+/// the last ')'.
+fn parse_stat(stat: &str) -> Option<(String, u32, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let rest: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    // rest[0] is field 3 (state); ppid is field 4, starttime field 22.
+    let ppid = rest.get(1)?.parse().ok()?;
+    let start = rest.get(19)?.parse().ok()?;
+    Some((comm, ppid, start))
+}
+
+fn boot_time() -> u64 {
+    fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn clock_ticks() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(100)
+}
+
+struct Entry {
+    info: ProcessInfo,
+    /// Insertion order, for oldest-first eviction.
+    seq: u64,
+    exited_at: Option<Instant>,
+}
+
+struct Inner {
+    map: HashMap<u32, Entry>,
+    next_seq: u64,
+}
+
+#[derive(Clone)]
+struct Metrics {
+    tracked: IntGauge,
+    execs: IntCounter,
+    exits: IntCounter,
+    evictions: IntCounter,
+}
+
+/// Shared, bounded process table. Cheap to clone.
+#[derive(Clone)]
+pub struct ProcessTable {
+    inner: Arc<RwLock<Inner>>,
+    max: usize,
+    grace: Duration,
+    metrics: Metrics,
+}
+
+impl ProcessTable {
+    pub fn new(max: usize, grace: Duration, telemetry: &Telemetry) -> Self {
+        let counter = |name: &str, help: &str| {
+            telemetry.register(IntCounter::new(name, help).expect("valid metric"))
+        };
+        Self {
+            inner: Arc::new(RwLock::new(Inner {
+                map: HashMap::new(),
+                next_seq: 0,
+            })),
+            max: max.max(1),
+            grace,
+            metrics: Metrics {
+                tracked: telemetry.gauge(
+                    "sonde_processes_tracked",
+                    "Live processes in the agent's process table.",
+                ),
+                execs: counter(
+                    "sonde_process_execs_total",
+                    "exec() calls seen by the process collector.",
+                ),
+                exits: counter(
+                    "sonde_process_exits_total",
+                    "Process exits seen by the process collector.",
+                ),
+                evictions: counter(
+                    "sonde_process_table_evictions_total",
+                    "Entries evicted because the process table was full (collectors.process.max_processes).",
+                ),
+            },
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds every process currently in /proc.
+    pub fn seed_from_proc(&self) -> usize {
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in dir.flatten() {
+            if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
+                && let Some(info) = ProcessInfo::from_proc(pid)
+            {
+                self.insert(info);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Records an exec: the pid keeps its number but gets a new image.
+    pub fn on_exec(&self, pid: u32, comm: &str) {
+        self.metrics.execs.inc();
+        let info = ProcessInfo::from_proc(pid).unwrap_or_else(|| ProcessInfo {
+            // Gone already (a very short-lived process): keep what the kernel told us.
+            pid,
+            ppid: 0,
+            comm: comm.to_owned(),
+            exe: String::new(),
+            cgroup: String::new(),
+            start_time: 0,
+            service: comm.to_owned(),
+            exited: false,
+        });
+        self.insert(info);
+    }
+
+    pub fn on_exit(&self, pid: u32) {
+        self.metrics.exits.inc();
+        let mut inner = self.write();
+        if let Some(e) = inner.map.get_mut(&pid)
+            && e.exited_at.is_none()
+        {
+            e.exited_at = Some(Instant::now());
+            e.info.exited = true;
+        }
+        drop(inner);
+        self.refresh_gauge();
+    }
+
+    fn insert(&self, info: ProcessInfo) {
+        let mut inner = self.write();
+        if inner.map.len() >= self.max && !inner.map.contains_key(&info.pid) {
+            self.evict(&mut inner);
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.map.insert(
+            info.pid,
+            Entry {
+                info,
+                seq,
+                exited_at: None,
+            },
+        );
+        drop(inner);
+        self.refresh_gauge();
+    }
+
+    /// Frees 1/16 of the table (at least one entry): exited entries first,
+    /// then the oldest. Batching keeps the cost amortized under a fork storm.
+    fn evict(&self, inner: &mut Inner) {
+        let want = (self.max / 16).max(1);
+        let mut victims: Vec<(bool, u64, u32)> = inner
+            .map
+            .iter()
+            .map(|(pid, e)| (e.exited_at.is_none(), e.seq, *pid))
+            .collect();
+        victims.sort_unstable();
+        for (_, _, pid) in victims.into_iter().take(want) {
+            inner.map.remove(&pid);
+            self.metrics.evictions.inc();
+        }
+    }
+
+    /// Drops exited processes whose grace period is over.
+    pub fn gc(&self) {
+        let grace = self.grace;
+        self.write()
+            .map
+            .retain(|_, e| e.exited_at.is_none_or(|t| t.elapsed() < grace));
+        self.refresh_gauge();
+    }
+
+    fn refresh_gauge(&self) {
+        let live = self
+            .read()
+            .map
+            .values()
+            .filter(|e| e.exited_at.is_none())
+            .count();
+        self.metrics.tracked.set(live as i64);
+    }
+
+    /// The process, from the table or else from /proc (then remembered).
+    pub fn get(&self, pid: u32) -> Option<ProcessInfo> {
+        if let Some(e) = self.read().map.get(&pid) {
+            return Some(e.info.clone());
+        }
+        let info = ProcessInfo::from_proc(pid)?;
+        self.insert(info.clone());
+        Some(info)
+    }
+
+    /// Every entry, live and recently exited, sorted by pid.
+    pub fn list(&self) -> Vec<ProcessInfo> {
+        let mut v: Vec<ProcessInfo> = self.read().map.values().map(|e| e.info.clone()).collect();
+        v.sort_by_key(|p| p.pid);
+        v
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(max: usize, grace: Duration) -> ProcessTable {
+        ProcessTable::new(max, grace, &Telemetry::new())
+    }
+
+    fn fake(pid: u32) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            ppid: 1,
+            comm: format!("p{pid}"),
+            exe: format!("/bin/p{pid}"),
+            cgroup: "/".into(),
+            start_time: 0,
+            service: format!("p{pid}"),
+            exited: false,
+        }
+    }
+
+    #[test]
+    fn parses_stat_with_hostile_comm() {
+        let stat =
+            "1234 (a) b (c)) S 77 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        let (comm, ppid, start) = parse_stat(stat).unwrap();
+        assert_eq!(comm, "a) b (c)");
+        assert_eq!(ppid, 77);
+        assert_eq!(start, 98765);
+    }
+
+    #[test]
+    fn reads_own_process_from_proc() {
+        let me = ProcessInfo::from_proc(std::process::id()).unwrap();
+        assert_eq!(me.pid, std::process::id());
+        assert!(me.exe.ends_with(me.service.as_str()), "{me:?}");
+        assert!(me.start_time > 1_600_000_000, "{me:?}");
+    }
+
+    #[test]
+    fn service_name_falls_back_to_comm() {
+        assert_eq!(service_name("/usr/bin/python3.11", "python3"), "python3.11");
+        assert_eq!(service_name("", "kworker/0:1"), "kworker/0:1");
+    }
+
+    #[test]
+    fn bounded_with_oldest_evicted_first() {
+        let t = table(32, Duration::from_secs(60));
+        for pid in 1..=32 {
+            t.insert(fake(pid));
+        }
+        assert_eq!(t.len(), 32);
+        t.insert(fake(1000));
+        // One batch (32/16 = 2) of the oldest went.
+        assert_eq!(t.len(), 31);
+        assert!(!t.read().map.contains_key(&1) && !t.read().map.contains_key(&2));
+        assert!(t.read().map.contains_key(&1000));
+        assert_eq!(t.metrics.evictions.get(), 2);
+    }
+
+    #[test]
+    fn exited_entries_are_evicted_before_live_ones() {
+        let t = table(16, Duration::from_secs(60));
+        for pid in 1..=16 {
+            t.insert(fake(pid));
+        }
+        t.on_exit(10);
+        t.insert(fake(99));
+        assert!(!t.read().map.contains_key(&10));
+        assert!(t.read().map.contains_key(&1));
+    }
+
+    #[test]
+    fn exit_keeps_entry_for_grace_then_gc_drops_it() {
+        let t = table(16, Duration::from_millis(50));
+        t.insert(fake(5));
+        t.on_exit(5);
+        assert!(t.get(5).unwrap().exited);
+        assert_eq!(t.metrics.tracked.get(), 0);
+        std::thread::sleep(Duration::from_millis(60));
+        t.gc();
+        assert!(!t.read().map.contains_key(&5));
+    }
+
+    #[test]
+    fn lookup_miss_falls_back_to_proc() {
+        let t = table(16, Duration::from_secs(1));
+        let me = t.get(std::process::id()).unwrap();
+        assert_eq!(me.pid, std::process::id());
+        assert_eq!(t.len(), 1);
+    }
+}

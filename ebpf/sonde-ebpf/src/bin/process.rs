@@ -1,0 +1,32 @@
+//! The process collector's object: exec/exit through tp_btf, with classic
+//! tracepoints as a fallback for kernels without BTF-typed tracepoints. The
+//! agent loads whichever pair attaches.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use sonde_common::process::ProcessEventKind;
+use sonde_ebpf::process::emit;
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn process_exec_btf(_ctx: BtfTracePointContext) -> i32 {
+    emit(ProcessEventKind::Exec) as i32
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn process_exit_btf(_ctx: BtfTracePointContext) -> i32 {
+    emit(ProcessEventKind::Exit) as i32
+}
+
+#[tracepoint]
+pub fn process_exec_tp(_ctx: TracePointContext) -> u32 {
+    emit(ProcessEventKind::Exec)
+}
+
+#[tracepoint]
+pub fn process_exit_tp(_ctx: TracePointContext) -> u32 {
+    emit(ProcessEventKind::Exit)
+}

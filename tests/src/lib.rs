@@ -1,0 +1,289 @@
+//! Shared helpers for sonde's privileged end-to-end tests.
+//!
+//! Every test here drives the real `sonde` binary, which loads real eBPF
+//! programs into this kernel. There is no skipping: when the agent cannot
+//! start (not root, eBPF refused), the test fails with the agent's own words.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+pub mod workload;
+
+/// The `sonde` binary under test: `$SONDE_BIN` (set by `cargo xtask test`),
+/// else the workspace's debug build.
+pub fn sonde_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SONDE_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = workspace_root().join("target/debug/sonde");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo xtask test` (it builds the agent first)",
+        p.display()
+    );
+    p
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_owned()
+}
+
+/// Fails the test (never skips) when we cannot load eBPF.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "sonde's integration tests load eBPF programs and must run as root: `sudo cargo xtask test`"
+    );
+}
+
+/// Serializes tests that measure timing or CPU samples, so they do not
+/// disturb each other.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A free TCP port on loopback (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind :0")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A running `sonde agent` on a free port and a private socket.
+pub struct Agent {
+    pub child: Option<Child>,
+    pub addr: SocketAddr,
+    pub socket: PathBuf,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent with `config` (TOML, may be empty) and waits until
+    /// /health/ready answers 200. Panics with the agent's log otherwise.
+    pub fn start(config: &str) -> Agent {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Agent {
+        let agent = Self::spawn(config, env);
+        agent.wait_ready(Duration::from_secs(30));
+        agent
+    }
+
+    /// Starts the agent without waiting for readiness.
+    pub fn spawn(config: &str, env: &[(&str, &str)]) -> Agent {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("sonde.sock");
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let cfg_path = dir.path().join("sonde.toml");
+        let full = format!(
+            "[api]\nlisten = \"{addr}\"\nsocket = \"{}\"\n\n{config}",
+            socket.display()
+        );
+        std::fs::write(&cfg_path, full).expect("write config");
+        let log = dir.path().join("agent.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(sonde_bin());
+        cmd.arg("agent")
+            .arg("--config")
+            .arg(&cfg_path)
+            .stdout(log_file.try_clone().expect("dup"))
+            .stderr(log_file)
+            .env_remove("RUST_LOG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn sonde agent");
+        Agent {
+            child: Some(child),
+            addr,
+            socket,
+            dir,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("agent running").id()
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if let Ok((code, body)) = http_get(self.addr, "/health/ready") {
+                if code == 200 {
+                    return;
+                }
+                last = body;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "agent not ready after {timeout:?} (it must load eBPF here; a privileged test never skips)\nlast /health/ready: {last}\nagent log:\n{}",
+            self.log()
+        );
+    }
+
+    /// GET on the TCP listener.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.addr, path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\nagent log:\n{}", self.log()))
+    }
+
+    pub fn metrics(&self) -> String {
+        let (code, body) = self.get("/metrics");
+        assert_eq!(code, 200, "/metrics: {body}");
+        body
+    }
+
+    /// GET on the control socket; returns the decoded JSON.
+    pub fn api(&self, path: &str) -> serde_json::Value {
+        let (code, body) = unix_get(&self.socket, path).unwrap_or_else(|e| {
+            panic!(
+                "GET {path} on the control socket: {e}\nagent log:\n{}",
+                self.log()
+            )
+        });
+        assert_eq!(code, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: bad JSON {e}: {body}"))
+    }
+
+    /// Runs `sonde <args>` against this agent's socket.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(sonde_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run sonde cli")
+    }
+
+    /// Sends SIGTERM and waits for exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent running");
+        // SAFETY: kill(2) on our own child's pid with a valid signal.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("agent did not exit within 15s of SIGTERM\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child's pid with a valid signal.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+fn parse_response(raw: &[u8]) -> std::io::Result<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok((
+        code,
+        if chunked {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        },
+    ))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A minimal HTTP/1.0 GET (the test client must not depend on the code under test).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+pub fn unix_get(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: sonde\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_response(&raw)
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Value of the series `name{labels}` exactly as written in Prometheus text.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once(' ')?;
+        (k == series).then(|| v.parse().ok()).flatten()
+    })
+}
