@@ -39,7 +39,12 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 
 pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     eprintln!("xtask: cargo {}", args.join(" "));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // `+toolchain` only works through the rustup proxy, not $CARGO.
+    let cargo = match (args.first(), std::env::var("CARGO")) {
+        (Some(a), _) if a.starts_with('+') => "cargo".to_owned(),
+        (_, Ok(c)) => c,
+        _ => "cargo".to_owned(),
+    };
     let mut c = Command::new(cargo);
     c.args(args).current_dir(workspace_root());
     for (k, v) in env {

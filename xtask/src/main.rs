@@ -66,7 +66,8 @@ fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
     bootstrap::setup()?;
     bootstrap::test_dependencies()?;
     if !no_lint {
-        cmd::cargo(&["fmt", "--all", "--check"])?;
+        // Nightly rustfmt: rustfmt.toml groups imports, an unstable option.
+        cmd::cargo(&["+nightly", "fmt", "--all", "--check"])?;
         cmd::cargo(&[
             "clippy",
             "--workspace",
@@ -80,7 +81,13 @@ fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
     cmd::cargo(&["build", "--package", "sonde"])?;
     let bin = cmd::workspace_root().join("target/debug/sonde");
     // sonde-ebpf only builds for the BPF target (agent/build.rs does that).
-    let mut args = vec!["test", "--workspace", "--exclude", "sonde-ebpf", "--no-fail-fast"];
+    let mut args = vec![
+        "test",
+        "--workspace",
+        "--exclude",
+        "sonde-ebpf",
+        "--no-fail-fast",
+    ];
     if let Some(f) = filter.as_deref() {
         args.push(f);
     }
