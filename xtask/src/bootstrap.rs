@@ -20,6 +20,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("gcc", "gcc"),
     ("strace", "strace"),
     ("curl", "curl"),
+    // The bench harness test drives these.
+    ("bpftrace", "bpftrace"),
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
 ];
 
 pub fn setup() -> Result<()> {
@@ -137,9 +141,25 @@ fn llvm_major(lib: &Path) -> Option<u32> {
         .ok()
 }
 
+/// Debian packages the benchmarks use (peers and load generators).
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("bpftrace", "bpftrace"),
+    ("gcc", "gcc"),
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
+];
+
 /// Installs the Debian packages the tests use, when missing and we are root.
 pub fn test_dependencies() -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
+    install_missing(TEST_PACKAGES)
+}
+
+pub fn bench_dependencies() -> Result<()> {
+    install_missing(BENCH_PACKAGES)
+}
+
+fn install_missing(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(bin, _)| !succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")])))
         .map(|(_, pkg)| *pkg)
@@ -153,7 +173,7 @@ pub fn test_dependencies() -> Result<()> {
             missing.join(" ")
         );
     }
-    eprintln!("xtask: installing test dependencies: {}", missing.join(" "));
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     run(Command::new("apt-get").arg("update").arg("-q"))?;
     run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])

@@ -76,3 +76,50 @@ pub fn exec_privileged(bin: &Path, args: &[String]) -> Result<()> {
     c.args(args);
     run(&mut c)
 }
+
+/// Runs `cargo test ...`, streaming its output, then prints one closing line
+/// `tests: N passed, M failed, K skipped` summed over every test binary
+/// (cargo prints one summary per binary, the last of which is often a
+/// doc-test run of zero tests).
+pub fn cargo_test_summarized(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.args(args)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().with_context(|| format!("cannot start {c:?}"))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |key: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(key)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            passed += num("passed");
+            failed += num("failed");
+            ignored += num("ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed with {status}");
+    }
+    Ok(())
+}

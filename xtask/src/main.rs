@@ -1,5 +1,6 @@
 //! Developer tasks for sonde. `cargo xtask --help` lists them.
 
+mod bench;
 mod bootstrap;
 mod cmd;
 
@@ -26,6 +27,9 @@ enum Task {
     },
     /// The whole test suite: setup, test dependencies, fmt, clippy, unit and
     /// privileged integration tests. This is what CI runs.
+    /// Overhead and footprint benchmarks, side by side with peers; writes
+    /// docs/benchmarks.md and docs/benchmarks.json. Not part of `test`.
+    Bench(bench::BenchArgs),
     Test {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
@@ -41,6 +45,9 @@ fn main() {
         Task::Setup => bootstrap::setup(),
         Task::Run { args } => run(args),
         Task::Test { filter, no_lint } => test(filter, no_lint),
+        Task::Bench(args) => bootstrap::setup()
+            .and_then(|()| bootstrap::bench_dependencies())
+            .and_then(|()| bench::run(args)),
     };
     if let Err(e) = r {
         eprintln!("xtask: error: {e:#}");
@@ -91,5 +98,5 @@ fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
     if let Some(f) = filter.as_deref() {
         args.push(f);
     }
-    cmd::cargo_env(&args, &[("SONDE_BIN", bin.to_str().unwrap_or_default())])
+    cmd::cargo_test_summarized(&args, &[("SONDE_BIN", bin.to_str().unwrap_or_default())])
 }

@@ -1,0 +1,478 @@
+//! The scenarios. Each returns a `ScenarioResult`; any failed run makes the
+//! whole scenario "not reported" with the reason.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    Ctx,
+    agent::{Agent, Bpftrace, build_c, cpu_seconds, run_number, signal, status_mib},
+    report::{MetricResult, ScenarioResult},
+    stats::summarize,
+};
+
+type Run<'a> = Box<dyn FnMut() -> Result<Vec<(&'static str, f64)>> + 'a>;
+
+/// Runs every variant once per repetition, in turn.
+fn alternate(
+    reps: usize,
+    units: &[(&str, &str)],
+    mut variants: Vec<(&str, Run<'_>)>,
+) -> Result<Vec<MetricResult>> {
+    let mut samples: Vec<(String, String, Vec<f64>)> = Vec::new(); // (metric, variant, values)
+    for rep in 0..reps {
+        for (name, run) in variants.iter_mut() {
+            let values =
+                run().with_context(|| format!("variant {name:?}, repetition {}", rep + 1))?;
+            for (metric, v) in values {
+                match samples
+                    .iter_mut()
+                    .find(|(m, var, _)| m == metric && var == name)
+                {
+                    Some(s) => s.2.push(v),
+                    None => samples.push((metric.to_owned(), name.to_string(), vec![v])),
+                }
+            }
+        }
+    }
+    Ok(units
+        .iter()
+        .map(|(metric, unit)| MetricResult {
+            metric: metric.to_string(),
+            unit: unit.to_string(),
+            variants: samples
+                .iter()
+                .filter(|(m, _, _)| m == metric)
+                .map(|(_, v, vals)| (v.clone(), summarize(vals)))
+                .collect(),
+        })
+        .collect())
+}
+
+fn script(name: &str) -> std::path::PathBuf {
+    crate::cmd::workspace_root().join("xtask/bench").join(name)
+}
+
+pub fn syscalls(ctx: &Ctx) -> ScenarioResult {
+    let name = "syscalls";
+    let what = "ns per `getppid` syscall in a C loop: no tracing, empty raw_syscalls enter/exit \
+                tracepoints (the floor, bpftrace), sonde's agent with its default collectors, and \
+                bpftrace counting per (pid, syscall) with a latency histogram (the peer).";
+    match syscalls_inner(ctx) {
+        Ok(mut r) => {
+            r.name = name.into();
+            r.what = what.into();
+            r
+        }
+        Err(e) => ScenarioResult::failed(name, what, format!("{e:#}")),
+    }
+}
+
+fn syscalls_inner(ctx: &Ctx) -> Result<ScenarioResult> {
+    let bin = build_c("syscall_loop", ctx.work.path())?;
+    let n = if ctx.quick { 300_000 } else { 3_000_000 }.to_string();
+    let args = vec![n.clone()];
+    let measure = || run_number(&bin, &args);
+    let metrics = alternate(
+        ctx.reps,
+        &[("getppid", "ns/call")],
+        vec![
+            ("no tracing", Box::new(|| Ok(vec![("getppid", measure()?)]))),
+            (
+                "empty tracepoints (floor)",
+                Box::new(|| {
+                    let _bt = Bpftrace::start(&script("empty_raw_syscalls.bt"))?;
+                    Ok(vec![("getppid", measure()?)])
+                }),
+            ),
+            (
+                "sonde",
+                Box::new(|| {
+                    let a = Agent::start(&ctx.sonde, ctx.work.path(), &[])?;
+                    let v = measure()?;
+                    a.stop()?;
+                    Ok(vec![("getppid", v)])
+                }),
+            ),
+            (
+                "bpftrace syscount+latency (peer)",
+                Box::new(|| {
+                    let _bt = Bpftrace::start(&script("syscount_latency.bt"))?;
+                    Ok(vec![("getppid", measure()?)])
+                }),
+            ),
+        ],
+    )?;
+    let mut r = ScenarioResult {
+        metrics,
+        ..Default::default()
+    };
+    let bare = r.median("getppid", "no tracing");
+    let sonde = r.median("getppid", "sonde");
+    let peer = r.median("getppid", "bpftrace syscount+latency (peer)");
+    let floor = r.median("getppid", "empty tracepoints (floor)");
+    let added = sonde.zip(bare).map(|(s, b)| s - b);
+    let peer_added = peer.zip(bare).map(|(p, b)| p - b);
+    r.derive(
+        "floor added",
+        floor.zip(bare).map(|(f, b)| f - b),
+        "ns/call",
+        None,
+    );
+    r.derive(
+        "sonde added",
+        added,
+        "ns/call",
+        added.map(|a| ("≤ 125 ns", a <= 125.0)),
+    );
+    r.derive("bpftrace added", peer_added, "ns/call", None);
+    let ratio = added.zip(peer_added).map(|(a, p)| a / p);
+    r.derive(
+        "sonde added / bpftrace added",
+        ratio,
+        "×",
+        ratio.map(|x| ("≤ 0.33", x <= 1.0 / 3.0)),
+    );
+    r.commands = vec![
+        format!("gcc -O2 xtask/bench/syscall_loop.c && ./a.out {n}"),
+        "bpftrace xtask/bench/empty_raw_syscalls.bt".into(),
+        "sonde agent (default config)".into(),
+        "bpftrace xtask/bench/syscount_latency.bt".into(),
+    ];
+    Ok(r)
+}
+
+/// nginx on loopback serving a 1 KiB file, driven by wrk.
+struct Nginx {
+    child: Child,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(dir: &std::path::Path) -> Result<Nginx> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let root = dir.join("www");
+        std::fs::create_dir_all(&root)?;
+        std::fs::write(root.join("1k.html"), "x".repeat(1024))?;
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+                 events {{ worker_connections 1024; }}\n\
+                 http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; \
+                 fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+                 server {{ listen 127.0.0.1:{port}; root {r}; }} }}\n",
+                d = dir.display(),
+                r = root.display()
+            ),
+        )?;
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("nginx is not installed (apt-get install nginx)")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !super::agent::get(port, "/1k.html").is_ok_and(|(c, _)| c == 200) {
+            if Instant::now() > deadline {
+                bail!("nginx did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Nginx { child, port })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        signal(self.child.id(), 15);
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs wrk and returns (requests/s, p99 ms).
+fn wrk(port: u16, secs: u64) -> Result<Vec<(&'static str, f64)>> {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c32", &format!("-d{secs}s"), "--latency"])
+        .arg(format!("http://127.0.0.1:{port}/1k.html"))
+        .output()
+        .context("wrk is not installed (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || text.contains("Non-2xx") || text.contains("Socket errors") {
+        bail!("wrk run failed or saw errors: {text}");
+    }
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:")?.trim().parse().ok())
+        .context("no Requests/sec in wrk output")?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%").map(|v| v.trim().to_owned()))
+        .context("no 99% line in wrk output")?;
+    Ok(vec![
+        ("throughput", rps),
+        ("p99 latency", parse_wrk_time(&p99)?),
+    ])
+}
+
+/// wrk prints `1.23ms`, `850.00us`, `1.02s`.
+fn parse_wrk_time(s: &str) -> Result<f64> {
+    let (num, mult) = if let Some(n) = s.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        bail!("bad wrk time {s:?}")
+    };
+    Ok(num.parse::<f64>()? * mult)
+}
+
+pub fn http(ctx: &Ctx) -> ScenarioResult {
+    let name = "http";
+    let what = "wrk (2 threads, 32 connections) against nginx serving a 1 KiB static file on \
+                loopback, with and without the agent (default config) running.";
+    let run = || -> Result<ScenarioResult> {
+        let nginx = Nginx::start(ctx.work.path())?;
+        let secs = if ctx.quick { 2 } else { 10 };
+        let metrics = alternate(
+            ctx.reps,
+            &[("throughput", "req/s"), ("p99 latency", "ms")],
+            vec![
+                ("no agent", Box::new(|| wrk(nginx.port, secs))),
+                (
+                    "sonde",
+                    Box::new(|| {
+                        let a = Agent::start(&ctx.sonde, ctx.work.path(), &[])?;
+                        let v = wrk(nginx.port, secs)?;
+                        a.stop()?;
+                        Ok(v)
+                    }),
+                ),
+            ],
+        )?;
+        let mut r = ScenarioResult {
+            metrics,
+            ..Default::default()
+        };
+        let t = r
+            .median("throughput", "sonde")
+            .zip(r.median("throughput", "no agent"))
+            .map(|(s, b)| s / b);
+        let p = r
+            .median("p99 latency", "sonde")
+            .zip(r.median("p99 latency", "no agent"))
+            .map(|(s, b)| s / b);
+        r.derive("throughput ratio", t, "×", t.map(|x| ("≥ 0.98", x >= 0.98)));
+        r.derive("p99 ratio", p, "×", p.map(|x| ("≤ 1.10", x <= 1.10)));
+        r.commands = vec![format!(
+            "wrk -t2 -c32 -d{secs}s --latency http://127.0.0.1:PORT/1k.html"
+        )];
+        Ok(r)
+    };
+    finish(name, what, run())
+}
+
+fn finish(name: &str, what: &str, r: Result<ScenarioResult>) -> ScenarioResult {
+    match r {
+        Ok(mut r) => {
+            r.name = name.into();
+            r.what = what.into();
+            r
+        }
+        Err(e) => ScenarioResult::failed(name, what, format!("{e:#}")),
+    }
+}
+
+/// Spins on every CPU until dropped.
+struct Busy(Vec<Child>);
+
+impl Busy {
+    fn start() -> Result<Busy> {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let kids = (0..n)
+            .map(|_| {
+                Command::new("sh")
+                    .args(["-c", "while :; do :; done"])
+                    .spawn()
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Busy(kids))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Agent CPU (% of one core) and RSS over `secs`, after start-up.
+fn agent_cost(ctx: &Ctx, env: &[(&str, String)], secs: u64) -> Result<Vec<(&'static str, f64)>> {
+    let a = Agent::start(&ctx.sonde, ctx.work.path(), env)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let c0 = cpu_seconds(a.pid())?;
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(secs));
+    let cpu = (cpu_seconds(a.pid())? - c0) / t0.elapsed().as_secs_f64() * 100.0;
+    let rss = status_mib(a.pid(), "VmRSS:")?;
+    a.stop()?;
+    Ok(vec![("agent CPU", cpu), ("agent RSS", rss)])
+}
+
+pub fn profiler(ctx: &Ctx) -> ScenarioResult {
+    let name = "profiler";
+    let what = "The agent's own CPU (% of one core, from /proc/PID/stat) and RSS with the CPU \
+                profiler sampling at 19 Hz and 99 Hz, on an idle machine and with every CPU busy.";
+    let secs = if ctx.quick { 4 } else { 30 };
+    let run = || -> Result<ScenarioResult> {
+        let hz = |f: u32| vec![("SONDE_COLLECTORS__PROFILE__FREQUENCY_HZ", f.to_string())];
+        let metrics = alternate(
+            ctx.reps.min(3),
+            &[("agent CPU", "% of one core"), ("agent RSS", "MiB")],
+            vec![
+                ("19 Hz idle", Box::new(|| agent_cost(ctx, &hz(19), secs))),
+                ("99 Hz idle", Box::new(|| agent_cost(ctx, &hz(99), secs))),
+                (
+                    "19 Hz busy",
+                    Box::new(|| {
+                        let _b = Busy::start()?;
+                        agent_cost(ctx, &hz(19), secs)
+                    }),
+                ),
+                (
+                    "99 Hz busy",
+                    Box::new(|| {
+                        let _b = Busy::start()?;
+                        agent_cost(ctx, &hz(99), secs)
+                    }),
+                ),
+            ],
+        )?;
+        let mut r = ScenarioResult {
+            metrics,
+            ..Default::default()
+        };
+        let cpu = r.median("agent CPU", "19 Hz busy");
+        r.derive(
+            "CPU at 19 Hz, busy",
+            cpu,
+            "% of one core",
+            cpu.map(|c| ("≤ 0.5 %", c <= 0.5)),
+        );
+        let rss = r.median("agent RSS", "99 Hz busy");
+        r.derive(
+            "RSS at 99 Hz, busy",
+            rss,
+            "MiB",
+            rss.map(|m| ("≤ 64 MiB", m <= 64.0)),
+        );
+        r.commands = vec![format!(
+            "SONDE_COLLECTORS__PROFILE__FREQUENCY_HZ=19|99 sonde agent; CPU from /proc/PID/stat over {secs} s"
+        )];
+        Ok(r)
+    };
+    finish(name, what, run())
+}
+
+pub fn alloc(ctx: &Ctx) -> ScenarioResult {
+    let name = "alloc";
+    let what = "ns per malloc(64)+free pair in a C loop: no probes, empty libc malloc/free \
+                uprobes (the floor, bpftrace), and a `sonde alloc` session on the loop.";
+    let run = || -> Result<ScenarioResult> {
+        let has_alloc = Command::new(&ctx.sonde)
+            .args(["alloc", "--help"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has_alloc {
+            bail!("this build of sonde has no `alloc` command yet (issue: allocation profiling)");
+        }
+        bail!("the `sonde alloc` session variant is not wired into the harness yet")
+    };
+    finish(name, what, run())
+}
+
+pub fn footprint(ctx: &Ctx) -> ScenarioResult {
+    let name = "footprint";
+    let what = "The agent's RSS with every default collector on: peak during start-up (VmHWM \
+                after readiness) and steady state (median VmRSS over the run) while a mixed \
+                workload runs (a syscall loop, short-lived processes, a busy CPU).";
+    let secs = if ctx.quick { 8 } else { 60 };
+    let run = || -> Result<ScenarioResult> {
+        let loop_bin = build_c("syscall_loop", ctx.work.path())?;
+        let metrics = alternate(
+            ctx.reps.min(3),
+            &[("startup peak RSS", "MiB"), ("steady RSS", "MiB")],
+            vec![(
+                "all collectors",
+                Box::new(|| {
+                    let a = Agent::start(&ctx.sonde, ctx.work.path(), &[])?;
+                    let peak = status_mib(a.pid(), "VmHWM:")?;
+                    let _busy = Busy::start()?;
+                    let mut rss = Vec::new();
+                    let t0 = Instant::now();
+                    while t0.elapsed() < Duration::from_secs(secs) {
+                        run_number(&loop_bin, &["100000".into()])?;
+                        for _ in 0..20 {
+                            Command::new("true").status()?;
+                        }
+                        rss.push(status_mib(a.pid(), "VmRSS:")?);
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    a.stop()?;
+                    Ok(vec![
+                        ("startup peak RSS", peak),
+                        ("steady RSS", summarize(&rss).median),
+                    ])
+                }),
+            )],
+        )?;
+        let mut r = ScenarioResult {
+            metrics,
+            ..Default::default()
+        };
+        let steady = r.median("steady RSS", "all collectors");
+        r.derive(
+            "steady RSS",
+            steady,
+            "MiB",
+            steady.map(|m| ("≤ 64 MiB", m <= 64.0)),
+        );
+        r.commands = vec![format!(
+            "sonde agent (default config) for {secs} s under a mixed workload"
+        )];
+        Ok(r)
+    };
+    finish(name, what, run())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_times() {
+        assert_eq!(parse_wrk_time("850.00us").unwrap(), 0.85);
+        assert_eq!(parse_wrk_time("1.50ms").unwrap(), 1.5);
+        assert_eq!(parse_wrk_time("1.02s").unwrap(), 1020.0);
+        assert!(parse_wrk_time("3m").is_err());
+    }
+}
