@@ -108,6 +108,7 @@ impl Agent {
             .stdout(log_file.try_clone().expect("dup"))
             .stderr(log_file)
             .env_remove("RUST_LOG");
+        // Set after the removal so a test can ask for RUST_LOG explicitly.
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -340,3 +340,62 @@ fn unprivileged_agent_fails_with_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn kernel_logs_reach_agent_logs_only_when_debug_is_asked_for() {
+    // Default: kernel-side log statements are patched off at load time.
+    let quiet = Agent::start("");
+    let out = Command::new("/bin/true").status().unwrap();
+    assert!(out.success());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !quiet.log().contains("process event kind="),
+        "kernel debug logs on by default:\n{}",
+        quiet.log()
+    );
+    drop(quiet);
+
+    // Asked for: aya-log records are forwarded into the agent's logs.
+    let loud = Agent::start_with_env("", &[("RUST_LOG", "info,sonde_ebpf=debug")]);
+    let child = Command::new("/bin/true").spawn().unwrap();
+    let pid = child.id();
+    let mut child = child;
+    child.wait().unwrap();
+    wait_for(
+        Duration::from_secs(10),
+        "kernel debug record for our exec",
+        || {
+            loud.log()
+                .contains(&format!("process event kind=1 tgid={pid}"))
+                .then_some(())
+        },
+    );
+}
+
+#[test]
+fn help_teaches_with_examples() {
+    for args in [&["--help"][..], &["agent", "--help"], &["status", "--help"]] {
+        let out = Command::new(sonde_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Examples:"),
+            "{args:?} has no examples:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn agent_with_nothing_enabled_is_live_but_not_ready() {
+    let agent = Agent::spawn("", &[("SONDE_COLLECTORS__PROCESS__ENABLED", "false")]);
+    let (code, body) = wait_for(
+        Duration::from_secs(20),
+        "the agent to finish start-up",
+        || {
+            let (code, body) = sonde_tests::http_get(agent.addr, "/health/ready").ok()?;
+            body.contains("collectors started").then_some((code, body))
+        },
+    );
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(agent.get("/health/live").0, 200);
+}

@@ -5,6 +5,7 @@
 //! the program free of kernel-version-specific struct offsets.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_ktime_get_boot_ns,
@@ -12,6 +13,7 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
+use aya_log_ebpf::debug;
 use sonde_common::process::{PROCESS_COUNTERS, ProcessCounter, ProcessEvent, ProcessEventKind};
 
 use crate::counters::bump;
@@ -32,7 +34,7 @@ pub enum ProcessError {
 /// Emits one event for the current task. Exit of a non-leader thread is not a
 /// process exit, so it is skipped.
 #[inline(always)]
-pub fn try_emit(kind: ProcessEventKind) -> Result<(), ProcessError> {
+pub fn try_emit<C: EbpfContext>(ctx: &C, kind: ProcessEventKind) -> Result<(), ProcessError> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let tid = pid_tgid as u32;
@@ -40,6 +42,9 @@ pub fn try_emit(kind: ProcessEventKind) -> Result<(), ProcessError> {
         return Ok(());
     }
     bump(&PROCESS_COUNTERS_MAP, ProcessCounter::Seen as u32);
+    // Compiled in, but gated by AYA_LOG_LEVEL, which the agent patches to 0
+    // unless its own log filter asks for debug: one global load by default.
+    debug!(ctx, "process event kind={} tgid={}", kind as u32, tgid);
     let Some(mut entry) = PROCESS_EVENTS.reserve::<ProcessEvent>(0) else {
         return Err(ProcessError::RingbufFull);
     };
@@ -58,8 +63,8 @@ pub fn try_emit(kind: ProcessEventKind) -> Result<(), ProcessError> {
 
 /// Entry points call this and turn the error into a counted drop.
 #[inline(always)]
-pub fn emit(kind: ProcessEventKind) -> u32 {
-    match try_emit(kind) {
+pub fn emit<C: EbpfContext>(ctx: &C, kind: ProcessEventKind) -> u32 {
+    match try_emit(ctx, kind) {
         Ok(()) => 0,
         Err(ProcessError::RingbufFull) => {
             bump(&PROCESS_COUNTERS_MAP, ProcessCounter::RingbufFull as u32);

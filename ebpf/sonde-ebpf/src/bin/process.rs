@@ -12,21 +12,21 @@ use sonde_common::process::ProcessEventKind;
 use sonde_ebpf::process::emit;
 
 #[btf_tracepoint(function = "sched_process_exec")]
-pub fn process_exec_btf(_ctx: BtfTracePointContext) -> i32 {
-    emit(ProcessEventKind::Exec) as i32
+pub fn process_exec_btf(ctx: BtfTracePointContext) -> i32 {
+    emit(&ctx, ProcessEventKind::Exec) as i32
 }
 
 #[btf_tracepoint(function = "sched_process_exit")]
-pub fn process_exit_btf(_ctx: BtfTracePointContext) -> i32 {
-    emit(ProcessEventKind::Exit) as i32
+pub fn process_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    emit(&ctx, ProcessEventKind::Exit) as i32
 }
 
 #[tracepoint]
-pub fn process_exec_tp(_ctx: TracePointContext) -> u32 {
-    emit(ProcessEventKind::Exec)
+pub fn process_exec_tp(ctx: TracePointContext) -> u32 {
+    emit(&ctx, ProcessEventKind::Exec)
 }
 
 #[tracepoint]
-pub fn process_exit_tp(_ctx: TracePointContext) -> u32 {
-    emit(ProcessEventKind::Exit)
+pub fn process_exit_tp(ctx: TracePointContext) -> u32 {
+    emit(&ctx, ProcessEventKind::Exit)
 }
