@@ -28,10 +28,10 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("invalid environment override {var}: {message}")]
     Env { var: String, message: String },
-    #[error("invalid config file {path}: {source}")]
+    #[error("invalid config file {path}: {error}")]
     Rule {
         path: String,
-        source: crate::alerts::rules::RuleError,
+        error: crate::alerts::rules::RuleError,
     },
 }
 
@@ -255,13 +255,10 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let config = Self::parse_and_override(text, name, env)?;
         // Rules are checked after parsing, so their errors name the rule.
-        config
-            .alerts
-            .compile()
-            .map_err(|source| ConfigError::Rule {
-                path: name.to_owned(),
-                source,
-            })?;
+        config.alerts.compile().map_err(|error| ConfigError::Rule {
+            path: name.to_owned(),
+            error,
+        })?;
         Ok(config)
     }
 

@@ -20,6 +20,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("gcc", "gcc"),
     ("strace", "strace"),
     ("curl", "curl"),
+    // Alerting end to end (tests/tests/alerts.rs, tests/tests/prometheus.rs).
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
 ];
 
 pub fn setup() -> Result<()> {
