@@ -421,3 +421,62 @@ impl AlertEngine {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::config::{BuiltinRules, RuleConfig};
+
+    #[test]
+    fn evaluates_the_registry_and_tracks_state_history_and_metrics() {
+        let telemetry = Telemetry::new();
+        let g = telemetry.gauge("sonde_processes_tracked", "test");
+        let cfg = AlertsConfig {
+            builtin_rules: BuiltinRules::All(false),
+            rules: vec![RuleConfig {
+                name: "TooMany".into(),
+                expr: "sonde_processes_tracked".into(),
+                op: ">".into(),
+                threshold: 5.0,
+                for_: "0s".into(),
+                severity: "critical".into(),
+                labels: Default::default(),
+                annotations: [("summary".to_owned(), "{{ $value }} tracked".to_owned())].into(),
+            }],
+            ..Default::default()
+        };
+        let engine = AlertEngine::new(&cfg, cfg.compile().unwrap(), &telemetry);
+        g.set(3);
+        engine.evaluate_once();
+        assert!(engine.report(true).alerts.is_empty());
+        g.set(9);
+        engine.evaluate_once();
+        let r = engine.report(false);
+        assert_eq!(r.alerts.len(), 1, "{r:?}");
+        assert_eq!(r.alerts[0].state, AlertState::Firing);
+        assert_eq!(r.alerts[0].value, Some(9.0));
+        assert_eq!(r.alerts[0].annotations["summary"], "9 tracked");
+        let text = telemetry.encode();
+        assert!(
+            text.contains(
+                r#"sonde_alerts{alertname="TooMany",severity="critical",state="firing"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("sonde_alert_evaluation_duration_seconds_count 2"),
+            "{text}"
+        );
+        g.set(1);
+        engine.evaluate_once();
+        let r = engine.report(true);
+        assert!(r.alerts.is_empty());
+        assert_eq!(r.history.len(), 1);
+        assert_eq!(r.history[0].state, AlertState::Resolved);
+        assert_eq!(r.evaluations, 3);
+        assert_eq!(
+            engine.health().status,
+            crate::collectors::HealthStatus::Healthy
+        );
+    }
+}
