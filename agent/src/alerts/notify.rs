@@ -415,8 +415,34 @@ impl Receiver {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
+
+    pub fn metrics() -> ReceiverMetrics {
+        ReceiverMetrics {
+            sent: IntCounter::new("s", "s").unwrap(),
+            failed: IntCounter::new("f", "f").unwrap(),
+            dropped: IntCounter::new("d", "d").unwrap(),
+            queued: IntGauge::new("q", "q").unwrap(),
+        }
+    }
+
+    pub fn wire(name: &str, status: &'static str) -> WireAlert {
+        WireAlert {
+            labels: [("alertname".to_owned(), name.to_owned())].into(),
+            annotations: BTreeMap::new(),
+            starts_at: String::new(),
+            ends_at: String::new(),
+            generator_url: String::new(),
+            status,
+            value: 1.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{tests_support::*, *};
 
     #[test]
     fn rfc3339_known_instants() {
@@ -437,27 +463,6 @@ mod tests {
             .join("/api/v2/alerts");
         assert_eq!(u.to_string(), "http://[::1]:9093/api/v2/alerts");
         assert!(HttpUrl::parse("ftp://x").is_err());
-    }
-
-    fn metrics() -> ReceiverMetrics {
-        ReceiverMetrics {
-            sent: IntCounter::new("s", "s").unwrap(),
-            failed: IntCounter::new("f", "f").unwrap(),
-            dropped: IntCounter::new("d", "d").unwrap(),
-            queued: IntGauge::new("q", "q").unwrap(),
-        }
-    }
-
-    fn wire(name: &str, status: &'static str) -> WireAlert {
-        WireAlert {
-            labels: [("alertname".to_owned(), name.to_owned())].into(),
-            annotations: BTreeMap::new(),
-            starts_at: String::new(),
-            ends_at: String::new(),
-            generator_url: String::new(),
-            status,
-            value: 1.0,
-        }
     }
 
     #[test]
@@ -490,5 +495,72 @@ mod tests {
         assert!(ob.entries.keys().any(|k| k.contains("\"d\"")));
         drop(ob);
         assert_eq!(r.status().dropped, 2);
+    }
+}
+
+#[cfg(test)]
+mod delivery_tests {
+    use std::time::{Duration, SystemTime};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::{tests_support::*, *};
+
+    /// A receiver that is down is retried with backoff, failures counted,
+    /// and the alert is delivered (then dequeued) once it listens.
+    #[tokio::test]
+    async fn retries_until_the_receiver_is_back() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let r = Receiver::new(
+            Kind::Alertmanager,
+            HttpUrl::parse(&format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .join("/api/v2/alerts"),
+            Duration::from_secs(2),
+            10,
+            metrics(),
+        );
+        let stop = CancellationToken::new();
+        tokio::spawn(r.clone().run(
+            Duration::from_millis(20),
+            Duration::from_millis(100),
+            stop.clone(),
+        ));
+        let mut w = wire("Down", "firing");
+        w.starts_at = rfc3339(SystemTime::UNIX_EPOCH);
+        r.enqueue(vec![w]);
+        while r.status().failed < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(r.failing() && r.status().last_error.is_some());
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !String::from_utf8_lossy(&got).contains("}]") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let req = String::from_utf8_lossy(&got);
+        assert!(req.starts_with("POST /api/v2/alerts HTTP/1.1"), "{req}");
+        let body: serde_json::Value =
+            serde_json::from_str(req.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body[0]["labels"]["alertname"], "Down", "{body}");
+        assert_eq!(body[0]["startsAt"], "1970-01-01T00:00:00.000Z", "{body}");
+        while r.status().queued > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(r.status().sent, 1);
+        assert!(!r.failing());
+        stop.cancel();
     }
 }
