@@ -91,6 +91,15 @@ pub enum DeliveryError {
     Status { status: u16, body: String },
 }
 
+impl DeliveryError {
+    /// A 4xx other than 408/429: the request itself is wrong, so retrying
+    /// it cannot help.
+    fn is_permanent(&self) -> bool {
+        matches!(self, DeliveryError::Status { status, .. }
+            if (400..500).contains(status) && *status != 408 && *status != 429)
+    }
+}
+
 /// Alertmanager's v2 alert shape (`postableAlert`), also used, with `status`
 /// and `value`, in webhook bodies.
 #[derive(Debug, Clone, Serialize)]
@@ -324,6 +333,25 @@ impl Receiver {
                     ob.last_success = Some(SystemTime::now());
                     self.metrics.queued.set(ob.entries.len() as i64);
                     self.metrics.sent.inc_by(batch.len() as u64);
+                }
+                Err(e) if e.is_permanent() => {
+                    // The receiver refuses this batch as such (400, 422...):
+                    // retrying the same body cannot succeed and would block
+                    // every later alert. Drop it, loudly.
+                    self.metrics.failed.inc();
+                    tracing::error!(receiver = %self.url, alerts = batch.len(), "receiver rejected alerts, dropping them: {e}");
+                    let mut ob = self.lock();
+                    for (k, s, _) in &batch {
+                        if ob.entries.get(k).is_some_and(|(cur, _)| cur == s) {
+                            ob.entries.remove(k);
+                            self.metrics.dropped.inc();
+                        }
+                    }
+                    ob.last_error = Some(format!(
+                        "{}: {e} (alerts dropped)",
+                        rfc3339(SystemTime::now())
+                    ));
+                    self.metrics.queued.set(ob.entries.len() as i64);
                 }
                 Err(e) => {
                     self.metrics.failed.inc();
@@ -561,6 +589,47 @@ mod delivery_tests {
         }
         assert_eq!(r.status().sent, 1);
         assert!(!r.failing());
+        stop.cancel();
+    }
+
+    /// A 400 is not retried forever: the batch is dropped and counted.
+    #[tokio::test]
+    async fn a_rejected_batch_is_dropped_not_retried() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 3\r\n\r\nbad")
+                    .await;
+            }
+        });
+        let r = Receiver::new(
+            Kind::Webhook,
+            HttpUrl::parse(&format!("http://127.0.0.1:{port}/hook")).unwrap(),
+            Duration::from_secs(2),
+            10,
+            metrics(),
+        );
+        let stop = CancellationToken::new();
+        tokio::spawn(r.clone().run(
+            Duration::from_millis(20),
+            Duration::from_millis(100),
+            stop.clone(),
+        ));
+        r.enqueue(vec![wire("Bad", "firing")]);
+        while r.status().dropped == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let st = r.status();
+        assert_eq!((st.queued, st.failed, st.sent), (0, 1, 0), "{st:?}");
+        assert!(st.last_error.unwrap().contains("400"));
         stop.cancel();
     }
 }
