@@ -48,15 +48,26 @@ pub const KNOWN: &[&str] = &[
     "sonde_alert_series_dropped_total",
 ];
 
+/// The histogram families in `KNOWN`: only their `_bucket`, `_sum` and
+/// `_count` series exist.
+pub const HISTOGRAMS: &[&str] = &[
+    "http_server_request_duration_seconds",
+    "http_client_request_duration_seconds",
+    "sonde_syscall_duration_seconds",
+    "sonde_alert_evaluation_duration_seconds",
+];
+
 /// Whether `series` (a family name, or a histogram's `_bucket`/`_sum`/`_count`
 /// series) is something sonde can export.
 pub fn is_known(series: &str) -> bool {
-    if KNOWN.contains(&series) {
+    if KNOWN.contains(&series) && !HISTOGRAMS.contains(&series) {
         return true;
     }
-    ["_bucket", "_sum", "_count"]
-        .iter()
-        .any(|s| series.strip_suffix(s).is_some_and(|b| KNOWN.contains(&b)))
+    ["_bucket", "_sum", "_count"].iter().any(|s| {
+        series
+            .strip_suffix(s)
+            .is_some_and(|b| HISTOGRAMS.contains(&b))
+    })
 }
 
 #[cfg(test)]
@@ -67,6 +78,12 @@ mod tests {
     fn histogram_series_resolve_to_their_family() {
         assert!(is_known("http_server_request_duration_seconds_bucket"));
         assert!(is_known("sonde_collector_up"));
+        // A histogram has no series under its bare name.
+        assert!(!is_known("http_server_request_duration_seconds"));
+        assert!(!is_known("sonde_collector_up_count"));
+        for h in HISTOGRAMS {
+            assert!(KNOWN.contains(h), "{h}");
+        }
         assert!(!is_known("sonde_nope_total"));
     }
 }

@@ -177,6 +177,15 @@ pub fn compile_rule(at: &str, rc: &RuleConfig) -> Result<Rule, RuleError> {
         ));
     }
     for s in sels {
+        if metrics_catalog::HISTOGRAMS.contains(&s.name.as_str()) {
+            return Err(e(
+                "expr",
+                format!(
+                    "at column {}: `{}` is a histogram: select its `_bucket`, `_sum` or `_count` series",
+                    s.col, s.name
+                ),
+            ));
+        }
         if !metrics_catalog::is_known(&s.name) {
             return Err(e(
                 "expr",
@@ -407,6 +416,10 @@ mod tests {
             .compile()
             .unwrap_err();
         assert!(e.to_string().contains("expr: at column"), "{e}");
+        let e = cfg("name = \"G\"\nexpr = \"rate(http_server_request_duration_seconds[5m])\"\nthreshold = 1\n")
+            .compile()
+            .unwrap_err();
+        assert!(e.msg.contains("is a histogram"), "{e}");
         let ok = cfg(
             "name = \"F\"\nexpr = \"http_server_request_duration_seconds_bucket\"\nthreshold = 1\n",
         );
