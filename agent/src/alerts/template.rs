@@ -147,9 +147,16 @@ fn format_value(v: f64, f: Format) -> String {
     }
 }
 
-/// At most 4 significant decimals, no trailing zeros.
+/// Four significant digits (like Go's `%.4g` for these magnitudes), no
+/// trailing zeros.
 fn trim(v: f64) -> String {
-    let s = format!("{v:.4}");
+    let int_digits = if v == 0.0 || !v.is_finite() {
+        1
+    } else {
+        v.abs().log10().floor() as i32 + 1
+    };
+    let decimals = (4 - int_digits).clamp(0, 12) as usize;
+    let s = format!("{v:.decimals$}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
     s.to_owned()
 }
@@ -171,6 +178,9 @@ mod tests {
         );
         let t = Template::parse("{{ $value | humanize }}B").unwrap();
         assert_eq!(t.render(1_500_000.0, &labels), "1.5MB");
+        assert_eq!(t.render(40_517_600.0, &labels), "40.52MB");
+        assert_eq!(t.render(0.25, &labels), "0.25B");
+        assert_eq!(t.render(0.0012345, &labels), "0.001234B");
     }
 
     #[test]
