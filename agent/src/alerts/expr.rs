@@ -440,26 +440,15 @@ impl Parser {
             _ => None,
         };
         if let Some(op) = agg {
-            let mut by = Vec::new();
-            if matches!(self.peek().0, Tok::Ident(k) if k == "by") {
-                self.next();
-                self.expect("(")?;
-                loop {
-                    match self.next() {
-                        (Tok::Ident(l), _) => by.push(l),
-                        (Tok::Punct(")"), _) if by.is_empty() => break,
-                        (t, c) => return err(c, format!("expected a label name, found {t}")),
-                    }
-                    match self.next() {
-                        (Tok::Punct(","), _) => {}
-                        (Tok::Punct(")"), _) => break,
-                        (t, c) => return err(c, format!("expected `,` or `)`, found {t}")),
-                    }
-                }
-            }
+            let mut by = self.by_clause()?;
             self.expect("(")?;
             let inner = self.expr()?;
             self.expect(")")?;
+            // PromQL also allows the clause after the body: `sum(x) by (l)`.
+            if by.is_none() {
+                by = self.by_clause()?;
+            }
+            let by = by.unwrap_or_default();
             return Ok(Expr::Agg {
                 op,
                 by,
@@ -502,6 +491,29 @@ impl Parser {
             );
         }
         Ok(Expr::Instant(sel))
+    }
+
+    /// `by (a, b)` if present.
+    fn by_clause(&mut self) -> Result<Option<Vec<String>>, ParseError> {
+        if !matches!(self.peek().0, Tok::Ident(k) if k == "by") {
+            return Ok(None);
+        }
+        self.next();
+        self.expect("(")?;
+        let mut by = Vec::new();
+        loop {
+            match self.next() {
+                (Tok::Ident(l), _) => by.push(l),
+                (Tok::Punct(")"), _) if by.is_empty() => break,
+                (t, c) => return err(c, format!("expected a label name, found {t}")),
+            }
+            match self.next() {
+                (Tok::Punct(","), _) => {}
+                (Tok::Punct(")"), _) => break,
+                (t, c) => return err(c, format!("expected `,` or `)`, found {t}")),
+            }
+        }
+        Ok(Some(by))
     }
 
     fn selector(&mut self, name: String, col: usize) -> Result<Selector, ParseError> {
@@ -596,6 +608,14 @@ mod tests {
     fn parses_quantile_and_precedence() {
         let e = parse("histogram_quantile(0.99, sum by (le) (rate(x_bucket[1m]))) * 1000").unwrap();
         assert!(matches!(e, Expr::Binary { op: BinOp::Mul, .. }));
+        let e = parse("sum(rate(x[1m])) by (a, b) / 2").unwrap();
+        let Expr::Binary { lhs, .. } = &e else {
+            panic!()
+        };
+        let Expr::Agg { by, .. } = lhs.as_ref() else {
+            panic!()
+        };
+        assert_eq!(by, &["a", "b"]);
         let e = parse("a + b * c").unwrap();
         let Expr::Binary {
             op: BinOp::Add,
