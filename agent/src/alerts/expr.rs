@@ -9,7 +9,7 @@
 //! matcher  := IDENT ('=' | '!=' | '=~' | '!~') STRING
 //! call     := RANGE_FN '(' selector '[' DURATION ']' ')'
 //!           | 'histogram_quantile' '(' NUMBER ',' expr ')'
-//! agg      := AGG_OP ('by' '(' labels ')')? '(' expr ')'
+//! agg      := AGG_OP by? '(' expr ')' by?      by := 'by' '(' labels ')'
 //! RANGE_FN := rate | increase | delta | avg_over_time | max_over_time | min_over_time
 //! AGG_OP   := sum | max | min | avg | count
 //! ```
