@@ -28,6 +28,11 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("invalid environment override {var}: {message}")]
     Env { var: String, message: String },
+    #[error("invalid config file {path}: {error}")]
+    Rule {
+        path: String,
+        error: crate::alerts::rules::RuleError,
+    },
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
@@ -36,6 +41,7 @@ pub struct Config {
     pub agent: AgentConfig,
     pub api: ApiConfig,
     pub collectors: CollectorsConfig,
+    pub alerts: crate::alerts::AlertsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -243,6 +249,20 @@ impl Config {
     }
 
     pub fn from_str_with_env(
+        text: &str,
+        name: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let config = Self::parse_and_override(text, name, env)?;
+        // Rules are checked after parsing, so their errors name the rule.
+        config.alerts.compile().map_err(|error| ConfigError::Rule {
+            path: name.to_owned(),
+            error,
+        })?;
+        Ok(config)
+    }
+
+    fn parse_and_override(
         text: &str,
         name: &str,
         env: impl IntoIterator<Item = (String, String)>,

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    alerts::AlertEngine,
     api::{self, AppState},
     collectors::{Collector, StartContext, chain, process::ProcessCollector},
     config::Config,
@@ -72,6 +73,13 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         &telemetry,
     );
     let shutdown = CancellationToken::new();
+    let alerts = if config.alerts.enabled {
+        // Already validated by Config::load; compile again to build the engine.
+        let compiled = config.alerts.compile()?;
+        Some(AlertEngine::new(&config.alerts, compiled, &telemetry))
+    } else {
+        None
+    };
     let state = AppState {
         telemetry: telemetry.clone(),
         config: Arc::new(config.clone()),
@@ -80,6 +88,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         collectors: Arc::new(Mutex::new(Vec::new())),
         processes: processes.clone(),
         startup_done: Arc::new(AtomicBool::new(false)),
+        alerts: alerts.clone(),
     };
 
     let tcp_server = tokio::spawn(serve(
@@ -134,6 +143,9 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(c);
+    }
+    if let Some(a) = &alerts {
+        a.spawn(&config.alerts, shutdown.clone());
     }
     state.startup_done.store(true, Ordering::Release);
     tracing::info!(ready = state.health_report().ready, "start-up complete");

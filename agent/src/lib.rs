@@ -1,6 +1,7 @@
 //! sonde's agent and CLI as a library, so tests and tools can reuse the
 //! config, the API types and the output formatting.
 
+pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod collectors;
@@ -9,5 +10,6 @@ pub mod daemon;
 pub mod ebpf;
 pub mod features;
 pub mod logging;
+pub mod metrics_catalog;
 pub mod process_table;
 pub mod telemetry;

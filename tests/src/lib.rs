@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod peers;
 pub mod workload;
 
 /// The `sonde` binary under test: `$SONDE_BIN` (set by `cargo xtask test`),

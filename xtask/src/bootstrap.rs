@@ -24,6 +24,10 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bpftrace", "bpftrace"),
     ("nginx", "nginx"),
     ("wrk", "wrk"),
+    // Alerting end to end (tests/tests/alerts.rs, tests/tests/prometheus.rs).
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    ("prometheus-alertmanager", "prometheus-alertmanager"),
 ];
 
 pub fn setup() -> Result<()> {

@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/processes", get(processes))
+        .route("/api/v1/alerts", get(alerts))
         .fallback(not_found)
         .with_state(state)
 }
@@ -136,6 +137,22 @@ async fn processes(
         })
         .collect();
     Json(list)
+}
+
+#[derive(Debug, Deserialize)]
+struct AlertsQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn alerts(
+    State(s): State<AppState>,
+    Query(q): Query<AlertsQuery>,
+) -> Json<crate::alerts::AlertsReport> {
+    Json(match &s.alerts {
+        Some(a) => a.report(q.all),
+        None => crate::alerts::AlertsReport::default(),
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

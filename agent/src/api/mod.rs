@@ -34,6 +34,8 @@ pub struct AppState {
     pub processes: ProcessTable,
     /// Set once every enabled collector has been started (or has failed).
     pub startup_done: Arc<AtomicBool>,
+    /// The alert rule engine, when `alerts.enabled`.
+    pub alerts: Option<crate::alerts::AlertEngine>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,6 +74,12 @@ impl AppState {
             .iter()
             .any(|c| c.health.status != HealthStatus::Unhealthy);
         let ready = startup_done && any_running;
+        if let Some(a) = &self.alerts {
+            components.push(NamedHealth {
+                name: "alerts".into(),
+                health: a.health(),
+            });
+        }
         components.push(NamedHealth {
             name: "startup".into(),
             health: if startup_done {

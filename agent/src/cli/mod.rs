@@ -2,6 +2,7 @@
 //! into typed values here; the daemon and the query commands get those,
 //! never raw strings.
 
+pub mod alerts;
 pub mod client;
 pub mod output;
 pub mod status;
@@ -53,6 +54,15 @@ SONDE_COLLECTORS__PROCESS__ENABLED=false.")]
   sudo sonde status
   sudo sonde status -o json | jq '.collectors[] | select(.status != \"healthy\")'")]
     Status(QueryArgs),
+    /// Show the built-in alert engine's active alerts (pending, firing) and
+    /// delivery status; `--all` adds the history of resolved alerts.
+    #[command(after_help = "Examples:
+  sudo sonde alerts                     active alerts, value, since when
+  sudo sonde alerts --all               plus resolved alerts (bounded history)
+  sudo sonde alerts -o json | jq '.alerts[] | select(.state == \"firing\")'
+
+Rules are configured under [alerts] in the agent's config: docs/alerts.md.")]
+    Alerts(alerts::AlertsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +109,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Agent(a) => agent(a),
         Command::Status(q) => status::run(&q),
+        Command::Alerts(a) => alerts::run(&a),
     };
     match result {
         Ok(()) => 0,

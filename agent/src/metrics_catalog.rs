@@ -1,0 +1,89 @@
+//! Every metric family sonde can export, so alert rules that name a metric
+//! sonde never produces are rejected at load time instead of silently never
+//! firing. Histograms are listed by their base name; `_bucket`, `_sum` and
+//! `_count` series are accepted for them.
+//!
+//! A family listed here may still be absent at run time (its collector is
+//! disabled or could not attach): rules over it then simply match nothing.
+
+/// Family names (histograms by base name).
+pub const KNOWN: &[&str] = &[
+    // Foundation (telemetry.rs, process collector, process table).
+    "sonde_build_info",
+    "sonde_collector_up",
+    "sonde_events_lost_total",
+    "sonde_processes_tracked",
+    "sonde_process_execs_total",
+    "sonde_process_exits_total",
+    "sonde_process_table_evictions_total",
+    // The agent's own process (prometheus process collector).
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_virtual_memory_max_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+    // HTTP collector.
+    "http_server_request_duration_seconds",
+    "http_server_active_requests",
+    "http_client_request_duration_seconds",
+    // Syscalls collector.
+    "sonde_syscalls_total",
+    "sonde_syscall_errors_total",
+    "sonde_syscall_duration_seconds",
+    // CPU profiler.
+    "sonde_profile_samples_total",
+    // Memory.
+    "sonde_memory_mapped_bytes",
+    // Alerts (this engine).
+    "sonde_alerts",
+    "sonde_alert_evaluation_duration_seconds",
+    "sonde_alert_evaluation_failures_total",
+    "sonde_alert_notifications_total",
+    "sonde_alert_notifications_failed_total",
+    "sonde_alert_notifications_dropped_total",
+    "sonde_alert_queue_length",
+    "sonde_alert_series_dropped_total",
+];
+
+/// The histogram families in `KNOWN`: only their `_bucket`, `_sum` and
+/// `_count` series exist.
+pub const HISTOGRAMS: &[&str] = &[
+    "http_server_request_duration_seconds",
+    "http_client_request_duration_seconds",
+    "sonde_syscall_duration_seconds",
+    "sonde_alert_evaluation_duration_seconds",
+];
+
+/// Whether `series` (a family name, or a histogram's `_bucket`/`_sum`/`_count`
+/// series) is something sonde can export.
+pub fn is_known(series: &str) -> bool {
+    if KNOWN.contains(&series) && !HISTOGRAMS.contains(&series) {
+        return true;
+    }
+    ["_bucket", "_sum", "_count"].iter().any(|s| {
+        series
+            .strip_suffix(s)
+            .is_some_and(|b| HISTOGRAMS.contains(&b))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_series_resolve_to_their_family() {
+        assert!(is_known("http_server_request_duration_seconds_bucket"));
+        assert!(is_known("sonde_collector_up"));
+        // A histogram has no series under its bare name.
+        assert!(!is_known("http_server_request_duration_seconds"));
+        assert!(!is_known("sonde_collector_up_count"));
+        for h in HISTOGRAMS {
+            assert!(KNOWN.contains(h), "{h}");
+        }
+        assert!(!is_known("sonde_nope_total"));
+    }
+}
