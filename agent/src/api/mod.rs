@@ -34,6 +34,8 @@ pub struct AppState {
     pub processes: ProcessTable,
     /// Set once every enabled collector has been started (or has failed).
     pub startup_done: Arc<AtomicBool>,
+    /// Query handle of the syscall collector, when it is enabled.
+    pub syscalls: Arc<Mutex<Option<crate::collectors::syscalls::SyscallsHandle>>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

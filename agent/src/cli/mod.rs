@@ -5,6 +5,7 @@
 pub mod client;
 pub mod output;
 pub mod status;
+pub mod syscalls;
 
 use std::path::PathBuf;
 
@@ -53,6 +54,17 @@ SONDE_COLLECTORS__PROCESS__ENABLED=false.")]
   sudo sonde status
   sudo sonde status -o json | jq '.collectors[] | select(.status != \"healthy\")'")]
     Status(QueryArgs),
+    /// Per-syscall calls, errors and latency of the last window, like
+    /// `strace -c`, for every process or one of them.
+    #[command(after_help = "Examples:
+  sudo sonde syscalls                        every process, by total time
+  sudo sonde syscalls --pid 1234 --sort count
+  sudo sonde syscalls --name nginx --sort errors
+  sudo sonde syscalls --name nginx -o json | jq '.rows[] | select(.errors > 0)'
+
+Counts come from in-kernel aggregation (no strace-style stopping of the
+process). The window is collectors.syscalls.window (default 60s).")]
+    Syscalls(syscalls::SyscallsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +111,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Agent(a) => agent(a),
         Command::Status(q) => status::run(&q),
+        Command::Syscalls(a) => syscalls::run(&a),
     };
     match result {
         Ok(()) => 0,
