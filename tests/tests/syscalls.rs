@@ -329,3 +329,53 @@ fn exited_processes_are_exported_once_then_released() {
     // Counters never went backwards or doubled: still exactly n * 7.
     assert_eq!(metric_value(&agent.metrics(), series), Some((n * 7) as f64));
 }
+
+#[test]
+fn config_filters_trim_processes_and_syscalls_in_the_kernel() {
+    let _x = exclusive();
+    let agent = Agent::start(
+        "[collectors.syscalls]\ninterval = \"1s\"\nservices = [\"sonde_sc_keep\"]\nsyscalls = [\"getppid\", \"openat\"]\n",
+    );
+    let bin = build_c("syscall_mix", &["-O2"]);
+    let keep = named_copy(&agent, &bin, "sonde_sc_keep");
+    let skip = named_copy(&agent, &bin, "sonde_sc_skip");
+    let args = ["2000", "500", "30", "0", "1"];
+    let mut a = Mix::spawn(Command::new(&keep).args(args));
+    let mut b = Mix::spawn(Command::new(&skip).args(args));
+    // The service filter is applied at each drain (every second here).
+    std::thread::sleep(Duration::from_secs(3));
+    a.run();
+    b.run();
+    let r = report_with(&agent, a.child.id(), "getppid", 2000);
+    assert_eq!(calls(&r, "getppid"), 2000, "{r}");
+    assert_eq!(calls(&r, "openat"), 30, "{r}");
+    assert_eq!(calls(&r, "write"), 0, "write is filtered out: {r}");
+    let names: Vec<&str> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["syscall"].as_str())
+        .collect();
+    assert!(
+        names.iter().all(|n| ["getppid", "openat"].contains(n)),
+        "{names:?}"
+    );
+    let other = agent.api(&format!("/api/v1/syscalls?pid={}", b.child.id()));
+    assert_eq!(other["rows"], serde_json::json!([]), "{other}");
+    a.finish();
+    b.finish();
+
+    // An unknown syscall name leaves the agent up and says why.
+    let bad = Agent::spawn("[collectors.syscalls]\nsyscalls = [\"getppidd\"]\n", &[]);
+    bad.wait_ready(Duration::from_secs(30));
+    let st = bad.api("/api/v1/status");
+    let c = st["collectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "syscalls")
+        .cloned()
+        .unwrap();
+    assert_eq!(c["status"], "unhealthy", "{c}");
+    assert!(c["reason"].as_str().unwrap().contains("getppidd"), "{c}");
+}
