@@ -136,7 +136,9 @@ pub struct SyscallStart {
     /// `bpf_ktime_get_ns()` at enter; 0 once consumed by exit.
     pub ts: u64,
     pub nr: u32,
-    pub _pad: u32,
+    /// Owner of the slot: a thread killed inside a syscall leaves a slot
+    /// behind, and its tid may be reused by another process.
+    pub tgid: u32,
 }
 const _: () = assert!(core::mem::size_of::<SyscallStart>() == 16);
 

@@ -112,11 +112,12 @@ pub fn try_enter(nr: i64) -> Result<(), SyscallError> {
             unsafe {
                 (*slot).ts = ts;
                 (*slot).nr = nr;
+                (*slot).tgid = tgid;
             }
             Ok(())
         }
         None => SYSCALL_START
-            .insert(tid, SyscallStart { ts, nr, _pad: 0 }, 0)
+            .insert(tid, SyscallStart { ts, nr, tgid }, 0)
             .map_err(|_| SyscallError::StartMapFull),
     }
 }
@@ -129,18 +130,20 @@ pub fn try_exit(ret: i64) -> Result<(), SyscallError> {
     let Some(slot) = SYSCALL_START.get_ptr_mut(tid) else {
         return Ok(());
     };
+    let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: pointer from a successful lookup of this thread's own slot.
-    let (start, nr) = unsafe { ((*slot).ts, (*slot).nr) };
-    if start == 0 {
-        // No matching enter (the thread was in this syscall at attach time,
-        // or a fresh fork returning), or it was filtered out.
+    let (start, nr, owner) = unsafe { ((*slot).ts, (*slot).nr, (*slot).tgid) };
+    if start == 0 || owner != tgid {
+        // No matching enter: the thread was in this syscall at attach time,
+        // a fork child is returning, the call was filtered out, or the slot
+        // was left by a killed thread whose tid is now reused.
         return Ok(());
     }
     // SAFETY: as above.
     unsafe { (*slot).ts = 0 };
     // SAFETY: helper with no arguments, allowed in tracing programs.
     let now = unsafe { bpf_ktime_get_ns() };
-    account((pid_tgid >> 32) as u32, nr, now.saturating_sub(start), ret)
+    account(tgid, nr, now.saturating_sub(start), ret)
 }
 
 #[inline(always)]

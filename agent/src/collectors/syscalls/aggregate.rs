@@ -95,8 +95,8 @@ impl Delta {
     }
 
     /// Upper bound (ns) of the bucket holding quantile `q` (HdrHistogram's
-    /// convention: the true value is at most this, and at least 3/4 of it
-    /// since buckets are at most 25 % wide). The open last bucket reports its
+    /// convention: the true value is at most this, and at least 80 % of it
+    /// since buckets are at most 25 % wider than their lower bound). The open last bucket reports its
     /// lower bound.
     pub fn quantile_ns(&self, q: f64) -> Option<u64> {
         let total: u64 = self.hist.iter().sum();
@@ -132,28 +132,48 @@ pub struct Tracker {
 
 impl Tracker {
     /// Takes a full reading of both maps; returns the non-zero deltas.
+    /// Keys of `deferred` processes are left for a later reading: no delta
+    /// now, and their previous reading is kept.
     pub fn update(
         &mut self,
         cur: HashMap<SyscallKey, Reading>,
         cur_err: HashMap<ErrnoKey, u64>,
+        deferred: &HashSet<u32>,
     ) -> Deltas {
         let mut out = Vec::new();
-        for (k, r) in &cur {
-            let d = Delta::between(r, self.last.get(k));
-            if d.count > 0 {
-                out.push((*k, d));
+        let mut last = HashMap::with_capacity(cur.len());
+        for (k, r) in cur {
+            if deferred.contains(&k.tgid) {
+                if let Some(old) = self.last.remove(&k) {
+                    last.insert(k, old);
+                }
+                continue;
             }
+            let d = Delta::between(&r, self.last.get(&k));
+            if d.count > 0 {
+                out.push((k, d));
+            }
+            last.insert(k, r);
         }
         let mut errs = Vec::new();
-        for (k, v) in &cur_err {
-            let last = self.last_err.get(k).copied().unwrap_or(0);
-            let d = if *v >= last { v - last } else { *v };
-            if d > 0 {
-                errs.push((*k, d));
+        let mut last_err = HashMap::with_capacity(cur_err.len());
+        for (k, v) in cur_err {
+            let prev = self.last_err.get(&k).copied();
+            if deferred.contains(&k.tgid) {
+                if let Some(old) = prev {
+                    last_err.insert(k, old);
+                }
+                continue;
             }
+            let prev = prev.unwrap_or(0);
+            let d = if v >= prev { v - prev } else { v };
+            if d > 0 {
+                errs.push((k, d));
+            }
+            last_err.insert(k, v);
         }
-        self.last = cur;
-        self.last_err = cur_err;
+        self.last = last;
+        self.last_err = last_err;
         (out, errs)
     }
 
@@ -568,7 +588,22 @@ mod tests {
         let mut t = Tracker::default();
         let r = Reading::sum_cpus(&[stats(10, 1000, 1), stats(5, 1000, 0)]);
         assert_eq!(r.count, 15);
-        let (d, _) = t.update(HashMap::from([(key(1, 0), r)]), HashMap::new());
+        let none = HashSet::new();
+        let (d, _) = t.update(
+            HashMap::from([(key(1, 0), r.clone())]),
+            HashMap::new(),
+            &none,
+        );
+        assert_eq!(d[0].1.count, 15);
+        // A deferred process yields nothing now and everything later.
+        let mut t2 = Tracker::default();
+        let (d, _) = t2.update(
+            HashMap::from([(key(1, 0), r.clone())]),
+            HashMap::new(),
+            &HashSet::from([1]),
+        );
+        assert!(d.is_empty());
+        let (d, _) = t2.update(HashMap::from([(key(1, 0), r)]), HashMap::new(), &none);
         assert_eq!(d[0].1.count, 15);
         assert_eq!(d[0].1.errors, 1);
         // Bucket wraps at 2^32 on one CPU: the delta is still right.
@@ -578,10 +613,11 @@ mod tests {
         let mut prev = Reading::sum_cpus(&[stats(10, 1000, 1)]);
         prev.hist[hist_bucket(1000)] = u32::MAX - 3;
         let mut t = Tracker::default();
-        t.update(HashMap::from([(key(1, 0), prev)]), HashMap::new());
+        t.update(HashMap::from([(key(1, 0), prev)]), HashMap::new(), &none);
         let (d, _) = t.update(
             HashMap::from([(key(1, 0), Reading::sum_cpus(&[a]))]),
             HashMap::new(),
+            &none,
         );
         assert_eq!(d[0].1.count, 7);
         assert_eq!(d[0].1.hist[hist_bucket(1000)], 7);

@@ -291,6 +291,7 @@ impl SyscallsCollector {
             hook,
             self_metrics: SelfMetrics::new(ctx.telemetry),
             last_counters: [0; SYSCALL_COUNTERS as usize],
+            unnamed: HashMap::new(),
         };
         tokio::spawn(drain.run(rx, token.clone()));
         self.ebpf = Some(obj);
@@ -367,7 +368,12 @@ struct Drain {
     hook: &'static str,
     self_metrics: SelfMetrics,
     last_counters: [u64; SYSCALL_COUNTERS as usize],
+    /// Drains so far for which a process could not be named.
+    unnamed: HashMap<u32, u32>,
 }
+
+/// Drains to wait for the process table to name a process (see drain_once).
+const UNNAMED_RETRIES: u32 = 2;
 
 impl Drain {
     async fn run(
@@ -408,26 +414,44 @@ impl Drain {
         // Decide who has exited *before* reading: a process gone now made
         // its last syscall before this read, so the read holds its final
         // counts, and deleting its keys afterwards loses nothing.
-        let gone: HashSet<u32> = self
+        let mut gone: HashSet<u32> = self
             .tracker
             .tgids()
             .into_iter()
             .filter(|t| !alive(&self.table, *t))
             .collect();
         let (cur, cur_err) = self.read_maps();
-        let (deltas, errs) = self.tracker.update(cur, cur_err);
-
+        // Name every process now. One the process table does not know and
+        // /proc no longer has is usually a short-lived child whose exec
+        // event the process collector has not handled yet: leave its counts
+        // in the kernel for up to UNNAMED_RETRIES drains before calling it
+        // `unknown`.
         let mut names: HashMap<u32, (Arc<str>, Arc<str>)> = HashMap::new();
-        let mut name_of = |tgid: u32| -> (Arc<str>, Arc<str>) {
+        let mut deferred = HashSet::new();
+        for tgid in cur.keys().map(|k| k.tgid).collect::<HashSet<u32>>() {
+            match self.table.get(tgid) {
+                Some(p) => {
+                    names.insert(tgid, (p.comm.into(), p.service.into()));
+                }
+                None => {
+                    let tries = self.unnamed.entry(tgid).or_insert(0);
+                    *tries += 1;
+                    if *tries <= UNNAMED_RETRIES {
+                        deferred.insert(tgid);
+                    } else {
+                        names.insert(tgid, ("?".into(), "unknown".into()));
+                    }
+                }
+            }
+        }
+        self.unnamed.retain(|t, _| deferred.contains(t));
+        gone.retain(|t| !deferred.contains(t));
+        let (deltas, errs) = self.tracker.update(cur, cur_err, &deferred);
+        let name_of = |tgid: u32| -> (Arc<str>, Arc<str>) {
             names
-                .entry(tgid)
-                .or_insert_with(|| match self.table.get(tgid) {
-                    Some(p) => (p.comm.into(), p.service.into()),
-                    // Gone before we could name it (and unknown to the
-                    // process table): a fork that never exec'd, most likely.
-                    None => ("?".into(), "unknown".into()),
-                })
-                .clone()
+                .get(&tgid)
+                .cloned()
+                .unwrap_or_else(|| ("?".into(), "unknown".into()))
         };
         let mut per_service: HashMap<Arc<str>, ServiceDelta> = HashMap::new();
         let mut errs_by_key: HashMap<(u32, u32), Vec<(u32, u64)>> = HashMap::new();
