@@ -43,7 +43,7 @@ pub fn run(a: &SyscallsArgs) -> anyhow::Result<()> {
         path.push_str(&format!("&pid={pid}"));
     }
     if let Some(name) = &a.name {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic()) {
+        if name.is_empty() || name.chars().any(char::is_control) {
             return Err(UsageError(format!(
                 "--name {name:?}: expected a process or service name"
             ))
