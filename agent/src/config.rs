@@ -98,6 +98,7 @@ pub const DEFAULT_SOCKET: &str = "/run/sonde/sonde.sock";
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorsConfig {
     pub process: ProcessConfig,
+    pub syscalls: SyscallsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -118,6 +119,60 @@ impl Default for ProcessConfig {
             enabled: true,
             max_processes: Bounded(32_768),
             exited_grace: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// `[collectors.syscalls]`: per-process syscall counts, errors and latency
+/// (docs/syscalls.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyscallsConfig {
+    pub enabled: bool,
+    /// How often the kernel maps are read into metrics and the CLI window.
+    pub interval: Dur<1, 60>,
+    /// How far back `sonde syscalls` looks.
+    pub window: Dur<10, 3600>,
+    /// Most (process, syscall) pairs accounted in the kernel at once; new
+    /// pairs beyond it are dropped and counted. Memory is up to
+    /// max_pairs x 448 bytes x CPUs.
+    pub max_pairs: Bounded<256, 1_048_576>,
+    /// Most threads with a syscall in flight (LRU: dead threads age out).
+    pub max_threads: Bounded<1024, 4_194_304>,
+    /// Most (process, syscall, errno) triples counted.
+    pub max_errno_pairs: Bounded<64, 1_048_576>,
+    /// Syscalls with their own `syscall` label per service; the rest are
+    /// folded into `other`.
+    pub top_syscalls_per_service: Bounded<1, 512>,
+    /// errno values with their own label per (service, syscall).
+    pub top_errnos_per_syscall: Bounded<1, 64>,
+    /// Services with their own `service_name` label; the rest are `other`.
+    pub max_services: Bounded<1, 100_000>,
+    /// Trace only these pids (thread-group ids); empty = all. Filtered in
+    /// the kernel, so untraced processes cost almost nothing.
+    pub pids: Vec<u32>,
+    /// Trace only processes of these services (matched on each drain and
+    /// added to the kernel pid filter); empty = all.
+    pub services: Vec<String>,
+    /// Trace only these syscalls (x86_64 names); empty = all.
+    pub syscalls: Vec<String>,
+}
+
+impl Default for SyscallsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Dur(Duration::from_secs(5)),
+            window: Dur(Duration::from_secs(60)),
+            max_pairs: Bounded(8_192),
+            max_threads: Bounded(65_536),
+            max_errno_pairs: Bounded(4_096),
+            top_syscalls_per_service: Bounded(24),
+            top_errnos_per_syscall: Bounded(8),
+            max_services: Bounded(500),
+            pids: Vec::new(),
+            services: Vec::new(),
+            syscalls: Vec::new(),
         }
     }
 }

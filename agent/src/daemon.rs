@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     alerts::AlertEngine,
     api::{self, AppState},
-    collectors::{Collector, StartContext, chain, process::ProcessCollector},
+    collectors::{
+        Collector, StartContext, chain, process::ProcessCollector, syscalls::SyscallsCollector,
+    },
     config::Config,
     ebpf, features, logging,
     process_table::ProcessTable,
@@ -89,6 +91,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         processes: processes.clone(),
         startup_done: Arc::new(AtomicBool::new(false)),
         alerts: alerts.clone(),
+        syscalls: Default::default(),
     };
 
     let tcp_server = tokio::spawn(serve(
@@ -119,7 +122,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
     *state.features.lock().unwrap_or_else(|e| e.into_inner()) = found.clone();
 
     let log_level = ebpf::kernel_log_level(kernel_debug);
-    for mut c in build_collectors(&config, &processes) {
+    for mut c in build_collectors(&config, &processes, &telemetry, &state) {
         let up = telemetry.collector_up.with_label_values(&[c.name()]);
         let ctx = StartContext {
             features: &found,
@@ -171,13 +174,23 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_collectors(config: &Config, processes: &ProcessTable) -> Vec<Box<dyn Collector>> {
+fn build_collectors(
+    config: &Config,
+    processes: &ProcessTable,
+    telemetry: &Telemetry,
+    state: &AppState,
+) -> Vec<Box<dyn Collector>> {
     let mut v: Vec<Box<dyn Collector>> = Vec::new();
     if config.collectors.process.enabled {
         v.push(Box::new(ProcessCollector::new(
             &config.collectors.process,
             processes.clone(),
         )));
+    }
+    if config.collectors.syscalls.enabled {
+        let c = SyscallsCollector::new(&config.collectors.syscalls, processes.clone(), telemetry);
+        *state.syscalls.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.handle());
+        v.push(Box::new(c));
     }
     v
 }

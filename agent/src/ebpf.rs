@@ -23,6 +23,7 @@ macro_rules! object {
 
 pub const PROCESS: Object = object!("sonde-process");
 pub const PROBE: Object = object!("sonde-probe");
+pub const SYSCALLS: Object = object!("sonde-syscalls");
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -52,16 +53,26 @@ pub fn kernel_log_level(debug: bool) -> u8 {
 
 /// Loads `obj`, patching the kernel-side log level.
 pub fn load(obj: Object, log_level: u8) -> Result<Ebpf, LoadError> {
+    load_with(obj, &log_level, |_| {})
+}
+
+/// Like [`load`], letting the collector size maps or patch its own globals
+/// (from its config) before the object is loaded.
+pub fn load_with<'a>(
+    obj: Object,
+    log_level: &'a u8,
+    configure: impl FnOnce(&mut EbpfLoader<'a>),
+) -> Result<Ebpf, LoadError> {
     if obj.bytes.is_empty() {
         return Err(LoadError::NotBuilt(obj.name));
     }
-    EbpfLoader::new()
-        .override_global(aya_log::LEVEL, &log_level, false)
-        .load(obj.bytes)
-        .map_err(|source| LoadError::Load {
-            name: obj.name,
-            source,
-        })
+    let mut loader = EbpfLoader::new();
+    loader.override_global(aya_log::LEVEL, log_level, false);
+    configure(&mut loader);
+    loader.load(obj.bytes).map_err(|source| LoadError::Load {
+        name: obj.name,
+        source,
+    })
 }
 
 /// Forwards the object's aya-log records into our `tracing` logs, when the

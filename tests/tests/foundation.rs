@@ -387,7 +387,27 @@ fn help_teaches_with_examples() {
 
 #[test]
 fn agent_with_nothing_enabled_is_live_but_not_ready() {
-    let agent = Agent::spawn("", &[("SONDE_COLLECTORS__PROCESS__ENABLED", "false")]);
+    // Every collector the binary has, from its own effective config.
+    let out = Command::new(sonde_bin())
+        .args(["agent", "--print-config"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut env: Vec<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("[collectors.")?.strip_suffix(']'))
+        .filter(|name| !name.contains('.'))
+        .map(|name| {
+            (
+                format!("SONDE_COLLECTORS__{}__ENABLED", name.to_uppercase()),
+                "false".to_owned(),
+            )
+        })
+        .collect();
+    assert!(env.iter().any(|(k, _)| k.contains("PROCESS")), "{text}");
+    env.push(("SONDE_ALERTS__ENABLED".into(), "false".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let agent = Agent::spawn("", &env);
     let (code, body) = wait_for(
         Duration::from_secs(20),
         "the agent to finish start-up",

@@ -23,6 +23,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/processes", get(processes))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/syscalls", get(syscalls))
         .fallback(not_found)
         .with_state(state)
 }
@@ -153,6 +154,33 @@ async fn alerts(
         Some(a) => a.report(q.all),
         None => crate::alerts::AlertsReport::default(),
     })
+}
+
+#[derive(Debug, Deserialize)]
+struct SyscallsQuery {
+    pid: Option<u32>,
+    name: Option<String>,
+    #[serde(default)]
+    sort: crate::collectors::syscalls::SortBy,
+}
+
+/// `sonde syscalls`: an `strace -c` table for the last window.
+async fn syscalls(State(s): State<AppState>, Query(q): Query<SyscallsQuery>) -> Response {
+    let handle = s.syscalls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let Some(handle) = handle else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the syscalls collector is disabled (collectors.syscalls.enabled = false)",
+        );
+    };
+    let filter = crate::collectors::syscalls::Filter {
+        pid: q.pid,
+        name: q.name,
+    };
+    match handle.report(&filter, q.sort).await {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,8 @@ pub struct AppState {
     pub startup_done: Arc<AtomicBool>,
     /// The alert rule engine, when `alerts.enabled`.
     pub alerts: Option<crate::alerts::AlertEngine>,
+    /// Query handle of the syscall collector, when it is enabled.
+    pub syscalls: Arc<Mutex<Option<crate::collectors::syscalls::SyscallsHandle>>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod client;
 pub mod output;
 pub mod status;
+pub mod syscalls;
 
 use std::path::PathBuf;
 
@@ -63,6 +64,17 @@ SONDE_COLLECTORS__PROCESS__ENABLED=false.")]
 
 Rules are configured under [alerts] in the agent's config: docs/alerts.md.")]
     Alerts(alerts::AlertsArgs),
+    /// Per-syscall calls, errors and latency of the last window, like
+    /// `strace -c`, for every process or one of them.
+    #[command(after_help = "Examples:
+  sudo sonde syscalls                        every process, by total time
+  sudo sonde syscalls --pid 1234 --sort count
+  sudo sonde syscalls --name nginx --sort errors
+  sudo sonde syscalls --name nginx -o json | jq '.rows[] | select(.errors > 0)'
+
+Counts come from in-kernel aggregation (no strace-style stopping of the
+process). The window is collectors.syscalls.window (default 60s).")]
+    Syscalls(syscalls::SyscallsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +122,7 @@ pub fn main() -> i32 {
         Command::Agent(a) => agent(a),
         Command::Status(q) => status::run(&q),
         Command::Alerts(a) => alerts::run(&a),
+        Command::Syscalls(a) => syscalls::run(&a),
     };
     match result {
         Ok(()) => 0,

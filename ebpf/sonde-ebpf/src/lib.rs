@@ -4,6 +4,7 @@
 
 pub mod counters;
 pub mod process;
+pub mod syscalls;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -59,7 +59,8 @@ fn script(name: &str) -> std::path::PathBuf {
 
 pub fn syscalls(ctx: &Ctx) -> ScenarioResult {
     let name = "syscalls";
-    let what = "ns per `getppid` syscall in a C loop: no tracing, empty raw_syscalls enter/exit \
+    let what = "CPU ns per `getppid` syscall in a C loop (the thread's CPU time, which \
+                includes the eBPF programs the syscall runs): no tracing, empty raw_syscalls enter/exit \
                 tracepoints (the floor, bpftrace), sonde's agent with its default collectors, and \
                 bpftrace counting per (pid, syscall) with a latency histogram (the peer).";
     match syscalls_inner(ctx) {
@@ -73,19 +74,19 @@ pub fn syscalls(ctx: &Ctx) -> ScenarioResult {
 }
 
 fn syscalls_inner(ctx: &Ctx) -> Result<ScenarioResult> {
-    let bin = build_c("syscall_loop", ctx.work.path())?;
+    let bin = build_c("tests/workloads/getppid_loop.c", ctx.work.path())?;
     let n = if ctx.quick { 300_000 } else { 3_000_000 }.to_string();
     let args = vec![n.clone()];
     let measure = || run_number(&bin, &args);
     let metrics = alternate(
         ctx.reps,
-        &[("getppid", "ns/call")],
+        &[("getppid", "CPU ns/call")],
         vec![
             ("no tracing", Box::new(|| Ok(vec![("getppid", measure()?)]))),
             (
                 "empty tracepoints (floor)",
                 Box::new(|| {
-                    let _bt = Bpftrace::start(&script("empty_raw_syscalls.bt"))?;
+                    let _bt = Bpftrace::start(&script("syscalls_empty.bt"))?;
                     Ok(vec![("getppid", measure()?)])
                 }),
             ),
@@ -101,7 +102,7 @@ fn syscalls_inner(ctx: &Ctx) -> Result<ScenarioResult> {
             (
                 "bpftrace syscount+latency (peer)",
                 Box::new(|| {
-                    let _bt = Bpftrace::start(&script("syscount_latency.bt"))?;
+                    let _bt = Bpftrace::start(&script("syscalls_syscount_hist.bt"))?;
                     Ok(vec![("getppid", measure()?)])
                 }),
             ),
@@ -138,10 +139,10 @@ fn syscalls_inner(ctx: &Ctx) -> Result<ScenarioResult> {
         ratio.map(|x| ("≤ 0.33", x <= 1.0 / 3.0)),
     );
     r.commands = vec![
-        format!("gcc -O2 xtask/bench/syscall_loop.c && ./a.out {n}"),
-        "bpftrace xtask/bench/empty_raw_syscalls.bt".into(),
+        format!("gcc -O2 tests/workloads/getppid_loop.c && ./a.out {n}  (CPU ns/call)"),
+        "bpftrace xtask/bench/syscalls_empty.bt".into(),
         "sonde agent (default config)".into(),
-        "bpftrace xtask/bench/syscount_latency.bt".into(),
+        "bpftrace xtask/bench/syscalls_syscount_hist.bt".into(),
     ];
     Ok(r)
 }
@@ -417,7 +418,7 @@ pub fn footprint(ctx: &Ctx) -> ScenarioResult {
                 workload runs (a syscall loop, short-lived processes, a busy CPU).";
     let secs = if ctx.quick { 8 } else { 60 };
     let run = || -> Result<ScenarioResult> {
-        let loop_bin = build_c("syscall_loop", ctx.work.path())?;
+        let loop_bin = build_c("tests/workloads/getppid_loop.c", ctx.work.path())?;
         let metrics = alternate(
             ctx.reps.min(3),
             &[("startup peak RSS", "MiB"), ("steady RSS", "MiB")],

@@ -1,0 +1,617 @@
+//! Syscall collector: per-process syscall counts, errors (by errno) and
+//! latency histograms, aggregated in the kernel (docs/syscalls.md).
+//!
+//! Hook choice: raw tracepoints `sys_enter`/`sys_exit` (no tracefs, the
+//! cheapest stable hook), else the `raw_syscalls` tracepoints. The kernel
+//! keeps cumulative per-(tgid, syscall) counters; every `interval` the drain
+//! task reads them, turns them into deltas, names the process, feeds the
+//! Prometheus series and the CLI window, and deletes the keys of processes
+//! that have exited (after their final counts were exported once).
+
+mod aggregate;
+mod metrics;
+pub mod names;
+mod tables;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aggregate::{Export, Limits, Reading, ServiceDelta, Tracker, Window, WindowEntry};
+pub use aggregate::{Filter, Report, Row, SortBy};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
+    programs::{RawTracePoint, TracePoint},
+};
+use prometheus::{IntCounterVec, IntGauge, Opts};
+use sonde_common::syscalls::{
+    ErrnoKey, MAX_SYSCALL_NR, SYSCALL_COUNTERS, SyscallCounter, SyscallKey, SyscallStats,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
+use crate::{config::SyscallsConfig, ebpf, process_table::ProcessTable, telemetry::Telemetry};
+
+pub const NAME: &str = "syscalls";
+
+/// What the control API holds to answer `sonde syscalls`.
+#[derive(Clone)]
+pub struct SyscallsHandle {
+    window: Arc<Mutex<Window>>,
+    kick: Arc<Mutex<Option<mpsc::Sender<oneshot::Sender<()>>>>>,
+}
+
+impl SyscallsHandle {
+    /// Drains the kernel maps now (so the answer includes the last moments),
+    /// then reports the window.
+    pub async fn report(&self, filter: &Filter, sort: SortBy) -> Result<Report, String> {
+        let kick = self
+            .kick
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                "the syscalls collector is not running (see `sonde status`)".to_owned()
+            })?;
+        let (tx, rx) = oneshot::channel();
+        if kick.send(tx).await.is_ok() {
+            // A drain takes milliseconds; do not hang the CLI on a stuck one.
+            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        }
+        Ok(self
+            .window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .report(filter, sort, Instant::now()))
+    }
+}
+
+pub struct SyscallsCollector {
+    config: SyscallsConfig,
+    table: ProcessTable,
+    handle: SyscallsHandle,
+    export: Arc<Mutex<Export>>,
+    health: SharedHealth,
+    ebpf: Option<Ebpf>,
+    shutdown: Option<CancellationToken>,
+}
+
+impl SyscallsCollector {
+    pub fn new(config: &SyscallsConfig, table: ProcessTable, telemetry: &Telemetry) -> Self {
+        let export = Arc::new(Mutex::new(Export::new(Limits {
+            top_syscalls: config.top_syscalls_per_service.get() as usize,
+            top_errnos: config.top_errnos_per_syscall.get() as usize,
+            max_services: config.max_services.get() as usize,
+        })));
+        telemetry.register(metrics::SyscallMetrics::new(export.clone()));
+        Self {
+            config: config.clone(),
+            table,
+            handle: SyscallsHandle {
+                window: Arc::new(Mutex::new(Window::new(config.window.get()))),
+                kick: Arc::new(Mutex::new(None)),
+            },
+            export,
+            health: SharedHealth::new(ComponentHealth::unhealthy("not started")),
+            ebpf: None,
+            shutdown: None,
+        }
+    }
+
+    pub fn handle(&self) -> SyscallsHandle {
+        self.handle.clone()
+    }
+
+    fn syscall_filter(&self) -> Result<Vec<u32>, CollectorError> {
+        self.config
+            .syscalls
+            .iter()
+            .map(|n| {
+                names::syscall_nr(n)
+                    .filter(|nr| *nr < MAX_SYSCALL_NR)
+                    .ok_or_else(|| {
+                        CollectorError::NoHook(format!(
+                            "collectors.syscalls.syscalls: unknown syscall {n:?} (x86_64 names, e.g. \"openat\")"
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
+
+fn attach(obj: &mut Ebpf, ctx: &StartContext<'_>) -> Result<&'static str, CollectorError> {
+    let mut why = Vec::new();
+    if ctx.features.has("raw_tracepoint") {
+        match attach_raw(obj) {
+            Ok(()) => return Ok("raw_tracepoint sys_enter/sys_exit"),
+            Err(e) => why.push(format!("raw_tracepoint: {}", chain(&e))),
+        }
+    } else {
+        why.push("raw_tracepoint: not available on this kernel".into());
+    }
+    match attach_tp(obj) {
+        Ok(()) => Ok("tracepoint raw_syscalls:sys_enter/sys_exit"),
+        Err(e) => {
+            why.push(format!("tracepoint: {}", chain(&e)));
+            Err(CollectorError::NoHook(why.join("; ")))
+        }
+    }
+}
+
+fn prog<'a, T>(obj: &'a mut Ebpf, name: &str) -> Result<&'a mut T, CollectorError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    obj.program_mut(name)
+        .ok_or_else(|| CollectorError::NoHook(format!("{name} missing from object")))?
+        .try_into()
+        .map_err(|source| CollectorError::Program {
+            what: name.to_owned(),
+            source,
+        })
+}
+
+fn attach_raw(obj: &mut Ebpf) -> Result<(), CollectorError> {
+    for (name, tp) in [
+        ("syscalls_enter_raw", "sys_enter"),
+        ("syscalls_exit_raw", "sys_exit"),
+    ] {
+        let err = |source| CollectorError::Program {
+            what: format!("{name} ({tp})"),
+            source,
+        };
+        let p: &mut RawTracePoint = prog(obj, name)?;
+        p.load().map_err(err)?;
+        p.attach(tp).map_err(err)?;
+    }
+    Ok(())
+}
+
+fn attach_tp(obj: &mut Ebpf) -> Result<(), CollectorError> {
+    for (name, tp) in [
+        ("syscalls_enter_tp", "sys_enter"),
+        ("syscalls_exit_tp", "sys_exit"),
+    ] {
+        let err = |source| CollectorError::Program {
+            what: format!("{name} (raw_syscalls:{tp})"),
+            source,
+        };
+        let p: &mut TracePoint = prog(obj, name)?;
+        p.load().map_err(err)?;
+        p.attach("raw_syscalls", tp).map_err(err)?;
+    }
+    Ok(())
+}
+
+fn take_map<T>(obj: &mut Ebpf, name: &str) -> Result<T, CollectorError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = obj
+        .take_map(name)
+        .ok_or_else(|| CollectorError::NoHook(format!("map {name} missing from object")))?;
+    T::try_from(map).map_err(|source| CollectorError::Map {
+        what: name.to_owned(),
+        source,
+    })
+}
+
+impl Collector for SyscallsCollector {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
+        let result = self.start_inner(&ctx);
+        if let Err(e) = &result {
+            self.health.set(ComponentHealth::unhealthy(chain(e)));
+        }
+        result
+    }
+
+    fn health(&self) -> ComponentHealth {
+        self.health.get()
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.shutdown.take() {
+            t.cancel();
+        }
+        *self.handle.kick.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if self.ebpf.take().is_some() {
+            self.health.set(ComponentHealth::unhealthy("stopped"));
+        }
+    }
+}
+
+impl SyscallsCollector {
+    fn start_inner(&mut self, ctx: &StartContext<'_>) -> Result<(), CollectorError> {
+        let nrs = self.syscall_filter()?;
+        let c = &self.config;
+        let pids_on: u8 = u8::from(!c.pids.is_empty() || !c.services.is_empty());
+        let nrs_on: u8 = u8::from(!nrs.is_empty());
+        let (pairs, threads, errnos) = (
+            c.max_pairs.get() as u32,
+            c.max_threads.get() as u32,
+            c.max_errno_pairs.get() as u32,
+        );
+        let mut obj = ebpf::load_with(ebpf::SYSCALLS, &ctx.kernel_log_level, |l| {
+            l.map_max_entries("SYSCALL_STATS", pairs)
+                .map_max_entries("SYSCALL_START", threads)
+                .map_max_entries("SYSCALL_ERRNO", errnos)
+                .override_global("SYSCALL_FILTER_PIDS_ON", &pids_on, true)
+                .override_global("SYSCALL_FILTER_NRS_ON", &nrs_on, true);
+        })?;
+        let stats: PerCpuHashMap<MapData, SyscallKey, SyscallStats> =
+            take_map(&mut obj, "SYSCALL_STATS")?;
+        let errno: PerCpuHashMap<MapData, ErrnoKey, u64> = take_map(&mut obj, "SYSCALL_ERRNO")?;
+        let counters: PerCpuArray<MapData, u64> = take_map(&mut obj, "SYSCALL_COUNTERS_MAP")?;
+        let mut filter_tgids: BpfHashMap<MapData, u32, u8> =
+            take_map(&mut obj, "SYSCALL_FILTER_TGIDS")?;
+        let mut filter_nrs: Array<MapData, u8> = take_map(&mut obj, "SYSCALL_FILTER_NRS")?;
+        for nr in &nrs {
+            filter_nrs
+                .set(*nr, 1, 0)
+                .map_err(|source| CollectorError::Map {
+                    what: "SYSCALL_FILTER_NRS".into(),
+                    source,
+                })?;
+        }
+        for pid in &c.pids {
+            filter_tgids
+                .insert(pid, 1, 0)
+                .map_err(|source| CollectorError::Map {
+                    what: "SYSCALL_FILTER_TGIDS".into(),
+                    source,
+                })?;
+        }
+        let hook = attach(&mut obj, ctx)?;
+        tracing::info!(collector = NAME, hook, "syscall collector attached");
+        self.health
+            .set(ComponentHealth::healthy(format!("attached via {hook}")));
+
+        let (tx, rx) = mpsc::channel(8);
+        *self.handle.kick.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        let token = ctx.shutdown.child_token();
+        let drain = Drain {
+            stats,
+            errno,
+            counters,
+            filter_tgids: (!c.services.is_empty()).then_some(filter_tgids),
+            config: self.config.clone(),
+            table: self.table.clone(),
+            tracker: Tracker::default(),
+            export: self.export.clone(),
+            window: self.handle.window.clone(),
+            health: self.health.clone(),
+            hook,
+            self_metrics: SelfMetrics::new(ctx.telemetry),
+            last_counters: [0; SYSCALL_COUNTERS as usize],
+            unnamed: HashMap::new(),
+        };
+        tokio::spawn(drain.run(rx, token.clone()));
+        self.ebpf = Some(obj);
+        self.shutdown = Some(token);
+        Ok(())
+    }
+}
+
+struct SelfMetrics {
+    lost: prometheus::IntCounter,
+    map_full: IntCounterVec,
+    folded: prometheus::IntCounter,
+    pairs: IntGauge,
+    processes: IntGauge,
+    dropped_processes: prometheus::IntCounter,
+}
+
+impl SelfMetrics {
+    fn new(t: &Telemetry) -> Self {
+        let map_full = t.register(
+            IntCounterVec::new(
+                Opts::new(
+                    "sonde_syscalls_map_full_total",
+                    "Kernel-side updates refused because a syscall map was full (start: call not timed; stats: call not counted; errno: errno not recorded).",
+                ),
+                &["map"],
+            )
+            .expect("valid metric"),
+        );
+        for m in ["start", "stats", "errno"] {
+            map_full.with_label_values(&[m]);
+        }
+        Self {
+            lost: t.events_lost.with_label_values(&[NAME]),
+            map_full,
+            folded: t.register(
+                prometheus::IntCounter::new(
+                    "sonde_syscalls_labels_folded_total",
+                    "Calls exported under service_name, syscall or errno `other` because a label cap was reached.",
+                )
+                .expect("valid metric"),
+            ),
+            pairs: t.gauge(
+                "sonde_syscalls_tracked_pairs",
+                "(process, syscall) pairs held in the kernel stats map after the last drain.",
+            ),
+            processes: t.gauge(
+                "sonde_syscalls_tracked_processes",
+                "Processes with syscall counters in the kernel after the last drain.",
+            ),
+            dropped_processes: t.register(
+                prometheus::IntCounter::new(
+                    "sonde_syscalls_processes_released_total",
+                    "Exited processes whose final syscall counts were exported and whose kernel entries were deleted.",
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+}
+
+struct Drain {
+    stats: PerCpuHashMap<MapData, SyscallKey, SyscallStats>,
+    errno: PerCpuHashMap<MapData, ErrnoKey, u64>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Set when the service filter must be kept in sync with the process table.
+    filter_tgids: Option<BpfHashMap<MapData, u32, u8>>,
+    config: SyscallsConfig,
+    table: ProcessTable,
+    tracker: Tracker,
+    export: Arc<Mutex<Export>>,
+    window: Arc<Mutex<Window>>,
+    health: SharedHealth,
+    hook: &'static str,
+    self_metrics: SelfMetrics,
+    last_counters: [u64; SYSCALL_COUNTERS as usize],
+    /// Drains so far for which a process could not be named.
+    unnamed: HashMap<u32, u32>,
+}
+
+/// Drains to wait for the process table to name a process (see drain_once).
+const UNNAMED_RETRIES: u32 = 2;
+
+impl Drain {
+    async fn run(
+        mut self,
+        mut kicks: mpsc::Receiver<oneshot::Sender<()>>,
+        token: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.config.interval.get());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let reply = tokio::select! {
+                _ = token.cancelled() => return,
+                _ = tick.tick() => None,
+                k = kicks.recv() => k,
+            };
+            // Map reads are syscalls that may take a while with many keys:
+            // keep them off the async workers.
+            self = match tokio::task::spawn_blocking(move || {
+                self.drain_once();
+                self
+            })
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(collector = NAME, "drain panicked: {e}");
+                    return;
+                }
+            };
+            if let Some(r) = reply {
+                let _ = r.send(());
+            }
+        }
+    }
+
+    fn drain_once(&mut self) {
+        let now = Instant::now();
+        // Decide who has exited *before* reading: a process gone now made
+        // its last syscall before this read, so the read holds its final
+        // counts, and deleting its keys afterwards loses nothing.
+        let mut gone: HashSet<u32> = self
+            .tracker
+            .tgids()
+            .into_iter()
+            .filter(|t| !alive(&self.table, *t))
+            .collect();
+        let (cur, cur_err) = self.read_maps();
+        // Name every process now. One the process table does not know and
+        // /proc no longer has is usually a short-lived child whose exec
+        // event the process collector has not handled yet: leave its counts
+        // in the kernel for up to UNNAMED_RETRIES drains before calling it
+        // `unknown`.
+        let mut names: HashMap<u32, (Arc<str>, Arc<str>)> = HashMap::new();
+        let mut deferred = HashSet::new();
+        for tgid in cur.keys().map(|k| k.tgid).collect::<HashSet<u32>>() {
+            match self.table.get(tgid) {
+                Some(p) => {
+                    names.insert(tgid, (p.comm.into(), p.service.into()));
+                }
+                None => {
+                    let tries = self.unnamed.entry(tgid).or_insert(0);
+                    *tries += 1;
+                    if *tries <= UNNAMED_RETRIES {
+                        deferred.insert(tgid);
+                    } else {
+                        names.insert(tgid, ("?".into(), "unknown".into()));
+                    }
+                }
+            }
+        }
+        self.unnamed.retain(|t, _| deferred.contains(t));
+        gone.retain(|t| !deferred.contains(t));
+        let (deltas, errs) = self.tracker.update(cur, cur_err, &deferred);
+        let name_of = |tgid: u32| -> (Arc<str>, Arc<str>) {
+            names
+                .get(&tgid)
+                .cloned()
+                .unwrap_or_else(|| ("?".into(), "unknown".into()))
+        };
+        let mut per_service: HashMap<Arc<str>, ServiceDelta> = HashMap::new();
+        let mut errs_by_key: HashMap<(u32, u32), Vec<(u32, u64)>> = HashMap::new();
+        for (k, n) in &errs {
+            let (_, service) = name_of(k.tgid);
+            *per_service
+                .entry(service)
+                .or_default()
+                .errnos
+                .entry((k.nr, k.errno))
+                .or_default() += n;
+            errs_by_key
+                .entry((k.tgid, k.nr))
+                .or_default()
+                .push((k.errno, *n));
+        }
+        let mut entries = Vec::with_capacity(deltas.len());
+        for (k, d) in deltas {
+            let (comm, service) = name_of(k.tgid);
+            per_service
+                .entry(service.clone())
+                .or_default()
+                .by_nr
+                .entry(k.nr)
+                .or_default()
+                .add(&d);
+            let errnos = errs_by_key.remove(&(k.tgid, k.nr)).unwrap_or_default();
+            entries.push(WindowEntry::new(k.tgid, comm, service, k.nr, &d, errnos));
+        }
+        {
+            let mut export = self.export.lock().unwrap_or_else(|e| e.into_inner());
+            let before = export.folded;
+            for (svc, d) in &per_service {
+                export.apply(svc, d);
+            }
+            self.self_metrics.folded.inc_by(export.folded - before);
+        }
+        self.window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(now, entries);
+
+        self.release(&gone);
+        self.sync_service_filter();
+        self.export_counters();
+        self.self_metrics.pairs.set(self.tracker.len() as i64);
+        self.self_metrics
+            .processes
+            .set(self.tracker.tgids().len() as i64);
+    }
+
+    fn read_maps(&self) -> (HashMap<SyscallKey, Reading>, HashMap<ErrnoKey, u64>) {
+        let mut cur = HashMap::new();
+        for item in self.stats.iter() {
+            match item {
+                Ok((k, v)) => {
+                    cur.insert(k, Reading::sum_cpus(&v));
+                }
+                // A key deleted while iterating; the next drain sees the rest.
+                Err(e) => tracing::debug!(collector = NAME, "reading stats map: {e}"),
+            }
+        }
+        let mut cur_err = HashMap::new();
+        for (k, v) in self.errno.iter().flatten() {
+            cur_err.insert(k, v.iter().sum());
+        }
+        (cur, cur_err)
+    }
+
+    /// Deletes the kernel entries of exited processes (already exported).
+    fn release(&mut self, gone: &HashSet<u32>) {
+        if gone.is_empty() {
+            return;
+        }
+        let (keys, ekeys) = self.tracker.keys_of(gone);
+        for k in &keys {
+            let _ = self.stats.remove(k);
+        }
+        for k in &ekeys {
+            let _ = self.errno.remove(k);
+        }
+        self.tracker.forget(gone);
+        self.self_metrics
+            .dropped_processes
+            .inc_by(gone.len() as u64);
+    }
+
+    /// Service filter: put the pids of matching services into the kernel's
+    /// tgid filter (new processes are picked up at the next drain).
+    fn sync_service_filter(&mut self) {
+        let Some(map) = self.filter_tgids.as_mut() else {
+            return;
+        };
+        let want: HashSet<u32> = self
+            .table
+            .list()
+            .into_iter()
+            .filter(|p| {
+                !p.exited
+                    && (self.config.services.contains(&p.service)
+                        || self.config.services.contains(&p.comm))
+            })
+            .map(|p| p.pid)
+            .chain(self.config.pids.iter().copied())
+            .collect();
+        let have: HashSet<u32> = map.keys().flatten().collect();
+        for pid in have.difference(&want) {
+            let _ = map.remove(pid);
+        }
+        for pid in want.difference(&have) {
+            if let Err(e) = map.insert(pid, 1, 0) {
+                tracing::debug!(collector = NAME, pid, "pid filter full: {e}");
+            }
+        }
+    }
+
+    fn export_counters(&mut self) {
+        let mut lost_now = 0;
+        for (i, label) in [
+            (SyscallCounter::StartMapFull, "start"),
+            (SyscallCounter::StatsMapFull, "stats"),
+            (SyscallCounter::ErrnoMapFull, "errno"),
+        ] {
+            let idx = i as u32;
+            let total: u64 = self
+                .counters
+                .get(&idx, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+            let last = &mut self.last_counters[idx as usize];
+            let d = total.saturating_sub(*last);
+            *last = total;
+            self.self_metrics
+                .map_full
+                .with_label_values(&[label])
+                .inc_by(d);
+            if i != SyscallCounter::ErrnoMapFull {
+                lost_now += d;
+            }
+        }
+        self.self_metrics.lost.inc_by(lost_now);
+        if lost_now > 0 {
+            self.health.set(ComponentHealth::degraded(format!(
+                "attached via {}; {lost_now} syscalls not accounted since the last drain (map full: raise collectors.syscalls.max_pairs / max_threads)",
+                self.hook
+            )));
+        } else {
+            self.health.set(ComponentHealth::healthy(format!(
+                "attached via {}",
+                self.hook
+            )));
+        }
+    }
+}
+
+/// Whether `tgid` may still make syscalls: not marked exited in the process
+/// table, and still in /proc.
+fn alive(table: &ProcessTable, tgid: u32) -> bool {
+    let in_proc = std::path::Path::new("/proc")
+        .join(tgid.to_string())
+        .exists();
+    in_proc && table.get(tgid).is_none_or(|p| !p.exited)
+}

@@ -1,0 +1,381 @@
+//! The syscall collector end to end: real agent, raw tracepoints in this
+//! kernel, deterministic workloads with known syscall counts, strace as peer.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::Duration,
+};
+
+use sonde_tests::{Agent, exclusive, metric_value, wait_for, workload::build_c};
+
+/// Drains every second so tests do not wait for the default 5 s.
+const CONFIG: &str = "[collectors.syscalls]\ninterval = \"1s\"\n";
+
+/// Copies a workload binary under a unique name: its `service_name`.
+fn named_copy(agent: &Agent, bin: &Path, name: &str) -> PathBuf {
+    let p = agent.dir.path().join(name);
+    std::fs::copy(bin, &p).expect("copy workload");
+    p
+}
+
+/// syscall_mix, started and held until `go`.
+struct Mix {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Mix {
+    fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            // cargo test's LD_LIBRARY_PATH makes ld.so try openat in each of
+            // its directories: calls the workload itself does not make.
+            .env_remove("LD_LIBRARY_PATH")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn syscall_mix");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Runs the calls and waits until they are all made.
+    fn run(&mut self) {
+        self.stdin.write_all(b"go\n").expect("start workload");
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("workload output");
+        assert_eq!(line.trim(), "done", "workload failed");
+    }
+
+    fn finish(mut self) {
+        let _ = self.stdin.write_all(b"bye\n");
+        let st = self.child.wait().expect("wait workload");
+        assert!(st.success(), "workload exited with {st}");
+    }
+}
+
+/// sonde's row for `syscall` in a /api/v1/syscalls report.
+fn row<'a>(report: &'a serde_json::Value, syscall: &str) -> Option<&'a serde_json::Value> {
+    report["rows"]
+        .as_array()?
+        .iter()
+        .find(|r| r["syscall"] == syscall)
+}
+
+fn calls(report: &serde_json::Value, syscall: &str) -> u64 {
+    row(report, syscall)
+        .and_then(|r| r["calls"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Waits until sonde reports at least `n` calls of `syscall` for `pid`.
+fn report_with(agent: &Agent, pid: u32, syscall: &str, n: u64) -> serde_json::Value {
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{n} {syscall} calls of pid {pid} in sonde's report"),
+        || {
+            let r = agent.api(&format!("/api/v1/syscalls?pid={pid}&sort=count"));
+            (calls(&r, syscall) >= n).then_some(r)
+        },
+    )
+}
+
+fn within(r: &serde_json::Value, what: &str, got: u64, expected: u64) {
+    // ≥ expected, and at most +0.5 % (libc start-up, stdio).
+    let max = expected + expected / 200 + 5;
+    assert!(
+        (expected..=max).contains(&got),
+        "{what}: sonde counted {got}, expected {expected}..={max}\n{r:#}"
+    );
+}
+
+#[test]
+fn counts_errors_and_latency_of_a_known_workload() {
+    let _x = exclusive();
+    let agent = Agent::start(CONFIG);
+    let bin = named_copy(&agent, &build_c("syscall_mix", &["-O2"]), "sonde_sc_mix");
+    let mut mix = Mix::spawn(Command::new(&bin).args(["200000", "50000", "1000", "50", "10"]));
+    let pid = mix.child.id();
+    mix.run();
+    let r = report_with(&agent, pid, "nanosleep", 50);
+    within(&r, "getppid", calls(&r, "getppid"), 200_000);
+    within(&r, "write", calls(&r, "write"), 50_000);
+    within(&r, "openat", calls(&r, "openat"), 1_000);
+    assert_eq!(calls(&r, "nanosleep"), 50, "{r}");
+    let openat = row(&r, "openat").expect("openat row");
+    assert_eq!(openat["errors"], 1000, "{openat}");
+    assert_eq!(openat["errnos"]["ENOENT"], 1000, "{openat}");
+    assert_eq!(row(&r, "getppid").unwrap()["errors"], 0);
+
+    // 10 ms sleeps: the median's bucket lies in [10 ms, 12 ms].
+    let sleep = row(&r, "nanosleep").unwrap();
+    let p50 = sleep["p50_seconds"].as_f64().expect("p50");
+    assert!(
+        (0.010..=0.012).contains(&p50),
+        "nanosleep p50 {p50}: {sleep}"
+    );
+    let avg = sleep["avg_seconds"].as_f64().unwrap();
+    assert!(avg >= 0.010, "nanosleep avg {avg} < 10 ms: {sleep}");
+    assert_eq!(r["processes"][0]["service"], "sonde_sc_mix", "{r}");
+
+    // The same numbers in Prometheus, labelled by service.
+    let m = agent.metrics();
+    let svc = "service_name=\"sonde_sc_mix\"";
+    let v = |s: &str| metric_value(&m, s).unwrap_or(-1.0);
+    assert!(
+        (200_000.0..=201_005.0).contains(&v(&format!(
+            "sonde_syscalls_total{{{svc},syscall=\"getppid\"}}"
+        ))),
+        "{m}"
+    );
+    assert_eq!(
+        v(&format!(
+            "sonde_syscall_errors_total{{{svc},syscall=\"openat\",errno=\"ENOENT\"}}"
+        )),
+        1000.0
+    );
+    assert_eq!(
+        v(&format!(
+            "sonde_syscall_duration_seconds_count{{{svc},syscall=\"nanosleep\"}}"
+        )),
+        50.0
+    );
+    // All 50 sleeps are above 8.4 ms and (on a sane machine) below 67 ms.
+    assert_eq!(
+        v(&format!(
+            "sonde_syscall_duration_seconds_bucket{{{svc},syscall=\"nanosleep\",le=\"0.004194304\"}}"
+        )),
+        0.0
+    );
+    let sum = v(&format!(
+        "sonde_syscall_duration_seconds_sum{{{svc},syscall=\"nanosleep\"}}"
+    ));
+    assert!((0.5..5.0).contains(&sum), "nanosleep sum {sum}");
+    assert_eq!(
+        metric_value(&m, "sonde_syscalls_map_full_total{map=\"stats\"}"),
+        Some(0.0),
+        "{m}"
+    );
+
+    // The CLI shows the strace -c style table.
+    let out = agent.cli(&["syscalls", "--pid", &pid.to_string(), "--sort", "count"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = text.lines().nth(2).unwrap_or_default();
+    assert!(first.contains("getppid"), "busiest first:\n{text}");
+    assert!(text.contains("ENOENT:1000"), "{text}");
+    assert!(text.contains("P99"), "{text}");
+    mix.finish();
+}
+
+/// strace -c's table: syscall -> (calls, errors).
+fn parse_strace(text: &str) -> Vec<(String, u64, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let name = *f.last()?;
+            if name == "total" || name.starts_with('-') || name == "syscall" {
+                return None;
+            }
+            let calls = f.get(3)?.parse().ok()?;
+            let errors = if f.len() == 6 { f[4].parse().ok()? } else { 0 };
+            Some((name.to_owned(), calls, errors))
+        })
+        .collect()
+}
+
+#[test]
+fn counts_agree_with_strace() {
+    let _x = exclusive();
+    let agent = Agent::start(CONFIG);
+    let bin = named_copy(&agent, &build_c("syscall_mix", &["-O2"]), "sonde_sc_strace");
+    let out = agent.dir.path().join("strace.txt");
+    let mut mix = Mix::spawn(
+        Command::new("strace")
+            .args(["-c", "-f", "-o"])
+            .arg(&out)
+            .arg(&bin)
+            .args(["20000", "5000", "300", "3", "1"]),
+    );
+    // The traced workload is strace's only child.
+    let strace_pid = mix.child.id();
+    let pid: u32 = wait_for(Duration::from_secs(10), "strace's child", || {
+        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    });
+    mix.run();
+    mix.finish();
+    let peer = parse_strace(&std::fs::read_to_string(&out).expect("strace output"));
+    assert!(
+        peer.iter().any(|(s, n, _)| s == "getppid" && *n == 20_000),
+        "strace table: {peer:?}"
+    );
+    let r = report_with(&agent, pid, "nanosleep", 3);
+    // Exactly equal for the calls the workload makes in known numbers.
+    for (name, n, errors) in &peer {
+        let got = calls(&r, name);
+        if ["getppid", "write", "openat", "nanosleep"].contains(&name.as_str()) {
+            assert_eq!(got, *n, "{name}: sonde {got}, strace {n}\n{r}");
+            let got_err = row(&r, name)
+                .and_then(|x| x["errors"].as_u64())
+                .unwrap_or(0);
+            assert_eq!(
+                got_err, *errors,
+                "{name} errors: sonde {got_err}, strace {errors}"
+            );
+        } else {
+            // sonde also sees what strace's forked child does before exec.
+            assert!(
+                got >= *n && got <= n + 5,
+                "{name}: sonde {got}, strace {n}\n{r}"
+            );
+        }
+    }
+}
+
+#[test]
+fn exited_processes_are_exported_once_then_released() {
+    let _x = exclusive();
+    let agent = Agent::start("[collectors.syscalls]\ninterval = \"1s\"\nmax_pairs = 65536\n");
+    let bin = named_copy(
+        &agent,
+        &build_c("forker", &["-O2", "-static"]),
+        "sonde_sc_forker",
+    );
+    let before = metric_value(&agent.metrics(), "sonde_syscalls_processes_released_total")
+        .expect("released metric");
+    let n = 10_000u64;
+    let st = Command::new(&bin)
+        .args([&n.to_string(), "7"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("run forker");
+    assert!(st.success());
+    let series = "sonde_syscalls_total{service_name=\"sonde_sc_forker\",syscall=\"getppid\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = agent.metrics();
+        if metric_value(&m, series).unwrap_or(0.0) >= (n * 7) as f64 {
+            break m;
+        }
+        let getppid: Vec<&str> = m
+            .lines()
+            .filter(|l| l.contains("getppid") || l.contains("sonde_syscalls_"))
+            .collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "children's getppid calls not all counted after 30 s:\n{}",
+            getppid.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Every child's final counts, exactly once.
+    assert_eq!(metric_value(&m, series), Some((n * 7) as f64), "{m}");
+    // One exec and one exit_group per child, plus the parent's own.
+    for sys in ["execve", "exit_group"] {
+        let s =
+            format!("sonde_syscalls_total{{service_name=\"sonde_sc_forker\",syscall=\"{sys}\"}}");
+        assert_eq!(metric_value(&m, &s), Some((n + 1) as f64), "{sys}");
+    }
+    // ... then their kernel entries are deleted: no growth with process count.
+    let m = wait_for(Duration::from_secs(15), "exited processes released", || {
+        let m = agent.metrics();
+        let released =
+            metric_value(&m, "sonde_syscalls_processes_released_total").unwrap_or(0.0) - before;
+        (released >= n as f64).then_some(m)
+    });
+    let procs = metric_value(&m, "sonde_syscalls_tracked_processes").unwrap();
+    let pairs = metric_value(&m, "sonde_syscalls_tracked_pairs").unwrap();
+    let live = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        })
+        .count() as f64;
+    assert!(
+        procs <= live + 50.0,
+        "{procs} processes tracked, {live} alive"
+    );
+    assert!(
+        pairs < 5_000.0,
+        "{pairs} pairs still tracked after 10k exits"
+    );
+    for map in ["stats", "start"] {
+        assert_eq!(
+            metric_value(
+                &m,
+                &format!("sonde_syscalls_map_full_total{{map=\"{map}\"}}")
+            ),
+            Some(0.0),
+            "{map}"
+        );
+    }
+    // Counters never went backwards or doubled: still exactly n * 7.
+    assert_eq!(metric_value(&agent.metrics(), series), Some((n * 7) as f64));
+}
+
+#[test]
+fn config_filters_trim_processes_and_syscalls_in_the_kernel() {
+    let _x = exclusive();
+    let agent = Agent::start(
+        "[collectors.syscalls]\ninterval = \"1s\"\nservices = [\"sonde_sc_keep\"]\nsyscalls = [\"getppid\", \"openat\"]\n",
+    );
+    let bin = build_c("syscall_mix", &["-O2"]);
+    let keep = named_copy(&agent, &bin, "sonde_sc_keep");
+    let skip = named_copy(&agent, &bin, "sonde_sc_skip");
+    let args = ["2000", "500", "30", "0", "1"];
+    let mut a = Mix::spawn(Command::new(&keep).args(args));
+    let mut b = Mix::spawn(Command::new(&skip).args(args));
+    // The service filter is applied at each drain (every second here).
+    std::thread::sleep(Duration::from_secs(3));
+    a.run();
+    b.run();
+    let r = report_with(&agent, a.child.id(), "getppid", 2000);
+    assert_eq!(calls(&r, "getppid"), 2000, "{r}");
+    assert_eq!(calls(&r, "openat"), 30, "{r}");
+    assert_eq!(calls(&r, "write"), 0, "write is filtered out: {r}");
+    let names: Vec<&str> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|x| x["syscall"].as_str())
+        .collect();
+    assert!(
+        names.iter().all(|n| ["getppid", "openat"].contains(n)),
+        "{names:?}"
+    );
+    let other = agent.api(&format!("/api/v1/syscalls?pid={}", b.child.id()));
+    assert_eq!(other["rows"], serde_json::json!([]), "{other}");
+    a.finish();
+    b.finish();
+
+    // An unknown syscall name leaves the agent up and says why.
+    let bad = Agent::spawn("[collectors.syscalls]\nsyscalls = [\"getppidd\"]\n", &[]);
+    bad.wait_ready(Duration::from_secs(30));
+    let st = bad.api("/api/v1/status");
+    let c = st["collectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "syscalls")
+        .cloned()
+        .unwrap();
+    assert_eq!(c["status"], "unhealthy", "{c}");
+    assert!(c["reason"].as_str().unwrap().contains("getppidd"), "{c}");
+}
