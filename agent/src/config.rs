@@ -36,6 +36,8 @@ pub struct Config {
     pub agent: AgentConfig,
     pub api: ApiConfig,
     pub collectors: CollectorsConfig,
+    /// Pod/container identity (docs/deploy.md).
+    pub kubernetes: crate::identity::KubernetesConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

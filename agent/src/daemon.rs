@@ -15,7 +15,7 @@ use crate::{
     api::{self, AppState},
     collectors::{Collector, StartContext, chain, process::ProcessCollector},
     config::Config,
-    ebpf, features, logging,
+    ebpf, features, identity, logging,
     process_table::ProcessTable,
     telemetry::Telemetry,
 };
@@ -81,6 +81,21 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         processes: processes.clone(),
         startup_done: Arc::new(AtomicBool::new(false)),
     };
+
+    // Pod identities: a background refresh; lookups only read its cache.
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    match identity::spawn(
+        &config.kubernetes,
+        &env,
+        processes.clone(),
+        &telemetry,
+        shutdown.clone(),
+    ) {
+        Ok(Some(url)) => tracing::info!(%url, "resolving pod identities"),
+        Ok(None) => tracing::debug!("not in Kubernetes: service names from executables"),
+        // Misconfigured identity must not stop the collectors: say why and go on.
+        Err(e) => tracing::error!("pod identity disabled: {e}"),
+    }
 
     let tcp_server = tokio::spawn(serve(
         tcp,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod ebpf;
 pub mod features;
+pub mod identity;
 pub mod logging;
 pub mod process_table;
 pub mod telemetry;
