@@ -24,6 +24,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bpftrace", "bpftrace"),
     ("nginx", "nginx"),
     ("wrk", "wrk"),
+    // Deployment tests (tests/tests/deploy.rs, identity.rs).
+    ("kubectl", "kubectl"),
+    ("systemd-analyze", "systemd"),
+    ("openssl", "openssl"),
+    ("setpriv", "util-linux"),
 ];
 
 pub fn setup() -> Result<()> {
