@@ -190,9 +190,22 @@ fn prometheus_rule_is_in_sync_with_the_rule_files() {
         "{} is out of sync with deploy/prometheus/*.yml: run `cargo xtask prometheus-rule`",
         promrule::OUTPUT
     );
-    if promrule::sources(&root()).is_empty() {
+    let sources = promrule::sources(&root());
+    if sources.is_empty() {
         assert!(have.contains("groups: []"), "{have}");
+        return;
     }
+    // Parsed as YAML, the wrapper holds exactly the files' groups.
+    python_tools();
+    let script = "import sys, yaml\n\
+        groups = [g for f in sys.argv[2:] for g in yaml.safe_load(open(f))['groups']]\n\
+        spec = yaml.safe_load(open(sys.argv[1]))['spec']['groups']\n\
+        assert spec == groups, 'PrometheusRule groups differ from the rule files'\n";
+    let o = run(Command::new("python3")
+        .args(["-c", script])
+        .arg(root().join(promrule::OUTPUT))
+        .args(&sources));
+    assert!(o.status.success(), "{}", text(&o));
 }
 
 /// Runs python's yaml on a manifest and prints `expr` (a Python expression
@@ -756,5 +769,95 @@ fn dashboard_and_rule_metrics_are_exported_by_the_agent() {
             .map(|s| format!("  {s}"))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+/// Syscalls in `group` as systemd expands it (nested `@groups` resolved).
+fn syscall_group(all: &str, group: &str, out: &mut BTreeSet<String>) {
+    let mut in_group = false;
+    let mut nested = Vec::new();
+    for l in all.lines() {
+        if l.starts_with('@') {
+            in_group = l.split_whitespace().next() == Some(group);
+        } else if in_group && l.starts_with("    ") {
+            let name = l.split_whitespace().next().unwrap_or("");
+            if name.starts_with('@') {
+                nested.push(name.to_owned());
+            } else if !name.starts_with('#') && !name.is_empty() {
+                out.insert(name.to_owned());
+            }
+        }
+    }
+    for g in nested {
+        syscall_group(all, &g, out);
+    }
+}
+
+#[test]
+fn systemd_syscall_filter_allows_every_syscall_the_agent_makes() {
+    let _x = sonde_tests::exclusive();
+    let unit = std::fs::read_to_string(root().join("deploy/systemd/sonde.service")).unwrap();
+    let filter = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("SystemCallFilter="))
+        .expect("the unit has a SystemCallFilter");
+    let o = run(Command::new("systemd-analyze").args(["syscall-filter", "--no-pager"]));
+    let groups = text(&o);
+    let mut allowed = BTreeSet::new();
+    for item in filter.split_whitespace() {
+        if item.starts_with('@') {
+            syscall_group(&groups, item, &mut allowed);
+        } else {
+            allowed.insert(item.to_owned());
+        }
+    }
+    assert!(
+        allowed.contains("openat") && allowed.contains("mount"),
+        "{allowed:?}"
+    );
+
+    // Trace the agent through start-up, API use, an exec and shutdown.
+    let tmp = tempfile::tempdir().unwrap();
+    let trace = tmp.path().join("strace.txt");
+    let wrapper: Vec<String> = ["strace", "-f", "-qq", "-o"]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([trace.display().to_string(), "--".to_owned()])
+        .collect();
+    let mut a = Agent::spawn_wrapped("", &[], &wrapper);
+    a.wait_ready(Duration::from_secs(60));
+    let _ = a.api("/api/v1/status");
+    let _ = a.metrics();
+    run(&mut Command::new("/bin/true"));
+    // The child is strace; stop the agent it runs, and strace follows.
+    let strace_pid = a.pid();
+    let children =
+        std::fs::read_to_string(format!("/proc/{strace_pid}/task/{strace_pid}/children")).unwrap();
+    let agent_pid: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) with a valid signal on the agent we started.
+    unsafe { libc::kill(agent_pid, libc::SIGTERM) };
+    a.stop();
+    let log = std::fs::read_to_string(&trace).unwrap();
+    let used: BTreeSet<String> = log
+        .lines()
+        .filter_map(|l| {
+            let call = l.split_once(' ')?.1.trim_start();
+            let name = call.split_once('(')?.0;
+            (!name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+            .then(|| name.to_owned())
+        })
+        .collect();
+    assert!(
+        used.contains("bpf") && used.contains("perf_event_open"),
+        "{used:?}"
+    );
+    let denied: Vec<&String> = used.difference(&allowed).collect();
+    assert!(
+        denied.is_empty(),
+        "the unit's SystemCallFilter would deny {denied:?} (agent used {} syscalls)",
+        used.len()
     );
 }

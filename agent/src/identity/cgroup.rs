@@ -218,6 +218,17 @@ mod tests {
     }
 
     #[test]
+    fn paths_relative_to_the_agents_cgroup_namespace() {
+        // Read from inside a container with its own cgroup namespace (the
+        // agent's pod), host paths start with `/..`.
+        let text = format!(
+            "0::/../../kubepods-besteffort-pod{}.slice/cri-containerd-{ID}.scope\n",
+            UID.replace('-', "_")
+        );
+        check(&text, ID, Runtime::Containerd, Some(UID));
+    }
+
+    #[test]
     fn host_processes_have_no_container() {
         for text in [
             "0::/init.scope\n",
