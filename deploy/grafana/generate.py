@@ -2,7 +2,7 @@
 """Generates sonde's Grafana dashboards (deploy/grafana/*.json).
 
 Run from anywhere: python3 deploy/grafana/generate.py
-The JSON files are committed; tests/tests/deploy.rs checks that they are
+The JSON files are committed; tests/tests/dashboards.rs checks that they are
 what this script writes and that every metric they query is exported by the
 agent. Target: Grafana 11/12 (schemaVersion 39), Prometheus datasource
 chosen by the `datasource` variable.

@@ -24,7 +24,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("bpftrace", "bpftrace"),
     ("nginx", "nginx"),
     ("wrk", "wrk"),
-    // Deployment tests (tests/tests/deploy.rs, identity.rs).
+    // Deployment tests (tests/tests/{deploy,systemd,identity}.rs).
     ("kubectl", "kubectl"),
     ("systemd-analyze", "systemd"),
     ("openssl", "openssl"),
