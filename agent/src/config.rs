@@ -42,6 +42,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub collectors: CollectorsConfig,
     pub alerts: crate::alerts::AlertsConfig,
+    /// Pod/container identity (docs/deploy.md).
+    pub kubernetes: crate::identity::KubernetesConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

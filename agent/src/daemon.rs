@@ -18,7 +18,7 @@ use crate::{
         Collector, StartContext, chain, process::ProcessCollector, syscalls::SyscallsCollector,
     },
     config::Config,
-    ebpf, features, logging,
+    ebpf, features, identity, logging,
     process_table::ProcessTable,
     telemetry::Telemetry,
 };
@@ -93,6 +93,21 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         alerts: alerts.clone(),
         syscalls: Default::default(),
     };
+
+    // Pod identities: a background refresh; lookups only read its cache.
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    match identity::spawn(
+        &config.kubernetes,
+        &env,
+        processes.clone(),
+        &telemetry,
+        shutdown.clone(),
+    ) {
+        Ok(Some(url)) => tracing::info!(%url, "resolving pod identities"),
+        Ok(None) => tracing::debug!("not in Kubernetes: service names from executables"),
+        // Misconfigured identity must not stop the collectors: say why and go on.
+        Err(e) => tracing::error!("pod identity disabled: {e}"),
+    }
 
     let tcp_server = tokio::spawn(serve(
         tcp,

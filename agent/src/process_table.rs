@@ -16,7 +16,10 @@ use std::{
 use prometheus::{IntCounter, IntGauge};
 use serde::Serialize;
 
-use crate::telemetry::Telemetry;
+use crate::{
+    identity::{IdentityCache, K8sIdentity, cgroup},
+    telemetry::Telemetry,
+};
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -30,8 +33,13 @@ pub struct ProcessInfo {
     pub cgroup: String,
     /// Process start, seconds since the Unix epoch.
     pub start_time: u64,
-    /// The name its metrics are labelled with (`service_name`).
+    /// The name its metrics are labelled with (`service_name`): the pod's
+    /// service label or container name in Kubernetes, else the executable.
     pub service: String,
+    /// Container id (64 hex) derived from /proc/PID/cgroup; empty on the host.
+    pub container_id: String,
+    /// Pod, namespace and container name, once the pod list names the container.
+    pub k8s: Option<K8sIdentity>,
     /// Set once the process has exited; kept for a grace period.
     pub exited: bool,
 }
@@ -49,12 +57,13 @@ impl ProcessInfo {
                     .to_owned()
             })
             .unwrap_or_default();
-        let cgroup = fs::read_to_string(base.join("cgroup"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-            })
+        let cgroup_text = fs::read_to_string(base.join("cgroup")).unwrap_or_default();
+        let cgroup = cgroup_text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            .unwrap_or_default();
+        let container_id = cgroup::container_of(&cgroup_text)
+            .map(|c| c.id)
             .unwrap_or_default();
         let service = service_name(&exe, &comm);
         Some(Self {
@@ -65,8 +74,24 @@ impl ProcessInfo {
             cgroup,
             start_time: boot_time() + start_ticks / clock_ticks(),
             service,
+            container_id,
+            k8s: None,
             exited: false,
         })
+    }
+
+    /// Attaches `k8s` and renames the service after it. Returns whether
+    /// anything changed.
+    fn set_k8s(&mut self, k8s: Option<K8sIdentity>) -> bool {
+        let Some(k) = k8s else {
+            return false;
+        };
+        if self.k8s.as_ref() == Some(&k) {
+            return false;
+        }
+        self.service = k.service().to_owned();
+        self.k8s = Some(k);
+        true
     }
 }
 
@@ -140,6 +165,7 @@ pub struct ProcessTable {
     max: usize,
     grace: Duration,
     metrics: Metrics,
+    identity: IdentityCache,
 }
 
 impl ProcessTable {
@@ -154,6 +180,7 @@ impl ProcessTable {
             })),
             max: max.max(1),
             grace,
+            identity: IdentityCache::default(),
             metrics: Metrics {
                 tracked: telemetry.gauge(
                     "sonde_processes_tracked",
@@ -212,6 +239,8 @@ impl ProcessTable {
             cgroup: String::new(),
             start_time: 0,
             service: comm.to_owned(),
+            container_id: String::new(),
+            k8s: None,
             exited: false,
         });
         self.insert(info);
@@ -230,7 +259,31 @@ impl ProcessTable {
         self.refresh_gauge();
     }
 
-    fn insert(&self, info: ProcessInfo) {
+    /// Container id -> Kubernetes identity, filled by `identity::spawn`.
+    pub fn identity(&self) -> &IdentityCache {
+        &self.identity
+    }
+
+    /// Re-labels every entry whose container the identity cache now names.
+    /// Called by the refresh task after each pod-list refresh, off the hot path.
+    pub fn apply_identity(&self) {
+        if self.identity.is_empty() {
+            return;
+        }
+        let mut inner = self.write();
+        for e in inner.map.values_mut() {
+            if !e.info.container_id.is_empty() {
+                let k = self.identity.lookup(&e.info.container_id);
+                e.info.set_k8s(k);
+            }
+        }
+    }
+
+    fn insert(&self, mut info: ProcessInfo) {
+        if info.k8s.is_none() {
+            let k = self.identity.lookup(&info.container_id);
+            info.set_k8s(k);
+        }
         let mut inner = self.write();
         if inner.map.len() >= self.max && !inner.map.contains_key(&info.pid) {
             self.evict(&mut inner);
@@ -327,8 +380,41 @@ mod tests {
             cgroup: "/".into(),
             start_time: 0,
             service: format!("p{pid}"),
+            container_id: String::new(),
+            k8s: None,
             exited: false,
         }
+    }
+
+    #[test]
+    fn container_processes_take_their_service_name_from_the_pod() {
+        let t = table(16, Duration::from_secs(60));
+        let id = "0f3c9a5e1b7d4c2a8e6f0b1d3c5a7e9f2b4d6c8a0e1f3b5d7c9a2e4f6b8d0c1a";
+        let mut p = fake(7);
+        p.container_id = id.into();
+        t.insert(p);
+        t.insert(fake(8));
+        assert_eq!(t.get(7).unwrap().service, "p7");
+        let k = K8sIdentity {
+            namespace: "shop".into(),
+            pod: "checkout-1".into(),
+            pod_uid: "u".into(),
+            container: "app".into(),
+            app: None,
+        };
+        t.identity()
+            .update([(id.to_owned(), k.clone())].into(), Duration::from_secs(60));
+        t.apply_identity();
+        let p = t.get(7).unwrap();
+        assert_eq!(p.service, "app");
+        assert_eq!(p.k8s.as_ref(), Some(&k));
+        // Host processes keep the executable name.
+        assert_eq!(t.get(8).unwrap().service, "p8");
+        // A process exec'd later in the same container is named on insert.
+        let mut q = fake(9);
+        q.container_id = id.into();
+        t.insert(q);
+        assert_eq!(t.get(9).unwrap().service, "app");
     }
 
     #[test]

@@ -89,6 +89,12 @@ impl Agent {
 
     /// Starts the agent without waiting for readiness.
     pub fn spawn(config: &str, env: &[(&str, &str)]) -> Agent {
+        Self::spawn_wrapped(config, env, &[])
+    }
+
+    /// Like `spawn`, with the agent run through `wrapper` (a command and its
+    /// arguments, e.g. `setpriv --bounding-set=...`) when it is not empty.
+    pub fn spawn_wrapped(config: &str, env: &[(&str, &str)], wrapper: &[String]) -> Agent {
         require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("sonde.sock");
@@ -102,7 +108,14 @@ impl Agent {
         std::fs::write(&cfg_path, full).expect("write config");
         let log = dir.path().join("agent.log");
         let log_file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(sonde_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(sonde_bin());
+                c
+            }
+            None => Command::new(sonde_bin()),
+        };
         cmd.arg("agent")
             .arg("--config")
             .arg(&cfg_path)
@@ -288,4 +301,30 @@ pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
         let (k, v) = l.rsplit_once(' ')?;
         (k == series).then(|| v.parse().ok()).flatten()
     })
+}
+
+/// A loopback HTTP server answering every request with `body` as JSON, on a
+/// background thread for the rest of the test process (e.g. a recorded
+/// kubelet `/pods` payload: there is no cluster here). Returns its address.
+pub fn serve_json_forever(body: String) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind stub server");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 8192];
+            let mut head = Vec::new();
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes());
+        }
+    });
+    addr
 }

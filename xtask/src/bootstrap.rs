@@ -28,6 +28,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
     ("prometheus-alertmanager", "prometheus-alertmanager"),
+    // Deployment tests (tests/tests/{deploy,systemd,identity}.rs).
+    ("kubectl", "kubectl"),
+    ("systemd-analyze", "systemd"),
+    ("openssl", "openssl"),
+    ("setpriv", "util-linux"),
 ];
 
 pub fn setup() -> Result<()> {

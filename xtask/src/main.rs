@@ -3,6 +3,8 @@
 mod bench;
 mod bootstrap;
 mod cmd;
+mod dist;
+mod promrule;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -16,6 +18,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
+    /// Build sonde (release) and package target/dist/sonde-<version>-<arch>-linux.tar.gz:
+    /// bin/sonde, share/sonde/{sonde.service, sonde.toml}, share/doc/sonde/.
+    Dist {
+        /// Package this binary instead of building a release one.
+        #[arg(long, value_name = "FILE")]
+        binary: Option<std::path::PathBuf>,
+    },
+    /// Regenerate deploy/kubernetes/prometheus-operator/prometheusrule.yaml
+    /// from deploy/prometheus/*.yml (--check: fail if it is out of date).
+    PrometheusRule {
+        #[arg(long)]
+        check: bool,
+    },
     /// Make this machine ready to build sonde: nightly rust-src and
     /// bpf-linker (built against the nightly's own LLVM). Idempotent.
     Setup,
@@ -43,6 +58,8 @@ fn main() {
     let cli = Cli::parse();
     let r: Result<()> = match cli.task {
         Task::Setup => bootstrap::setup(),
+        Task::Dist { binary } => dist_task(binary),
+        Task::PrometheusRule { check } => prometheus_rule(check),
         Task::Run { args } => run(args),
         Task::Test { filter, no_lint } => test(filter, no_lint),
         Task::Bench(args) => bootstrap::setup()
@@ -53,6 +70,42 @@ fn main() {
         eprintln!("xtask: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn dist_task(binary: Option<std::path::PathBuf>) -> Result<()> {
+    let root = cmd::workspace_root();
+    let binary = match binary {
+        Some(b) => b,
+        None => {
+            bootstrap::setup()?;
+            cmd::cargo(&["build", "--release", "--package", "sonde"])?;
+            root.join("target/release/sonde")
+        }
+    };
+    let out = root.join("target/dist");
+    std::fs::create_dir_all(&out)?;
+    let tarball = dist::package(&root, &binary, env!("CARGO_PKG_VERSION"), &out)
+        .map_err(anyhow::Error::msg)?;
+    println!("{}", tarball.display());
+    Ok(())
+}
+
+fn prometheus_rule(check: bool) -> Result<()> {
+    let root = cmd::workspace_root();
+    let want = promrule::render(&root).map_err(anyhow::Error::msg)?;
+    let path = root.join(promrule::OUTPUT);
+    if check {
+        let have = std::fs::read_to_string(&path).unwrap_or_default();
+        anyhow::ensure!(
+            have == want,
+            "{} is out of date: run `cargo xtask prometheus-rule`",
+            promrule::OUTPUT
+        );
+        return Ok(());
+    }
+    std::fs::write(&path, want)?;
+    eprintln!("xtask: wrote {}", promrule::OUTPUT);
+    Ok(())
 }
 
 fn run(args: Vec<String>) -> Result<()> {
