@@ -13,7 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{self, AppState},
-    collectors::{Collector, StartContext, chain, process::ProcessCollector},
+    collectors::{
+        Collector, StartContext, chain, process::ProcessCollector, profile::ProfileCollector,
+    },
     config::Config,
     ebpf, features, logging,
     process_table::ProcessTable,
@@ -71,6 +73,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         pc.exited_grace.get(),
         &telemetry,
     );
+    let profiles = ProfileCollector::store_for(&config.collectors.profile);
     let shutdown = CancellationToken::new();
     let state = AppState {
         telemetry: telemetry.clone(),
@@ -79,6 +82,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         features: Default::default(),
         collectors: Arc::new(Mutex::new(Vec::new())),
         processes: processes.clone(),
+        profiles: profiles.clone(),
         startup_done: Arc::new(AtomicBool::new(false)),
     };
 
@@ -110,7 +114,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
     *state.features.lock().unwrap_or_else(|e| e.into_inner()) = found.clone();
 
     let log_level = ebpf::kernel_log_level(kernel_debug);
-    for mut c in build_collectors(&config, &processes) {
+    for mut c in build_collectors(&config, &processes, &profiles) {
         let up = telemetry.collector_up.with_label_values(&[c.name()]);
         let ctx = StartContext {
             features: &found,
@@ -159,11 +163,22 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_collectors(config: &Config, processes: &ProcessTable) -> Vec<Box<dyn Collector>> {
+fn build_collectors(
+    config: &Config,
+    processes: &ProcessTable,
+    profiles: &crate::collectors::profile::store::ProfileStore,
+) -> Vec<Box<dyn Collector>> {
     let mut v: Vec<Box<dyn Collector>> = Vec::new();
     if config.collectors.process.enabled {
         v.push(Box::new(ProcessCollector::new(
             &config.collectors.process,
+            processes.clone(),
+        )));
+    }
+    if config.collectors.profile.enabled {
+        v.push(Box::new(ProfileCollector::new(
+            &config.collectors.profile,
+            profiles.clone(),
             processes.clone(),
         )));
     }

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod output;
+pub mod profile;
 pub mod status;
 
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ const AFTER: &str = "Examples:
   sonde agent --check-config sonde.toml validate a config file and exit
   sudo sonde status                     what is attached, what is missing and why
   sudo sonde status -o json             the same, for scripts
+  sudo sonde profile --pid 1234 --format svg -o flame.svg
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
 Docs: docs/cli.md, docs/config.md, docs/metrics.md";
@@ -53,6 +55,10 @@ SONDE_COLLECTORS__PROCESS__ENABLED=false.")]
   sudo sonde status
   sudo sonde status -o json | jq '.collectors[] | select(.status != \"healthy\")'")]
     Status(QueryArgs),
+    /// CPU profile of a process, a service or everything: pprof, folded
+    /// stacks, SVG flamegraph or a top table.
+    #[command(after_help = profile::AFTER)]
+    Profile(profile::ProfileArgs),
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +105,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Agent(a) => agent(a),
         Command::Status(q) => status::run(&q),
+        Command::Profile(a) => profile::run(&a),
     };
     match result {
         Ok(()) => 0,

@@ -11,6 +11,7 @@
 #![no_std]
 
 pub mod process;
+pub mod profile;
 
 /// Length of `task_struct::comm` (TASK_COMM_LEN) in the kernel.
 pub const COMM_LEN: usize = 16;

@@ -4,6 +4,7 @@
 
 pub mod counters;
 pub mod process;
+pub mod profile;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -1,0 +1,368 @@
+//! Continuous CPU profiler: a `perf_event` program samples every online CPU
+//! at a fixed frequency (19 Hz by default) and counts stacks in the kernel;
+//! the agent drains the counts on an interval, symbolizes them with blazesym
+//! and keeps a rolling window that the control API cuts profiles from.
+//!
+//! Layout: `drain` (kernel maps -> batches), `symbolize` (addresses ->
+//! frames, cached), `procmaps` (/proc/PID/maps, perf maps), `store` (the
+//! window), `pprof` and `render` (output formats).
+
+pub mod drain;
+pub mod pprof;
+pub mod procmaps;
+pub mod render;
+pub mod store;
+pub mod symbolize;
+
+use std::time::{Duration, Instant};
+
+use aya::{
+    Ebpf,
+    programs::{
+        PerfEvent,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use std::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::{
+    drain::{DrainMetrics, DrainState, KernelMaps},
+    store::ProfileStore,
+    symbolize::{Limits, Resolver, SymbolizeMetrics},
+};
+use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
+use crate::{config::ProfileConfig, ebpf, process_table::ProcessTable};
+
+pub const NAME: &str = "profile";
+
+const PROGRAM: &str = "profile_cpu";
+
+/// How often newly onlined CPUs are looked for.
+const HOTPLUG_CHECK: Duration = Duration::from_secs(30);
+
+pub struct ProfileCollector {
+    config: ProfileConfig,
+    store: ProfileStore,
+    table: ProcessTable,
+    health: SharedHealth,
+    shutdown: Option<CancellationToken>,
+}
+
+impl ProfileCollector {
+    pub fn new(config: &ProfileConfig, store: ProfileStore, table: ProcessTable) -> Self {
+        Self {
+            config: config.clone(),
+            store,
+            table,
+            health: SharedHealth::new(ComponentHealth::unhealthy("not started")),
+            shutdown: None,
+        }
+    }
+
+    /// The store profiles are served from; created before the collector so
+    /// the API has it even when the profiler is disabled or fails.
+    pub fn store_for(config: &ProfileConfig) -> ProfileStore {
+        // ~40 rows per second per busy CPU at 19 Hz; a generous cap that
+        // still bounds memory when thousands of stacks are live.
+        ProfileStore::new(config.window.get(), config.frequency_hz.get(), 2_000_000)
+    }
+}
+
+/// CPUs the program is attached to, and those it could not be, with why.
+#[derive(Debug, Default)]
+struct Attached {
+    ok: Vec<u32>,
+    failed: Vec<(u32, String)>,
+}
+
+impl Attached {
+    fn describe(&self, hz: u64) -> ComponentHealth {
+        let base = format!(
+            "perf_event cpu-clock at {hz} Hz on {} CPU(s)",
+            self.ok.len()
+        );
+        if self.failed.is_empty() {
+            ComponentHealth::healthy(base)
+        } else {
+            let f: Vec<String> = self
+                .failed
+                .iter()
+                .map(|(c, e)| format!("cpu{c}: {e}"))
+                .collect();
+            ComponentHealth::degraded(format!("{base}; not attached on {}", f.join("; ")))
+        }
+    }
+}
+
+/// Attaches to each online CPU not in `done`. CPUs that fail are reported,
+/// not fatal: the others keep sampling.
+fn attach_cpus(obj: &mut Ebpf, hz: u64, att: &mut Attached) -> Result<(), CollectorError> {
+    let cpus = aya::util::online_cpus()
+        .map_err(|(path, e)| CollectorError::NoHook(format!("reading {path}: {e}")))?;
+    let prog: &mut PerfEvent = obj
+        .program_mut(PROGRAM)
+        .ok_or_else(|| CollectorError::NoHook(format!("{PROGRAM} missing from object")))?
+        .try_into()
+        .map_err(|source| CollectorError::Program {
+            what: PROGRAM.into(),
+            source,
+        })?;
+    att.failed.clear();
+    for cpu in cpus {
+        if att.ok.contains(&cpu) {
+            continue;
+        }
+        match prog.attach(
+            PerfEventConfig::Software(SoftwareEvent::CpuClock),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Frequency(hz),
+            false,
+        ) {
+            Ok(_) => att.ok.push(cpu),
+            Err(e) => att.failed.push((cpu, chain(&e))),
+        }
+    }
+    Ok(())
+}
+
+fn take_map<T>(obj: &mut Ebpf, name: &str) -> Result<T, CollectorError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = obj
+        .take_map(name)
+        .ok_or_else(|| CollectorError::NoHook(format!("map {name} missing from object")))?;
+    T::try_from(map).map_err(|source| CollectorError::Map {
+        what: name.to_owned(),
+        source,
+    })
+}
+
+fn metrics(t: &crate::telemetry::Telemetry) -> (DrainMetrics, IntGauge) {
+    let samples = t.register(
+        IntCounterVec::new(
+            Opts::new(
+                "sonde_profile_samples_total",
+                "CPU samples recorded by the profiler, by service.",
+            ),
+            &["service_name"],
+        )
+        .expect("valid metric"),
+    );
+    let errors = t.register(
+        IntCounterVec::new(
+            Opts::new(
+                "sonde_profile_errors_total",
+                "Profiler sampling failures, by reason: user_stack_missing, \
+                 stack_collision, stack_map_full, counts_map_full (sample dropped), \
+                 stack_lost.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric"),
+    );
+    let kernel_stack_absent = t.register(
+        IntCounter::new(
+            "sonde_profile_kernel_stack_absent_total",
+            "Samples without a kernel stack (taken in user mode, or unreadable).",
+        )
+        .expect("valid metric"),
+    );
+    let drains = t.register(
+        IntCounter::new(
+            "sonde_profile_drains_total",
+            "Times the agent drained the kernel's sample counts.",
+        )
+        .expect("valid metric"),
+    );
+    let cpus = t.gauge(
+        "sonde_profile_cpus_attached",
+        "CPUs the sampling program is attached to.",
+    );
+    (
+        DrainMetrics {
+            samples,
+            errors,
+            kernel_stack_absent,
+            drains,
+        },
+        cpus,
+    )
+}
+
+impl Collector for ProfileCollector {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
+        let r = self.start_inner(ctx);
+        if let Err(e) = &r {
+            self.health.set(ComponentHealth::unhealthy(chain(e)));
+        }
+        r
+    }
+
+    fn health(&self) -> ComponentHealth {
+        self.health.get()
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.shutdown.take() {
+            t.cancel();
+            self.store.set_flusher(None);
+            self.health.set(ComponentHealth::unhealthy("stopped"));
+        }
+    }
+}
+
+impl ProfileCollector {
+    fn start_inner(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
+        let hz = self.config.frequency_hz.get();
+        let mut obj = ebpf::load(ebpf::PROFILE, ctx.kernel_log_level)?;
+        ebpf::spawn_kernel_logger(&mut obj, ebpf::PROFILE.name);
+        let maps = KernelMaps {
+            control: take_map(&mut obj, "PROFILE_CONTROL")?,
+            counts: [
+                take_map(&mut obj, "PROFILE_COUNTS_0")?,
+                take_map(&mut obj, "PROFILE_COUNTS_1")?,
+            ],
+            stacks: [
+                take_map(&mut obj, "PROFILE_STACKS_0")?,
+                take_map(&mut obj, "PROFILE_STACKS_1")?,
+            ],
+            counters: take_map(&mut obj, "PROFILE_COUNTERS_MAP")?,
+        };
+        let prog: &mut PerfEvent = obj
+            .program_mut(PROGRAM)
+            .ok_or_else(|| CollectorError::NoHook(format!("{PROGRAM} missing from object")))?
+            .try_into()
+            .map_err(|source| CollectorError::Program {
+                what: PROGRAM.into(),
+                source,
+            })?;
+        prog.load().map_err(|source| CollectorError::Program {
+            what: PROGRAM.into(),
+            source,
+        })?;
+        let mut att = Attached::default();
+        attach_cpus(&mut obj, hz, &mut att)?;
+        if att.ok.is_empty() {
+            let f: Vec<String> = att
+                .failed
+                .iter()
+                .map(|(c, e)| format!("cpu{c}: {e}"))
+                .collect();
+            return Err(CollectorError::NoHook(format!(
+                "perf_event cpu-clock attached on no CPU: {}",
+                f.join("; ")
+            )));
+        }
+        let (dm, cpus) = metrics(ctx.telemetry);
+        cpus.set(att.ok.len() as i64);
+        self.health.set(att.describe(hz));
+        tracing::info!(collector = NAME, hz, cpus = ?att.ok, failed = att.failed.len(), "profiler attached");
+
+        let limits = Limits {
+            files: self.config.max_cached_files.get() as usize,
+            symbols: self.config.max_cached_symbols.get() as usize,
+            processes: self.config.max_processes.get() as usize,
+        };
+        let sym_metrics = SymbolizeMetrics::new(ctx.telemetry);
+        let (tx, rx) = mpsc::channel();
+        self.store.set_flusher(Some(tx.clone()));
+        let token = ctx.shutdown.child_token();
+        // blazesym's symbolizer is not Send, so the drain runs on a thread
+        // of its own that builds it and owns the kernel maps.
+        let (store, table, health) = (self.store.clone(), self.table.clone(), self.health.clone());
+        let interval = self.config.drain_interval.get();
+        std::thread::Builder::new()
+            .name("sonde-profile".into())
+            .spawn(move || {
+                let resolver = Resolver::new(limits, sym_metrics);
+                let w = Worker {
+                    state: DrainState::new(maps, resolver, store, table, dm),
+                    obj,
+                    att,
+                    hz,
+                    cpus,
+                    health,
+                };
+                run(w, interval, rx);
+            })?;
+        // Wake the thread at shutdown: it exits when it receives `Stop`.
+        tokio::spawn({
+            let token = token.clone();
+            async move {
+                token.cancelled().await;
+                let _ = tx.send(Cmd::Stop);
+            }
+        });
+        self.shutdown = Some(token);
+        Ok(())
+    }
+}
+
+/// Everything the drain task owns; dropping it detaches the programs.
+struct Worker {
+    state: DrainState,
+    obj: Ebpf,
+    att: Attached,
+    hz: u64,
+    cpus: IntGauge,
+    health: SharedHealth,
+}
+
+impl Worker {
+    fn step(&mut self, check_hotplug: bool) {
+        if check_hotplug && let Err(e) = attach_cpus(&mut self.obj, self.hz, &mut self.att) {
+            tracing::warn!(collector = NAME, "CPU hotplug check failed: {}", chain(&e));
+        }
+        self.cpus.set(self.att.ok.len() as i64);
+        let r = self.state.drain();
+        let mut h = self.att.describe(self.hz);
+        if r.dropped > 0 {
+            h = ComponentHealth::degraded(format!(
+                "{}; {} samples dropped (counts map full) in the last drain",
+                h.reason, r.dropped
+            ));
+        }
+        self.health.set(h);
+    }
+}
+
+/// What the drain thread is asked to do besides its periodic drain.
+pub enum Cmd {
+    /// Drain now and answer when done.
+    Flush(tokio::sync::oneshot::Sender<()>),
+    Stop,
+}
+
+/// Drains every `interval` and on every flush request; returns (dropping
+/// the object, which detaches the programs) on `Stop` or when every sender
+/// is gone.
+fn run(mut w: Worker, interval: Duration, cmds: mpsc::Receiver<Cmd>) {
+    let mut next = Instant::now() + interval;
+    let mut last_hotplug = Instant::now();
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        let reply = match cmds.recv_timeout(wait) {
+            Ok(Cmd::Flush(r)) => Some(r),
+            Ok(Cmd::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                next = Instant::now() + interval;
+                None
+            }
+        };
+        let hotplug = last_hotplug.elapsed() >= HOTPLUG_CHECK;
+        if hotplug {
+            last_hotplug = Instant::now();
+        }
+        w.step(hotplug);
+        if let Some(r) = reply {
+            let _ = r.send(());
+        }
+    }
+}
