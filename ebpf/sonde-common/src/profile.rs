@@ -4,6 +4,10 @@
 //! traces) chosen by [`PROFILE_GEN_SLOT`] of the control array; the agent
 //! flips the generation, lets in-flight samples land, then drains and clears
 //! the idle one. Stack ids therefore never get reused under the agent's feet.
+//!
+//! The first sample of a process also sends its tgid (a `u32`) through a
+//! small ring buffer, so the agent reads `/proc/PID/maps` while the process
+//! still exists instead of at the next drain.
 
 use crate::COMM_LEN;
 
@@ -60,10 +64,16 @@ pub enum ProfileCounter {
     StackMapFull = 5,
     /// The counts map had no room: the sample was dropped.
     CountsFull = 6,
+    /// A first-seen pid could not be announced (ring buffer full); its maps
+    /// are then read at the next drain instead.
+    NewPidDropped = 7,
 }
 
 /// Number of slots in the profiler's counter array.
-pub const PROFILE_COUNTERS: u32 = 7;
+pub const PROFILE_COUNTERS: u32 = 8;
+
+/// Processes remembered as already announced to the agent (LRU).
+pub const PROFILE_MAX_SEEN: u32 = 16_384;
 
 impl ProfileCounter {
     pub const ALL: [ProfileCounter; PROFILE_COUNTERS as usize] = [
@@ -74,6 +84,7 @@ impl ProfileCounter {
         Self::StackCollision,
         Self::StackMapFull,
         Self::CountsFull,
+        Self::NewPidDropped,
     ];
 }
 

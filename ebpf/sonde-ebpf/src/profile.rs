@@ -9,12 +9,12 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::map,
-    maps::{Array, PerCpuArray, PerCpuHashMap, StackTrace},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::{PerfEventContext, tracing::StackIdContext},
 };
 use sonde_common::profile::{
     PROFILE_CONTROL_ENTRIES, PROFILE_COUNTERS, PROFILE_GEN_SLOT, PROFILE_MAX_KEYS,
-    PROFILE_MAX_STACKS, ProfileCounter, StackKey,
+    PROFILE_MAX_SEEN, PROFILE_MAX_STACKS, ProfileCounter, StackKey,
 };
 
 use crate::counters::bump;
@@ -33,6 +33,14 @@ static PROFILE_COUNTS_1: PerCpuHashMap<StackKey, u64> =
 static PROFILE_STACKS_0: StackTrace = StackTrace::with_max_entries(PROFILE_MAX_STACKS, 0);
 #[map]
 static PROFILE_STACKS_1: StackTrace = StackTrace::with_max_entries(PROFILE_MAX_STACKS, 0);
+
+/// Processes already announced through `PROFILE_NEW_PIDS`.
+#[map]
+static PROFILE_SEEN: LruHashMap<u32, u8> = LruHashMap::with_max_entries(PROFILE_MAX_SEEN, 0);
+
+/// Tgids sampled for the first time. 16 KiB holds 4096 of them.
+#[map]
+static PROFILE_NEW_PIDS: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
 
 #[map]
 static PROFILE_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROFILE_COUNTERS, 0);
@@ -106,6 +114,21 @@ fn record(
     }
 }
 
+/// Tells the agent about a process the first time it is sampled.
+#[inline(always)]
+fn announce(tgid: u32) {
+    if PROFILE_SEEN.get_ptr(tgid).is_some() {
+        return;
+    }
+    if PROFILE_SEEN.insert(tgid, 1, BPF_NOEXIST as u64).is_err() {
+        // Another CPU announced it first.
+        return;
+    }
+    if PROFILE_NEW_PIDS.output::<u32>(tgid, 0).is_err() {
+        bump(&PROFILE_COUNTERS_MAP, ProfileCounter::NewPidDropped as u32);
+    }
+}
+
 /// One sample of whatever runs on this CPU.
 #[inline(always)]
 pub fn try_sample(ctx: &PerfEventContext) -> Result<(), ProfileError> {
@@ -116,6 +139,7 @@ pub fn try_sample(ctx: &PerfEventContext) -> Result<(), ProfileError> {
         return Ok(());
     }
     bump(&PROFILE_COUNTERS_MAP, ProfileCounter::Samples as u32);
+    announce(tgid);
     let generation = PROFILE_CONTROL.get(PROFILE_GEN_SLOT).copied().unwrap_or(0);
     if generation == 0 {
         record(ctx, &PROFILE_COUNTS_0, &PROFILE_STACKS_0, tgid)

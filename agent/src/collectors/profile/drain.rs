@@ -160,6 +160,11 @@ impl DrainState {
         }
     }
 
+    /// A process was sampled for the first time: capture its maps now.
+    pub fn seen(&mut self, pid: u32) {
+        self.resolver.see(pid);
+    }
+
     fn sample(&mut self, k: &StackKey, count: u64, traces: &HashMap<i32, Vec<u64>>) -> Sample {
         let pid = k.tgid;
         self.resolver.see(pid);
@@ -217,6 +222,7 @@ impl DrainState {
                     dropped += delta;
                     "counts_map_full"
                 }
+                ProfileCounter::NewPidDropped => "new_pid_dropped",
             };
             self.metrics
                 .errors

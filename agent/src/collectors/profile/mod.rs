@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use aya::{
     Ebpf,
+    maps::{MapData, RingBuf},
     programs::{
         PerfEvent,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -25,6 +26,7 @@ use aya::{
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use std::sync::mpsc;
+use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
 use self::{
@@ -157,7 +159,7 @@ fn metrics(t: &crate::telemetry::Telemetry) -> (DrainMetrics, IntGauge) {
                 "sonde_profile_errors_total",
                 "Profiler sampling failures, by reason: user_stack_missing, \
                  stack_collision, stack_map_full, counts_map_full (sample dropped), \
-                 stack_lost.",
+                 stack_lost, new_pid_dropped.",
             ),
             &["reason"],
         )
@@ -235,6 +237,7 @@ impl ProfileCollector {
             ],
             counters: take_map(&mut obj, "PROFILE_COUNTERS_MAP")?,
         };
+        let new_pids: RingBuf<MapData> = take_map(&mut obj, "PROFILE_NEW_PIDS")?;
         let prog: &mut PerfEvent = obj
             .program_mut(PROGRAM)
             .ok_or_else(|| CollectorError::NoHook(format!("{PROGRAM} missing from object")))?
@@ -292,6 +295,11 @@ impl ProfileCollector {
                 };
                 run(w, interval, rx);
             })?;
+        tokio::spawn(forward_new_pids(
+            ebpf::async_fd(new_pids)?,
+            tx.clone(),
+            token.clone(),
+        ));
         // Wake the thread at shutdown: it exits when it receives `Stop`.
         tokio::spawn({
             let token = token.clone();
@@ -333,8 +341,41 @@ impl Worker {
     }
 }
 
+/// Passes first-seen pids from the kernel to the drain thread, which reads
+/// their maps right away (before a short-lived process can exit).
+async fn forward_new_pids(
+    mut fd: AsyncFd<RingBuf<MapData>>,
+    tx: mpsc::Sender<Cmd>,
+    token: CancellationToken,
+) {
+    loop {
+        let mut guard = tokio::select! {
+            _ = token.cancelled() => return,
+            g = fd.readable_mut() => match g {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!(collector = NAME, "new-pid ring buffer poll failed: {e}");
+                    return;
+                }
+            },
+        };
+        let rb = guard.get_inner_mut();
+        while let Some(item) = rb.next() {
+            if let Some(b) = item.get(..4) {
+                let pid = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+                if tx.send(Cmd::Seen(pid)).is_err() {
+                    return;
+                }
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
 /// What the drain thread is asked to do besides its periodic drain.
 pub enum Cmd {
+    /// A process was sampled for the first time.
+    Seen(u32),
     /// Drain now and answer when done.
     Flush(tokio::sync::oneshot::Sender<()>),
     Stop,
@@ -349,6 +390,10 @@ fn run(mut w: Worker, interval: Duration, cmds: mpsc::Receiver<Cmd>) {
     loop {
         let wait = next.saturating_duration_since(Instant::now());
         let reply = match cmds.recv_timeout(wait) {
+            Ok(Cmd::Seen(pid)) => {
+                w.state.seen(pid);
+                continue;
+            }
             Ok(Cmd::Flush(r)) => Some(r),
             Ok(Cmd::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
             Err(mpsc::RecvTimeoutError::Timeout) => {

@@ -5,13 +5,15 @@ use std::collections::HashMap;
 
 use super::store::{FrameKind, Profile, Sample};
 
-/// One frame as folded stacks write it: kernel frames get inferno's `_[k]`
-/// suffix (it colours them), `;` would split a frame so it is replaced.
+/// One frame as folded stacks write it: kernel, JIT and inlined frames get
+/// inferno's `_[k]`, `_[j]`, `_[i]` suffixes (it colours them); `;` would
+/// split a frame so it is replaced.
 fn folded_frame(f: &super::store::Frame) -> String {
     let name = f.function.replace(';', ":");
     match f.kind {
         FrameKind::Kernel => format!("{name}_[k]"),
         FrameKind::Jit => format!("{name}_[j]"),
+        _ if f.inlined => format!("{name}_[i]"),
         _ => name,
     }
 }

@@ -165,9 +165,18 @@ impl Resolver {
             .maps
             .iter()
             .map(|m| {
-                m.is_file()
-                    .then(|| self.open_file(&maps.host_path(&m.path), &m.path))
-                    .flatten()
+                if !m.is_file() {
+                    return None;
+                }
+                // map_files names exactly the mapped file, even when it was
+                // deleted or replaced since; the root path is the fallback
+                // for kernels or privileges without it.
+                let mapped = PathBuf::from(format!(
+                    "/proc/{}/map_files/{:x}-{:x}",
+                    maps.pid, m.start, m.end
+                ));
+                self.open_file(&mapped, &m.path)
+                    .or_else(|| self.open_file(&maps.host_path(&m.path), &m.path))
             })
             .collect();
         ProcEntry {
