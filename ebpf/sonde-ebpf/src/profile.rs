@@ -12,9 +12,12 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::{PerfEventContext, tracing::StackIdContext},
 };
-use sonde_common::profile::{
-    PROFILE_CONTROL_ENTRIES, PROFILE_COUNTERS, PROFILE_GEN_SLOT, PROFILE_MAX_KEYS,
-    PROFILE_MAX_SEEN, PROFILE_MAX_STACKS, ProfileCounter, StackKey,
+use sonde_common::{
+    COMM_LEN,
+    profile::{
+        PROFILE_CONTROL_ENTRIES, PROFILE_COUNTERS, PROFILE_GEN_SLOT, PROFILE_MAX_KEYS,
+        PROFILE_MAX_SEEN, PROFILE_MAX_STACKS, ProfileCounter, StackKey,
+    },
 };
 
 use crate::counters::bump;
@@ -34,9 +37,12 @@ static PROFILE_STACKS_0: StackTrace = StackTrace::with_max_entries(PROFILE_MAX_S
 #[map]
 static PROFILE_STACKS_1: StackTrace = StackTrace::with_max_entries(PROFILE_MAX_STACKS, 0);
 
-/// Processes already announced through `PROFILE_NEW_PIDS`.
+/// Processes already announced through `PROFILE_NEW_PIDS`, with the comm
+/// they had then: a new comm means an exec (new maps), so it is announced
+/// again.
 #[map]
-static PROFILE_SEEN: LruHashMap<u32, u8> = LruHashMap::with_max_entries(PROFILE_MAX_SEEN, 0);
+static PROFILE_SEEN: LruHashMap<u32, [u8; COMM_LEN]> =
+    LruHashMap::with_max_entries(PROFILE_MAX_SEEN, 0);
 
 /// Tgids sampled for the first time. 16 KiB holds 4096 of them.
 #[map]
@@ -76,6 +82,7 @@ fn record(
     counts: &PerCpuHashMap<StackKey, u64>,
     stacks: &StackTrace,
     tgid: u32,
+    comm: [u8; COMM_LEN],
 ) -> Result<(), ProfileError> {
     let user = stack_id(
         ctx.get_stackid(stacks, BPF_F_USER_STACK as u64),
@@ -90,7 +97,7 @@ fn record(
         user_stack_id: user,
         kernel_stack_id: kernel,
         _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm,
     };
     if let Some(p) = counts.get_ptr_mut(key) {
         // SAFETY: `p` comes from a successful lookup and points at this
@@ -114,14 +121,19 @@ fn record(
     }
 }
 
-/// Tells the agent about a process the first time it is sampled.
+/// Tells the agent about a process the first time it is sampled, and again
+/// after it exec'd (its comm changed).
 #[inline(always)]
-fn announce(tgid: u32) {
-    if PROFILE_SEEN.get_ptr(tgid).is_some() {
-        return;
+fn announce(tgid: u32, comm: &[u8; COMM_LEN]) {
+    if let Some(p) = PROFILE_SEEN.get_ptr(tgid) {
+        // SAFETY: `p` comes from a successful lookup of a 16-byte value;
+        // a concurrent update by another CPU can at worst make us announce
+        // twice, which the agent tolerates.
+        if unsafe { *p } == *comm {
+            return;
+        }
     }
-    if PROFILE_SEEN.insert(tgid, 1, BPF_NOEXIST as u64).is_err() {
-        // Another CPU announced it first.
+    if PROFILE_SEEN.insert(tgid, *comm, 0).is_err() {
         return;
     }
     if PROFILE_NEW_PIDS.output::<u32>(tgid, 0).is_err() {
@@ -139,12 +151,13 @@ pub fn try_sample(ctx: &PerfEventContext) -> Result<(), ProfileError> {
         return Ok(());
     }
     bump(&PROFILE_COUNTERS_MAP, ProfileCounter::Samples as u32);
-    announce(tgid);
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    announce(tgid, &comm);
     let generation = PROFILE_CONTROL.get(PROFILE_GEN_SLOT).copied().unwrap_or(0);
     if generation == 0 {
-        record(ctx, &PROFILE_COUNTS_0, &PROFILE_STACKS_0, tgid)
+        record(ctx, &PROFILE_COUNTS_0, &PROFILE_STACKS_0, tgid, comm)
     } else {
-        record(ctx, &PROFILE_COUNTS_1, &PROFILE_STACKS_1, tgid)
+        record(ctx, &PROFILE_COUNTS_1, &PROFILE_STACKS_1, tgid, comm)
     }
 }
 

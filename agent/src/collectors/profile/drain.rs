@@ -1,5 +1,10 @@
-//! The drain: flip the kernel's map generation, read and clear the idle one,
-//! symbolize, and append a batch to the window.
+//! The drain, in two stages on two threads so that slow symbolization (a
+//! large binary's DWARF parsed for the first time) never delays the flip
+//! that marks a profile's edges:
+//! - [`RawDrainer`] flips the kernel's map generation, reads and clears the
+//!   idle one, and exports the kernel's counters;
+//! - [`Symbolizing`] turns a [`RawBatch`] into samples and appends them to
+//!   the window.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,9 +14,10 @@ use std::{
 
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
 use prometheus::{IntCounter, IntCounterVec};
-use sonde_common::profile::{PROFILE_GEN_SLOT, ProfileCounter, StackKey};
+use sonde_common::profile::{PROFILE_COUNTERS, PROFILE_GEN_SLOT, ProfileCounter, StackKey};
 
 use super::{
+    procmaps::Captured,
     store::{Batch, ProfileStore, Sample},
     symbolize::Resolver,
 };
@@ -36,46 +42,38 @@ pub struct DrainMetrics {
     pub drains: IntCounter,
 }
 
-pub struct DrainState {
-    pub maps: KernelMaps,
-    pub resolver: Resolver,
-    pub store: ProfileStore,
-    pub table: ProcessTable,
-    pub metrics: DrainMetrics,
-    generation: u32,
-    last_counters: [u64; sonde_common::profile::PROFILE_COUNTERS as usize],
-    services: HashSet<Arc<str>>,
-}
-
-/// What a drain found, for health.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct DrainReport {
-    pub samples: u64,
+/// What one flip collected: counts per key and the stacks they name.
+#[derive(Debug, Default)]
+pub struct RawBatch {
+    /// When the generation was flipped: the batch covers the time since the
+    /// previous flip.
+    pub at: Option<SystemTime>,
+    pub rows: Vec<(StackKey, u64)>,
+    pub traces: HashMap<i32, Vec<u64>>,
+    /// Samples the kernel dropped since the previous drain.
     pub dropped: u64,
 }
 
-impl DrainState {
-    pub fn new(
-        maps: KernelMaps,
-        resolver: Resolver,
-        store: ProfileStore,
-        table: ProcessTable,
-        metrics: DrainMetrics,
-    ) -> Self {
+pub struct RawDrainer {
+    maps: KernelMaps,
+    metrics: DrainMetrics,
+    generation: u32,
+    last_counters: [u64; PROFILE_COUNTERS as usize],
+}
+
+impl RawDrainer {
+    pub fn new(maps: KernelMaps, metrics: DrainMetrics) -> Self {
         Self {
             maps,
-            resolver,
-            store,
-            table,
             metrics,
             generation: 0,
             last_counters: Default::default(),
-            services: HashSet::new(),
         }
     }
 
-    /// One drain. Errors on individual entries are counted, never fatal.
-    pub fn drain(&mut self) -> DrainReport {
+    /// Flips, then reads and clears the idle generation. Errors on single
+    /// entries are counted, never fatal.
+    pub fn drain(&mut self) -> RawBatch {
         let idle = self.generation as usize;
         self.generation ^= 1;
         if let Err(e) = self.maps.control.set(PROFILE_GEN_SLOT, self.generation, 0) {
@@ -83,14 +81,13 @@ impl DrainState {
             // stay on the old generation and try again next time.
             tracing::warn!(collector = super::NAME, "cannot flip map generation: {e}");
             self.generation ^= 1;
-            return DrainReport::default();
+            return RawBatch::default();
         }
         let at = SystemTime::now();
         // Samples that read the old generation just before the flip finish
         // within microseconds (perf_event programs run in interrupt context).
         std::thread::sleep(Duration::from_millis(1));
         self.metrics.drains.inc();
-        self.resolver.next_drain();
 
         let counts = &mut self.maps.counts[idle];
         let keys: Vec<StackKey> = counts.keys().filter_map(Result::ok).collect();
@@ -131,64 +128,11 @@ impl DrainState {
                 .with_label_values(&["stack_lost"])
                 .inc_by(lost);
         }
-
-        let mut samples = Vec::with_capacity(rows.len());
-        let mut total = 0u64;
-        for (k, n) in rows {
-            samples.push(self.sample(&k, n, &traces));
-            total += n;
-        }
-        for s in &samples {
-            let label = if self.services.contains(&s.service) {
-                &*s.service
-            } else if self.services.len() < MAX_SERVICE_LABELS {
-                self.services.insert(s.service.clone());
-                &*s.service
-            } else {
-                "other"
-            };
-            self.metrics
-                .samples
-                .with_label_values(&[label])
-                .inc_by(s.count);
-        }
-        self.store.push(Batch { at, samples });
-        let dropped = self.export_counters();
-        DrainReport {
-            samples: total,
-            dropped,
-        }
-    }
-
-    /// A process was sampled for the first time: capture its maps now.
-    pub fn seen(&mut self, pid: u32) {
-        self.resolver.see(pid);
-    }
-
-    fn sample(&mut self, k: &StackKey, count: u64, traces: &HashMap<i32, Vec<u64>>) -> Sample {
-        let pid = k.tgid;
-        self.resolver.see(pid);
-        let mut stack = Vec::new();
-        if let Some(ips) = traces.get(&k.kernel_stack_id) {
-            stack.extend(self.resolver.kernel(ips));
-        }
-        if let Some(ips) = traces.get(&k.user_stack_id) {
-            stack.extend(self.resolver.user(pid, ips));
-        }
-        let comm = comm_str(&k.comm);
-        let service: Arc<str> = self
-            .table
-            .get(pid)
-            .map(|p| p.service)
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| comm.clone())
-            .into();
-        Sample {
-            pid,
-            comm: comm.into(),
-            service,
-            stack: stack.into(),
-            count,
+        RawBatch {
+            at: Some(at),
+            rows,
+            traces,
+            dropped: self.export_counters(),
         }
     }
 
@@ -230,6 +174,86 @@ impl DrainState {
                 .inc_by(delta);
         }
         dropped
+    }
+}
+
+/// The second stage: symbolizes raw batches into the window.
+pub struct Symbolizing {
+    resolver: Resolver,
+    store: ProfileStore,
+    table: ProcessTable,
+    samples: IntCounterVec,
+    services: HashSet<Arc<str>>,
+}
+
+impl Symbolizing {
+    pub fn new(
+        resolver: Resolver,
+        store: ProfileStore,
+        table: ProcessTable,
+        samples: IntCounterVec,
+    ) -> Self {
+        Self {
+            resolver,
+            store,
+            table,
+            samples,
+            services: HashSet::new(),
+        }
+    }
+
+    /// A process was sampled for the first time (or exec'd); its maps were
+    /// captured by the announcing task.
+    pub fn seen(&mut self, c: Captured) {
+        self.resolver.adopt(c);
+    }
+
+    pub fn process(&mut self, raw: RawBatch) {
+        let Some(at) = raw.at else { return };
+        self.resolver.next_drain();
+        let mut samples = Vec::with_capacity(raw.rows.len());
+        for (k, n) in &raw.rows {
+            samples.push(self.sample(k, *n, &raw.traces));
+        }
+        for s in &samples {
+            let label = if self.services.contains(&s.service) {
+                &*s.service
+            } else if self.services.len() < MAX_SERVICE_LABELS {
+                self.services.insert(s.service.clone());
+                &*s.service
+            } else {
+                "other"
+            };
+            self.samples.with_label_values(&[label]).inc_by(s.count);
+        }
+        self.store.push(Batch { at, samples });
+    }
+
+    fn sample(&mut self, k: &StackKey, count: u64, traces: &HashMap<i32, Vec<u64>>) -> Sample {
+        let pid = k.tgid;
+        self.resolver.see(pid);
+        let mut stack = Vec::new();
+        if let Some(ips) = traces.get(&k.kernel_stack_id) {
+            stack.extend(self.resolver.kernel(ips));
+        }
+        if let Some(ips) = traces.get(&k.user_stack_id) {
+            stack.extend(self.resolver.user(pid, ips));
+        }
+        let comm = comm_str(&k.comm);
+        let service: Arc<str> = self
+            .table
+            .get(pid)
+            .map(|p| p.service)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| comm.clone())
+            .into();
+        Sample {
+            pid,
+            comm: comm.into(),
+            service,
+            stack: stack.into(),
+            count,
+        }
     }
 }
 

@@ -14,7 +14,10 @@ pub mod render;
 pub mod store;
 pub mod symbolize;
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant, SystemTime},
+};
 
 use aya::{
     Ebpf,
@@ -25,12 +28,13 @@ use aya::{
     },
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use sonde_common::COMM_LEN;
 use std::sync::mpsc;
-use tokio::io::unix::AsyncFd;
+use tokio::{io::unix::AsyncFd, sync::oneshot};
 use tokio_util::sync::CancellationToken;
 
 use self::{
-    drain::{DrainMetrics, DrainState, KernelMaps},
+    drain::{DrainMetrics, KernelMaps, RawBatch, RawDrainer, Symbolizing},
     store::ProfileStore,
     symbolize::{Limits, Resolver, SymbolizeMetrics},
 };
@@ -40,6 +44,10 @@ use crate::{config::ProfileConfig, ebpf, process_table::ProcessTable};
 pub const NAME: &str = "profile";
 
 const PROGRAM: &str = "profile_cpu";
+
+/// Processes the drain thread remembers having captured (then it forgets
+/// them all and starts over).
+const MAX_KNOWN: usize = 65_536;
 
 /// How often newly onlined CPUs are looked for.
 const HOTPLUG_CHECK: Duration = Duration::from_secs(30);
@@ -275,32 +283,39 @@ impl ProfileCollector {
         };
         let sym_metrics = SymbolizeMetrics::new(ctx.telemetry);
         let (tx, rx) = mpsc::channel();
+        let (sym_tx, sym_rx) = mpsc::channel();
         self.store.set_flusher(Some(tx.clone()));
         let token = ctx.shutdown.child_token();
-        // blazesym's symbolizer is not Send, so the drain runs on a thread
-        // of its own that builds it and owns the kernel maps.
-        let (store, table, health) = (self.store.clone(), self.table.clone(), self.health.clone());
+        let samples = dm.samples.clone();
+        let worker = Worker {
+            raw: RawDrainer::new(maps, dm),
+            obj,
+            att,
+            hz,
+            cpus,
+            health: self.health.clone(),
+        };
         let interval = self.config.drain_interval.get();
+        let drain_out = sym_tx.clone();
         std::thread::Builder::new()
-            .name("sonde-profile".into())
+            .name("sonde-prof-drain".into())
+            .spawn(move || run_drain(worker, interval, rx, drain_out))?;
+        // blazesym's symbolizer is not Send: it is built on, and never
+        // leaves, a thread of its own.
+        let (store, table) = (self.store.clone(), self.table.clone());
+        std::thread::Builder::new()
+            .name("sonde-prof-sym".into())
             .spawn(move || {
                 let resolver = Resolver::new(limits, sym_metrics);
-                let w = Worker {
-                    state: DrainState::new(maps, resolver, store, table, dm),
-                    obj,
-                    att,
-                    hz,
-                    cpus,
-                    health,
-                };
-                run(w, interval, rx);
+                run_symbolize(Symbolizing::new(resolver, store, table, samples), sym_rx);
             })?;
         tokio::spawn(forward_new_pids(
             ebpf::async_fd(new_pids)?,
-            tx.clone(),
+            sym_tx,
             token.clone(),
         ));
-        // Wake the thread at shutdown: it exits when it receives `Stop`.
+        // Wake the drain thread at shutdown: it exits on `Stop`, and the
+        // symbolizing thread follows when its senders are gone.
         tokio::spawn({
             let token = token.clone();
             async move {
@@ -313,9 +328,9 @@ impl ProfileCollector {
     }
 }
 
-/// Everything the drain task owns; dropping it detaches the programs.
+/// Everything the drain thread owns; dropping it detaches the programs.
 struct Worker {
-    state: DrainState,
+    raw: RawDrainer,
     obj: Ebpf,
     att: Attached,
     hz: u64,
@@ -324,12 +339,12 @@ struct Worker {
 }
 
 impl Worker {
-    fn step(&mut self, check_hotplug: bool) {
+    fn step(&mut self, check_hotplug: bool) -> RawBatch {
         if check_hotplug && let Err(e) = attach_cpus(&mut self.obj, self.hz, &mut self.att) {
             tracing::warn!(collector = NAME, "CPU hotplug check failed: {}", chain(&e));
         }
         self.cpus.set(self.att.ok.len() as i64);
-        let r = self.state.drain();
+        let r = self.raw.drain();
         let mut h = self.att.describe(self.hz);
         if r.dropped > 0 {
             h = ComponentHealth::degraded(format!(
@@ -338,14 +353,16 @@ impl Worker {
             ));
         }
         self.health.set(h);
+        r
     }
 }
 
-/// Passes first-seen pids from the kernel to the drain thread, which reads
-/// their maps right away (before a short-lived process can exit).
+/// Passes first-seen pids from the kernel to the symbolizing thread, with
+/// their maps read and files opened here and now: the process may exit any
+/// moment, and the symbolizing thread may be busy.
 async fn forward_new_pids(
     mut fd: AsyncFd<RingBuf<MapData>>,
-    tx: mpsc::Sender<Cmd>,
+    tx: mpsc::Sender<SymCmd>,
     token: CancellationToken,
 ) {
     loop {
@@ -361,39 +378,57 @@ async fn forward_new_pids(
         };
         let rb = guard.get_inner_mut();
         while let Some(item) = rb.next() {
-            if let Some(b) = item.get(..4) {
-                let pid = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-                if tx.send(Cmd::Seen(pid)).is_err() {
-                    return;
-                }
+            let Some(b) = item.get(..4) else { continue };
+            let pid = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+            let Some(c) = procmaps::Captured::read(pid) else {
+                tracing::debug!(collector = NAME, pid, "announced process already gone");
+                continue;
+            };
+            tracing::debug!(
+                collector = NAME,
+                pid,
+                maps = c.maps.maps.len(),
+                "process announced"
+            );
+            if tx.send(SymCmd::Seen(c)).is_err() {
+                return;
             }
         }
         guard.clear_ready();
     }
 }
 
-/// What the drain thread is asked to do besides its periodic drain.
+/// Requests to the drain thread besides its periodic drain.
 pub enum Cmd {
-    /// A process was sampled for the first time.
-    Seen(u32),
-    /// Drain now and answer when done.
-    Flush(tokio::sync::oneshot::Sender<()>),
+    /// Drain now; answered with the flip time once the batch is in the
+    /// window.
+    Flush(oneshot::Sender<SystemTime>),
     Stop,
+}
+
+/// Work for the symbolizing thread.
+pub enum SymCmd {
+    /// A process was sampled for the first time: its maps and files.
+    Seen(procmaps::Captured),
+    /// A drained batch, and who waits for it to be in the window.
+    Batch(RawBatch, Option<oneshot::Sender<SystemTime>>),
 }
 
 /// Drains every `interval` and on every flush request; returns (dropping
 /// the object, which detaches the programs) on `Stop` or when every sender
 /// is gone.
-fn run(mut w: Worker, interval: Duration, cmds: mpsc::Receiver<Cmd>) {
+fn run_drain(
+    mut w: Worker,
+    interval: Duration,
+    cmds: mpsc::Receiver<Cmd>,
+    out: mpsc::Sender<SymCmd>,
+) {
     let mut next = Instant::now() + interval;
     let mut last_hotplug = Instant::now();
+    let mut known: HashMap<u32, [u8; COMM_LEN]> = HashMap::new();
     loop {
         let wait = next.saturating_duration_since(Instant::now());
         let reply = match cmds.recv_timeout(wait) {
-            Ok(Cmd::Seen(pid)) => {
-                w.state.seen(pid);
-                continue;
-            }
             Ok(Cmd::Flush(r)) => Some(r),
             Ok(Cmd::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
             Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -405,9 +440,41 @@ fn run(mut w: Worker, interval: Duration, cmds: mpsc::Receiver<Cmd>) {
         if hotplug {
             last_hotplug = Instant::now();
         }
-        w.step(hotplug);
-        if let Some(r) = reply {
-            let _ = r.send(());
+        let batch = w.step(hotplug);
+        // Capture processes new to this thread before handing the batch
+        // over, so their maps are in before their samples even when the
+        // ring-buffer announcement is late.
+        for (k, _) in &batch.rows {
+            if known.get(&k.tgid) == Some(&k.comm) {
+                continue;
+            }
+            if known.len() >= MAX_KNOWN {
+                known.clear();
+            }
+            known.insert(k.tgid, k.comm);
+            if let Some(c) = procmaps::Captured::read(k.tgid)
+                && out.send(SymCmd::Seen(c)).is_err()
+            {
+                return;
+            }
+        }
+        if out.send(SymCmd::Batch(batch, reply)).is_err() {
+            return;
+        }
+    }
+}
+
+fn run_symbolize(mut s: Symbolizing, cmds: mpsc::Receiver<SymCmd>) {
+    while let Ok(cmd) = cmds.recv() {
+        match cmd {
+            SymCmd::Seen(c) => s.seen(c),
+            SymCmd::Batch(raw, reply) => {
+                let at = raw.at.unwrap_or_else(SystemTime::now);
+                s.process(raw);
+                if let Some(r) = reply {
+                    let _ = r.send(at);
+                }
+            }
         }
     }
 }

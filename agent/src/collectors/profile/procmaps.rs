@@ -1,7 +1,11 @@
 //! Executable mappings of a process, captured from `/proc/PID/maps` the first
 //! time the process is seen, so its stacks still resolve after it exits.
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs::{self, File},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+};
 
 /// One executable, file-backed (or anonymous) mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,10 +35,13 @@ pub struct ProcMaps {
 }
 
 impl ProcMaps {
-    /// Reads `/proc/PID/maps`; `None` when the process is gone.
+    /// Reads `/proc/PID/maps`; `None` when the process is gone. A zombie
+    /// (exited, not yet reaped) still has a maps file, but an empty one:
+    /// that counts as gone too, so it never replaces what we captured.
     pub fn read(pid: u32) -> Option<Self> {
         let text = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-        Some(Self::parse(pid, &text))
+        let m = Self::parse(pid, &text);
+        (!m.maps.is_empty()).then_some(m)
     }
 
     pub fn parse(pid: u32, text: &str) -> Self {
@@ -76,6 +83,53 @@ fn parse_line(line: &str) -> Option<Mapping> {
         inode: inode.parse().ok()?,
         path: path.trim_end_matches(" (deleted)").to_owned(),
     })
+}
+
+/// A file's identity: a replaced file (new inode or mtime) is a new file.
+pub type FileKey = (u64, u64, i64);
+
+/// A process's maps with its mapped executable files already open, taken
+/// as soon as the kernel reports the process, before it can exit. `Send`,
+/// unlike the symbolizer, so any thread can take it.
+pub struct Captured {
+    pub maps: ProcMaps,
+    /// Per mapping: the open file and its identity (None for anonymous or
+    /// unopenable mappings).
+    pub files: Vec<Option<(File, FileKey)>>,
+    pub perf_map: Option<PerfMap>,
+}
+
+impl Captured {
+    pub fn read(pid: u32) -> Option<Self> {
+        Some(Self::open(ProcMaps::read(pid)?))
+    }
+
+    pub fn open(maps: ProcMaps) -> Self {
+        let files = maps
+            .maps
+            .iter()
+            .map(|m| {
+                if !m.is_file() {
+                    return None;
+                }
+                // map_files names exactly the mapped file, even when it was
+                // deleted or replaced since; the path through the process's
+                // root is the fallback (containers included).
+                let mapped = format!("/proc/{}/map_files/{:x}-{:x}", maps.pid, m.start, m.end);
+                let f = File::open(mapped)
+                    .or_else(|_| File::open(maps.host_path(&m.path)))
+                    .ok()?;
+                let meta = f.metadata().ok()?;
+                let key = (meta.dev(), meta.ino(), meta.mtime());
+                Some((f, key))
+            })
+            .collect();
+        Self {
+            perf_map: PerfMap::read(maps.pid),
+            maps,
+            files,
+        }
+    }
 }
 
 /// Symbols a JIT wrote to `/tmp/perf-PID.map` (`START SIZE name`, hex).

@@ -145,9 +145,10 @@ impl ProfileStore {
         *self.flush.lock().unwrap_or_else(|e| e.into_inner()) = tx;
     }
 
-    /// Asks the drain thread to drain now and waits until it has, so a
-    /// profile's edges are exact rather than off by a drain interval.
-    pub async fn flush(&self) -> Result<(), StoreError> {
+    /// Asks the drain thread to drain now and waits until that batch is in
+    /// the window; returns the instant of the flip, which is where a profile
+    /// starts or ends exactly (not off by a drain interval).
+    pub async fn flush(&self) -> Result<SystemTime, StoreError> {
         let tx = self
             .flush
             .lock()
@@ -215,5 +216,70 @@ impl ProfileStore {
 
     pub fn rows(&self) -> usize {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(pid: u32, comm: &str, service: &str) -> Sample {
+        Sample {
+            pid,
+            comm: comm.into(),
+            service: service.into(),
+            stack: Arc::from(Vec::new()),
+            count: 2,
+        }
+    }
+
+    #[test]
+    fn cuts_by_time_and_filter_and_drops_old_batches() {
+        let store = ProfileStore::new(Duration::from_secs(60), 19, 1000);
+        let now = SystemTime::now();
+        let t = |s: u64| now - Duration::from_secs(s);
+        store.push(Batch {
+            at: t(120),
+            samples: vec![sample(1, "old", "old")],
+        });
+        store.push(Batch {
+            at: t(10),
+            samples: vec![sample(1, "a", "svc"), sample(2, "b", "svc")],
+        });
+        store.push(Batch {
+            at: t(1),
+            samples: vec![sample(2, "b", "other")],
+        });
+        assert_eq!(store.rows(), 3, "the batch older than the window is gone");
+        assert!(!store.has_pid(3));
+        let all = store.cut(&Filter::default(), t(20), now);
+        assert_eq!(all.total(), 6);
+        assert_eq!(all.period_ns, 1_000_000_000 / 19);
+        let by_pid = store.cut(
+            &Filter {
+                pid: Some(2),
+                ..Filter::default()
+            },
+            t(5),
+            now,
+        );
+        assert_eq!(by_pid.total(), 2, "only the batch after t-5s");
+        let by_name = store.last_window(&Filter {
+            name: Some("svc".into()),
+            ..Filter::default()
+        });
+        assert_eq!(by_name.total(), 4, "name matches the service too");
+    }
+
+    #[test]
+    fn row_cap_bounds_memory() {
+        let store = ProfileStore::new(Duration::from_secs(60), 19, 2);
+        for _ in 0..5 {
+            store.push(Batch {
+                at: SystemTime::now(),
+                samples: vec![sample(1, "a", "a")],
+            });
+        }
+        assert!(store.rows() <= 2);
     }
 }

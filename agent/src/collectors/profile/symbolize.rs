@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     fs::File,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -19,13 +19,10 @@ use blazesym::symbolize::{
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 
 use super::{
-    procmaps::{PerfMap, ProcMaps},
+    procmaps::{Captured, FileKey, PerfMap, ProcMaps},
     store::{Frame, FrameKind, Module},
 };
 use crate::telemetry::Telemetry;
-
-/// A file's identity: replaced files (new mtime or inode) get new entries.
-type FileKey = (u64, u64, i64);
 
 struct OpenFile {
     /// Held open so the path below stays valid after the process exits.
@@ -147,55 +144,61 @@ impl Resolver {
         self.metrics.processes_mapped.set(self.procs.len() as i64);
     }
 
-    /// Captures the maps of `pid` if this is the first time we see it.
+    /// Captures the maps of `pid` the first time we see it, and re-checks
+    /// them once per drain while it lives: an exec or a reused pid changes
+    /// them, and stale maps would give wrong names. Once the process is
+    /// gone, the last captured maps stay in use.
     pub fn see(&mut self, pid: u32) {
         if let Some(p) = self.procs.get_mut(&pid) {
             p.last_used = self.tick;
-            return;
+            if p.refreshed == self.tick {
+                return;
+            }
+            p.refreshed = self.tick;
+            match ProcMaps::read(pid) {
+                Some(m) if m.maps != p.maps.maps => {}
+                _ => return,
+            }
         }
-        let Some(maps) = ProcMaps::read(pid) else {
-            return;
-        };
-        let entry = self.capture(maps);
+        if let Some(c) = Captured::read(pid) {
+            self.adopt(c);
+        }
+    }
+
+    /// Takes in maps captured (and files opened) elsewhere, e.g. right
+    /// when the kernel announced the process.
+    pub fn adopt(&mut self, c: Captured) {
+        let pid = c.maps.pid;
+        let entry = self.capture(c);
         self.procs.insert(pid, entry);
     }
 
-    fn capture(&mut self, maps: ProcMaps) -> ProcEntry {
-        let files = maps
-            .maps
-            .iter()
-            .map(|m| {
-                if !m.is_file() {
-                    return None;
-                }
-                // map_files names exactly the mapped file, even when it was
-                // deleted or replaced since; the root path is the fallback
-                // for kernels or privileges without it.
-                let mapped = PathBuf::from(format!(
-                    "/proc/{}/map_files/{:x}-{:x}",
-                    maps.pid, m.start, m.end
-                ));
-                self.open_file(&mapped, &m.path)
-                    .or_else(|| self.open_file(&maps.host_path(&m.path), &m.path))
+    fn capture(&mut self, c: Captured) -> ProcEntry {
+        let files = c
+            .files
+            .into_iter()
+            .zip(&c.maps.maps)
+            .map(|(f, m)| {
+                let (file, key) = f?;
+                self.keep_file(file, key, &m.path);
+                Some(key)
             })
             .collect();
         ProcEntry {
-            perf_map: PerfMap::read(maps.pid),
-            maps,
+            perf_map: c.perf_map,
+            maps: c.maps,
             files,
             last_used: self.tick,
             refreshed: self.tick,
         }
     }
 
-    fn open_file(&mut self, host: &Path, shown: &str) -> Option<FileKey> {
-        let meta = std::fs::metadata(host).ok()?;
-        let key = (meta.dev(), meta.ino(), meta.mtime());
+    /// Keeps `file` open under `key` unless an equal file already is.
+    fn keep_file(&mut self, file: File, key: FileKey, shown: &str) {
         if let Some(f) = self.files.get_mut(&key) {
             f.last_used = self.tick;
-            return Some(key);
+            return;
         }
-        let file = File::open(host).ok()?;
         let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
         let build_id = blazesym::helper::read_elf_build_id(&fd_path)
             .ok()
@@ -213,7 +216,6 @@ impl Resolver {
                 last_used: self.tick,
             },
         );
-        Some(key)
     }
 
     /// Frames of a user stack, leaf first.
@@ -255,6 +257,7 @@ impl Resolver {
                 unknown(module, offset)
             }
             None => {
+                tracing::trace!(pid, addr, "address in no known mapping");
                 self.metrics.result("unknown").inc();
                 unknown(
                     Arc::new(Module {
@@ -277,14 +280,13 @@ impl Resolver {
         {
             return false;
         }
-        let Some(maps) = ProcMaps::read(pid) else {
+        let Some(c) = Captured::read(pid) else {
             if let Some(p) = self.procs.get_mut(&pid) {
                 p.refreshed = self.tick;
             }
             return false;
         };
-        let entry = self.capture(maps);
-        self.procs.insert(pid, entry);
+        self.adopt(c);
         true
     }
 
