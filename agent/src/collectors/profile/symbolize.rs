@@ -144,21 +144,14 @@ impl Resolver {
         self.metrics.processes_mapped.set(self.procs.len() as i64);
     }
 
-    /// Captures the maps of `pid` the first time we see it, and re-checks
-    /// them once per drain while it lives: an exec or a reused pid changes
-    /// them, and stale maps would give wrong names. Once the process is
-    /// gone, the last captured maps stay in use.
+    /// Captures the maps of `pid` if nothing did yet. Later changes are
+    /// caught elsewhere, at no per-drain cost: an exec changes the comm, so
+    /// the kernel announces the process again; a `dlopen` or a reused pid
+    /// makes an address miss, which re-reads the maps (see `refresh`).
     pub fn see(&mut self, pid: u32) {
         if let Some(p) = self.procs.get_mut(&pid) {
             p.last_used = self.tick;
-            if p.refreshed == self.tick {
-                return;
-            }
-            p.refreshed = self.tick;
-            match ProcMaps::read(pid) {
-                Some(m) if m.maps != p.maps.maps => {}
-                _ => return,
-            }
+            return;
         }
         if let Some(c) = Captured::read(pid) {
             self.adopt(c);
