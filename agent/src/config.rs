@@ -130,7 +130,9 @@ pub struct ProfileConfig {
     pub window: Dur<1, 3600>,
     /// How often the agent drains the kernel's sample counts.
     pub drain_interval: Dur<1, 60>,
-    /// Most ELF files kept open and parsed for symbolization.
+    /// Most ELF files kept open and parsed for symbolization. Parsed DWARF
+    /// dominates the agent's memory: 32 files kept RSS at 63 MiB on a busy
+    /// build machine, 64 at 73 MiB, 512 at ~250 MiB (docs/profiling.md).
     pub max_cached_files: Bounded<8, 65_536>,
     /// Most resolved addresses remembered (per file and kernel).
     pub max_cached_symbols: Bounded<1024, 16_777_216>,
@@ -145,8 +147,8 @@ impl Default for ProfileConfig {
             frequency_hz: Bounded(19),
             window: Dur(Duration::from_secs(60)),
             drain_interval: Dur(Duration::from_secs(2)),
-            max_cached_files: Bounded(512),
-            max_cached_symbols: Bounded(200_000),
+            max_cached_files: Bounded(32),
+            max_cached_symbols: Bounded(50_000),
             max_processes: Bounded(4096),
         }
     }
