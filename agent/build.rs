@@ -9,7 +9,12 @@ use std::{env, fs, path::PathBuf};
 use anyhow::{Context as _, Result};
 
 /// The objects the agent embeds; each is a `[[bin]]` of sonde-ebpf.
-const OBJECTS: &[&str] = &["sonde-process", "sonde-probe", "sonde-syscalls"];
+const OBJECTS: &[&str] = &[
+    "sonde-process",
+    "sonde-probe",
+    "sonde-syscalls",
+    "sonde-profile",
+];
 
 fn main() -> Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);

@@ -15,7 +15,8 @@ use crate::{
     alerts::AlertEngine,
     api::{self, AppState},
     collectors::{
-        Collector, StartContext, chain, process::ProcessCollector, syscalls::SyscallsCollector,
+        Collector, StartContext, chain, process::ProcessCollector, profile::ProfileCollector,
+        syscalls::SyscallsCollector,
     },
     config::Config,
     ebpf, features, identity, logging,
@@ -74,6 +75,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         pc.exited_grace.get(),
         &telemetry,
     );
+    let profiles = ProfileCollector::store_for(&config.collectors.profile);
     let shutdown = CancellationToken::new();
     let alerts = if config.alerts.enabled {
         // Already validated by Config::load; compile again to build the engine.
@@ -89,6 +91,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         features: Default::default(),
         collectors: Arc::new(Mutex::new(Vec::new())),
         processes: processes.clone(),
+        profiles: profiles.clone(),
         startup_done: Arc::new(AtomicBool::new(false)),
         alerts: alerts.clone(),
         syscalls: Default::default(),
@@ -137,7 +140,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
     *state.features.lock().unwrap_or_else(|e| e.into_inner()) = found.clone();
 
     let log_level = ebpf::kernel_log_level(kernel_debug);
-    for mut c in build_collectors(&config, &processes, &telemetry, &state) {
+    for mut c in build_collectors(&config, &telemetry, &state) {
         let up = telemetry.collector_up.with_label_values(&[c.name()]);
         let ctx = StartContext {
             features: &found,
@@ -189,12 +192,13 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every enabled collector. Query handles go into `state` for the API.
 fn build_collectors(
     config: &Config,
-    processes: &ProcessTable,
     telemetry: &Telemetry,
     state: &AppState,
 ) -> Vec<Box<dyn Collector>> {
+    let processes = &state.processes;
     let mut v: Vec<Box<dyn Collector>> = Vec::new();
     if config.collectors.process.enabled {
         v.push(Box::new(ProcessCollector::new(
@@ -206,6 +210,13 @@ fn build_collectors(
         let c = SyscallsCollector::new(&config.collectors.syscalls, processes.clone(), telemetry);
         *state.syscalls.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.handle());
         v.push(Box::new(c));
+    }
+    if config.collectors.profile.enabled {
+        v.push(Box::new(ProfileCollector::new(
+            &config.collectors.profile,
+            state.profiles.clone(),
+            processes.clone(),
+        )));
     }
     v
 }

@@ -24,6 +24,7 @@ macro_rules! object {
 pub const PROCESS: Object = object!("sonde-process");
 pub const PROBE: Object = object!("sonde-probe");
 pub const SYSCALLS: Object = object!("sonde-syscalls");
+pub const PROFILE: Object = object!("sonde-profile");
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -1,5 +1,6 @@
-// Many short-lived processes: `forker N CALLS` fork+execs itself N times,
-// one child at a time; each child (`forker child CALLS`) makes CALLS
+// Many short-lived processes: `forker N CALLS [RATE]` fork+execs itself N
+// times, one child at a time, at most RATE children per second (0 or absent:
+// as fast as it can); each child (`forker child CALLS`) makes CALLS
 // getppid(2) and exits. Built static so each child makes few other calls.
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -7,7 +8,14 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
 
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "child") == 0) {
@@ -15,11 +23,13 @@ int main(int argc, char **argv) {
         for (long i = 0; i < calls; i++) syscall(SYS_getppid);
         _exit(0);
     }
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s N CALLS\n", argv[0]);
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: %s N CALLS [RATE]\n", argv[0]);
         return 2;
     }
     long n = atol(argv[1]);
+    double rate = argc == 4 ? atof(argv[3]) : 0;
+    double start = now();
     // Exec our real path, not /proc/self/exe, so the child's comm is our name.
     char self[4096];
     ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -29,6 +39,11 @@ int main(int argc, char **argv) {
     }
     self[len] = 0;
     for (long i = 0; i < n; i++) {
+        if (rate > 0) {
+            double due = start + i / rate;
+            double wait = due - now();
+            if (wait > 0) usleep((useconds_t)(wait * 1e6));
+        }
         pid_t pid = fork();
         if (pid < 0) {
             perror("fork");

@@ -24,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/processes", get(processes))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/syscalls", get(syscalls))
+        .route("/api/v1/profile", get(super::profile::profile))
         .fallback(not_found)
         .with_state(state)
 }

@@ -15,6 +15,23 @@ pub async fn get_json<T: DeserializeOwned>(
     socket: &Path,
     path_and_query: &str,
 ) -> anyhow::Result<T> {
+    let body = get_bytes(socket, path_and_query).await?;
+    serde_json::from_slice(&body)
+        .with_context(|| format!("agent sent invalid JSON for {path_and_query}"))
+}
+
+/// The agent refused a request; `status` tells bad input (4xx) from a
+/// failure on its side.
+#[derive(Debug, thiserror::Error)]
+#[error("agent answered {status}: {message}")]
+pub struct ApiStatusError {
+    pub status: hyper::StatusCode,
+    pub message: String,
+}
+
+/// GETs `path_and_query` from the agent and returns the raw body of a
+/// successful reply; other replies become an [`ApiStatusError`].
+pub async fn get_bytes(socket: &Path, path_and_query: &str) -> anyhow::Result<Bytes> {
     let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -47,13 +64,12 @@ pub async fn get_json<T: DeserializeOwned>(
         .context("reading the agent's reply")?
         .to_bytes();
     if !status.is_success() {
-        let msg = serde_json::from_slice::<ApiError>(&body)
+        let message = serde_json::from_slice::<ApiError>(&body)
             .map(|e| e.error)
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-        return Err(anyhow!("agent answered {status}: {msg}"));
+        return Err(ApiStatusError { status, message }.into());
     }
-    serde_json::from_slice(&body)
-        .with_context(|| format!("agent sent invalid JSON for {path_and_query}"))
+    Ok(body)
 }
 
 /// Runs one async request on a small current-thread runtime.

@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod client;
 pub mod output;
+pub mod profile;
 pub mod status;
 pub mod syscalls;
 
@@ -26,6 +27,7 @@ const AFTER: &str = "Examples:
   sonde agent --check-config sonde.toml validate a config file and exit
   sudo sonde status                     what is attached, what is missing and why
   sudo sonde status -o json             the same, for scripts
+  sudo sonde profile --pid 1234 --format svg -o flame.svg
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
 Docs: docs/cli.md, docs/config.md, docs/metrics.md";
@@ -75,6 +77,10 @@ Rules are configured under [alerts] in the agent's config: docs/alerts.md.")]
 Counts come from in-kernel aggregation (no strace-style stopping of the
 process). The window is collectors.syscalls.window (default 60s).")]
     Syscalls(syscalls::SyscallsArgs),
+    /// CPU profile of a process, a service or everything: pprof, folded
+    /// stacks, SVG flamegraph or a top table.
+    #[command(after_help = profile::AFTER)]
+    Profile(profile::ProfileArgs),
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +129,7 @@ pub fn main() -> i32 {
         Command::Status(q) => status::run(&q),
         Command::Alerts(a) => alerts::run(&a),
         Command::Syscalls(a) => syscalls::run(&a),
+        Command::Profile(a) => profile::run(&a),
     };
     match result {
         Ok(()) => 0,

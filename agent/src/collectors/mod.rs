@@ -8,6 +8,7 @@
 //! every collector's data has a different shape.
 
 pub mod process;
+pub mod profile;
 pub mod syscalls;
 
 use std::sync::{Arc, RwLock};

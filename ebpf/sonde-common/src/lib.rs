@@ -11,6 +11,7 @@
 #![no_std]
 
 pub mod process;
+pub mod profile;
 pub mod syscalls;
 
 /// Length of `task_struct::comm` (TASK_COMM_LEN) in the kernel.

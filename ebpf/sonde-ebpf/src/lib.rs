@@ -4,6 +4,7 @@
 
 pub mod counters;
 pub mod process;
+pub mod profile;
 pub mod syscalls;
 
 #[cfg(target_arch = "bpf")]

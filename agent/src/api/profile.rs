@@ -1,0 +1,150 @@
+//! `GET /api/v1/profile`: a CPU profile of the next `duration` (the handler
+//! waits), or of the retained window with `last=true`, filtered by pid,
+//! process name or service, as pprof, folded stacks, SVG or a top table.
+
+use std::time::{Duration, SystemTime};
+
+use axum::{
+    extract::{Query, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+
+use super::{AppState, control::error};
+use crate::{
+    collectors::profile::{
+        pprof, render,
+        store::{Filter, Profile},
+    },
+    config::parse_duration,
+};
+
+/// Longest profile a request may wait for.
+pub const MAX_DURATION: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Deserialize)]
+pub struct ProfileQuery {
+    pub pid: Option<u32>,
+    pub name: Option<String>,
+    pub service: Option<String>,
+    /// `10s`, `500ms`, `1m`; default 10s.
+    pub duration: Option<String>,
+    /// Use the retained window instead of waiting.
+    #[serde(default)]
+    pub last: bool,
+    /// pprof (default), folded, svg, top.
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Pprof,
+    Folded,
+    Svg,
+    Top,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pprof" => Self::Pprof,
+            "folded" => Self::Folded,
+            "svg" => Self::Svg,
+            "top" => Self::Top,
+            _ => return None,
+        })
+    }
+}
+
+pub async fn profile(State(s): State<AppState>, Query(q): Query<ProfileQuery>) -> Response {
+    let format = match Format::parse(q.format.as_deref().unwrap_or("pprof")) {
+        Some(f) => f,
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "format must be one of pprof, folded, svg, top",
+            );
+        }
+    };
+    let duration = match q.duration.as_deref().map(parse_duration).transpose() {
+        Ok(d) => d.unwrap_or(Duration::from_secs(10)),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    if duration.is_zero() || duration > MAX_DURATION {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "duration must be between 1ms and {}s",
+                MAX_DURATION.as_secs()
+            ),
+        );
+    }
+    let store = s.profiles.clone();
+    if let Some(pid) = q.pid
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !store.has_pid(pid)
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no process with pid {pid}, and no samples of it in the retained window"),
+        );
+    }
+    let filter = Filter {
+        pid: q.pid,
+        name: q.name.clone(),
+        service: q.service.clone(),
+    };
+    let start = match store.flush().await {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let profile = if q.last {
+        store.last_window(&filter)
+    } else {
+        // Wait out the rest of `duration` from the flip, however long the
+        // flush itself took.
+        let waited = SystemTime::now().duration_since(start).unwrap_or_default();
+        tokio::time::sleep(duration.saturating_sub(waited)).await;
+        let end = match store.flush().await {
+            Ok(t) => t,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        };
+        store.cut(&filter, start, end)
+    };
+    respond(&profile, format, &title(&q))
+}
+
+fn title(q: &ProfileQuery) -> String {
+    let what = match (q.pid, &q.name, &q.service) {
+        (Some(p), _, _) => format!("pid {p}"),
+        (_, Some(n), _) => n.clone(),
+        (_, _, Some(svc)) => format!("service {svc}"),
+        _ => "all processes".into(),
+    };
+    format!("sonde CPU profile: {what}")
+}
+
+fn respond(p: &Profile, format: Format, title: &str) -> Response {
+    let samples = p.total().to_string();
+    let (ctype, body): (&str, Vec<u8>) = match format {
+        Format::Pprof => ("application/vnd.google.protobuf+gzip", pprof::encode(p)),
+        Format::Folded => ("text/plain; charset=utf-8", render::folded(p).into_bytes()),
+        Format::Top => (
+            "text/plain; charset=utf-8",
+            render::top_table(p, 40).into_bytes(),
+        ),
+        Format::Svg => match render::svg(p, title) {
+            Ok(b) => ("image/svg+xml", b),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+    };
+    (
+        [
+            (header::CONTENT_TYPE, ctype.to_owned()),
+            (header::HeaderName::from_static("x-sonde-samples"), samples),
+        ],
+        body,
+    )
+        .into_response()
+}

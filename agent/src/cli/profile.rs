@@ -1,0 +1,221 @@
+//! `sonde profile`: a CPU profile from the running agent's always-on
+//! sampler, as pprof, folded stacks, an SVG flamegraph or a top table.
+
+use std::{
+    io::{IsTerminal as _, Write as _},
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+
+use super::{UsageError, client};
+use crate::{
+    api::profile::MAX_DURATION,
+    config::{DEFAULT_SOCKET, format_duration, parse_duration},
+};
+
+pub const AFTER: &str = "Examples:
+  sudo sonde profile --pid 1234 --format svg -o flame.svg   flamegraph of the next 10s
+  sudo sonde profile --name nginx --duration 30s -o nginx.pb.gz
+  go tool pprof -http :8080 nginx.pb.gz                      (pprof is the default format)
+  sudo sonde profile --pid 1234 --format top                 functions by cumulative share
+  sudo sonde profile --service api --last --format folded    the retained window, no wait
+
+Frames come from frame pointers: build with -fno-omit-frame-pointer (C/C++) or
+-C force-frame-pointers=yes (Rust) for full user stacks. See docs/profiling.md.";
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// Only this process.
+    #[arg(long, conflicts_with_all = ["name", "service"])]
+    pub pid: Option<u32>,
+    /// Only processes with this name (comm) or service name.
+    #[arg(long, conflicts_with = "service")]
+    pub name: Option<String>,
+    /// Only processes of this service.
+    #[arg(long)]
+    pub service: Option<String>,
+    /// How long to sample from now (e.g. 10s, 500ms, 2m; at most 5m).
+    #[arg(long, short = 'd', default_value = "10s", value_parser = parse_profile_duration)]
+    pub duration: Duration,
+    /// Return the agent's retained window (default last 60s) instead of waiting.
+    #[arg(long, conflicts_with = "duration")]
+    pub last: bool,
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value_t = ProfileFormat::Top)]
+    pub format: ProfileFormat,
+    /// Write to FILE instead of stdout.
+    #[arg(long = "output", short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The agent's control socket.
+    #[arg(long, env = "SONDE_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileFormat {
+    /// Gzipped protobuf for `go tool pprof`, Pyroscope, Parca.
+    Pprof,
+    /// Folded stacks (`process;root;...;leaf count`), for flamegraph tools.
+    Folded,
+    /// An SVG flamegraph (inferno).
+    Svg,
+    /// Functions by cumulative and self share, like `pstats sort cumulative`.
+    Top,
+}
+
+impl ProfileFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pprof => "pprof",
+            Self::Folded => "folded",
+            Self::Svg => "svg",
+            Self::Top => "top",
+        }
+    }
+}
+
+fn parse_profile_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() || d > MAX_DURATION {
+        return Err(format!(
+            "must be more than 0 and at most {}",
+            format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
+/// The control-API path for these arguments.
+fn request_path(a: &ProfileArgs) -> String {
+    let mut q = vec![format!("format={}", a.format.as_str())];
+    if let Some(p) = a.pid {
+        q.push(format!("pid={p}"));
+    }
+    if let Some(n) = &a.name {
+        q.push(format!("name={}", encode(n)));
+    }
+    if let Some(s) = &a.service {
+        q.push(format!("service={}", encode(s)));
+    }
+    if a.last {
+        q.push("last=true".into());
+    } else {
+        q.push(format!("duration={}ms", a.duration.as_millis()));
+    }
+    format!("/api/v1/profile?{}", q.join("&"))
+}
+
+/// Percent-encodes a query value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn run(a: &ProfileArgs) -> anyhow::Result<()> {
+    if a.format == ProfileFormat::Pprof && a.output.is_none() && std::io::stdout().is_terminal() {
+        return Err(UsageError(
+            "pprof output is binary: pass -o FILE (or pipe stdout), or use --format top".into(),
+        )
+        .into());
+    }
+    let path = request_path(a);
+    let wait = (!a.last).then_some(a.duration);
+    let body = client::block_on(async {
+        let progress = wait
+            .filter(|_| std::io::stderr().is_terminal())
+            .map(|d| tokio::spawn(show_progress(d)));
+        let r = client::get_bytes(&a.socket, &path).await;
+        if let Some(p) = progress {
+            p.abort();
+            eprint!("\r\x1b[2K");
+        }
+        r
+    })?
+    .map_err(|e| match e.downcast::<client::ApiStatusError>() {
+        Ok(api) if api.status == hyper::StatusCode::BAD_REQUEST => {
+            UsageError(api.to_string()).into()
+        }
+        Ok(api) => anyhow::Error::from(api),
+        Err(e) => e,
+    })?;
+    match &a.output {
+        Some(f) => {
+            std::fs::write(f, &body).with_context(|| format!("writing {}", f.display()))?;
+            eprintln!("wrote {} ({} bytes)", f.display(), body.len());
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&body).context("writing to stdout")?;
+            out.flush().context("writing to stdout")?;
+        }
+    }
+    Ok(())
+}
+
+/// `profiling... 3s / 10s` on stderr while the agent samples.
+async fn show_progress(total: Duration) {
+    let start = Instant::now();
+    loop {
+        let el = start.elapsed().min(total);
+        eprint!(
+            "\rprofiling... {}s / {}s",
+            el.as_secs(),
+            total.as_secs_f64().ceil() as u64
+        );
+        let _ = std::io::stderr().flush();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn args(v: &[&str]) -> ProfileArgs {
+        let mut full = vec!["sonde", "profile"];
+        full.extend_from_slice(v);
+        match Cli::try_parse_from(full).unwrap().command {
+            Command::Profile(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn builds_the_request() {
+        let a = args(&["--pid", "42", "--duration", "5s", "--format", "folded"]);
+        assert_eq!(
+            request_path(&a),
+            "/api/v1/profile?format=folded&pid=42&duration=5000ms"
+        );
+        let a = args(&["--name", "my app", "--last"]);
+        assert_eq!(
+            request_path(&a),
+            "/api/v1/profile?format=top&name=my%20app&last=true"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_durations_and_conflicts() {
+        let bad = |v: &[&str]| {
+            let mut full = vec!["sonde", "profile"];
+            full.extend_from_slice(v);
+            Cli::try_parse_from(full).is_err()
+        };
+        assert!(bad(&["--duration", "10"]));
+        assert!(bad(&["--duration", "10m"]));
+        assert!(bad(&["--pid", "1", "--name", "x"]));
+        assert!(bad(&["--format", "png"]));
+    }
+}

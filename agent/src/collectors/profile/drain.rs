@@ -1,0 +1,263 @@
+//! The drain, in two stages on two threads so that slow symbolization (a
+//! large binary's DWARF parsed for the first time) never delays the flip
+//! that marks a profile's edges:
+//! - [`RawDrainer`] flips the kernel's map generation, reads and clears the
+//!   idle one, and exports the kernel's counters;
+//! - [`Symbolizing`] turns a [`RawBatch`] into samples and appends them to
+//!   the window.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
+use prometheus::{IntCounter, IntCounterVec};
+use sonde_common::profile::{PROFILE_COUNTERS, PROFILE_GEN_SLOT, ProfileCounter, StackKey};
+
+use super::{
+    procmaps::Captured,
+    store::{Batch, ProfileStore, Sample},
+    symbolize::Resolver,
+};
+use crate::process_table::ProcessTable;
+
+/// Most distinct `service_name` label values on the samples counter; the
+/// rest are counted under `other`.
+const MAX_SERVICE_LABELS: usize = 1000;
+
+pub struct KernelMaps {
+    pub control: Array<MapData, u32>,
+    pub counts: [PerCpuHashMap<MapData, StackKey, u64>; 2],
+    pub stacks: [StackTraceMap<MapData>; 2],
+    pub counters: PerCpuArray<MapData, u64>,
+}
+
+#[derive(Clone)]
+pub struct DrainMetrics {
+    pub samples: IntCounterVec,
+    pub errors: IntCounterVec,
+    pub kernel_stack_absent: IntCounter,
+    pub drains: IntCounter,
+}
+
+/// What one flip collected: counts per key and the stacks they name.
+#[derive(Debug, Default)]
+pub struct RawBatch {
+    /// When the generation was flipped: the batch covers the time since the
+    /// previous flip.
+    pub at: Option<SystemTime>,
+    pub rows: Vec<(StackKey, u64)>,
+    pub traces: HashMap<i32, Vec<u64>>,
+    /// Samples the kernel dropped since the previous drain.
+    pub dropped: u64,
+}
+
+pub struct RawDrainer {
+    maps: KernelMaps,
+    metrics: DrainMetrics,
+    generation: u32,
+    last_counters: [u64; PROFILE_COUNTERS as usize],
+}
+
+impl RawDrainer {
+    pub fn new(maps: KernelMaps, metrics: DrainMetrics) -> Self {
+        Self {
+            maps,
+            metrics,
+            generation: 0,
+            last_counters: Default::default(),
+        }
+    }
+
+    /// Flips, then reads and clears the idle generation. Errors on single
+    /// entries are counted, never fatal.
+    pub fn drain(&mut self) -> RawBatch {
+        let idle = self.generation as usize;
+        self.generation ^= 1;
+        if let Err(e) = self.maps.control.set(PROFILE_GEN_SLOT, self.generation, 0) {
+            // Without the flip we would read a map the kernel is writing;
+            // stay on the old generation and try again next time.
+            tracing::warn!(collector = super::NAME, "cannot flip map generation: {e}");
+            self.generation ^= 1;
+            return RawBatch::default();
+        }
+        let at = SystemTime::now();
+        // Samples that read the old generation just before the flip finish
+        // within microseconds (perf_event programs run in interrupt context).
+        std::thread::sleep(Duration::from_millis(1));
+        self.metrics.drains.inc();
+
+        let counts = &mut self.maps.counts[idle];
+        let keys: Vec<StackKey> = counts.keys().filter_map(Result::ok).collect();
+        let mut rows = Vec::with_capacity(keys.len());
+        for k in &keys {
+            if let Ok(v) = counts.get(k, 0) {
+                let n: u64 = v.iter().sum();
+                if n > 0 {
+                    rows.push((*k, n));
+                }
+            }
+            let _ = counts.remove(k);
+        }
+
+        let stacks = &mut self.maps.stacks[idle];
+        let mut traces: HashMap<i32, Vec<u64>> = HashMap::new();
+        let mut lost = 0u64;
+        for (k, _) in &rows {
+            for id in [k.user_stack_id, k.kernel_stack_id] {
+                if id >= 0 && !traces.contains_key(&id) {
+                    match stacks.get(&(id as u32), 0) {
+                        Ok(t) => {
+                            traces.insert(id, t.frames().iter().map(|f| f.ip).collect());
+                        }
+                        Err(_) => lost += 1,
+                    }
+                }
+            }
+        }
+        // Clear every id, referenced or not, so the generation starts empty.
+        let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
+        for id in ids {
+            let _ = stacks.remove(&id);
+        }
+        if lost > 0 {
+            self.metrics
+                .errors
+                .with_label_values(&["stack_lost"])
+                .inc_by(lost);
+        }
+        RawBatch {
+            at: Some(at),
+            rows,
+            traces,
+            dropped: self.export_counters(),
+        }
+    }
+
+    /// Exports the kernel's per-CPU counters as deltas; returns samples
+    /// dropped since the last drain.
+    fn export_counters(&mut self) -> u64 {
+        let mut dropped = 0;
+        for c in ProfileCounter::ALL {
+            let idx = c as u32;
+            let now: u64 = self
+                .maps
+                .counters
+                .get(&idx, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+            let delta = now.saturating_sub(self.last_counters[idx as usize]);
+            self.last_counters[idx as usize] = now;
+            if delta == 0 {
+                continue;
+            }
+            let reason = match c {
+                ProfileCounter::Samples | ProfileCounter::Idle => continue,
+                ProfileCounter::KernelStackAbsent => {
+                    self.metrics.kernel_stack_absent.inc_by(delta);
+                    continue;
+                }
+                ProfileCounter::UserStackMissing => "user_stack_missing",
+                ProfileCounter::StackCollision => "stack_collision",
+                ProfileCounter::StackMapFull => "stack_map_full",
+                ProfileCounter::CountsFull => {
+                    dropped += delta;
+                    "counts_map_full"
+                }
+                ProfileCounter::NewPidDropped => "new_pid_dropped",
+            };
+            self.metrics
+                .errors
+                .with_label_values(&[reason])
+                .inc_by(delta);
+        }
+        dropped
+    }
+}
+
+/// The second stage: symbolizes raw batches into the window.
+pub struct Symbolizing {
+    resolver: Resolver,
+    store: ProfileStore,
+    table: ProcessTable,
+    samples: IntCounterVec,
+    services: HashSet<Arc<str>>,
+}
+
+impl Symbolizing {
+    pub fn new(
+        resolver: Resolver,
+        store: ProfileStore,
+        table: ProcessTable,
+        samples: IntCounterVec,
+    ) -> Self {
+        Self {
+            resolver,
+            store,
+            table,
+            samples,
+            services: HashSet::new(),
+        }
+    }
+
+    /// A process was sampled for the first time (or exec'd); its maps were
+    /// captured by the announcing task.
+    pub fn seen(&mut self, c: Captured) {
+        self.resolver.adopt(c);
+    }
+
+    pub fn process(&mut self, raw: RawBatch) {
+        let Some(at) = raw.at else { return };
+        self.resolver.next_drain();
+        let mut samples = Vec::with_capacity(raw.rows.len());
+        for (k, n) in &raw.rows {
+            samples.push(self.sample(k, *n, &raw.traces));
+        }
+        for s in &samples {
+            let label = if self.services.contains(&s.service) {
+                &*s.service
+            } else if self.services.len() < MAX_SERVICE_LABELS {
+                self.services.insert(s.service.clone());
+                &*s.service
+            } else {
+                "other"
+            };
+            self.samples.with_label_values(&[label]).inc_by(s.count);
+        }
+        self.store.push(Batch { at, samples });
+    }
+
+    fn sample(&mut self, k: &StackKey, count: u64, traces: &HashMap<i32, Vec<u64>>) -> Sample {
+        let pid = k.tgid;
+        self.resolver.see(pid);
+        let mut stack = Vec::new();
+        if let Some(ips) = traces.get(&k.kernel_stack_id) {
+            stack.extend(self.resolver.kernel(ips));
+        }
+        if let Some(ips) = traces.get(&k.user_stack_id) {
+            stack.extend(self.resolver.user(pid, ips));
+        }
+        let comm = comm_str(&k.comm);
+        let service: Arc<str> = self
+            .table
+            .get(pid)
+            .map(|p| p.service)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| comm.clone())
+            .into();
+        Sample {
+            pid,
+            comm: comm.into(),
+            service,
+            stack: stack.into(),
+            count,
+        }
+    }
+}
+
+fn comm_str(c: &[u8]) -> String {
+    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    String::from_utf8_lossy(&c[..end]).into_owned()
+}

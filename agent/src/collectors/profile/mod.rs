@@ -1,0 +1,480 @@
+//! Continuous CPU profiler: a `perf_event` program samples every online CPU
+//! at a fixed frequency (19 Hz by default) and counts stacks in the kernel;
+//! the agent drains the counts on an interval, symbolizes them with blazesym
+//! and keeps a rolling window that the control API cuts profiles from.
+//!
+//! Layout: `drain` (kernel maps -> batches), `symbolize` (addresses ->
+//! frames, cached), `procmaps` (/proc/PID/maps, perf maps), `store` (the
+//! window), `pprof` and `render` (output formats).
+
+pub mod drain;
+pub mod pprof;
+pub mod procmaps;
+pub mod render;
+pub mod store;
+pub mod symbolize;
+
+use std::{
+    collections::HashMap,
+    sync::mpsc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+    programs::{
+        PerfEvent,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
+use sonde_common::COMM_LEN;
+use tokio::{io::unix::AsyncFd, sync::oneshot};
+use tokio_util::sync::CancellationToken;
+
+use self::{
+    drain::{DrainMetrics, KernelMaps, RawBatch, RawDrainer, Symbolizing},
+    store::ProfileStore,
+    symbolize::{Limits, Resolver, SymbolizeMetrics},
+};
+use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
+use crate::{config::ProfileConfig, ebpf, process_table::ProcessTable};
+
+pub const NAME: &str = "profile";
+
+const PROGRAM: &str = "profile_cpu";
+
+/// Processes the drain thread remembers having captured (then it forgets
+/// them all and starts over).
+const MAX_KNOWN: usize = 65_536;
+
+/// How often newly onlined CPUs are looked for.
+const HOTPLUG_CHECK: Duration = Duration::from_secs(30);
+
+pub struct ProfileCollector {
+    config: ProfileConfig,
+    store: ProfileStore,
+    table: ProcessTable,
+    health: SharedHealth,
+    shutdown: Option<CancellationToken>,
+}
+
+impl ProfileCollector {
+    pub fn new(config: &ProfileConfig, store: ProfileStore, table: ProcessTable) -> Self {
+        Self {
+            config: config.clone(),
+            store,
+            table,
+            health: SharedHealth::new(ComponentHealth::unhealthy("not started")),
+            shutdown: None,
+        }
+    }
+
+    /// The store profiles are served from; created before the collector so
+    /// the API has it even when the profiler is disabled or fails.
+    pub fn store_for(config: &ProfileConfig) -> ProfileStore {
+        // ~40 rows per second per busy CPU at 19 Hz; a generous cap that
+        // still bounds memory when thousands of stacks are live.
+        ProfileStore::new(config.window.get(), config.frequency_hz.get(), 2_000_000)
+    }
+}
+
+/// CPUs the program is attached to, and those it could not be, with why.
+#[derive(Debug, Default)]
+struct Attached {
+    ok: Vec<u32>,
+    failed: Vec<(u32, String)>,
+}
+
+impl Attached {
+    fn describe(&self, hz: u64) -> ComponentHealth {
+        let base = format!(
+            "perf_event cpu-clock at {hz} Hz on {} CPU(s)",
+            self.ok.len()
+        );
+        if self.failed.is_empty() {
+            ComponentHealth::healthy(base)
+        } else {
+            let f: Vec<String> = self
+                .failed
+                .iter()
+                .map(|(c, e)| format!("cpu{c}: {e}"))
+                .collect();
+            ComponentHealth::degraded(format!("{base}; not attached on {}", f.join("; ")))
+        }
+    }
+}
+
+/// Attaches to each online CPU not in `done`. CPUs that fail are reported,
+/// not fatal: the others keep sampling.
+fn attach_cpus(obj: &mut Ebpf, hz: u64, att: &mut Attached) -> Result<(), CollectorError> {
+    let cpus = aya::util::online_cpus()
+        .map_err(|(path, e)| CollectorError::NoHook(format!("reading {path}: {e}")))?;
+    let prog: &mut PerfEvent = obj
+        .program_mut(PROGRAM)
+        .ok_or_else(|| CollectorError::NoHook(format!("{PROGRAM} missing from object")))?
+        .try_into()
+        .map_err(|source| CollectorError::Program {
+            what: PROGRAM.into(),
+            source,
+        })?;
+    att.failed.clear();
+    for cpu in cpus {
+        if att.ok.contains(&cpu) {
+            continue;
+        }
+        match prog.attach(
+            PerfEventConfig::Software(SoftwareEvent::CpuClock),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Frequency(hz),
+            false,
+        ) {
+            Ok(_) => att.ok.push(cpu),
+            Err(e) => att.failed.push((cpu, chain(&e))),
+        }
+    }
+    Ok(())
+}
+
+fn take_map<T>(obj: &mut Ebpf, name: &str) -> Result<T, CollectorError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = obj
+        .take_map(name)
+        .ok_or_else(|| CollectorError::NoHook(format!("map {name} missing from object")))?;
+    T::try_from(map).map_err(|source| CollectorError::Map {
+        what: name.to_owned(),
+        source,
+    })
+}
+
+fn metrics(t: &crate::telemetry::Telemetry) -> (DrainMetrics, IntGauge) {
+    let samples = t.register(
+        IntCounterVec::new(
+            Opts::new(
+                "sonde_profile_samples_total",
+                "CPU samples recorded by the profiler, by service.",
+            ),
+            &["service_name"],
+        )
+        .expect("valid metric"),
+    );
+    let errors = t.register(
+        IntCounterVec::new(
+            Opts::new(
+                "sonde_profile_errors_total",
+                "Profiler sampling failures, by reason: user_stack_missing, \
+                 stack_collision, stack_map_full, counts_map_full (sample dropped), \
+                 stack_lost, new_pid_dropped.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric"),
+    );
+    let kernel_stack_absent = t.register(
+        IntCounter::new(
+            "sonde_profile_kernel_stack_absent_total",
+            "Samples without a kernel stack (taken in user mode, or unreadable).",
+        )
+        .expect("valid metric"),
+    );
+    let drains = t.register(
+        IntCounter::new(
+            "sonde_profile_drains_total",
+            "Times the agent drained the kernel's sample counts.",
+        )
+        .expect("valid metric"),
+    );
+    let cpus = t.gauge(
+        "sonde_profile_cpus_attached",
+        "CPUs the sampling program is attached to.",
+    );
+    (
+        DrainMetrics {
+            samples,
+            errors,
+            kernel_stack_absent,
+            drains,
+        },
+        cpus,
+    )
+}
+
+impl Collector for ProfileCollector {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
+        let r = self.start_inner(ctx);
+        if let Err(e) = &r {
+            self.health.set(ComponentHealth::unhealthy(chain(e)));
+        }
+        r
+    }
+
+    fn health(&self) -> ComponentHealth {
+        self.health.get()
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.shutdown.take() {
+            t.cancel();
+            self.store.set_flusher(None);
+            self.health.set(ComponentHealth::unhealthy("stopped"));
+        }
+    }
+}
+
+impl ProfileCollector {
+    fn start_inner(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
+        let hz = self.config.frequency_hz.get();
+        let mut obj = ebpf::load(ebpf::PROFILE, ctx.kernel_log_level)?;
+        ebpf::spawn_kernel_logger(&mut obj, ebpf::PROFILE.name);
+        let maps = KernelMaps {
+            control: take_map(&mut obj, "PROFILE_CONTROL")?,
+            counts: [
+                take_map(&mut obj, "PROFILE_COUNTS_0")?,
+                take_map(&mut obj, "PROFILE_COUNTS_1")?,
+            ],
+            stacks: [
+                take_map(&mut obj, "PROFILE_STACKS_0")?,
+                take_map(&mut obj, "PROFILE_STACKS_1")?,
+            ],
+            counters: take_map(&mut obj, "PROFILE_COUNTERS_MAP")?,
+        };
+        let new_pids: RingBuf<MapData> = take_map(&mut obj, "PROFILE_NEW_PIDS")?;
+        let prog: &mut PerfEvent = obj
+            .program_mut(PROGRAM)
+            .ok_or_else(|| CollectorError::NoHook(format!("{PROGRAM} missing from object")))?
+            .try_into()
+            .map_err(|source| CollectorError::Program {
+                what: PROGRAM.into(),
+                source,
+            })?;
+        prog.load().map_err(|source| CollectorError::Program {
+            what: PROGRAM.into(),
+            source,
+        })?;
+        let mut att = Attached::default();
+        attach_cpus(&mut obj, hz, &mut att)?;
+        if att.ok.is_empty() {
+            let f: Vec<String> = att
+                .failed
+                .iter()
+                .map(|(c, e)| format!("cpu{c}: {e}"))
+                .collect();
+            return Err(CollectorError::NoHook(format!(
+                "perf_event cpu-clock attached on no CPU: {}",
+                f.join("; ")
+            )));
+        }
+        let (dm, cpus) = metrics(ctx.telemetry);
+        cpus.set(att.ok.len() as i64);
+        self.health.set(att.describe(hz));
+        tracing::info!(collector = NAME, hz, cpus = ?att.ok, failed = att.failed.len(), "profiler attached");
+
+        let limits = Limits {
+            files: self.config.max_cached_files.get() as usize,
+            symbols: self.config.max_cached_symbols.get() as usize,
+            processes: self.config.max_processes.get() as usize,
+        };
+        let sym_metrics = SymbolizeMetrics::new(ctx.telemetry);
+        let (tx, rx) = mpsc::channel();
+        let (sym_tx, sym_rx) = mpsc::channel();
+        self.store.set_flusher(Some(tx.clone()));
+        let token = ctx.shutdown.child_token();
+        let samples = dm.samples.clone();
+        let worker = Worker {
+            raw: RawDrainer::new(maps, dm),
+            obj,
+            att,
+            hz,
+            cpus,
+            health: self.health.clone(),
+        };
+        let interval = self.config.drain_interval.get();
+        let drain_out = sym_tx.clone();
+        std::thread::Builder::new()
+            .name("sonde-prof-drain".into())
+            .spawn(move || run_drain(worker, interval, rx, drain_out))?;
+        // blazesym's symbolizer is not Send: it is built on, and never
+        // leaves, a thread of its own.
+        let (store, table) = (self.store.clone(), self.table.clone());
+        std::thread::Builder::new()
+            .name("sonde-prof-sym".into())
+            .spawn(move || {
+                let resolver = Resolver::new(limits, sym_metrics);
+                run_symbolize(Symbolizing::new(resolver, store, table, samples), sym_rx);
+            })?;
+        tokio::spawn(forward_new_pids(
+            ebpf::async_fd(new_pids)?,
+            sym_tx,
+            token.clone(),
+        ));
+        // Wake the drain thread at shutdown: it exits on `Stop`, and the
+        // symbolizing thread follows when its senders are gone.
+        tokio::spawn({
+            let token = token.clone();
+            async move {
+                token.cancelled().await;
+                let _ = tx.send(Cmd::Stop);
+            }
+        });
+        self.shutdown = Some(token);
+        Ok(())
+    }
+}
+
+/// Everything the drain thread owns; dropping it detaches the programs.
+struct Worker {
+    raw: RawDrainer,
+    obj: Ebpf,
+    att: Attached,
+    hz: u64,
+    cpus: IntGauge,
+    health: SharedHealth,
+}
+
+impl Worker {
+    fn step(&mut self, check_hotplug: bool) -> RawBatch {
+        if check_hotplug && let Err(e) = attach_cpus(&mut self.obj, self.hz, &mut self.att) {
+            tracing::warn!(collector = NAME, "CPU hotplug check failed: {}", chain(&e));
+        }
+        self.cpus.set(self.att.ok.len() as i64);
+        let r = self.raw.drain();
+        let mut h = self.att.describe(self.hz);
+        if r.dropped > 0 {
+            h = ComponentHealth::degraded(format!(
+                "{}; {} samples dropped (counts map full) in the last drain",
+                h.reason, r.dropped
+            ));
+        }
+        self.health.set(h);
+        r
+    }
+}
+
+/// Passes first-seen pids from the kernel to the symbolizing thread, with
+/// their maps read and files opened here and now: the process may exit any
+/// moment, and the symbolizing thread may be busy.
+async fn forward_new_pids(
+    mut fd: AsyncFd<RingBuf<MapData>>,
+    tx: mpsc::Sender<SymCmd>,
+    token: CancellationToken,
+) {
+    loop {
+        let mut guard = tokio::select! {
+            _ = token.cancelled() => return,
+            g = fd.readable_mut() => match g {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!(collector = NAME, "new-pid ring buffer poll failed: {e}");
+                    return;
+                }
+            },
+        };
+        let rb = guard.get_inner_mut();
+        while let Some(item) = rb.next() {
+            let Some(b) = item.get(..4) else { continue };
+            let pid = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+            let Some(c) = procmaps::Captured::read(pid) else {
+                tracing::debug!(collector = NAME, pid, "announced process already gone");
+                continue;
+            };
+            tracing::debug!(
+                collector = NAME,
+                pid,
+                maps = c.maps.maps.len(),
+                "process announced"
+            );
+            if tx.send(SymCmd::Seen(c)).is_err() {
+                return;
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Requests to the drain thread besides its periodic drain.
+pub enum Cmd {
+    /// Drain now; answered with the flip time once the batch is in the
+    /// window.
+    Flush(oneshot::Sender<SystemTime>),
+    Stop,
+}
+
+/// Work for the symbolizing thread.
+pub enum SymCmd {
+    /// A process was sampled for the first time: its maps and files.
+    Seen(procmaps::Captured),
+    /// A drained batch, and who waits for it to be in the window.
+    Batch(RawBatch, Option<oneshot::Sender<SystemTime>>),
+}
+
+/// Drains every `interval` and on every flush request; returns (dropping
+/// the object, which detaches the programs) on `Stop` or when every sender
+/// is gone.
+fn run_drain(
+    mut w: Worker,
+    interval: Duration,
+    cmds: mpsc::Receiver<Cmd>,
+    out: mpsc::Sender<SymCmd>,
+) {
+    let mut next = Instant::now() + interval;
+    let mut last_hotplug = Instant::now();
+    let mut known: HashMap<u32, [u8; COMM_LEN]> = HashMap::new();
+    loop {
+        let wait = next.saturating_duration_since(Instant::now());
+        let reply = match cmds.recv_timeout(wait) {
+            Ok(Cmd::Flush(r)) => Some(r),
+            Ok(Cmd::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                next = Instant::now() + interval;
+                None
+            }
+        };
+        let hotplug = last_hotplug.elapsed() >= HOTPLUG_CHECK;
+        if hotplug {
+            last_hotplug = Instant::now();
+        }
+        let batch = w.step(hotplug);
+        // Capture processes new to this thread before handing the batch
+        // over, so their maps are in before their samples even when the
+        // ring-buffer announcement is late.
+        for (k, _) in &batch.rows {
+            if known.get(&k.tgid) == Some(&k.comm) {
+                continue;
+            }
+            if known.len() >= MAX_KNOWN {
+                known.clear();
+            }
+            known.insert(k.tgid, k.comm);
+            if let Some(c) = procmaps::Captured::read(k.tgid)
+                && out.send(SymCmd::Seen(c)).is_err()
+            {
+                return;
+            }
+        }
+        if out.send(SymCmd::Batch(batch, reply)).is_err() {
+            return;
+        }
+    }
+}
+
+fn run_symbolize(mut s: Symbolizing, cmds: mpsc::Receiver<SymCmd>) {
+    while let Ok(cmd) = cmds.recv() {
+        match cmd {
+            SymCmd::Seen(c) => s.seen(c),
+            SymCmd::Batch(raw, reply) => {
+                let at = raw.at.unwrap_or_else(SystemTime::now);
+                s.process(raw);
+                if let Some(r) = reply {
+                    let _ = r.send(at);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Text renderings of a [`Profile`]: folded stacks, an SVG flamegraph
+//! (inferno) and a `pstats`-like top table.
+
+use std::collections::HashMap;
+
+use super::store::{FrameKind, Profile, Sample};
+
+/// One frame as folded stacks write it: kernel, JIT and inlined frames get
+/// inferno's `_[k]`, `_[j]`, `_[i]` suffixes (it colours them); `;` would
+/// split a frame so it is replaced.
+fn folded_frame(f: &super::store::Frame) -> String {
+    let name = f.function.replace(';', ":");
+    match f.kind {
+        FrameKind::Kernel => format!("{name}_[k]"),
+        FrameKind::Jit => format!("{name}_[j]"),
+        _ if f.inlined => format!("{name}_[i]"),
+        _ => name,
+    }
+}
+
+fn folded_line(s: &Sample) -> String {
+    let mut parts = Vec::with_capacity(s.stack.len() + 1);
+    parts.push(s.comm.replace(';', ":"));
+    parts.extend(s.stack.iter().rev().map(folded_frame));
+    parts.join(";")
+}
+
+/// Folded stacks: `process;root;...;leaf count`, one line per distinct
+/// stack, sorted so output is stable.
+pub fn folded(p: &Profile) -> String {
+    let mut agg: HashMap<String, u64> = HashMap::new();
+    for s in &p.samples {
+        *agg.entry(folded_line(s)).or_default() += s.count;
+    }
+    let mut lines: Vec<(String, u64)> = agg.into_iter().collect();
+    lines.sort();
+    let mut out = String::new();
+    for (stack, n) in lines {
+        out.push_str(&stack);
+        out.push(' ');
+        out.push_str(&n.to_string());
+        out.push('\n');
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("rendering the flamegraph failed: {0}")]
+pub struct SvgError(String);
+
+/// An SVG flamegraph of the folded stacks.
+pub fn svg(p: &Profile, title: &str) -> Result<Vec<u8>, SvgError> {
+    let folded = folded(p);
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = title.to_owned();
+    opts.count_name = "samples".to_owned();
+    let mut out = Vec::new();
+    if folded.is_empty() {
+        // inferno refuses empty input; an empty profile is still an answer.
+        return Ok(format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"600\" height=\"40\">\
+             <text x=\"10\" y=\"25\">{} : no samples</text></svg>\n",
+            xml_escape(title)
+        )
+        .into_bytes());
+    }
+    inferno::flamegraph::from_lines(&mut opts, folded.lines(), &mut out)
+        .map_err(|e| SvgError(e.to_string()))?;
+    Ok(out)
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// One function's share, as `pstats` sorts by cumulative time.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct TopRow {
+    pub function: String,
+    pub module: String,
+    /// Samples where it was the leaf.
+    pub self_samples: u64,
+    /// Samples where it was anywhere on the stack (counted once per stack).
+    pub total_samples: u64,
+    pub self_pct: f64,
+    pub total_pct: f64,
+}
+
+/// Functions by total (cumulative) share, then self share.
+pub fn top(p: &Profile) -> Vec<TopRow> {
+    let total = p.total().max(1) as f64;
+    let mut rows: HashMap<(String, String), (u64, u64)> = HashMap::new();
+    for s in &p.samples {
+        let mut seen = std::collections::HashSet::new();
+        for (i, f) in s.stack.iter().enumerate() {
+            let key = (f.function.to_string(), f.module.path.to_string());
+            let e = rows.entry(key.clone()).or_default();
+            if i == 0 {
+                e.0 += s.count;
+            }
+            if seen.insert(key) {
+                e.1 += s.count;
+            }
+        }
+    }
+    let mut out: Vec<TopRow> = rows
+        .into_iter()
+        .map(|((function, module), (self_s, total_s))| TopRow {
+            function,
+            module,
+            self_samples: self_s,
+            total_samples: total_s,
+            self_pct: 100.0 * self_s as f64 / total,
+            total_pct: 100.0 * total_s as f64 / total,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.total_samples
+            .cmp(&a.total_samples)
+            .then(b.self_samples.cmp(&a.self_samples))
+            .then(a.function.cmp(&b.function))
+    });
+    out
+}
+
+/// The top table as text, at most `limit` rows.
+pub fn top_table(p: &Profile, limit: usize) -> String {
+    let rows: Vec<Vec<String>> = top(p)
+        .into_iter()
+        .take(limit)
+        .map(|r| {
+            vec![
+                format!("{:.1}", r.total_pct),
+                format!("{:.1}", r.self_pct),
+                r.total_samples.to_string(),
+                r.self_samples.to_string(),
+                r.function,
+                std::path::Path::new(&r.module)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or(r.module),
+            ]
+        })
+        .collect();
+    let mut out = format!(
+        "{} samples over {:.1}s\n",
+        p.total(),
+        p.duration.as_secs_f64()
+    );
+    out.push_str(&crate::cli::output::table(
+        &["TOTAL%", "SELF%", "TOTAL", "SELF", "FUNCTION", "MODULE"],
+        &rows,
+    ));
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::{
+        sync::Arc,
+        time::{Duration, SystemTime},
+    };
+
+    use super::*;
+    use crate::collectors::profile::store::{Frame, Module};
+
+    pub fn frame(name: &str, kind: FrameKind, line: u32) -> Frame {
+        Frame {
+            function: name.into(),
+            file: (line > 0).then(|| Arc::from("w.c")),
+            line,
+            kind,
+            module: Arc::new(Module {
+                path: "/bin/w".into(),
+                build_id: Some("abcd".into()),
+            }),
+            addr: line as u64,
+            inlined: false,
+        }
+    }
+
+    pub fn sample_profile() -> Profile {
+        let leafy = |names: &[(&str, FrameKind)], count| Sample {
+            pid: 7,
+            comm: "work".into(),
+            service: "work".into(),
+            stack: names
+                .iter()
+                .rev()
+                .enumerate()
+                .map(|(i, (n, k))| frame(n, *k, i as u32 + 1))
+                .collect::<Vec<_>>()
+                .into(),
+            count,
+        };
+        Profile {
+            samples: vec![
+                leafy(
+                    &[
+                        ("main", FrameKind::User),
+                        ("a", FrameKind::User),
+                        ("b", FrameKind::User),
+                        ("c", FrameKind::User),
+                    ],
+                    8,
+                ),
+                leafy(
+                    &[
+                        ("main", FrameKind::User),
+                        ("a", FrameKind::User),
+                        ("b", FrameKind::User),
+                        ("c", FrameKind::User),
+                    ],
+                    1,
+                ),
+                leafy(
+                    &[
+                        ("main", FrameKind::User),
+                        ("do_syscall_64", FrameKind::Kernel),
+                    ],
+                    1,
+                ),
+            ],
+            start: SystemTime::UNIX_EPOCH,
+            duration: Duration::from_secs(1),
+            period_ns: 1_000_000_000 / 19,
+        }
+    }
+
+    #[test]
+    fn folded_is_root_first_with_process_root_and_merged() {
+        let f = folded(&sample_profile());
+        assert_eq!(
+            f, "work;main;a;b;c 9\nwork;main;do_syscall_64_[k] 1\n",
+            "{f}"
+        );
+    }
+
+    #[test]
+    fn top_has_self_and_total() {
+        let t = top(&sample_profile());
+        assert_eq!(t[0].function, "main");
+        assert_eq!(t[0].total_samples, 10);
+        assert_eq!(t[0].self_samples, 0);
+        let c = t.iter().find(|r| r.function == "c").unwrap();
+        assert_eq!(c.self_samples, 9);
+        assert!((c.self_pct - 90.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn svg_renders() {
+        let s = String::from_utf8(svg(&sample_profile(), "t").unwrap()).unwrap();
+        assert!(s.contains("<svg") && s.contains("a"), "{s}");
+        let empty = Profile {
+            samples: vec![],
+            ..sample_profile()
+        };
+        assert!(
+            String::from_utf8(svg(&empty, "t").unwrap())
+                .unwrap()
+                .contains("no samples")
+        );
+    }
+}

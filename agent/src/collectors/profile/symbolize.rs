@@ -1,0 +1,508 @@
+//! Turns raw stack addresses into frames with blazesym, cheaply in steady
+//! state: results are cached per file (dev, inode, mtime) and offset, files
+//! are kept open from the moment a process is first seen (so stacks of
+//! processes that have exited since still resolve, containers included via
+//! `/proc/PID/root`), and every cache is bounded.
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use blazesym::symbolize::{
+    Input, Symbolized, Symbolizer,
+    source::{Elf, Kernel, Source},
+};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
+
+use super::{
+    procmaps::{Captured, FileKey, PerfMap, ProcMaps},
+    store::{Frame, FrameKind, Module},
+};
+use crate::telemetry::Telemetry;
+
+struct OpenFile {
+    /// Held open so the path below stays valid after the process exits.
+    _file: File,
+    /// `/proc/self/fd/N`: what blazesym opens.
+    fd_path: PathBuf,
+    module: Arc<Module>,
+    last_used: u64,
+}
+
+struct ProcEntry {
+    maps: ProcMaps,
+    /// File identity of each mapping in `maps` (None: anonymous/unopenable).
+    files: Vec<Option<FileKey>>,
+    perf_map: Option<PerfMap>,
+    last_used: u64,
+    /// Drain in which the maps were last re-read (one refresh per drain).
+    refreshed: u64,
+}
+
+#[derive(Clone)]
+pub struct SymbolizeMetrics {
+    results: IntCounterVec,
+    evictions: IntCounterVec,
+    symbols_cached: IntGauge,
+    files_cached: IntGauge,
+    processes_mapped: IntGauge,
+}
+
+impl SymbolizeMetrics {
+    pub fn new(t: &Telemetry) -> Self {
+        let results = t.register(
+            IntCounterVec::new(
+                prometheus::Opts::new(
+                    "sonde_profile_symbolize_total",
+                    "Frame addresses symbolized, by result: cached, resolved, unknown.",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+        );
+        let evictions = t.register(
+            IntCounterVec::new(
+                prometheus::Opts::new(
+                    "sonde_profile_cache_evictions_total",
+                    "Entries dropped from the profiler's bounded caches, by cache.",
+                ),
+                &["cache"],
+            )
+            .expect("valid metric"),
+        );
+        Self {
+            results,
+            evictions,
+            symbols_cached: t.gauge(
+                "sonde_profile_symbol_cache_entries",
+                "Resolved addresses held in the symbol cache.",
+            ),
+            files_cached: t.gauge(
+                "sonde_profile_files_cached",
+                "ELF files held open for symbolization.",
+            ),
+            processes_mapped: t.gauge(
+                "sonde_profile_processes_mapped",
+                "Processes whose memory maps the profiler remembers.",
+            ),
+        }
+    }
+    fn result(&self, r: &str) -> IntCounter {
+        self.results.with_label_values(&[r])
+    }
+}
+
+pub struct Limits {
+    pub files: usize,
+    pub symbols: usize,
+    pub processes: usize,
+}
+
+pub struct Resolver {
+    sym: Symbolizer,
+    procs: HashMap<u32, ProcEntry>,
+    files: HashMap<FileKey, OpenFile>,
+    user_cache: HashMap<(FileKey, u64), Arc<[Frame]>>,
+    kernel_cache: HashMap<u64, Arc<[Frame]>>,
+    kernel_module: Arc<Module>,
+    limits: Limits,
+    metrics: SymbolizeMetrics,
+    /// Drain counter, for least-recently-used eviction.
+    tick: u64,
+}
+
+impl Resolver {
+    pub fn new(limits: Limits, metrics: SymbolizeMetrics) -> Self {
+        Self {
+            sym: Symbolizer::new(),
+            procs: HashMap::new(),
+            files: HashMap::new(),
+            user_cache: HashMap::new(),
+            kernel_cache: HashMap::new(),
+            kernel_module: Arc::new(Module {
+                path: "[kernel.kallsyms]".into(),
+                build_id: None,
+            }),
+            limits,
+            metrics,
+            tick: 0,
+        }
+    }
+
+    /// Marks the start of a drain; refreshes gauges and enforces bounds.
+    pub fn next_drain(&mut self) {
+        self.tick += 1;
+        self.evict();
+        self.metrics
+            .symbols_cached
+            .set((self.user_cache.len() + self.kernel_cache.len()) as i64);
+        self.metrics.files_cached.set(self.files.len() as i64);
+        self.metrics.processes_mapped.set(self.procs.len() as i64);
+    }
+
+    /// Captures the maps of `pid` if nothing did yet. Later changes are
+    /// caught elsewhere, at no per-drain cost: an exec changes the comm, so
+    /// the kernel announces the process again; a `dlopen` or a reused pid
+    /// makes an address miss, which re-reads the maps (see `refresh`).
+    pub fn see(&mut self, pid: u32) {
+        if let Some(p) = self.procs.get_mut(&pid) {
+            p.last_used = self.tick;
+            return;
+        }
+        if let Some(c) = Captured::read(pid) {
+            self.adopt(c);
+        }
+    }
+
+    /// Takes in maps captured (and files opened) elsewhere, e.g. right
+    /// when the kernel announced the process.
+    pub fn adopt(&mut self, c: Captured) {
+        let pid = c.maps.pid;
+        let entry = self.capture(c);
+        self.procs.insert(pid, entry);
+    }
+
+    fn capture(&mut self, c: Captured) -> ProcEntry {
+        let files = c
+            .files
+            .into_iter()
+            .zip(&c.maps.maps)
+            .map(|(f, m)| {
+                let (file, key) = f?;
+                self.keep_file(file, key, &m.path);
+                Some(key)
+            })
+            .collect();
+        ProcEntry {
+            perf_map: c.perf_map,
+            maps: c.maps,
+            files,
+            last_used: self.tick,
+            refreshed: self.tick,
+        }
+    }
+
+    /// Keeps `file` open under `key` unless an equal file already is.
+    fn keep_file(&mut self, file: File, key: FileKey, shown: &str) {
+        if let Some(f) = self.files.get_mut(&key) {
+            f.last_used = self.tick;
+            return;
+        }
+        let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let build_id = blazesym::helper::read_elf_build_id(&fd_path)
+            .ok()
+            .flatten()
+            .map(|b| Arc::from(hex(&b)));
+        self.files.insert(
+            key,
+            OpenFile {
+                _file: file,
+                fd_path,
+                module: Arc::new(Module {
+                    path: shown.into(),
+                    build_id,
+                }),
+                last_used: self.tick,
+            },
+        );
+    }
+
+    /// Frames of a user stack, leaf first.
+    pub fn user(&mut self, pid: u32, ips: &[u64]) -> Vec<Frame> {
+        let mut out = Vec::with_capacity(ips.len());
+        for (i, &ip) in ips.iter().enumerate() {
+            // Return addresses point after the call; step back into it so
+            // the line is the call's (perf does the same). Not for the leaf.
+            let addr = if i == 0 { ip } else { ip.saturating_sub(1) };
+            out.extend(self.user_one(pid, addr).iter().cloned());
+        }
+        out
+    }
+
+    fn user_one(&mut self, pid: u32, addr: u64) -> Arc<[Frame]> {
+        let mut found = self.locate(pid, addr);
+        if found.is_none() && self.refresh(pid) {
+            found = self.locate(pid, addr);
+        }
+        match found {
+            Some(Located::File { key, offset }) => self.file_frames(key, offset),
+            Some(Located::Jit(name)) => {
+                self.metrics.result("resolved").inc();
+                Arc::from([Frame {
+                    function: name.into(),
+                    file: None,
+                    line: 0,
+                    kind: FrameKind::Jit,
+                    module: Arc::new(Module {
+                        path: format!("/tmp/perf-{pid}.map").into(),
+                        build_id: None,
+                    }),
+                    addr,
+                    inlined: false,
+                }])
+            }
+            Some(Located::Unknown { module, offset }) => {
+                self.metrics.result("unknown").inc();
+                unknown(module, offset)
+            }
+            None => {
+                tracing::trace!(pid, addr, "address in no known mapping");
+                self.metrics.result("unknown").inc();
+                unknown(
+                    Arc::new(Module {
+                        path: "[unknown]".into(),
+                        build_id: None,
+                    }),
+                    addr,
+                )
+            }
+        }
+    }
+
+    /// Re-reads the maps of a live process (a library loaded since we first
+    /// saw it), at most once per drain. False when nothing changed.
+    fn refresh(&mut self, pid: u32) -> bool {
+        if self
+            .procs
+            .get(&pid)
+            .is_some_and(|p| p.refreshed == self.tick)
+        {
+            return false;
+        }
+        let Some(c) = Captured::read(pid) else {
+            if let Some(p) = self.procs.get_mut(&pid) {
+                p.refreshed = self.tick;
+            }
+            return false;
+        };
+        self.adopt(c);
+        true
+    }
+
+    fn locate(&mut self, pid: u32, addr: u64) -> Option<Located> {
+        let p = self.procs.get_mut(&pid)?;
+        p.last_used = self.tick;
+        if let Some((i, m)) = p
+            .maps
+            .maps
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.start <= addr && addr < m.end)
+        {
+            let offset = addr - m.start + m.offset;
+            if let Some(key) = p.files[i] {
+                return Some(Located::File { key, offset });
+            }
+            if let Some(name) = p.perf_map.as_ref().and_then(|pm| pm.find(addr)) {
+                return Some(Located::Jit(name.to_owned()));
+            }
+            let path = if m.path.is_empty() { "[anon]" } else { &m.path };
+            return Some(Located::Unknown {
+                module: Arc::new(Module {
+                    path: path.into(),
+                    build_id: None,
+                }),
+                offset,
+            });
+        }
+        // JIT code often lives in anonymous memory that perf maps describe.
+        let name = p.perf_map.as_ref()?.find(addr)?.to_owned();
+        Some(Located::Jit(name))
+    }
+
+    fn file_frames(&mut self, key: FileKey, offset: u64) -> Arc<[Frame]> {
+        if let Some(f) = self.user_cache.get(&(key, offset)) {
+            self.metrics.result("cached").inc();
+            return f.clone();
+        }
+        let Some(file) = self.files.get_mut(&key) else {
+            return unknown(
+                Arc::new(Module {
+                    path: "[evicted]".into(),
+                    build_id: None,
+                }),
+                offset,
+            );
+        };
+        file.last_used = self.tick;
+        let module = file.module.clone();
+        let src = Source::Elf(Elf::new(file.fd_path.clone()));
+        let frames: Arc<[Frame]> = match self.sym.symbolize_single(&src, Input::FileOffset(offset))
+        {
+            Ok(Symbolized::Sym(sym)) => {
+                self.metrics.result("resolved").inc();
+                frames_of(&sym, &module, offset, FrameKind::User).into()
+            }
+            Ok(Symbolized::Unknown(_)) | Err(_) => {
+                self.metrics.result("unknown").inc();
+                unknown(module, offset)
+            }
+        };
+        self.user_cache.insert((key, offset), frames.clone());
+        frames
+    }
+
+    /// Frames of a kernel stack, leaf first.
+    pub fn kernel(&mut self, ips: &[u64]) -> Vec<Frame> {
+        let missing: Vec<u64> = ips
+            .iter()
+            .copied()
+            .filter(|ip| !self.kernel_cache.contains_key(ip))
+            .collect();
+        if !missing.is_empty() {
+            let src = Source::Kernel(Kernel::default());
+            let results = self
+                .sym
+                .symbolize(&src, Input::AbsAddr(&missing))
+                .unwrap_or_default();
+            for (i, &ip) in missing.iter().enumerate() {
+                let frames: Arc<[Frame]> = match results.get(i) {
+                    Some(Symbolized::Sym(sym)) => {
+                        self.metrics.result("resolved").inc();
+                        frames_of(sym, &self.kernel_module, ip, FrameKind::Kernel).into()
+                    }
+                    _ => {
+                        self.metrics.result("unknown").inc();
+                        unknown(self.kernel_module.clone(), ip)
+                    }
+                };
+                self.kernel_cache.insert(ip, frames);
+            }
+        }
+        self.metrics
+            .result("cached")
+            .inc_by((ips.len() - missing.len()) as u64);
+        ips.iter()
+            .flat_map(|ip| {
+                self.kernel_cache
+                    .get(ip)
+                    .map(|f| f.to_vec())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Keeps every cache within its bound. Evicting a file also resets
+    /// blazesym's own per-path cache, because its `/proc/self/fd/N` path may
+    /// be reused by the next file we open.
+    fn evict(&mut self) {
+        if self.procs.len() > self.limits.processes {
+            let n = evict_lru(&mut self.procs, self.limits.processes, |p| p.last_used);
+            self.metrics
+                .evictions
+                .with_label_values(&["processes"])
+                .inc_by(n);
+        }
+        if self.files.len() > self.limits.files {
+            let n = evict_lru(&mut self.files, self.limits.files, |f| f.last_used);
+            self.metrics
+                .evictions
+                .with_label_values(&["files"])
+                .inc_by(n);
+            self.user_cache
+                .retain(|(k, _), _| self.files.contains_key(k));
+            self.sym = Symbolizer::new();
+        }
+        // Resolved addresses are cheap to recompute: drop them wholesale.
+        let symbols = self.user_cache.len() + self.kernel_cache.len();
+        if symbols > self.limits.symbols {
+            self.user_cache.clear();
+            self.kernel_cache.clear();
+            self.metrics
+                .evictions
+                .with_label_values(&["symbols"])
+                .inc_by(symbols as u64);
+        }
+    }
+}
+
+enum Located {
+    File { key: FileKey, offset: u64 },
+    Jit(String),
+    Unknown { module: Arc<Module>, offset: u64 },
+}
+
+/// Removes the least recently used entries until `keep` remain (keeping
+/// 90% so eviction happens in batches, not on every insert).
+fn evict_lru<K: Clone + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    keep: usize,
+    used: impl Fn(&V) -> u64,
+) -> u64 {
+    let target = keep - keep / 10;
+    let mut by_age: Vec<(u64, K)> = map.iter().map(|(k, v)| (used(v), k.clone())).collect();
+    by_age.sort_by_key(|(t, _)| *t);
+    let n = map.len().saturating_sub(target);
+    for (_, k) in by_age.into_iter().take(n) {
+        map.remove(&k);
+    }
+    n as u64
+}
+
+/// Leaf-first frames for one resolved address: innermost inlined call first.
+fn frames_of(
+    sym: &blazesym::symbolize::Sym<'_>,
+    module: &Arc<Module>,
+    addr: u64,
+    kind: FrameKind,
+) -> Vec<Frame> {
+    let loc = |ci: Option<&blazesym::symbolize::CodeInfo<'_>>| {
+        ci.map(|c| {
+            let p = c.to_path();
+            (
+                Some(Arc::from(p.to_string_lossy().as_ref())),
+                c.line.unwrap_or(0),
+            )
+        })
+        .unwrap_or((None, 0))
+    };
+    let mut out = Vec::with_capacity(1 + sym.inlined.len());
+    for f in sym.inlined.iter().rev() {
+        let (file, line) = loc(f.code_info.as_ref());
+        out.push(Frame {
+            function: Arc::from(f.name.as_ref()),
+            file,
+            line,
+            kind,
+            module: module.clone(),
+            addr,
+            inlined: true,
+        });
+    }
+    let (file, line) = loc(sym.code_info.as_deref());
+    out.push(Frame {
+        function: Arc::from(sym.name.as_ref()),
+        file,
+        line,
+        kind,
+        module: module.clone(),
+        addr,
+        inlined: false,
+    });
+    out
+}
+
+/// `[unknown] module+0xoffset`: what nothing resolved, still attributable.
+fn unknown(module: Arc<Module>, offset: u64) -> Arc<[Frame]> {
+    let base = Path::new(&*module.path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| module.path.to_string());
+    Arc::from([Frame {
+        function: format!("[unknown] {base}+{offset:#x}").into(),
+        file: None,
+        line: 0,
+        kind: FrameKind::Unknown,
+        module,
+        addr: offset,
+        inlined: false,
+    }])
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

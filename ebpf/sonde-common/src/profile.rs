@@ -1,0 +1,91 @@
+//! CPU profiler ABI: per-stack sample counts aggregated in the kernel.
+//!
+//! The kernel side writes into one of two map generations (counts + stack
+//! traces) chosen by [`PROFILE_GEN_SLOT`] of the control array; the agent
+//! flips the generation, lets in-flight samples land, then drains and clears
+//! the idle one. Stack ids therefore never get reused under the agent's feet.
+//!
+//! The first sample of a process also sends its tgid (a `u32`) through a
+//! small ring buffer, so the agent reads `/proc/PID/maps` while the process
+//! still exists instead of at the next drain.
+
+use crate::COMM_LEN;
+
+/// Key of the in-kernel sample counts: one process, one user stack, one
+/// kernel stack. Negative stack ids are `-errno` of `bpf_get_stackid` (no
+/// stack captured), kept so the sample still counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    /// Thread-group id (the user-visible PID).
+    pub tgid: u32,
+    pub user_stack_id: i32,
+    pub kernel_stack_id: i32,
+    /// Explicit padding; always zero so equal keys hash equal.
+    pub _pad: u32,
+    /// `comm` of the sampled thread.
+    pub comm: [u8; COMM_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<StackKey>() == 32);
+const _: () = assert!(core::mem::align_of::<StackKey>() == 4);
+
+/// Index of the generation selector (0 or 1) in the control array.
+pub const PROFILE_GEN_SLOT: u32 = 0;
+/// Entries of the control array.
+pub const PROFILE_CONTROL_ENTRIES: u32 = 1;
+
+/// Most distinct (process, stacks) keys per generation; beyond it samples
+/// are dropped and counted as [`ProfileCounter::CountsFull`].
+pub const PROFILE_MAX_KEYS: u32 = 8_192;
+/// Most distinct stacks per generation and per kind (user and kernel share
+/// one map).
+pub const PROFILE_MAX_STACKS: u32 = 8_192;
+/// Deepest stack captured (the kernel's `PERF_MAX_STACK_DEPTH`).
+pub const PROFILE_STACK_DEPTH: usize = 127;
+
+/// Indexes into the profiler's per-CPU counter array. Values are ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileCounter {
+    /// Samples taken of a non-idle task (counted or not).
+    Samples = 0,
+    /// Samples of the idle task, not recorded.
+    Idle = 1,
+    /// `bpf_get_stackid` for the user stack failed (kernel thread, no frame
+    /// pointer, unreadable user memory): the sample is kept without it.
+    UserStackMissing = 2,
+    /// No kernel stack: the sample hit user mode (normal), or the kernel
+    /// stack could not be read.
+    KernelStackAbsent = 3,
+    /// A stack hashed to a bucket holding another stack (-EEXIST).
+    StackCollision = 4,
+    /// The stack trace map had no room (-ENOMEM).
+    StackMapFull = 5,
+    /// The counts map had no room: the sample was dropped.
+    CountsFull = 6,
+    /// A first-seen pid could not be announced (ring buffer full); its maps
+    /// are then read at the next drain instead.
+    NewPidDropped = 7,
+}
+
+/// Number of slots in the profiler's counter array.
+pub const PROFILE_COUNTERS: u32 = 8;
+
+/// Processes remembered as already announced to the agent (LRU).
+pub const PROFILE_MAX_SEEN: u32 = 16_384;
+
+impl ProfileCounter {
+    pub const ALL: [ProfileCounter; PROFILE_COUNTERS as usize] = [
+        Self::Samples,
+        Self::Idle,
+        Self::UserStackMissing,
+        Self::KernelStackAbsent,
+        Self::StackCollision,
+        Self::StackMapFull,
+        Self::CountsFull,
+        Self::NewPidDropped,
+    ];
+}
+
+crate::user_pod!(StackKey);

@@ -1,0 +1,171 @@
+//! CPU profiler hook: a `perf_event` program on `cpu-clock`, one event per
+//! online CPU, that counts (process, user stack, kernel stack) in the kernel.
+//!
+//! Two generations of maps let the agent drain one while the other fills:
+//! the agent flips [`PROFILE_GEN_SLOT`], and stack ids of the drained
+//! generation are cleared before it is used again.
+
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    programs::{PerfEventContext, tracing::StackIdContext},
+};
+use sonde_common::{
+    COMM_LEN,
+    profile::{
+        PROFILE_CONTROL_ENTRIES, PROFILE_COUNTERS, PROFILE_GEN_SLOT, PROFILE_MAX_KEYS,
+        PROFILE_MAX_SEEN, PROFILE_MAX_STACKS, ProfileCounter, StackKey,
+    },
+};
+
+use crate::counters::bump;
+
+#[map]
+static PROFILE_CONTROL: Array<u32> = Array::with_max_entries(PROFILE_CONTROL_ENTRIES, 0);
+
+#[map]
+static PROFILE_COUNTS_0: PerCpuHashMap<StackKey, u64> =
+    PerCpuHashMap::with_max_entries(PROFILE_MAX_KEYS, 0);
+#[map]
+static PROFILE_COUNTS_1: PerCpuHashMap<StackKey, u64> =
+    PerCpuHashMap::with_max_entries(PROFILE_MAX_KEYS, 0);
+
+#[map]
+static PROFILE_STACKS_0: StackTrace = StackTrace::with_max_entries(PROFILE_MAX_STACKS, 0);
+#[map]
+static PROFILE_STACKS_1: StackTrace = StackTrace::with_max_entries(PROFILE_MAX_STACKS, 0);
+
+/// Processes already announced through `PROFILE_NEW_PIDS`, with the comm
+/// they had then: a new comm means an exec (new maps), so it is announced
+/// again.
+#[map]
+static PROFILE_SEEN: LruHashMap<u32, [u8; COMM_LEN]> =
+    LruHashMap::with_max_entries(PROFILE_MAX_SEEN, 0);
+
+/// Tgids sampled for the first time. 16 KiB holds 4096 of them.
+#[map]
+static PROFILE_NEW_PIDS: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
+
+#[map]
+static PROFILE_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROFILE_COUNTERS, 0);
+
+const EEXIST: i32 = 17;
+const ENOMEM: i32 = 12;
+
+/// Why a sample was not recorded.
+pub enum ProfileError {
+    CountsFull,
+}
+
+/// Turns a `bpf_get_stackid` result into a stack id, counting failures.
+#[inline(always)]
+fn stack_id(r: Result<i64, i32>, missing: ProfileCounter) -> i32 {
+    match r {
+        Ok(id) => id as i32,
+        Err(e) => {
+            let why = match -e {
+                EEXIST => ProfileCounter::StackCollision,
+                ENOMEM => ProfileCounter::StackMapFull,
+                _ => missing,
+            };
+            bump(&PROFILE_COUNTERS_MAP, why as u32);
+            e
+        }
+    }
+}
+
+#[inline(always)]
+fn record(
+    ctx: &PerfEventContext,
+    counts: &PerCpuHashMap<StackKey, u64>,
+    stacks: &StackTrace,
+    tgid: u32,
+    comm: [u8; COMM_LEN],
+) -> Result<(), ProfileError> {
+    let user = stack_id(
+        ctx.get_stackid(stacks, BPF_F_USER_STACK as u64),
+        ProfileCounter::UserStackMissing,
+    );
+    let kernel = stack_id(
+        ctx.get_stackid(stacks, 0),
+        ProfileCounter::KernelStackAbsent,
+    );
+    let key = StackKey {
+        tgid,
+        user_stack_id: user,
+        kernel_stack_id: kernel,
+        _pad: 0,
+        comm,
+    };
+    if let Some(p) = counts.get_ptr_mut(key) {
+        // SAFETY: `p` comes from a successful lookup and points at this
+        // CPU's 8-byte value slot, which no other CPU writes and which stays
+        // valid for the program's run (a per-CPU map needs no atomics).
+        unsafe { *p += 1 };
+        return Ok(());
+    }
+    match counts.insert(key, 1, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(()),
+        // Another CPU inserted the same key between our lookup and insert;
+        // our own per-CPU slot of it is still zero.
+        Err(e) if -e == EEXIST => {
+            if let Some(p) = counts.get_ptr_mut(key) {
+                // SAFETY: as above: this CPU's own slot of a found entry.
+                unsafe { *p += 1 };
+            }
+            Ok(())
+        }
+        Err(_) => Err(ProfileError::CountsFull),
+    }
+}
+
+/// Tells the agent about a process the first time it is sampled, and again
+/// after it exec'd (its comm changed).
+#[inline(always)]
+fn announce(tgid: u32, comm: &[u8; COMM_LEN]) {
+    if let Some(p) = PROFILE_SEEN.get_ptr(tgid) {
+        // SAFETY: `p` comes from a successful lookup of a 16-byte value;
+        // a concurrent update by another CPU can at worst make us announce
+        // twice, which the agent tolerates.
+        if unsafe { *p } == *comm {
+            return;
+        }
+    }
+    if PROFILE_SEEN.insert(tgid, *comm, 0).is_err() {
+        return;
+    }
+    if PROFILE_NEW_PIDS.output::<u32>(tgid, 0).is_err() {
+        bump(&PROFILE_COUNTERS_MAP, ProfileCounter::NewPidDropped as u32);
+    }
+}
+
+/// One sample of whatever runs on this CPU.
+#[inline(always)]
+pub fn try_sample(ctx: &PerfEventContext) -> Result<(), ProfileError> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == 0 {
+        // The idle task: not a process anyone profiles.
+        bump(&PROFILE_COUNTERS_MAP, ProfileCounter::Idle as u32);
+        return Ok(());
+    }
+    bump(&PROFILE_COUNTERS_MAP, ProfileCounter::Samples as u32);
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    announce(tgid, &comm);
+    let generation = PROFILE_CONTROL.get(PROFILE_GEN_SLOT).copied().unwrap_or(0);
+    if generation == 0 {
+        record(ctx, &PROFILE_COUNTS_0, &PROFILE_STACKS_0, tgid, comm)
+    } else {
+        record(ctx, &PROFILE_COUNTS_1, &PROFILE_STACKS_1, tgid, comm)
+    }
+}
+
+/// Entry points call this and turn the error into a counted drop.
+#[inline(always)]
+pub fn sample(ctx: &PerfEventContext) -> u32 {
+    if let Err(ProfileError::CountsFull) = try_sample(ctx) {
+        bump(&PROFILE_COUNTERS_MAP, ProfileCounter::CountsFull as u32);
+    }
+    0
+}

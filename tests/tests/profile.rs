@@ -1,0 +1,538 @@
+//! The CPU profiler end to end: real perf_event sampling of real workloads,
+//! symbolized and served through `sonde profile`.
+
+use std::{
+    collections::HashMap,
+    io::Read as _,
+    process::{Command, Output},
+    time::Duration,
+};
+
+use sonde_tests::{
+    Agent, exclusive, metric_value,
+    workload::{Workload, build_c},
+};
+
+const FLAGS: &[&str] = &["-O1", "-g", "-fno-omit-frame-pointer"];
+
+/// Built once per test binary: tests run in parallel, and rebuilding the
+/// file under a running workload would swap its code under the profiler.
+fn workload(mode: &str, secs: &str) -> Workload {
+    static BIN: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let bin = BIN.get_or_init(|| build_c("profile_abc", FLAGS));
+    Workload::spawn(Command::new(bin).args([mode, secs]))
+}
+
+/// The service name the agent gives the workload (its executable's name).
+const SERVICE: &str = "profile_abc-O1gfnoomitframepointer";
+
+fn run_ok(agent: &Agent, args: &[&str]) -> Vec<u8> {
+    let out = agent.cli(args);
+    assert!(
+        out.status.success(),
+        "sonde {args:?} failed ({}): {}\nagent log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    out.stdout
+}
+
+/// Folded lines as (frames root first, count).
+fn parse_folded(text: &str) -> Vec<(Vec<String>, u64)> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (stack, n) = l.rsplit_once(' ').expect("folded line has a count");
+            (
+                stack.split(';').map(str::to_owned).collect(),
+                n.parse().expect("count"),
+            )
+        })
+        .collect()
+}
+
+fn folded(agent: &Agent, pid: u32, duration: &str) -> Vec<(Vec<String>, u64)> {
+    let p = pid.to_string();
+    let out = run_ok(
+        agent,
+        &[
+            "profile",
+            "--pid",
+            &p,
+            "--duration",
+            duration,
+            "--format",
+            "folded",
+        ],
+    );
+    parse_folded(&String::from_utf8(out).expect("utf-8 folded output"))
+}
+
+/// utime + stime of `pid` in seconds, from /proc/PID/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn folded_shows_the_call_chain_and_pprof_decodes_with_lines() {
+    let agent = Agent::start("");
+    let wl = workload("cpu", "30");
+    let stacks = folded(&agent, wl.pid(), "5s");
+    let total: u64 = stacks.iter().map(|s| s.1).sum();
+    let chain: u64 = stacks
+        .iter()
+        .filter(|(f, _)| f.join(";").contains("sonde_wl_a;sonde_wl_b;sonde_wl_c"))
+        .map(|s| s.1)
+        .sum();
+    assert!(total >= 5, "too few samples ({total}): {stacks:?}");
+    assert!(
+        chain * 100 >= total * 80,
+        "a;b;c in {chain} of {total} samples (< 80%): {stacks:?}"
+    );
+    assert!(
+        stacks.iter().all(|(f, _)| f[0] == "profile_abc-O1g"),
+        "process name is the root frame: {stacks:?}"
+    );
+
+    // The same samples as pprof (the retained window holds them).
+    let file = agent.dir.path().join("p.pb.gz");
+    let p = wl.pid().to_string();
+    run_ok(
+        &agent,
+        &[
+            "profile",
+            "--pid",
+            &p,
+            "--last",
+            "--format",
+            "pprof",
+            "-o",
+            file.to_str().unwrap(),
+        ],
+    );
+    let prof = pprof::decode(&std::fs::read(&file).expect("pprof file"));
+    assert_eq!(prof.string(prof.sample_types[0].0), "samples");
+    assert_eq!(prof.string(prof.sample_types[0].1), "count");
+    assert_eq!(prof.string(prof.sample_types[1].0), "cpu");
+    assert_eq!(prof.string(prof.sample_types[1].1), "nanoseconds");
+    let mut chain_pprof = 0;
+    let mut total_pprof = 0;
+    let mut leaf_line = None;
+    for s in &prof.samples {
+        total_pprof += s.values[0];
+        // location ids are leaf first; each location may hold inlined lines.
+        let names: Vec<(String, i64)> = s
+            .locations
+            .iter()
+            .flat_map(|id| prof.lines_of(*id))
+            .collect();
+        let n: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+        // Kernel frames (an interrupt taken in c) may precede the chain.
+        if let Some(i) = n
+            .windows(3)
+            .position(|w| w == ["sonde_wl_c", "sonde_wl_b", "sonde_wl_a"])
+        {
+            chain_pprof += s.values[0];
+            leaf_line = Some(names[i].clone());
+        }
+    }
+    assert!(
+        total_pprof >= total as i64,
+        "pprof of the window has fewer samples ({total_pprof}) than the 5s folded cut ({total})"
+    );
+    assert!(
+        chain_pprof * 100 >= total_pprof * 80,
+        "pprof: a;b;c in {chain_pprof} of {total_pprof}"
+    );
+    let (leaf, line) = leaf_line.expect("a pprof sample with a;b;c");
+    assert_eq!(leaf, "sonde_wl_c");
+    assert!(line > 0, "leaf has no line number in pprof");
+    assert!(
+        prof.has_file_ending("profile_abc.c"),
+        "no function points at profile_abc.c"
+    );
+
+    // svg and top render the same profile.
+    let svg = run_ok(
+        &agent,
+        &["profile", "--pid", &p, "--last", "--format", "svg"],
+    );
+    let svg = String::from_utf8_lossy(&svg);
+    assert!(
+        svg.contains("<svg") && svg.contains("sonde_wl_b"),
+        "svg: {svg:.300}"
+    );
+    let top = run_ok(
+        &agent,
+        &["profile", "--pid", &p, "--last", "--format", "top"],
+    );
+    let top = String::from_utf8_lossy(&top);
+    assert!(
+        top.contains("sonde_wl_c") && top.contains("TOTAL%"),
+        "{top}"
+    );
+
+    let m = agent.metrics();
+    assert!(
+        metric_value(
+            &m,
+            &format!("sonde_profile_samples_total{{service_name=\"{SERVICE}\"}}")
+        )
+        .unwrap_or(0.0)
+            >= total as f64,
+        "samples metric"
+    );
+    assert!(metric_value(&m, "sonde_profile_cpus_attached").unwrap_or(0.0) >= 1.0);
+}
+
+#[test]
+fn sample_count_matches_cpu_time_at_19_hz() {
+    let _x = exclusive();
+    let agent = Agent::start("");
+    let wl = workload("cpu", "30");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_seconds(wl.pid());
+    let stacks = folded(&agent, wl.pid(), "5s");
+    let used = cpu_seconds(wl.pid()) - before;
+    let samples: u64 = stacks.iter().map(|s| s.1).sum();
+    // 95 ± 15 for 5 s fully on a CPU; on a shared machine the workload gets
+    // less, so the expectation follows the CPU time it really had (the
+    // tolerance stays the issue's ±15 samples).
+    let expected = used * 19.0;
+    eprintln!("workload used {used:.2}s CPU, {samples} samples, expected {expected:.1}");
+    assert!(
+        (samples as f64 - expected).abs() <= 15.0,
+        "{samples} samples for {used:.2}s of CPU at 19 Hz (expected {expected:.1})"
+    );
+}
+
+#[test]
+fn kernel_frames_for_a_syscall_workload() {
+    let agent = Agent::start("");
+    let wl = workload("sys", "30");
+    let stacks = folded(&agent, wl.pid(), "3s");
+    let total: u64 = stacks.iter().map(|s| s.1).sum();
+    let kernel: u64 = stacks
+        .iter()
+        .filter(|(f, _)| f.iter().any(|x| x.ends_with("_[k]")))
+        .map(|s| s.1)
+        .sum();
+    assert!(total >= 5, "too few samples: {stacks:?}");
+    assert!(
+        kernel * 2 >= total,
+        "kernel frames in only {kernel} of {total} samples: {stacks:?}"
+    );
+    assert!(
+        stacks
+            .iter()
+            .flat_map(|(f, _)| f)
+            .any(|x| x.contains("read") && x.ends_with("_[k]")),
+        "no kernel read frame: {stacks:?}"
+    );
+}
+
+/// Leaf shares (percent) from folded stacks.
+fn leaf_shares(stacks: &[(Vec<String>, u64)]) -> HashMap<String, f64> {
+    let total: u64 = stacks.iter().map(|s| s.1).sum();
+    let mut m = HashMap::new();
+    for (f, n) in stacks {
+        // perf attributes a sample to the function owning the address, not
+        // to what DWARF says was inlined there: skip `_[i]` frames.
+        let leaf = f
+            .iter()
+            .rev()
+            .find(|x| !x.ends_with("_[i]"))
+            .cloned()
+            .unwrap_or_default();
+        *m.entry(leaf).or_insert(0.0) += 100.0 * *n as f64 / total.max(1) as f64;
+    }
+    m
+}
+
+/// `perf report` leaf shares: lines like `  52.38%  [.] sonde_wl_leaf5`.
+fn perf_shares(report: &str) -> HashMap<String, f64> {
+    report
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let pct: f64 = it.next()?.strip_suffix('%')?.parse().ok()?;
+            let _kind = it.next()?;
+            Some((it.collect::<Vec<_>>().join(" "), pct))
+        })
+        .collect()
+}
+
+fn top3(m: &HashMap<String, f64>) -> Vec<(String, f64)> {
+    let mut v: Vec<(String, f64)> = m.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.truncate(3);
+    v
+}
+
+#[test]
+fn top_leaves_agree_with_perf() {
+    let _x = exclusive();
+    // Same rate as the peer: at 19 Hz, 5 s give too few samples for shares
+    // to be within 10 points of anything (binomial noise alone is ~9).
+    let agent = Agent::start("[collectors.profile]\nfrequency_hz = 99\n");
+    let wl = workload("mix", "30");
+    let pid = wl.pid().to_string();
+    let data = agent.dir.path().join("perf.data");
+    let perf = {
+        let data = data.clone();
+        let pid = pid.clone();
+        std::thread::spawn(move || {
+            Command::new("perf")
+                .args(["record", "-F", "99", "-g", "-o"])
+                .arg(&data)
+                .args(["-p", &pid, "--", "sleep", "5"])
+                .output()
+                .expect("perf is installed (linux-perf)")
+        })
+    };
+    let ours = folded(&agent, wl.pid(), "5s");
+    let rec: Output = perf.join().expect("perf thread");
+    assert!(
+        rec.status.success(),
+        "perf record: {}",
+        String::from_utf8_lossy(&rec.stderr)
+    );
+    let rep = Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "--sort",
+            "sym",
+            "-q",
+            "-g",
+            "none",
+            "-i",
+        ])
+        .arg(&data)
+        .output()
+        .expect("perf report");
+    let theirs = perf_shares(&String::from_utf8_lossy(&rep.stdout));
+    let ours = leaf_shares(&ours);
+    let (t3_ours, t3_perf) = (top3(&ours), top3(&theirs));
+    eprintln!("sonde top-3 leaves: {t3_ours:?}\nperf top-3 leaves: {t3_perf:?}");
+    for (name, pct) in &t3_perf {
+        let mine = ours.get(name).copied().unwrap_or(0.0);
+        assert!(
+            (mine - pct).abs() <= 10.0,
+            "{name}: perf {pct:.1}% vs sonde {mine:.1}%\nsonde: {ours:?}\nperf: {theirs:?}"
+        );
+    }
+    let names = |v: &[(String, f64)]| {
+        let mut n: Vec<String> = v.iter().map(|x| x.0.clone()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&t3_ours), names(&t3_perf), "top-3 leaf sets differ");
+}
+
+#[test]
+fn exited_target_and_missing_pid_give_clean_answers() {
+    let agent = Agent::start("");
+    // Exits 2 s into a 4 s profile: its samples are still there, symbolized.
+    let wl = workload("cpu", "2");
+    let stacks = folded(&agent, wl.pid(), "4s");
+    let total: u64 = stacks.iter().map(|s| s.1).sum();
+    assert!(total > 0, "no samples of the exited target");
+    assert!(
+        stacks
+            .iter()
+            .any(|(f, _)| f.join(";").contains("sonde_wl_a;sonde_wl_b;sonde_wl_c")),
+        "exited target's stacks not symbolized (pid {}): {stacks:?}\n{}",
+        wl.pid(),
+        agent.log()
+    );
+
+    let out = agent.cli(&["profile", "--pid", "999999999", "--duration", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no process with pid 999999999"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = agent.cli(&["profile", "--duration", "10parsecs"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = agent.cli(&[
+        "profile",
+        "--pid",
+        "1",
+        "--duration",
+        "1s",
+        "--format",
+        "nope",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// A small protobuf wire decoder for pprof, independent of the agent's
+/// encoder, following google/pprof's profile.proto field numbers.
+mod pprof {
+    use super::*;
+
+    enum V {
+        Int(u64),
+        Bytes(Vec<u8>),
+    }
+
+    fn varint(b: &[u8], i: &mut usize) -> u64 {
+        let mut v = 0u64;
+        let mut shift = 0;
+        loop {
+            let x = b[*i];
+            *i += 1;
+            v |= u64::from(x & 0x7f) << shift;
+            if x & 0x80 == 0 {
+                return v;
+            }
+            shift += 7;
+        }
+    }
+
+    fn fields(b: &[u8]) -> Vec<(u64, V)> {
+        let mut i = 0;
+        let mut out = Vec::new();
+        while i < b.len() {
+            let tag = varint(b, &mut i);
+            let (num, wt) = (tag >> 3, tag & 7);
+            let v = match wt {
+                0 => V::Int(varint(b, &mut i)),
+                2 => {
+                    let n = varint(b, &mut i) as usize;
+                    let v = b[i..i + n].to_vec();
+                    i += n;
+                    V::Bytes(v)
+                }
+                1 => {
+                    i += 8;
+                    V::Int(0)
+                }
+                5 => {
+                    i += 4;
+                    V::Int(0)
+                }
+                _ => panic!("bad wire type {wt}"),
+            };
+            out.push((num, v));
+        }
+        out
+    }
+
+    /// Repeated integers, packed or not.
+    fn ints(fs: &[(u64, V)], num: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (n, v) in fs {
+            if *n != num {
+                continue;
+            }
+            match v {
+                V::Int(x) => out.push(*x),
+                V::Bytes(b) => {
+                    let mut i = 0;
+                    while i < b.len() {
+                        out.push(varint(b, &mut i));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn int(fs: &[(u64, V)], num: u64) -> u64 {
+        ints(fs, num).first().copied().unwrap_or(0)
+    }
+
+    fn msgs(fs: &[(u64, V)], num: u64) -> Vec<Vec<(u64, V)>> {
+        fs.iter()
+            .filter(|(n, _)| *n == num)
+            .filter_map(|(_, v)| match v {
+                V::Bytes(b) => Some(fields(b)),
+                V::Int(_) => None,
+            })
+            .collect()
+    }
+
+    pub struct Sample {
+        pub locations: Vec<u64>,
+        pub values: Vec<i64>,
+    }
+
+    pub struct Profile {
+        pub strings: Vec<String>,
+        pub sample_types: Vec<(u64, u64)>,
+        pub samples: Vec<Sample>,
+        /// location id -> [(function id, line)], leaf first.
+        locations: HashMap<u64, Vec<(u64, i64)>>,
+        /// function id -> (name, filename) string indexes.
+        functions: HashMap<u64, (u64, u64)>,
+    }
+
+    impl Profile {
+        pub fn string(&self, i: u64) -> &str {
+            &self.strings[i as usize]
+        }
+        pub fn lines_of(&self, loc: u64) -> Vec<(String, i64)> {
+            self.locations[&loc]
+                .iter()
+                .map(|(f, line)| (self.string(self.functions[f].0).to_owned(), *line))
+                .collect()
+        }
+        pub fn has_file_ending(&self, suffix: &str) -> bool {
+            self.functions
+                .values()
+                .any(|(_, file)| self.string(*file).ends_with(suffix))
+        }
+    }
+
+    pub fn decode(gz: &[u8]) -> Profile {
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_end(&mut raw)
+            .expect("pprof is gzipped");
+        let top = fields(&raw);
+        let strings = top
+            .iter()
+            .filter(|(n, _)| *n == 6)
+            .map(|(_, v)| match v {
+                V::Bytes(b) => String::from_utf8(b.clone()).expect("utf-8 string"),
+                V::Int(_) => panic!("string_table entry is not bytes"),
+            })
+            .collect();
+        Profile {
+            strings,
+            sample_types: msgs(&top, 1)
+                .iter()
+                .map(|m| (int(m, 1), int(m, 2)))
+                .collect(),
+            samples: msgs(&top, 2)
+                .iter()
+                .map(|m| Sample {
+                    locations: ints(m, 1),
+                    values: ints(m, 2).into_iter().map(|v| v as i64).collect(),
+                })
+                .collect(),
+            locations: msgs(&top, 4)
+                .iter()
+                .map(|m| {
+                    let lines = msgs(m, 4)
+                        .iter()
+                        .map(|l| (int(l, 1), int(l, 2) as i64))
+                        .collect();
+                    (int(m, 1), lines)
+                })
+                .collect(),
+            functions: msgs(&top, 5)
+                .iter()
+                .map(|m| (int(m, 1), (int(m, 2), int(m, 4))))
+                .collect(),
+        }
+    }
+}
