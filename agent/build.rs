@@ -9,7 +9,7 @@ use std::{env, fs, path::PathBuf};
 use anyhow::{Context as _, Result};
 
 /// The objects the agent embeds; each is a `[[bin]]` of sonde-ebpf.
-const OBJECTS: &[&str] = &["sonde-process", "sonde-probe"];
+const OBJECTS: &[&str] = &["sonde-process", "sonde-probe", "sonde-http"];
 
 fn main() -> Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);

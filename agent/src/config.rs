@@ -92,6 +92,30 @@ pub const DEFAULT_SOCKET: &str = "/run/sonde/sonde.sock";
 #[serde(deny_unknown_fields, default)]
 pub struct CollectorsConfig {
     pub process: ProcessConfig,
+    pub http: HttpConfig,
+}
+
+/// HTTP RED metrics from socket syscalls (docs/http.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// Route patterns tried before the heuristic, e.g. `"/items/{id}"`:
+    /// a `{name}` segment matches any one non-empty path segment.
+    pub routes: Vec<String>,
+    /// Distinct routes per service; more are folded into `http_route="other"`
+    /// (and counted in `sonde_http_route_overflow_total`).
+    pub max_routes_per_service: Bounded<1, 100_000>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            routes: Vec::new(),
+            max_routes_per_service: Bounded(200),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

@@ -13,7 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{self, AppState},
-    collectors::{Collector, StartContext, chain, process::ProcessCollector},
+    collectors::{
+        Collector, StartContext, chain,
+        http::{HttpCollector, HttpQuery},
+        process::ProcessCollector,
+    },
     config::Config,
     ebpf, features, logging,
     process_table::ProcessTable,
@@ -79,6 +83,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         features: Default::default(),
         collectors: Arc::new(Mutex::new(Vec::new())),
         processes: processes.clone(),
+        http: HttpQuery::default(),
         startup_done: Arc::new(AtomicBool::new(false)),
     };
 
@@ -110,7 +115,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
     *state.features.lock().unwrap_or_else(|e| e.into_inner()) = found.clone();
 
     let log_level = ebpf::kernel_log_level(kernel_debug);
-    for mut c in build_collectors(&config, &processes) {
+    for mut c in build_collectors(&config, &processes, &state.http) {
         let up = telemetry.collector_up.with_label_values(&[c.name()]);
         let ctx = StartContext {
             features: &found,
@@ -159,12 +164,23 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_collectors(config: &Config, processes: &ProcessTable) -> Vec<Box<dyn Collector>> {
+fn build_collectors(
+    config: &Config,
+    processes: &ProcessTable,
+    http: &HttpQuery,
+) -> Vec<Box<dyn Collector>> {
     let mut v: Vec<Box<dyn Collector>> = Vec::new();
     if config.collectors.process.enabled {
         v.push(Box::new(ProcessCollector::new(
             &config.collectors.process,
             processes.clone(),
+        )));
+    }
+    if config.collectors.http.enabled {
+        v.push(Box::new(HttpCollector::new(
+            &config.collectors.http,
+            processes.clone(),
+            http.clone(),
         )));
     }
     v

@@ -23,6 +23,7 @@ macro_rules! object {
 
 pub const PROCESS: Object = object!("sonde-process");
 pub const PROBE: Object = object!("sonde-probe");
+pub const HTTP: Object = object!("sonde-http");
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -22,6 +22,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/status", get(status))
         .route("/api/v1/processes", get(processes))
+        .route("/api/v1/http", get(super::http::http))
         .fallback(not_found)
         .with_state(state)
 }

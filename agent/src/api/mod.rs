@@ -3,6 +3,7 @@
 //! sensitive, so it is never on TCP unless configured).
 
 pub mod control;
+pub mod http;
 pub mod tcp;
 
 use std::{
@@ -32,6 +33,8 @@ pub struct AppState {
     pub features: Arc<Mutex<Features>>,
     pub collectors: Arc<Mutex<Vec<Box<dyn Collector>>>>,
     pub processes: ProcessTable,
+    /// HTTP RED summaries for `sonde http`.
+    pub http: crate::collectors::http::HttpQuery,
     /// Set once every enabled collector has been started (or has failed).
     pub startup_done: Arc<AtomicBool>,
 }

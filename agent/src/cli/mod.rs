@@ -3,6 +3,7 @@
 //! never raw strings.
 
 pub mod client;
+pub mod http;
 pub mod output;
 pub mod status;
 
@@ -53,6 +54,16 @@ SONDE_COLLECTORS__PROCESS__ENABLED=false.")]
   sudo sonde status
   sudo sonde status -o json | jq '.collectors[] | select(.status != \"healthy\")'")]
     Status(QueryArgs),
+    /// HTTP RED per route (rate, error %, p50/p95/p99, in-flight), traced
+    /// from socket syscalls with no instrumentation.
+    #[command(after_help = "Examples:
+  sudo sonde http                       every HTTP server on the host, per route
+  sudo sonde http --name nginx          one service
+  sudo sonde http --pid 4242 -o json    one process, for scripts
+  sudo sonde http --client              outgoing requests (curl, HTTP clients)
+
+Routes are normalized (/items/123 -> /items/{id}); see docs/http.md.")]
+    Http(http::HttpArgs),
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +110,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Agent(a) => agent(a),
         Command::Status(q) => status::run(&q),
+        Command::Http(a) => http::run(&a),
     };
     match result {
         Ok(()) => 0,

@@ -10,6 +10,7 @@
 //!   values that are never reused.
 #![no_std]
 
+pub mod http;
 pub mod process;
 
 /// Length of `task_struct::comm` (TASK_COMM_LEN) in the kernel.

@@ -1,0 +1,552 @@
+//! HTTP/1.x RED metrics from socket syscalls, with no instrumentation.
+//!
+//! Kernel side (ebpf/sonde-ebpf/src/http.rs): per-syscall tracepoints on the
+//! socket data syscalls feed a per-connection state machine that emits one
+//! event per exchange. This side turns events into OTel-named metrics with
+//! bounded labels (route normalization, per-service cap) and keeps a
+//! per-route summary for `sonde http`. See docs/http.md.
+
+pub mod port;
+pub mod route;
+pub mod stats;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use prometheus::IntCounter;
+use sonde_common::http::{
+    EVENT_CLOSED, HTTP_COUNTERS, HttpConn, HttpConnKey, HttpCounter, HttpEvent, HttpEventKind,
+    HttpRole, state,
+};
+use tokio::io::unix::AsyncFd;
+use tokio_util::sync::CancellationToken;
+
+use self::{
+    port::PortResolver,
+    route::{Pattern, RouteTable, parse_request_line},
+    stats::{HttpMetrics, RouteRow, RouteStats, StatKey, now_secs},
+};
+use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
+use crate::{config::HttpConfig, ebpf, process_table::ProcessTable};
+
+pub const NAME: &str = "http";
+
+/// (program, tracepoints it attaches to). All in the `syscalls` category.
+const HOOKS: &[(&str, &[&str])] = &[
+    ("http_enter_read", &["sys_enter_read"]),
+    ("http_enter_recvfrom", &["sys_enter_recvfrom"]),
+    ("http_enter_readv", &["sys_enter_readv"]),
+    ("http_enter_recvmsg", &["sys_enter_recvmsg"]),
+    ("http_enter_write", &["sys_enter_write"]),
+    ("http_enter_sendto", &["sys_enter_sendto"]),
+    ("http_enter_writev", &["sys_enter_writev"]),
+    ("http_enter_sendmsg", &["sys_enter_sendmsg"]),
+    ("http_enter_sendfile", &["sys_enter_sendfile64"]),
+    ("http_enter_connect", &["sys_enter_connect"]),
+    (
+        "http_exit",
+        &[
+            "sys_exit_read",
+            "sys_exit_recvfrom",
+            "sys_exit_readv",
+            "sys_exit_recvmsg",
+            "sys_exit_write",
+            "sys_exit_sendto",
+            "sys_exit_writev",
+            "sys_exit_sendmsg",
+            "sys_exit_sendfile64",
+            "sys_exit_connect",
+        ],
+    ),
+    ("http_accept_exit", &["sys_exit_accept", "sys_exit_accept4"]),
+    ("http_close", &["sys_enter_close"]),
+];
+
+/// Kernel counter slots and their `counter` label.
+const KERNEL_COUNTERS: &[(HttpCounter, &str)] = &[
+    (HttpCounter::RingbufFull, "ringbuf_full"),
+    (HttpCounter::ReadFailed, "read_failed"),
+    (HttpCounter::NotHttp, "not_http"),
+    (HttpCounter::Pipelined, "pipelined"),
+    (HttpCounter::Orphan, "orphan_response"),
+    (HttpCounter::ArgsFull, "args_full"),
+    (HttpCounter::ConnFull, "conn_full"),
+    (HttpCounter::Started, "requests_started"),
+];
+
+/// Most (role, pid, service, method, route) summaries kept for `sonde http`;
+/// beyond it new keys are not summarized (metrics are unaffected).
+const MAX_STAT_KEYS: usize = 100_000;
+/// Most exchanges awaiting their ResponseEnd (sizes).
+const MAX_PENDING: usize = 65_536;
+
+/// Labels of a completed server exchange, kept until its final sizes arrive.
+struct Pending {
+    labels: [String; 5],
+}
+
+struct Inner {
+    routes: RouteTable,
+    stats: HashMap<StatKey, RouteStats>,
+    inflight: HashMap<StatKey, u64>,
+    pending: HashMap<(u32, u32), Pending>,
+    ports: PortResolver,
+}
+
+/// The query side: what `/api/v1/http` reads. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct HttpQuery(Arc<Mutex<Option<Inner>>>);
+
+/// Which rows a query wants.
+#[derive(Debug, Clone, Default)]
+pub struct HttpFilter {
+    pub pid: Option<u32>,
+    pub name: Option<String>,
+    pub client: bool,
+}
+
+impl HttpQuery {
+    fn lock(&self) -> MutexGuard<'_, Option<Inner>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `None` when the collector is not running.
+    pub fn rows(&self, f: &HttpFilter, processes: &ProcessTable) -> Option<Vec<RouteRow>> {
+        let g = self.lock();
+        let inner = g.as_ref()?;
+        let keep = |k: &StatKey| {
+            k.client == f.client
+                && f.pid.is_none_or(|p| k.pid == p)
+                && f.name.as_deref().is_none_or(|n| {
+                    k.service == n || processes.get(k.pid).is_some_and(|p| p.comm == n)
+                })
+        };
+        Some(stats::rows(&inner.stats, &inner.inflight, keep))
+    }
+}
+
+pub struct HttpCollector {
+    config: HttpConfig,
+    query: HttpQuery,
+    processes: ProcessTable,
+    health: SharedHealth,
+    ebpf: Option<Ebpf>,
+    shutdown: Option<CancellationToken>,
+}
+
+impl HttpCollector {
+    pub fn new(config: &HttpConfig, processes: ProcessTable, query: HttpQuery) -> Self {
+        Self {
+            config: config.clone(),
+            query,
+            processes,
+            health: SharedHealth::new(ComponentHealth::unhealthy("not started")),
+            ebpf: None,
+            shutdown: None,
+        }
+    }
+}
+
+/// Attaches every hook; returns the tracepoints that failed (with why).
+fn attach(obj: &mut Ebpf) -> Result<Vec<String>, CollectorError> {
+    let mut failed = Vec::new();
+    let mut attached = 0;
+    for (prog, tps) in HOOKS {
+        let p: &mut TracePoint = obj
+            .program_mut(prog)
+            .ok_or_else(|| CollectorError::NoHook(format!("{prog} missing from object")))?
+            .try_into()
+            .map_err(|source| CollectorError::Program {
+                what: (*prog).to_owned(),
+                source,
+            })?;
+        p.load().map_err(|source| CollectorError::Program {
+            what: (*prog).to_owned(),
+            source,
+        })?;
+        for tp in *tps {
+            match p.attach("syscalls", tp) {
+                Ok(_) => attached += 1,
+                Err(e) => failed.push(format!("syscalls:{tp}: {}", chain(&e))),
+            }
+        }
+    }
+    if attached == 0 {
+        return Err(CollectorError::NoHook(failed.join("; ")));
+    }
+    Ok(failed)
+}
+
+fn take_map<T>(obj: &mut Ebpf, name: &str) -> Result<T, CollectorError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = obj
+        .take_map(name)
+        .ok_or_else(|| CollectorError::NoHook(format!("map {name} missing from object")))?;
+    T::try_from(map).map_err(|source| CollectorError::Map {
+        what: name.to_owned(),
+        source,
+    })
+}
+
+impl Collector for HttpCollector {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
+        let patterns = self
+            .config
+            .routes
+            .iter()
+            .map(|r| Pattern::parse(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                let e = CollectorError::NoHook(format!("collectors.http.routes: {e}"));
+                self.health.set(ComponentHealth::unhealthy(chain(&e)));
+                e
+            })?;
+        let mut obj = ebpf::load(ebpf::HTTP, ctx.kernel_log_level).inspect_err(|e| {
+            self.health.set(ComponentHealth::unhealthy(chain(e)));
+        })?;
+        let events: RingBuf<MapData> = take_map(&mut obj, "HTTP_EVENTS")?;
+        let counters: PerCpuArray<MapData, u64> = take_map(&mut obj, "HTTP_COUNTERS_MAP")?;
+        let conns: BpfHashMap<MapData, HttpConnKey, HttpConn> = take_map(&mut obj, "HTTP_CONNS")?;
+        let failed = match attach(&mut obj) {
+            Ok(f) => f,
+            Err(e) => {
+                self.health.set(ComponentHealth::unhealthy(chain(&e)));
+                return Err(e);
+            }
+        };
+        let base = if failed.is_empty() {
+            "attached to socket syscall tracepoints".to_owned()
+        } else {
+            format!("partly attached; missing: {}", failed.join("; "))
+        };
+        tracing::info!(collector = NAME, detail = %base, "http collector attached");
+        self.health.set(if failed.is_empty() {
+            ComponentHealth::healthy(base.clone())
+        } else {
+            ComponentHealth::degraded(base.clone())
+        });
+        *self.query.lock() = Some(Inner {
+            routes: RouteTable::new(patterns, self.config.max_routes_per_service.get() as usize),
+            stats: HashMap::new(),
+            inflight: HashMap::new(),
+            pending: HashMap::new(),
+            ports: PortResolver::default(),
+        });
+        let metrics = HttpMetrics::new(ctx.telemetry);
+        let lost = ctx.telemetry.events_lost.with_label_values(&[NAME]);
+        let token = ctx.shutdown.child_token();
+        let fd = ebpf::async_fd(events)?;
+        let w = Worker {
+            query: self.query.clone(),
+            processes: self.processes.clone(),
+            metrics,
+        };
+        tokio::spawn(drain(fd, w.clone(), token.clone()));
+        tokio::spawn(housekeeping(
+            counters,
+            conns,
+            w,
+            lost,
+            self.health.clone(),
+            base,
+            failed.is_empty(),
+            token.clone(),
+        ));
+        self.ebpf = Some(obj);
+        self.shutdown = Some(token);
+        Ok(())
+    }
+
+    fn health(&self) -> ComponentHealth {
+        self.health.get()
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.shutdown.take() {
+            t.cancel();
+        }
+        if self.ebpf.take().is_some() {
+            self.health.set(ComponentHealth::unhealthy("stopped"));
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Worker {
+    query: HttpQuery,
+    processes: ProcessTable,
+    metrics: HttpMetrics,
+}
+
+/// Copies an event out of ring-buffer bytes after checking the length.
+fn decode(bytes: &[u8]) -> Option<HttpEvent> {
+    if bytes.len() < size_of::<HttpEvent>() {
+        return None;
+    }
+    // SAFETY: the length was checked above, `HttpEvent` is `Pod` (any bit
+    // pattern is valid) and `read_unaligned` imposes no alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<HttpEvent>()) })
+}
+
+async fn drain(mut fd: AsyncFd<RingBuf<MapData>>, w: Worker, token: CancellationToken) {
+    loop {
+        let mut guard = tokio::select! {
+            _ = token.cancelled() => return,
+            g = fd.readable_mut() => match g {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!(collector = NAME, "ring buffer poll failed: {e}");
+                    return;
+                }
+            },
+        };
+        let rb = guard.get_inner_mut();
+        // Batch under one lock: the API only waits for a batch.
+        let mut g = w.query.lock();
+        if let Some(inner) = g.as_mut() {
+            while let Some(item) = rb.next() {
+                match decode(&item) {
+                    Some(ev) => w.apply(inner, &ev),
+                    None => tracing::debug!(collector = NAME, len = item.len(), "short event"),
+                }
+            }
+        }
+        drop(g);
+        guard.clear_ready();
+    }
+}
+
+fn prefix(ev: &HttpEvent) -> &[u8] {
+    &ev.prefix[..(ev.prefix_len as usize).min(ev.prefix.len())]
+}
+
+impl Worker {
+    /// The process's service name; its comm when it is already gone.
+    fn service(&self, tgid: u32, comm: &[u8]) -> String {
+        if let Some(p) = self.processes.get(tgid) {
+            return p.service;
+        }
+        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+        match String::from_utf8_lossy(&comm[..end]) {
+            c if c.is_empty() => "unknown".to_owned(),
+            c => c.into_owned(),
+        }
+    }
+
+    fn apply(&self, inner: &mut Inner, ev: &HttpEvent) {
+        let client = ev.role == HttpRole::Client as u8;
+        let role = if client { "client" } else { "server" };
+        let closed = ev.flags & EVENT_CLOSED != 0;
+        match HttpEventKind::from_u32(ev.kind) {
+            Some(HttpEventKind::Complete) => self.complete(inner, ev, client),
+            Some(HttpEventKind::ResponseEnd) => {
+                if let Some(p) = inner.pending.remove(&(ev.tgid, ev.fd)) {
+                    let l: Vec<&str> = p.labels.iter().map(String::as_str).collect();
+                    let m = &self.metrics;
+                    m.server_req_size
+                        .with_label_values(&l)
+                        .observe(ev.req_bytes as f64);
+                    m.server_resp_size
+                        .with_label_values(&l)
+                        .observe(ev.resp_bytes as f64);
+                }
+            }
+            Some(HttpEventKind::Aborted) => {
+                let svc = self.service(ev.tgid, &ev.comm);
+                self.metrics.aborted.with_label_values(&[role, &svc]).inc();
+            }
+            None => tracing::debug!(collector = NAME, kind = ev.kind, "unknown event kind"),
+        }
+        if closed {
+            inner.ports.forget(ev.tgid, ev.fd);
+            inner.pending.remove(&(ev.tgid, ev.fd));
+        }
+    }
+
+    fn complete(&self, inner: &mut Inner, ev: &HttpEvent, client: bool) {
+        let Some((method, path)) = parse_request_line(prefix(ev)) else {
+            self.metrics
+                .unparsed
+                .with_label_values(&[if client { "client" } else { "server" }])
+                .inc();
+            return;
+        };
+        let service = self.service(ev.tgid, &ev.comm);
+        let (route, overflow) = inner.routes.route(&service, path);
+        if overflow {
+            self.metrics.route_overflow.with_label_values(&[&service]).inc();
+        }
+        let secs = ev.end_ns.saturating_sub(ev.start_ns) as f64 / 1e9;
+        let status = ev.status.to_string();
+        if client {
+            self.metrics
+                .client_duration
+                .with_label_values(&[method, &status, &route, &service])
+                .observe(secs);
+        } else {
+            let port = inner
+                .ports
+                .port(ev.tgid, ev.fd)
+                .map(|p| p.to_string())
+                .unwrap_or_default();
+            let labels = [
+                method.to_owned(),
+                status,
+                route.clone(),
+                service.clone(),
+                port,
+            ];
+            let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+            self.metrics
+                .server_duration
+                .with_label_values(&l)
+                .observe(secs);
+            if inner.pending.len() >= MAX_PENDING {
+                inner.pending.clear();
+            }
+            inner.pending.insert((ev.tgid, ev.fd), Pending { labels });
+        }
+        let key = StatKey {
+            client,
+            pid: ev.tgid,
+            service,
+            method,
+            route,
+        };
+        let error = if client {
+            ev.status >= 400
+        } else {
+            ev.status >= 500
+        };
+        let now = now_secs();
+        if let Some(s) = inner.stats.get_mut(&key) {
+            s.observe(secs, error, now);
+        } else if inner.stats.len() < MAX_STAT_KEYS {
+            inner
+                .stats
+                .entry(key)
+                .or_default()
+                .observe(secs, error, now);
+        }
+    }
+
+    /// Scans the kernel's connection table for requests in flight.
+    fn scan_inflight(&self, conns: &BpfHashMap<MapData, HttpConnKey, HttpConn>) {
+        let mut found: Vec<(HttpConnKey, HttpConn)> = Vec::new();
+        for item in conns.iter() {
+            match item {
+                Ok((k, c)) if c.state == state::REQUEST => found.push((k, c)),
+                Ok(_) => {}
+                // Entries deleted while we iterate: fine, next scan.
+                Err(_) => break,
+            }
+        }
+        let mut g = self.query.lock();
+        let Some(inner) = g.as_mut() else { return };
+        inner.inflight.clear();
+        self.metrics.server_active.reset();
+        for (k, c) in found {
+            let p = &c.prefix[..(c.prefix_len as usize).min(c.prefix.len())];
+            let Some((method, path)) = parse_request_line(p) else {
+                continue;
+            };
+            let service = self.service(k.tgid, &[]);
+            let client = c.role == HttpRole::Client as u8;
+            if !client {
+                self.metrics
+                    .server_active
+                    .with_label_values(&[method, &service])
+                    .inc();
+            }
+            let (route, _) = inner.routes.route(&service, path);
+            *inner
+                .inflight
+                .entry(StatKey {
+                    client,
+                    pid: k.tgid,
+                    service,
+                    method,
+                    route,
+                })
+                .or_default() += 1;
+        }
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "one-off task spawn")]
+async fn housekeeping(
+    counters: PerCpuArray<MapData, u64>,
+    conns: BpfHashMap<MapData, HttpConnKey, HttpConn>,
+    w: Worker,
+    lost: IntCounter,
+    health: SharedHealth,
+    base: String,
+    fully_attached: bool,
+    token: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = [0u64; HTTP_COUNTERS as usize];
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut dropped = 0;
+        for (c, label) in KERNEL_COUNTERS {
+            let i = *c as usize;
+            let total: u64 = counters
+                .get(&(i as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+            if total > last[i] {
+                let d = total - last[i];
+                w.metrics.kernel.with_label_values(&[label]).inc_by(d);
+                if *c == HttpCounter::RingbufFull {
+                    lost.inc_by(d);
+                    dropped = d;
+                }
+            }
+            last[i] = total;
+        }
+        w.scan_inflight(&conns);
+        health.set(if dropped > 0 {
+            ComponentHealth::degraded(format!(
+                "{base}; {dropped} events lost to a full ring buffer in the last second"
+            ))
+        } else if fully_attached {
+            ComponentHealth::healthy(base.clone())
+        } else {
+            ComponentHealth::degraded(base.clone())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_checks_length() {
+        assert!(decode(&[0u8; 16]).is_none());
+        let mut b = vec![0u8; size_of::<HttpEvent>()];
+        b[0] = 1;
+        b[4..8].copy_from_slice(&42u32.to_ne_bytes());
+        let ev = decode(&b).unwrap();
+        assert_eq!(ev.kind, 1);
+        assert_eq!(ev.tgid, 42);
+    }
+}
