@@ -80,7 +80,13 @@ fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
     cmd::cargo(&["build", "--package", "sonde"])?;
     let bin = cmd::workspace_root().join("target/debug/sonde");
     // sonde-ebpf only builds for the BPF target (agent/build.rs does that).
-    let mut args = vec!["test", "--workspace", "--exclude", "sonde-ebpf", "--no-fail-fast"];
+    let mut args = vec![
+        "test",
+        "--workspace",
+        "--exclude",
+        "sonde-ebpf",
+        "--no-fail-fast",
+    ];
     if let Some(f) = filter.as_deref() {
         args.push(f);
     }

@@ -27,7 +27,9 @@ pub fn run(a: &HttpArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = &a.name {
         if n.is_empty() || !n.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(UsageError(format!("--name {n:?}: expected a service or process name")).into());
+            return Err(
+                UsageError(format!("--name {n:?}: expected a service or process name")).into(),
+            );
         }
         path.push_str("&name=");
         path.push_str(&encode(n));
@@ -108,7 +110,10 @@ mod tests {
             in_flight: 0,
         };
         let t = render(&[r]);
-        assert!(t.contains("/items/{id}") && t.contains("2.0") && t.contains("300.0"), "{t}");
+        assert!(
+            t.contains("/items/{id}") && t.contains("2.0") && t.contains("300.0"),
+            "{t}"
+        );
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
     }
 }

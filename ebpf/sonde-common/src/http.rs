@@ -15,8 +15,9 @@ pub enum HttpEventKind {
     Complete = 1,
     /// The connection closed with a request in flight and no response.
     Aborted = 2,
-    /// The previous response on this connection ended (next request or
-    /// close); carries the final byte counts of that exchange.
+    /// The connection closed after a response; carries the final byte
+    /// counts of that exchange. (On keep-alive connections the next
+    /// `Complete` carries them instead, in `prev_*`, to halve the events.)
     ResponseEnd = 3,
 }
 
@@ -73,6 +74,9 @@ pub struct HttpConn {
     pub req_bytes: u64,
     /// Response bytes of the current exchange.
     pub resp_bytes: u64,
+    /// Final sizes of the previous exchange, reported with the next event.
+    pub prev_req_bytes: u64,
+    pub prev_resp_bytes: u64,
     /// An [`HttpRole`] value.
     pub role: u8,
     /// A [`state`] value.
@@ -91,7 +95,7 @@ pub struct HttpConn {
 /// certainly a socket (not a file that happened to contain a request line).
 pub const CONN_FROM_SYSCALL: u8 = 1;
 
-const _: () = assert!(core::mem::size_of::<HttpConn>() == 24 + 8 + HTTP_PREFIX_LEN);
+const _: () = assert!(core::mem::size_of::<HttpConn>() == 40 + 8 + HTTP_PREFIX_LEN);
 
 /// One event to the agent.
 #[repr(C)]
@@ -110,6 +114,10 @@ pub struct HttpEvent {
     pub end_ns: u64,
     pub req_bytes: u64,
     pub resp_bytes: u64,
+    /// Final request/response bytes of the previous exchange on this
+    /// connection (`Complete` only; 0 when there was none).
+    pub prev_req_bytes: u64,
+    pub prev_resp_bytes: u64,
     pub prefix_len: u16,
     pub _pad1: [u8; 6],
     /// Task name of the thread that completed the exchange: names the
@@ -121,7 +129,7 @@ pub struct HttpEvent {
 /// `HttpEvent::flags`: the connection was closed (the agent can forget it).
 pub const EVENT_CLOSED: u8 = 1;
 
-const _: () = assert!(core::mem::size_of::<HttpEvent>() == 56 + crate::COMM_LEN + HTTP_PREFIX_LEN);
+const _: () = assert!(core::mem::size_of::<HttpEvent>() == 72 + crate::COMM_LEN + HTTP_PREFIX_LEN);
 const _: () = assert!(core::mem::align_of::<HttpEvent>() == 8);
 
 /// Indexes into the HTTP collector's per-CPU counter array.

@@ -10,24 +10,29 @@
 //! from accept/connect, or lazily from content (a request line on a fd we
 //! did not see being accepted, e.g. accepted before the agent started).
 
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     macros::map,
     maps::{LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
-    EbpfContext,
 };
 use sonde_common::http::{
-    state, HttpConn, HttpConnKey, HttpCounter, HttpEvent, HttpEventKind, HttpRole,
-    CONN_FROM_SYSCALL, EVENT_CLOSED, HTTP_COUNTERS, HTTP_PREFIX_LEN,
+    CONN_FROM_SYSCALL, EVENT_CLOSED, HTTP_COUNTERS, HTTP_PREFIX_LEN, HttpConn, HttpConnKey,
+    HttpCounter, HttpEvent, HttpEventKind, HttpRole, state,
 };
 
 use crate::counters::bump;
 
-/// Completed/aborted exchanges. 1 MiB holds ~4800 events: several ms of a
-/// very busy server between two polls of the agent.
+/// Completed/aborted exchanges. 4 MiB holds ~16000 events (256 B each): more
+/// than 100 ms of a very busy server, the agent's longest poll interval.
 #[map]
-static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Wake the agent only once this much is queued; otherwise it polls every
+/// 100 ms. Waking it per event costs a context switch per request.
+const WAKEUP_BYTES: u64 = 256 * 1024;
 
 #[map]
 static HTTP_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(HTTP_COUNTERS, 0);
@@ -219,7 +224,8 @@ fn classify(h: &[u8; 16]) -> Head {
             && h[10].is_ascii_digit()
             && h[11].is_ascii_digit()
         {
-            let code = (h[9] - b'0') as u16 * 100 + (h[10] - b'0') as u16 * 10 + (h[11] - b'0') as u16;
+            let code =
+                (h[9] - b'0') as u16 * 100 + (h[10] - b'0') as u16 * 10 + (h[11] - b'0') as u16;
             return Head::Response(code);
         }
         return Head::Other;
@@ -256,6 +262,8 @@ fn new_conn(key: &HttpConnKey, role: HttpRole, flags: u8) -> Result<(), HttpErro
     t.start_ns = 0;
     t.req_bytes = 0;
     t.resp_bytes = 0;
+    t.prev_req_bytes = 0;
+    t.prev_resp_bytes = 0;
     t.role = role as u8;
     t.state = state::IDLE;
     t.status = 0;
@@ -280,7 +288,11 @@ fn on_data(key: &HttpConnKey, dir: Dir, buf: u64, n: u64) -> Result<(), HttpErro
             return Err(HttpError::ReadFailed);
         }
     }
-    let kind = if buf != 0 { classify(&head) } else { Head::Other };
+    let kind = if buf != 0 {
+        classify(&head)
+    } else {
+        Head::Other
+    };
     let mut conn = HTTP_CONNS.get_ptr_mut(key);
     if conn.is_none() {
         // Unknown fd: only a request line makes it a connection of ours.
@@ -318,8 +330,15 @@ fn on_data(key: &HttpConnKey, dir: Dir, buf: u64, n: u64) -> Result<(), HttpErro
                     // A new request before the response: pipelining (or a
                     // retry). Drop the earlier one rather than mismatch.
                     bump(&HTTP_COUNTERS_MAP, HttpCounter::Pipelined as u32);
-                } else if c.state == state::RESPONSE {
-                    emit(key, c, HttpEventKind::ResponseEnd, 0, 0)?;
+                }
+                if c.state == state::RESPONSE {
+                    // Sizes of the exchange that just ended ride on the
+                    // next event of this connection.
+                    c.prev_req_bytes = c.req_bytes;
+                    c.prev_resp_bytes = c.resp_bytes;
+                } else {
+                    c.prev_req_bytes = 0;
+                    c.prev_resp_bytes = 0;
                 }
                 start_request(c, buf, n)?;
             }
@@ -382,11 +401,7 @@ fn start_request(c: &mut HttpConn, buf: u64, n: u64) -> Result<(), HttpError> {
     // SAFETY: `len` <= HTTP_PREFIX_LEN, the size of the destination, which
     // is inside our own map value.
     let r = unsafe {
-        generated::bpf_probe_read_user(
-            c.prefix.as_mut_ptr().cast(),
-            len as u32,
-            buf as *const _,
-        )
+        generated::bpf_probe_read_user(c.prefix.as_mut_ptr().cast(), len as u32, buf as *const _)
     };
     if r != 0 {
         c.prefix_len = 0;
@@ -421,12 +436,19 @@ fn emit(
         (*ev).end_ns = end_ns;
         (*ev).req_bytes = c.req_bytes;
         (*ev).resp_bytes = c.resp_bytes;
+        (*ev).prev_req_bytes = c.prev_req_bytes;
+        (*ev).prev_resp_bytes = c.prev_resp_bytes;
         (*ev).prefix_len = c.prefix_len;
         (*ev)._pad1 = [0; 6];
         (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
         (*ev).prefix = c.prefix;
     }
-    entry.submit(0);
+    let flags = if HTTP_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    };
+    entry.submit(flags);
     Ok(())
 }
 
@@ -461,7 +483,13 @@ pub fn on_close(ctx: &TracePointContext) -> u32 {
         emit(&key, c, HttpEventKind::ResponseEnd, 0, EVENT_CLOSED)
     } else if c.state == state::REQUEST && c.flags & CONN_FROM_SYSCALL != 0 {
         // SAFETY: helper without arguments.
-        emit(&key, c, HttpEventKind::Aborted, unsafe { bpf_ktime_get_ns() }, EVENT_CLOSED)
+        emit(
+            &key,
+            c,
+            HttpEventKind::Aborted,
+            unsafe { bpf_ktime_get_ns() },
+            EVENT_CLOSED,
+        )
     } else {
         Ok(())
     };

@@ -99,6 +99,8 @@ struct Inner {
     inflight: HashMap<StatKey, u64>,
     pending: HashMap<(u32, u32), Pending>,
     ports: PortResolver,
+    /// tgid -> service_name, refreshed every few seconds (pids get reused).
+    services: HashMap<u32, String>,
 }
 
 /// The query side: what `/api/v1/http` reads. Cheap to clone.
@@ -245,6 +247,7 @@ impl Collector for HttpCollector {
             inflight: HashMap::new(),
             pending: HashMap::new(),
             ports: PortResolver::default(),
+            services: HashMap::new(),
         });
         let metrics = HttpMetrics::new(ctx.telemetry);
         let lost = ctx.telemetry.events_lost.with_label_values(&[NAME]);
@@ -302,31 +305,26 @@ fn decode(bytes: &[u8]) -> Option<HttpEvent> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<HttpEvent>()) })
 }
 
+/// The kernel wakes us only when a lot is queued (see WAKEUP_BYTES in the
+/// kernel side), so we also poll every 100 ms.
 async fn drain(mut fd: AsyncFd<RingBuf<MapData>>, w: Worker, token: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut guard = tokio::select! {
+        tokio::select! {
             _ = token.cancelled() => return,
+            _ = tick.tick() => w.drain_all(fd.get_mut()),
             g = fd.readable_mut() => match g {
-                Ok(g) => g,
+                Ok(mut guard) => {
+                    w.drain_all(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
                 Err(e) => {
                     tracing::error!(collector = NAME, "ring buffer poll failed: {e}");
                     return;
                 }
             },
-        };
-        let rb = guard.get_inner_mut();
-        // Batch under one lock: the API only waits for a batch.
-        let mut g = w.query.lock();
-        if let Some(inner) = g.as_mut() {
-            while let Some(item) = rb.next() {
-                match decode(&item) {
-                    Some(ev) => w.apply(inner, &ev),
-                    None => tracing::debug!(collector = NAME, len = item.len(), "short event"),
-                }
-            }
         }
-        drop(g);
-        guard.clear_ready();
     }
 }
 
@@ -335,16 +333,35 @@ fn prefix(ev: &HttpEvent) -> &[u8] {
 }
 
 impl Worker {
+    /// Applies every queued event, under one lock: the API waits for a
+    /// batch at most.
+    fn drain_all(&self, rb: &mut RingBuf<MapData>) {
+        let mut g = self.query.lock();
+        let Some(inner) = g.as_mut() else { return };
+        while let Some(item) = rb.next() {
+            match decode(&item) {
+                Some(ev) => self.apply(inner, &ev),
+                None => tracing::debug!(collector = NAME, len = item.len(), "short event"),
+            }
+        }
+    }
+
     /// The process's service name; its comm when it is already gone.
-    fn service(&self, tgid: u32, comm: &[u8]) -> String {
-        if let Some(p) = self.processes.get(tgid) {
-            return p.service;
+    fn service(&self, cache: &mut HashMap<u32, String>, tgid: u32, comm: &[u8]) -> String {
+        if let Some(s) = cache.get(&tgid) {
+            return s.clone();
         }
-        let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-        match String::from_utf8_lossy(&comm[..end]) {
-            c if c.is_empty() => "unknown".to_owned(),
-            c => c.into_owned(),
-        }
+        let s = if let Some(p) = self.processes.get(tgid) {
+            p.service
+        } else {
+            let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+            match String::from_utf8_lossy(&comm[..end]) {
+                c if c.is_empty() => return "unknown".to_owned(),
+                c => c.into_owned(),
+            }
+        };
+        cache.insert(tgid, s.clone());
+        s
     }
 
     fn apply(&self, inner: &mut Inner, ev: &HttpEvent) {
@@ -354,19 +371,10 @@ impl Worker {
         match HttpEventKind::from_u32(ev.kind) {
             Some(HttpEventKind::Complete) => self.complete(inner, ev, client),
             Some(HttpEventKind::ResponseEnd) => {
-                if let Some(p) = inner.pending.remove(&(ev.tgid, ev.fd)) {
-                    let l: Vec<&str> = p.labels.iter().map(String::as_str).collect();
-                    let m = &self.metrics;
-                    m.server_req_size
-                        .with_label_values(&l)
-                        .observe(ev.req_bytes as f64);
-                    m.server_resp_size
-                        .with_label_values(&l)
-                        .observe(ev.resp_bytes as f64);
-                }
+                self.sizes(inner, ev.tgid, ev.fd, ev.req_bytes, ev.resp_bytes)
             }
             Some(HttpEventKind::Aborted) => {
-                let svc = self.service(ev.tgid, &ev.comm);
+                let svc = self.service(&mut inner.services, ev.tgid, &ev.comm);
                 self.metrics.aborted.with_label_values(&[role, &svc]).inc();
             }
             None => tracing::debug!(collector = NAME, kind = ev.kind, "unknown event kind"),
@@ -377,7 +385,22 @@ impl Worker {
         }
     }
 
+    /// Final sizes of the exchange last completed on (tgid, fd).
+    fn sizes(&self, inner: &mut Inner, tgid: u32, fd: u32, req: u64, resp: u64) {
+        if let Some(p) = inner.pending.remove(&(tgid, fd)) {
+            let l: Vec<&str> = p.labels.iter().map(String::as_str).collect();
+            let m = &self.metrics;
+            m.server_req_size.with_label_values(&l).observe(req as f64);
+            m.server_resp_size
+                .with_label_values(&l)
+                .observe(resp as f64);
+        }
+    }
+
     fn complete(&self, inner: &mut Inner, ev: &HttpEvent, client: bool) {
+        if ev.prev_req_bytes > 0 {
+            self.sizes(inner, ev.tgid, ev.fd, ev.prev_req_bytes, ev.prev_resp_bytes);
+        }
         let Some((method, path)) = parse_request_line(prefix(ev)) else {
             self.metrics
                 .unparsed
@@ -385,10 +408,13 @@ impl Worker {
                 .inc();
             return;
         };
-        let service = self.service(ev.tgid, &ev.comm);
+        let service = self.service(&mut inner.services, ev.tgid, &ev.comm);
         let (route, overflow) = inner.routes.route(&service, path);
         if overflow {
-            self.metrics.route_overflow.with_label_values(&[&service]).inc();
+            self.metrics
+                .route_overflow
+                .with_label_values(&[&service])
+                .inc();
         }
         let secs = ev.end_ns.saturating_sub(ev.start_ns) as f64 / 1e9;
         let status = ev.status.to_string();
@@ -464,7 +490,7 @@ impl Worker {
             let Some((method, path)) = parse_request_line(p) else {
                 continue;
             };
-            let service = self.service(k.tgid, &[]);
+            let service = self.service(&mut inner.services, k.tgid, &[]);
             let client = c.role == HttpRole::Client as u8;
             if !client {
                 self.metrics
@@ -500,6 +526,7 @@ async fn housekeeping(
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last = [0u64; HTTP_COUNTERS as usize];
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
@@ -523,6 +550,13 @@ async fn housekeeping(
             last[i] = total;
         }
         w.scan_inflight(&conns);
+        if ticks % 10 == 0 {
+            // Pids get reused: re-resolve service names now and then.
+            if let Some(inner) = w.query.lock().as_mut() {
+                inner.services.clear();
+            }
+        }
+        ticks += 1;
         health.set(if dropped > 0 {
             ComponentHealth::degraded(format!(
                 "{base}; {dropped} events lost to a full ring buffer in the last second"

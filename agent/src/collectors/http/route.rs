@@ -194,7 +194,10 @@ mod tests {
             parse_request_line(b"GET /a/b?secret=1 HTTP/1.1\r\nHost: x\r\n"),
             Some(("GET", "/a/b"))
         );
-        assert_eq!(parse_request_line(b"POST /x#f HTTP/1.1"), Some(("POST", "/x")));
+        assert_eq!(
+            parse_request_line(b"POST /x#f HTTP/1.1"),
+            Some(("POST", "/x"))
+        );
         assert_eq!(parse_request_line(b"GET /trunc"), Some(("GET", "/trunc")));
         assert_eq!(
             parse_request_line(b"GET http://h:1/p?q HTTP/1.1"),

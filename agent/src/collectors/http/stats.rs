@@ -279,27 +279,29 @@ pub fn rows(
     }
     let mut out: Vec<RouteRow> = groups
         .into_iter()
-        .map(|((client, service, method, route), (mut pids, s, recent, infl))| {
-            pids.sort_unstable();
-            RouteRow {
-                role: if client { "client" } else { "server" }.into(),
-                service,
-                pids,
-                method: method.into(),
-                route,
-                requests: s.count,
-                rate: recent as f64 / WINDOW as f64,
-                error_pct: if s.count == 0 {
-                    0.0
-                } else {
-                    100.0 * s.errors as f64 / s.count as f64
-                },
-                p50_seconds: s.hist.quantile(0.50),
-                p95_seconds: s.hist.quantile(0.95),
-                p99_seconds: s.hist.quantile(0.99),
-                in_flight: infl,
-            }
-        })
+        .map(
+            |((client, service, method, route), (mut pids, s, recent, infl))| {
+                pids.sort_unstable();
+                RouteRow {
+                    role: if client { "client" } else { "server" }.into(),
+                    service,
+                    pids,
+                    method: method.into(),
+                    route,
+                    requests: s.count,
+                    rate: recent as f64 / WINDOW as f64,
+                    error_pct: if s.count == 0 {
+                        0.0
+                    } else {
+                        100.0 * s.errors as f64 / s.count as f64
+                    },
+                    p50_seconds: s.hist.quantile(0.50),
+                    p95_seconds: s.hist.quantile(0.95),
+                    p99_seconds: s.hist.quantile(0.99),
+                    in_flight: infl,
+                }
+            },
+        )
         .collect();
     out.sort_by(|a, b| {
         b.requests

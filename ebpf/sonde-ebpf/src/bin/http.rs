@@ -5,7 +5,7 @@
 #![no_main]
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use sonde_ebpf::http::{on_accept_exit, on_close, on_enter, on_exit, Op};
+use sonde_ebpf::http::{Op, on_accept_exit, on_close, on_enter, on_exit};
 
 macro_rules! enter {
     ($name:ident, $op:expr) => {
