@@ -270,7 +270,7 @@ fn new_conn(key: &HttpConnKey, role: HttpRole, flags: u8) -> Result<(), HttpErro
     t.prefix_len = 0;
     t.flags = flags;
     HTTP_CONNS
-        .insert(key, &*t, 0)
+        .insert(key, *t, 0)
         .map_err(|_| HttpError::ConnFull)
 }
 
@@ -474,7 +474,7 @@ pub fn on_close(ctx: &TracePointContext) -> u32 {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         fd: fd as u32,
     };
-    let Some(c) = HTTP_CONNS.get_ptr(&key) else {
+    let Some(c) = HTTP_CONNS.get_ptr(key) else {
         return 0;
     };
     // SAFETY: pointer from a successful lookup; read before the delete.
@@ -493,6 +493,6 @@ pub fn on_close(ctx: &TracePointContext) -> u32 {
     } else {
         Ok(())
     };
-    let _ = HTTP_CONNS.remove(&key);
+    let _ = HTTP_CONNS.remove(key);
     count(r)
 }

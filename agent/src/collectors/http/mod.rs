@@ -550,7 +550,7 @@ async fn housekeeping(
             last[i] = total;
         }
         w.scan_inflight(&conns);
-        if ticks % 10 == 0 {
+        if ticks.is_multiple_of(10) {
             // Pids get reused: re-resolve service names now and then.
             if let Some(inner) = w.query.lock().as_mut() {
                 inner.services.clear();
