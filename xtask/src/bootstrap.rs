@@ -20,6 +20,9 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("gcc", "gcc"),
     ("strace", "strace"),
     ("curl", "curl"),
+    // HTTP collector tests and bench (tests/tests/http.rs).
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
 ];
 
 pub fn setup() -> Result<()> {
