@@ -133,6 +133,25 @@ fn try_enter(ctx: &TracePointContext, op: Op) -> Result<(), HttpError> {
     if fd > i32::MAX as u64 {
         return Ok(());
     }
+    let id = bpf_get_current_pid_tgid();
+    let outgoing = matches!(
+        op,
+        Op::WriteBuf | Op::WriteIov | Op::WriteMsg | Op::SendFile
+    );
+    if outgoing {
+        // Fast path for writes to fds we do not track (files, pipes, logs):
+        // the data is already in the buffer, so decide now and skip the
+        // per-thread stash unless the write starts an HTTP request.
+        let key = HttpConnKey {
+            tgid: (id >> 32) as u32,
+            fd: fd as u32,
+        };
+        if HTTP_CONNS.get_ptr(key).is_none() {
+            if op == Op::SendFile || !starts_request(op, arg(ctx, 1), arg(ctx, 2)) {
+                return Ok(());
+            }
+        }
+    }
     let args = SyscallArgs {
         fd,
         buf: if op == Op::SendFile { 0 } else { arg(ctx, 1) },
@@ -140,8 +159,35 @@ fn try_enter(ctx: &TracePointContext, op: Op) -> Result<(), HttpError> {
         _pad: 0,
     };
     HTTP_ARGS
-        .insert(bpf_get_current_pid_tgid(), args, 0)
+        .insert(id, args, 0)
         .map_err(|_| HttpError::ArgsFull)
+}
+
+/// Whether an outgoing message (at syscall entry) begins with a request line.
+#[inline(always)]
+fn starts_request(op: Op, ptr: u64, count: u64) -> bool {
+    let buf = match op {
+        Op::WriteBuf => ptr,
+        Op::WriteIov => match iov_base(ptr) {
+            Ok(b) => b,
+            Err(_) => return false,
+        },
+        _ => match msg_iov(ptr).and_then(iov_base) {
+            Ok(b) => b,
+            Err(_) => return false,
+        },
+    };
+    let mut head = [0u8; 16];
+    let len = if op == Op::WriteBuf && count < 16 {
+        count as u32
+    } else {
+        16
+    };
+    // SAFETY: helper read of user memory into a 16-byte stack buffer;
+    // `len` <= 16.
+    let r =
+        unsafe { generated::bpf_probe_read_user(head.as_mut_ptr().cast(), len, buf as *const _) };
+    r == 0 && classify(&head) == Head::Request
 }
 
 /// Exit of a data syscall (or connect): run the state machine.
