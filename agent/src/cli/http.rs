@@ -56,7 +56,14 @@ fn encode(s: &str) -> String {
 }
 
 fn ms(v: Option<f64>) -> String {
-    v.map_or("-".into(), |s| format!("{:.1}", s * 1e3))
+    v.map_or("-".into(), |s| {
+        let ms = s * 1e3;
+        if ms < 10.0 {
+            format!("{ms:.3}")
+        } else {
+            format!("{ms:.1}")
+        }
+    })
 }
 
 fn render(rows: &[RouteRow]) -> String {
@@ -111,7 +118,7 @@ mod tests {
         };
         let t = render(&[r]);
         assert!(
-            t.contains("/items/{id}") && t.contains("2.0") && t.contains("300.0"),
+            t.contains("/items/{id}") && t.contains("2.000") && t.contains("300.0"),
             "{t}"
         );
         assert_eq!(encode("a b/c"), "a%20b%2Fc");

@@ -470,16 +470,29 @@ impl Worker {
         }
     }
 
-    /// Scans the kernel's connection table for requests in flight.
-    fn scan_inflight(&self, conns: &BpfHashMap<MapData, HttpConnKey, HttpConn>) {
+    /// Scans the kernel's connection table for requests in flight, and
+    /// deletes the entries of processes that exited (exit closes fds
+    /// without close(2), so the kernel side never sees those closes).
+    fn scan_inflight(&self, conns: &mut BpfHashMap<MapData, HttpConnKey, HttpConn>) {
         let mut found: Vec<(HttpConnKey, HttpConn)> = Vec::new();
+        let mut dead: Vec<HttpConnKey> = Vec::new();
+        let mut alive: HashMap<u32, bool> = HashMap::new();
         for item in conns.iter() {
-            match item {
-                Ok((k, c)) if c.state == state::REQUEST => found.push((k, c)),
-                Ok(_) => {}
+            let Ok((k, c)) = item else {
                 // Entries deleted while we iterate: fine, next scan.
-                Err(_) => break,
+                break;
+            };
+            let live = *alive
+                .entry(k.tgid)
+                .or_insert_with(|| std::path::Path::new(&format!("/proc/{}", k.tgid)).exists());
+            if !live {
+                dead.push(k);
+            } else if c.state == state::REQUEST {
+                found.push((k, c));
             }
+        }
+        for k in dead {
+            let _ = conns.remove(&k);
         }
         let mut g = self.query.lock();
         let Some(inner) = g.as_mut() else { return };
@@ -516,7 +529,7 @@ impl Worker {
 #[expect(clippy::too_many_arguments, reason = "one-off task spawn")]
 async fn housekeeping(
     counters: PerCpuArray<MapData, u64>,
-    conns: BpfHashMap<MapData, HttpConnKey, HttpConn>,
+    mut conns: BpfHashMap<MapData, HttpConnKey, HttpConn>,
     w: Worker,
     lost: IntCounter,
     health: SharedHealth,
@@ -549,7 +562,7 @@ async fn housekeeping(
             }
             last[i] = total;
         }
-        w.scan_inflight(&conns);
+        w.scan_inflight(&mut conns);
         if ticks.is_multiple_of(10) {
             // Pids get reused: re-resolve service names now and then.
             if let Some(inner) = w.query.lock().as_mut() {
