@@ -146,10 +146,10 @@ fn try_enter(ctx: &TracePointContext, op: Op) -> Result<(), HttpError> {
             tgid: (id >> 32) as u32,
             fd: fd as u32,
         };
-        if HTTP_CONNS.get_ptr(key).is_none() {
-            if op == Op::SendFile || !starts_request(op, arg(ctx, 1), arg(ctx, 2)) {
-                return Ok(());
-            }
+        if HTTP_CONNS.get_ptr(key).is_none()
+            && (op == Op::SendFile || !starts_request(op, arg(ctx, 1), arg(ctx, 2)))
+        {
+            return Ok(());
         }
     }
     let args = SyscallArgs {
