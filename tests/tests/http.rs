@@ -600,6 +600,22 @@ fn garbage_on_sockets_is_ignored() {
     );
     let (code, _) = agent.get("/health/live");
     assert_eq!(code, 200);
+    let m = agent.metrics();
+    // The noise and the HTTP/2 preface marked their connections not-HTTP;
+    // the truncated request line was reported as aborted when the server
+    // closed the connection.
+    let not_http = sum_series(
+        &m,
+        "sonde_http_kernel_events_total",
+        &[("counter", "not_http")],
+    );
+    assert!(not_http >= 2.0, "not_http counter {not_http}");
+    let aborted = sum_series(
+        &m,
+        "sonde_http_aborted_requests_total",
+        &[("role", "server")],
+    );
+    assert!(aborted >= 1.0, "aborted counter {aborted}");
     let routes = label_values(
         &agent.metrics(),
         SERVER,
