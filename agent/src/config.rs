@@ -106,6 +106,11 @@ pub struct HttpConfig {
     /// Distinct routes per service; more are folded into `http_route="other"`
     /// (and counted in `sonde_http_route_overflow_total`).
     pub max_routes_per_service: Bounded<1, 100_000>,
+    /// How long after start-up unknown fds are sniffed for HTTP content, to
+    /// pick up connections opened before the agent started. Afterwards only
+    /// connections seen in accept/connect are tracked, which makes
+    /// unrelated reads and writes cheaper. "0s" never sniffs.
+    pub sniff_window: Dur<0, 31_536_000>,
 }
 
 impl Default for HttpConfig {
@@ -114,6 +119,7 @@ impl Default for HttpConfig {
             enabled: true,
             routes: Vec::new(),
             max_routes_per_service: Bounded(200),
+            sniff_window: Dur(Duration::from_secs(60)),
         }
     }
 }

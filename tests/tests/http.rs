@@ -183,7 +183,8 @@ fn expect_counts(agent: &Agent, series: &str, expected: &[(Vec<(&str, &str)>, f6
 
 #[test]
 fn python_http_server_counts_are_exact() {
-    let agent = Agent::start("");
+    // No content sniffing: connections are learned from accept/connect only.
+    let agent = Agent::start("[collectors.http]\nsniff_window = \"0s\"\n");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("a.txt"), "hello\n").expect("write");
     let (_srv, port) = python_server(dir.path());
@@ -627,5 +628,76 @@ fn garbage_on_sockets_is_ignored() {
             .iter()
             .all(|r| r == "/after.txt" || r == "/big" || r == "/trunc"),
         "unexpected routes from garbage: {routes:?}"
+    );
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body from `s`.
+fn read_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).expect("read response");
+        assert!(n > 0, "connection closed mid-response");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())
+                        .flatten()
+                })
+                .expect("content-length");
+            if body.len() >= len {
+                return head.to_owned();
+            }
+        }
+    }
+}
+
+#[test]
+fn connection_opened_before_the_agent_is_picked_up_by_sniffing() {
+    ensure_fastapi();
+    let port = free_port();
+    let _srv = Workload::spawn(
+        Command::new("python3")
+            .args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--log-level", "warning"])
+            .current_dir(workloads())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_port(port);
+    // Accepted before the agent exists: no accept/connect was seen.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // One write per request, as real clients do (a request line split over
+    // several segments is only seen up to the first one: docs/http.md).
+    s.write_all(b"GET /items/0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    read_response(&mut s);
+    let agent = Agent::start("");
+    for i in 1..=12 {
+        s.write_all(format!("GET /items/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .expect("write");
+        let head = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+    let p = port.to_string();
+    expect_counts(
+        &agent,
+        SERVER,
+        &[(
+            vec![
+                ("server_port", &p),
+                ("http_route", "/items/{id}"),
+                ("http_response_status_code", "200"),
+            ],
+            12.0,
+        )],
     );
 }

@@ -15,7 +15,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use sonde_common::http::{
@@ -44,6 +44,16 @@ static HTTP_CONNS: LruHashMap<HttpConnKey, HttpConn> = LruHashMap::with_max_entr
 /// Syscall arguments stashed at entry, per thread (pid_tgid).
 #[map]
 static HTTP_ARGS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+
+/// Slot 0: 1 while unknown fds are sniffed for HTTP content (set by the
+/// agent; off after its start-up window).
+#[map]
+static HTTP_SNIFF: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn sniffing() -> bool {
+    HTTP_SNIFF.get(0).is_some_and(|v| *v != 0)
+}
 
 /// Zeroed template for new connections (keeps 200 B off the 512 B stack).
 #[map]
@@ -134,22 +144,29 @@ fn try_enter(ctx: &TracePointContext, op: Op) -> Result<(), HttpError> {
         return Ok(());
     }
     let id = bpf_get_current_pid_tgid();
-    let outgoing = matches!(
-        op,
-        Op::WriteBuf | Op::WriteIov | Op::WriteMsg | Op::SendFile
-    );
-    if outgoing {
-        // Fast path for writes to fds we do not track (files, pipes, logs):
-        // the data is already in the buffer, so decide now and skip the
-        // per-thread stash unless the write starts an HTTP request.
+    if op != Op::Connect {
         let key = HttpConnKey {
             tgid: (id >> 32) as u32,
             fd: fd as u32,
         };
-        if HTTP_CONNS.get_ptr(key).is_none()
-            && (op == Op::SendFile || !starts_request(op, arg(ctx, 1), arg(ctx, 2)))
-        {
-            return Ok(());
+        if HTTP_CONNS.get_ptr(key).is_none() {
+            // An fd we do not track: files, pipes, non-HTTP sockets, or a
+            // connection opened before the agent started. Content sniffing
+            // finds the latter; the agent turns it off after a start-up
+            // window, when every new connection is learned from
+            // accept/connect, so unrelated I/O then costs one lookup.
+            if !sniffing() {
+                return Ok(());
+            }
+            // Writes: the data is already in the buffer, so decide now and
+            // skip the per-thread stash unless it starts a request.
+            let outgoing = matches!(
+                op,
+                Op::WriteBuf | Op::WriteIov | Op::WriteMsg | Op::SendFile
+            );
+            if outgoing && (op == Op::SendFile || !starts_request(op, arg(ctx, 1), arg(ctx, 2))) {
+                return Ok(());
+            }
         }
     }
     let args = SyscallArgs {

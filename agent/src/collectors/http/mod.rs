@@ -18,7 +18,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
 use prometheus::{Histogram, IntCounter};
@@ -246,6 +246,14 @@ impl Collector for HttpCollector {
         let events: RingBuf<MapData> = take_map(&mut obj, "HTTP_EVENTS")?;
         let counters: PerCpuArray<MapData, u64> = take_map(&mut obj, "HTTP_COUNTERS_MAP")?;
         let conns: BpfHashMap<MapData, HttpConnKey, HttpConn> = take_map(&mut obj, "HTTP_CONNS")?;
+        let mut sniff: Array<MapData, u32> = take_map(&mut obj, "HTTP_SNIFF")?;
+        let window = self.config.sniff_window.get();
+        if !window.is_zero() {
+            sniff.set(0, 1, 0).map_err(|source| CollectorError::Map {
+                what: "HTTP_SNIFF".into(),
+                source,
+            })?;
+        }
         let failed = match attach(&mut obj) {
             Ok(f) => f,
             Err(e) => {
@@ -283,6 +291,20 @@ impl Collector for HttpCollector {
             metrics,
         };
         tokio::spawn(drain(fd, w.clone(), token.clone()));
+        if !window.is_zero() {
+            let t = token.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = t.cancelled() => {}
+                    _ = tokio::time::sleep(window) => {
+                        match sniff.set(0, 0, 0) {
+                            Ok(()) => tracing::info!(collector = NAME, "content sniffing of unknown fds ended (start-up window over)"),
+                            Err(e) => tracing::warn!(collector = NAME, "cannot end content sniffing: {e}"),
+                        }
+                    }
+                }
+            });
+        }
         tokio::spawn(housekeeping(
             counters,
             conns,
