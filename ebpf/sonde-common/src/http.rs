@@ -148,7 +148,8 @@ pub enum HttpCounter {
     Pipelined = 3,
     /// A response arrived with no request in flight (unparsed).
     Orphan = 4,
-    /// The per-thread syscall-argument map was full.
+    /// Two threads (tids congruent modulo the slot count) were in hooked
+    /// syscalls at once and shared an argument slot: one was not traced.
     ArgsFull = 5,
     /// The connection map insert failed.
     ConnFull = 6,

@@ -41,9 +41,45 @@ static HTTP_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(HTTP_
 #[map]
 static HTTP_CONNS: LruHashMap<HttpConnKey, HttpConn> = LruHashMap::with_max_entries(16384, 0);
 
-/// Syscall arguments stashed at entry, per thread (pid_tgid).
+/// Syscall arguments stashed at entry, one slot per thread id modulo
+/// ARGS_SLOTS. An array, not a hash: the exit program runs for every hooked
+/// syscall, and an array lookup is inlined (a few instructions) where a
+/// hash lookup costs ~80 ns. The slot records the full pid_tgid, so a
+/// colliding thread is detected (and counted) rather than mismatched.
 #[map]
-static HTTP_ARGS: LruHashMap<u64, SyscallArgs> = LruHashMap::with_max_entries(16384, 0);
+static HTTP_ARGS: Array<SyscallArgs> = Array::with_max_entries(ARGS_SLOTS, 0);
+const ARGS_SLOTS: u32 = 1 << 16;
+
+/// One bit per hash of (tgid, fd) ever tracked: a cheap, inlined pre-check
+/// before the connection-map lookup on every read/write entry. False
+/// positives only cost the lookup; bits are never cleared.
+#[map]
+static HTTP_KNOWN: Array<u64> = Array::with_max_entries(KNOWN_WORDS, 0);
+const KNOWN_WORDS: u32 = 1024;
+
+#[inline(always)]
+fn known_bit(key: &HttpConnKey) -> (u32, u64) {
+    let h = key.tgid.wrapping_mul(0x9e37_79b1) ^ key.fd.wrapping_mul(0x85eb_ca6b);
+    let h = h ^ (h >> 16);
+    ((h >> 6) & (KNOWN_WORDS - 1), 1u64 << (h & 63))
+}
+
+#[inline(always)]
+fn maybe_known(key: &HttpConnKey) -> bool {
+    let (w, b) = known_bit(key);
+    HTTP_KNOWN.get(w).is_some_and(|v| *v & b != 0)
+}
+
+#[inline(always)]
+fn mark_known(key: &HttpConnKey) {
+    let (w, b) = known_bit(key);
+    if let Some(v) = HTTP_KNOWN.get_ptr_mut(w) {
+        // SAFETY: pointer into our own array map; a racing update from
+        // another CPU can at worst drop a bit, which only makes that
+        // connection look unknown (then found by content while sniffing).
+        unsafe { *v |= b };
+    }
+}
 
 /// Slot 0: 1 while unknown fds are sniffed for HTTP content (set by the
 /// agent; off after its start-up window).
@@ -81,6 +117,8 @@ pub enum Op {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct SyscallArgs {
+    /// pid_tgid of the thread that owns the slot (0: free).
+    pub id: u64,
     pub fd: u64,
     pub buf: u64,
     pub op: u32,
@@ -149,7 +187,7 @@ fn try_enter(ctx: &TracePointContext, op: Op) -> Result<(), HttpError> {
             tgid: (id >> 32) as u32,
             fd: fd as u32,
         };
-        if HTTP_CONNS.get_ptr(key).is_none() {
+        if !maybe_known(&key) || HTTP_CONNS.get_ptr(key).is_none() {
             // An fd we do not track: files, pipes, non-HTTP sockets, or a
             // connection opened before the agent started. Content sniffing
             // finds the latter; the agent turns it off after a start-up
@@ -169,15 +207,22 @@ fn try_enter(ctx: &TracePointContext, op: Op) -> Result<(), HttpError> {
             }
         }
     }
-    let args = SyscallArgs {
-        fd,
-        buf: if op == Op::SendFile { 0 } else { arg(ctx, 1) },
-        op: op as u32,
-        _pad: 0,
+    let Some(slot) = HTTP_ARGS.get_ptr_mut(id as u32 & (ARGS_SLOTS - 1)) else {
+        return Err(HttpError::ArgsFull);
     };
-    HTTP_ARGS
-        .insert(id, args, 0)
-        .map_err(|_| HttpError::ArgsFull)
+    // SAFETY: pointer into our own array map. Only threads whose tid is
+    // congruent modulo ARGS_SLOTS share a slot; the id check at exit
+    // catches that case.
+    let slot = unsafe { &mut *slot };
+    if slot.id != 0 && slot.id != id {
+        // Another live thread's syscall is in flight in this slot.
+        bump(&HTTP_COUNTERS_MAP, HttpCounter::ArgsFull as u32);
+    }
+    slot.id = id;
+    slot.fd = fd;
+    slot.buf = if op == Op::SendFile { 0 } else { arg(ctx, 1) };
+    slot.op = op as u32;
+    Ok(())
 }
 
 /// Whether an outgoing message (at syscall entry) begins with a request line.
@@ -216,11 +261,16 @@ pub fn on_exit(ctx: &TracePointContext) -> u32 {
 #[inline(always)]
 fn try_exit(ctx: &TracePointContext) -> Result<(), HttpError> {
     let id = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(args) = (unsafe { HTTP_ARGS.get(id) }).copied() else {
+    let Some(slot) = HTTP_ARGS.get_ptr_mut(id as u32 & (ARGS_SLOTS - 1)) else {
         return Ok(());
     };
-    let _ = HTTP_ARGS.remove(id);
+    // SAFETY: pointer into our own array map (see try_enter).
+    let slot = unsafe { &mut *slot };
+    if slot.id != id {
+        return Ok(());
+    }
+    let args = *slot;
+    slot.id = 0;
     let n = ret(ctx);
     let key = HttpConnKey {
         tgid: (id >> 32) as u32,
@@ -332,6 +382,7 @@ fn new_conn(key: &HttpConnKey, role: HttpRole, flags: u8) -> Result<(), HttpErro
     t.status = 0;
     t.prefix_len = 0;
     t.flags = flags;
+    mark_known(key);
     HTTP_CONNS
         .insert(key, *t, 0)
         .map_err(|_| HttpError::ConnFull)

@@ -77,7 +77,7 @@ const KERNEL_COUNTERS: &[(HttpCounter, &str)] = &[
     (HttpCounter::NotHttp, "not_http"),
     (HttpCounter::Pipelined, "pipelined"),
     (HttpCounter::Orphan, "orphan_response"),
-    (HttpCounter::ArgsFull, "args_full"),
+    (HttpCounter::ArgsFull, "args_slot_collision"),
     (HttpCounter::ConnFull, "conn_full"),
     (HttpCounter::Started, "requests_started"),
 ];
