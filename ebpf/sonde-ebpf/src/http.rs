@@ -588,6 +588,9 @@ pub fn on_close(ctx: &TracePointContext) -> u32 {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         fd: fd as u32,
     };
+    if !maybe_known(&key) {
+        return 0;
+    }
     let Some(c) = HTTP_CONNS.get_ptr(key) else {
         return 0;
     };
