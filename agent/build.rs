@@ -14,6 +14,7 @@ const OBJECTS: &[&str] = &[
     "sonde-probe",
     "sonde-syscalls",
     "sonde-profile",
+    "sonde-http",
 ];
 
 fn main() -> Result<()> {

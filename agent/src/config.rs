@@ -102,6 +102,36 @@ pub struct CollectorsConfig {
     pub process: ProcessConfig,
     pub syscalls: SyscallsConfig,
     pub profile: ProfileConfig,
+    pub http: HttpConfig,
+}
+
+/// HTTP RED metrics from socket syscalls (docs/http.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// Route patterns tried before the heuristic, e.g. `"/items/{id}"`:
+    /// a `{name}` segment matches any one non-empty path segment.
+    pub routes: Vec<String>,
+    /// Distinct routes per service; more are folded into `http_route="other"`
+    /// (and counted in `sonde_http_route_overflow_total`).
+    pub max_routes_per_service: Bounded<1, 100_000>,
+    /// How long after start-up unknown fds are sniffed for HTTP content, to
+    /// pick up connections opened before the agent started. Afterwards only
+    /// connections seen in accept/connect are tracked, which makes
+    /// unrelated reads and writes cheaper. "0s" never sniffs.
+    pub sniff_window: Dur<0, 31_536_000>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            routes: Vec::new(),
+            max_routes_per_service: Bounded(200),
+            sniff_window: Dur(Duration::from_secs(60)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]

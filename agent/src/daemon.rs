@@ -15,7 +15,10 @@ use crate::{
     alerts::AlertEngine,
     api::{self, AppState},
     collectors::{
-        Collector, StartContext, chain, process::ProcessCollector, profile::ProfileCollector,
+        Collector, StartContext, chain,
+        http::{HttpCollector, HttpQuery},
+        process::ProcessCollector,
+        profile::ProfileCollector,
         syscalls::SyscallsCollector,
     },
     config::Config,
@@ -92,6 +95,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         collectors: Arc::new(Mutex::new(Vec::new())),
         processes: processes.clone(),
         profiles: profiles.clone(),
+        http: HttpQuery::default(),
         startup_done: Arc::new(AtomicBool::new(false)),
         alerts: alerts.clone(),
         syscalls: Default::default(),
@@ -216,6 +220,13 @@ fn build_collectors(
             &config.collectors.profile,
             state.profiles.clone(),
             processes.clone(),
+        )));
+    }
+    if config.collectors.http.enabled {
+        v.push(Box::new(HttpCollector::new(
+            &config.collectors.http,
+            processes.clone(),
+            state.http.clone(),
         )));
     }
     v

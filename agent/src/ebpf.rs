@@ -25,6 +25,7 @@ pub const PROCESS: Object = object!("sonde-process");
 pub const PROBE: Object = object!("sonde-probe");
 pub const SYSCALLS: Object = object!("sonde-syscalls");
 pub const PROFILE: Object = object!("sonde-profile");
+pub const HTTP: Object = object!("sonde-http");
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -259,11 +259,17 @@ fn promql_metric_name_extraction() {
     assert_eq!(exprs, ["rate(x_total[5m]) > 0", "sum(y) / 2"]);
 }
 
+/// Families the dashboards and rules are ready for but that no collector
+/// exports yet: `sonde_memory_mapped_bytes` comes with the memory-growth
+/// collector (allocation profiling issue). Anything else missing fails.
+const PENDING: &[&str] = &["sonde_memory_mapped_bytes"];
+
+/// Series Prometheus itself makes for every scrape target (agent-down alert).
+const FROM_PROMETHEUS: &[&str] = &["up"];
+
 /// Every metric the dashboards and the shipped rules query must be served
-/// by a live agent. Families from collectors merged later (HTTP, syscalls,
-/// profiler, memory, alerts) are missing in this branch.
+/// by a live agent (or be a series the shipped recording rules define).
 #[test]
-#[ignore = "enabled by the lead after the collectors merge"]
 fn dashboard_and_rule_metrics_are_exported_by_the_agent() {
     let mut wanted: BTreeSet<String> = BTreeSet::new();
     for (path, d) in dashboards() {
@@ -290,14 +296,57 @@ fn dashboard_and_rule_metrics_are_exported_by_the_agent() {
     let pods =
         std::fs::read_to_string(root().join("agent/src/identity/testdata/pods.json")).unwrap();
     let stub = sonde_tests::serve_json_forever(pods);
+    // Families with labels appear once they have a series, so give each
+    // one: an alert that fires at once, a receiver that cannot be reached,
+    // and HTTP traffic (this test scraping the agent is both an HTTP client
+    // and, on the agent's side, an HTTP server the agent traces).
     let agent = Agent::start(&format!(
-        "[kubernetes]\nsource = \"kubelet\"\nurl = \"http://{stub}\"\nrefresh = \"1s\"\n"
+        "[kubernetes]\nsource = \"kubelet\"\nurl = \"http://{stub}\"\nrefresh = \"1s\"\n\n\
+         [alerts]\ninterval = \"1s\"\nalertmanager_urls = [\"http://127.0.0.1:9\"]\n\n\
+         [[alerts.rules]]\nname = \"AlwaysOn\"\nexpr = \"sonde_build_info\"\nthreshold = 0\n"
     ));
-    let m = sonde_tests::wait_for(Duration::from_secs(10), "a pod refresh", || {
+    let want_live = [
+        "sonde_kubernetes_pod_refreshes_total",
+        "sonde_alerts{",
+        "sonde_alert_notifications_failed_total{",
+        "http_server_request_duration_seconds_bucket{",
+        "http_client_request_duration_seconds_bucket{",
+        "http_server_active_requests{",
+        "sonde_profile_samples_total{",
+    ];
+    // A request that never completes keeps one in flight for the gauge.
+    let mut pending = std::net::TcpStream::connect(agent.addr).unwrap();
+    std::io::Write::write_all(&mut pending, b"GET /health/live HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let m = loop {
         let m = agent.metrics();
-        m.contains("sonde_kubernetes_pod_refreshes_total")
-            .then_some(m)
-    });
+        let absent: Vec<&&str> = want_live.iter().filter(|w| !m.contains(**w)).collect();
+        if absent.is_empty() {
+            break m;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no series after 30 s for {absent:?}\nagent log:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    drop(pending);
+    let recorded: BTreeSet<String> = rule_files()
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .filter_map(|l| {
+                    l.trim()
+                        .strip_prefix("- record:")
+                        .or_else(|| l.trim().strip_prefix("record:"))
+                })
+                .map(|r| r.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let families: BTreeSet<(String, String)> = m
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -317,8 +366,15 @@ fn dashboard_and_rule_metrics_are_exported_by_the_agent() {
     };
     let missing: Vec<&String> = wanted
         .iter()
-        .filter(|w| !exported(w.split('\t').next().unwrap()))
+        .filter(|w| {
+            let name = w.split('\t').next().unwrap();
+            !exported(name)
+                && !recorded.contains(name)
+                && !PENDING.contains(&name)
+                && !FROM_PROMETHEUS.contains(&name)
+        })
         .collect();
+    assert!(!recorded.is_empty(), "no recording rules found");
     assert!(
         missing.is_empty(),
         "metrics queried by dashboards/rules but not exported by the live agent (name, where):\n{}",

@@ -20,7 +20,7 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("gcc", "gcc"),
     ("strace", "strace"),
     ("curl", "curl"),
-    // The bench harness test drives these.
+    // The bench harness test and the HTTP tests (tests/tests/http.rs) drive these.
     ("bpftrace", "bpftrace"),
     ("nginx", "nginx"),
     ("wrk", "wrk"),

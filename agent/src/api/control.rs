@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/syscalls", get(syscalls))
         .route("/api/v1/profile", get(super::profile::profile))
+        .route("/api/v1/http", get(super::http::http))
         .fallback(not_found)
         .with_state(state)
 }

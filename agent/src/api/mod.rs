@@ -3,6 +3,7 @@
 //! sensitive, so it is never on TCP unless configured).
 
 pub mod control;
+pub mod http;
 pub mod profile;
 pub mod tcp;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub processes: ProcessTable,
     /// The CPU profiler's rolling window (empty when it is disabled).
     pub profiles: crate::collectors::profile::store::ProfileStore,
+    /// HTTP RED summaries for `sonde http`.
+    pub http: crate::collectors::http::HttpQuery,
     /// Set once every enabled collector has been started (or has failed).
     pub startup_done: Arc<AtomicBool>,
     /// The alert rule engine, when `alerts.enabled`.

@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod client;
+pub mod http;
 pub mod output;
 pub mod profile;
 pub mod status;
@@ -81,6 +82,16 @@ process). The window is collectors.syscalls.window (default 60s).")]
     /// stacks, SVG flamegraph or a top table.
     #[command(after_help = profile::AFTER)]
     Profile(profile::ProfileArgs),
+    /// HTTP RED per route (rate, error %, p50/p95/p99, in-flight), traced
+    /// from socket syscalls with no instrumentation.
+    #[command(after_help = "Examples:
+  sudo sonde http                       every HTTP server on the host, per route
+  sudo sonde http --name nginx          one service
+  sudo sonde http --pid 4242 -o json    one process, for scripts
+  sudo sonde http --client              outgoing requests (curl, HTTP clients)
+
+Routes are normalized (/items/123 -> /items/{id}); see docs/http.md.")]
+    Http(http::HttpArgs),
 }
 
 #[derive(Debug, Args)]
@@ -130,6 +141,7 @@ pub fn main() -> i32 {
         Command::Alerts(a) => alerts::run(&a),
         Command::Syscalls(a) => syscalls::run(&a),
         Command::Profile(a) => profile::run(&a),
+        Command::Http(a) => http::run(&a),
     };
     match result {
         Ok(()) => 0,

@@ -7,6 +7,7 @@
 //! the collector hands to the API at construction, not through this trait:
 //! every collector's data has a different shape.
 
+pub mod http;
 pub mod process;
 pub mod profile;
 pub mod syscalls;

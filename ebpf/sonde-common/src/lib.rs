@@ -10,6 +10,7 @@
 //!   values that are never reused.
 #![no_std]
 
+pub mod http;
 pub mod process;
 pub mod profile;
 pub mod syscalls;

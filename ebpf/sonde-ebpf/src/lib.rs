@@ -3,6 +3,7 @@
 #![no_std]
 
 pub mod counters;
+pub mod http;
 pub mod process;
 pub mod profile;
 pub mod syscalls;

@@ -1,0 +1,35 @@
+//! `GET /api/v1/http?pid=&name=&client=`: per-route RED summary.
+
+use axum::{
+    Json,
+    extract::{Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+
+use super::{AppState, control::error};
+use crate::collectors::http::HttpFilter;
+
+#[derive(Debug, Deserialize)]
+pub struct HttpParams {
+    pid: Option<u32>,
+    name: Option<String>,
+    #[serde(default)]
+    client: bool,
+}
+
+pub async fn http(State(s): State<AppState>, Query(q): Query<HttpParams>) -> Response {
+    let f = HttpFilter {
+        pid: q.pid,
+        name: q.name,
+        client: q.client,
+    };
+    match s.http.rows(&f, &s.processes) {
+        Some(rows) => Json(rows).into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the http collector is not running (disabled, or it failed to attach: see `sonde status`)",
+        ),
+    }
+}

@@ -1,0 +1,679 @@
+//! HTTP/1.x RED metrics from socket syscalls, with no instrumentation.
+//!
+//! Kernel side (ebpf/sonde-ebpf/src/http.rs): per-syscall tracepoints on the
+//! socket data syscalls feed a per-connection state machine that emits one
+//! event per exchange. This side turns events into OTel-named metrics with
+//! bounded labels (route normalization, per-service cap) and keeps a
+//! per-route summary for `sonde http`. See docs/http.md.
+
+pub mod port;
+pub mod route;
+pub mod stats;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use prometheus::{Histogram, IntCounter};
+use sonde_common::http::{
+    EVENT_CLOSED, HTTP_COUNTERS, HttpConn, HttpConnKey, HttpCounter, HttpEvent, HttpEventKind,
+    HttpRole, state,
+};
+use tokio::io::unix::AsyncFd;
+use tokio_util::sync::CancellationToken;
+
+use self::{
+    port::PortResolver,
+    route::{Pattern, RouteTable, parse_request_line},
+    stats::{HttpMetrics, RouteRow, RouteStats, StatKey, now_secs},
+};
+use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
+use crate::{config::HttpConfig, ebpf, process_table::ProcessTable};
+
+pub const NAME: &str = "http";
+
+/// (program, tracepoints it attaches to). All in the `syscalls` category.
+const HOOKS: &[(&str, &[&str])] = &[
+    ("http_enter_read", &["sys_enter_read"]),
+    ("http_enter_recvfrom", &["sys_enter_recvfrom"]),
+    ("http_enter_readv", &["sys_enter_readv"]),
+    ("http_enter_recvmsg", &["sys_enter_recvmsg"]),
+    ("http_enter_write", &["sys_enter_write"]),
+    ("http_enter_sendto", &["sys_enter_sendto"]),
+    ("http_enter_writev", &["sys_enter_writev"]),
+    ("http_enter_sendmsg", &["sys_enter_sendmsg"]),
+    ("http_enter_sendfile", &["sys_enter_sendfile64"]),
+    ("http_enter_connect", &["sys_enter_connect"]),
+    (
+        "http_exit",
+        &[
+            "sys_exit_read",
+            "sys_exit_recvfrom",
+            "sys_exit_readv",
+            "sys_exit_recvmsg",
+            "sys_exit_write",
+            "sys_exit_sendto",
+            "sys_exit_writev",
+            "sys_exit_sendmsg",
+            "sys_exit_sendfile64",
+            "sys_exit_connect",
+        ],
+    ),
+    ("http_accept_exit", &["sys_exit_accept", "sys_exit_accept4"]),
+    ("http_close", &["sys_enter_close"]),
+];
+
+/// Kernel counter slots and their `counter` label.
+const KERNEL_COUNTERS: &[(HttpCounter, &str)] = &[
+    (HttpCounter::RingbufFull, "ringbuf_full"),
+    (HttpCounter::ReadFailed, "read_failed"),
+    (HttpCounter::NotHttp, "not_http"),
+    (HttpCounter::Pipelined, "pipelined"),
+    (HttpCounter::Orphan, "orphan_response"),
+    (HttpCounter::ArgsFull, "args_slot_collision"),
+    (HttpCounter::ConnFull, "conn_full"),
+    (HttpCounter::Started, "requests_started"),
+];
+
+/// Most (role, pid, service, method, route) summaries kept for `sonde http`;
+/// beyond it new keys are not summarized (metrics are unaffected).
+const MAX_STAT_KEYS: usize = 100_000;
+/// Most exchanges awaiting their ResponseEnd (sizes).
+const MAX_PENDING: usize = 65_536;
+
+/// Size histograms of a completed server exchange, kept until its final
+/// sizes arrive.
+#[derive(Clone)]
+struct Pending {
+    req: Histogram,
+    resp: Histogram,
+}
+
+/// (client, tgid, server port or 0, status, method): with the raw path,
+/// what determines an exchange's series.
+type Group = (bool, u32, u16, u16, &'static str);
+
+/// Resolved labels and metric handles of one (group, raw path): resolving
+/// them (route normalization, label hashing) once per path instead of once
+/// per request keeps the agent's cost per event around a microsecond.
+#[derive(Clone)]
+struct Series {
+    duration: Histogram,
+    sizes: Option<Pending>,
+    overflow: bool,
+    stat: StatKey,
+}
+
+/// Bounds of the series cache (it is only a cache: clearing is harmless).
+const MAX_SERIES_GROUPS: usize = 10_000;
+const MAX_PATHS_PER_GROUP: usize = 1_000;
+
+struct Inner {
+    routes: RouteTable,
+    stats: HashMap<StatKey, RouteStats>,
+    inflight: HashMap<StatKey, u64>,
+    pending: HashMap<(u32, u32), Pending>,
+    ports: PortResolver,
+    /// tgid -> service_name, refreshed every few seconds (pids get reused).
+    services: HashMap<u32, String>,
+    series: HashMap<Group, HashMap<String, Series>>,
+}
+
+/// The query side: what `/api/v1/http` reads. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct HttpQuery(Arc<Mutex<Option<Inner>>>);
+
+/// Which rows a query wants.
+#[derive(Debug, Clone, Default)]
+pub struct HttpFilter {
+    pub pid: Option<u32>,
+    pub name: Option<String>,
+    pub client: bool,
+}
+
+impl HttpQuery {
+    fn lock(&self) -> MutexGuard<'_, Option<Inner>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `None` when the collector is not running.
+    pub fn rows(&self, f: &HttpFilter, processes: &ProcessTable) -> Option<Vec<RouteRow>> {
+        let g = self.lock();
+        let inner = g.as_ref()?;
+        let keep = |k: &StatKey| {
+            k.client == f.client
+                && f.pid.is_none_or(|p| k.pid == p)
+                && f.name.as_deref().is_none_or(|n| {
+                    k.service == n || processes.get(k.pid).is_some_and(|p| p.comm == n)
+                })
+        };
+        Some(stats::rows(&inner.stats, &inner.inflight, keep))
+    }
+}
+
+pub struct HttpCollector {
+    config: HttpConfig,
+    query: HttpQuery,
+    processes: ProcessTable,
+    health: SharedHealth,
+    ebpf: Option<Ebpf>,
+    shutdown: Option<CancellationToken>,
+}
+
+impl HttpCollector {
+    pub fn new(config: &HttpConfig, processes: ProcessTable, query: HttpQuery) -> Self {
+        Self {
+            config: config.clone(),
+            query,
+            processes,
+            health: SharedHealth::new(ComponentHealth::unhealthy("not started")),
+            ebpf: None,
+            shutdown: None,
+        }
+    }
+}
+
+/// Attaches every hook; returns the tracepoints that failed (with why).
+fn attach(obj: &mut Ebpf) -> Result<Vec<String>, CollectorError> {
+    let mut failed = Vec::new();
+    let mut attached = 0;
+    for (prog, tps) in HOOKS {
+        let p: &mut TracePoint = obj
+            .program_mut(prog)
+            .ok_or_else(|| CollectorError::NoHook(format!("{prog} missing from object")))?
+            .try_into()
+            .map_err(|source| CollectorError::Program {
+                what: (*prog).to_owned(),
+                source,
+            })?;
+        p.load().map_err(|source| CollectorError::Program {
+            what: (*prog).to_owned(),
+            source,
+        })?;
+        for tp in *tps {
+            match p.attach("syscalls", tp) {
+                Ok(_) => attached += 1,
+                Err(e) => failed.push(format!("syscalls:{tp}: {}", chain(&e))),
+            }
+        }
+    }
+    if attached == 0 {
+        return Err(CollectorError::NoHook(failed.join("; ")));
+    }
+    Ok(failed)
+}
+
+fn take_map<T>(obj: &mut Ebpf, name: &str) -> Result<T, CollectorError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = obj
+        .take_map(name)
+        .ok_or_else(|| CollectorError::NoHook(format!("map {name} missing from object")))?;
+    T::try_from(map).map_err(|source| CollectorError::Map {
+        what: name.to_owned(),
+        source,
+    })
+}
+
+impl Collector for HttpCollector {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
+        let patterns = self
+            .config
+            .routes
+            .iter()
+            .map(|r| Pattern::parse(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                let e = CollectorError::NoHook(format!("collectors.http.routes: {e}"));
+                self.health.set(ComponentHealth::unhealthy(chain(&e)));
+                e
+            })?;
+        let mut obj = ebpf::load(ebpf::HTTP, ctx.kernel_log_level).inspect_err(|e| {
+            self.health.set(ComponentHealth::unhealthy(chain(e)));
+        })?;
+        let events: RingBuf<MapData> = take_map(&mut obj, "HTTP_EVENTS")?;
+        let counters: PerCpuArray<MapData, u64> = take_map(&mut obj, "HTTP_COUNTERS_MAP")?;
+        let conns: BpfHashMap<MapData, HttpConnKey, HttpConn> = take_map(&mut obj, "HTTP_CONNS")?;
+        let mut sniff: Array<MapData, u32> = take_map(&mut obj, "HTTP_SNIFF")?;
+        let window = self.config.sniff_window.get();
+        if !window.is_zero() {
+            sniff.set(0, 1, 0).map_err(|source| CollectorError::Map {
+                what: "HTTP_SNIFF".into(),
+                source,
+            })?;
+        }
+        let failed = match attach(&mut obj) {
+            Ok(f) => f,
+            Err(e) => {
+                self.health.set(ComponentHealth::unhealthy(chain(&e)));
+                return Err(e);
+            }
+        };
+        let base = if failed.is_empty() {
+            "attached to socket syscall tracepoints".to_owned()
+        } else {
+            format!("partly attached; missing: {}", failed.join("; "))
+        };
+        tracing::info!(collector = NAME, detail = %base, "http collector attached");
+        self.health.set(if failed.is_empty() {
+            ComponentHealth::healthy(base.clone())
+        } else {
+            ComponentHealth::degraded(base.clone())
+        });
+        *self.query.lock() = Some(Inner {
+            routes: RouteTable::new(patterns, self.config.max_routes_per_service.get() as usize),
+            stats: HashMap::new(),
+            inflight: HashMap::new(),
+            pending: HashMap::new(),
+            ports: PortResolver::default(),
+            services: HashMap::new(),
+            series: HashMap::new(),
+        });
+        let metrics = HttpMetrics::new(ctx.telemetry);
+        let lost = ctx.telemetry.events_lost.with_label_values(&[NAME]);
+        let token = ctx.shutdown.child_token();
+        let fd = ebpf::async_fd(events)?;
+        let w = Worker {
+            query: self.query.clone(),
+            processes: self.processes.clone(),
+            metrics,
+        };
+        tokio::spawn(drain(fd, w.clone(), token.clone()));
+        if !window.is_zero() {
+            let t = token.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = t.cancelled() => {}
+                    _ = tokio::time::sleep(window) => {
+                        match sniff.set(0, 0, 0) {
+                            Ok(()) => tracing::info!(collector = NAME, "content sniffing of unknown fds ended (start-up window over)"),
+                            Err(e) => tracing::warn!(collector = NAME, "cannot end content sniffing: {e}"),
+                        }
+                    }
+                }
+            });
+        }
+        tokio::spawn(housekeeping(
+            counters,
+            conns,
+            w,
+            lost,
+            self.health.clone(),
+            base,
+            failed.is_empty(),
+            token.clone(),
+        ));
+        self.ebpf = Some(obj);
+        self.shutdown = Some(token);
+        Ok(())
+    }
+
+    fn health(&self) -> ComponentHealth {
+        self.health.get()
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.shutdown.take() {
+            t.cancel();
+        }
+        if self.ebpf.take().is_some() {
+            self.health.set(ComponentHealth::unhealthy("stopped"));
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Worker {
+    query: HttpQuery,
+    processes: ProcessTable,
+    metrics: HttpMetrics,
+}
+
+/// Copies an event out of ring-buffer bytes after checking the length.
+fn decode(bytes: &[u8]) -> Option<HttpEvent> {
+    if bytes.len() < size_of::<HttpEvent>() {
+        return None;
+    }
+    // SAFETY: the length was checked above, `HttpEvent` is `Pod` (any bit
+    // pattern is valid) and `read_unaligned` imposes no alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<HttpEvent>()) })
+}
+
+/// The kernel wakes us only when a lot is queued (see WAKEUP_BYTES in the
+/// kernel side), so we also poll every 100 ms.
+async fn drain(mut fd: AsyncFd<RingBuf<MapData>>, w: Worker, token: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => w.drain_all(fd.get_mut()),
+            g = fd.readable_mut() => match g {
+                Ok(mut guard) => {
+                    w.drain_all(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    tracing::error!(collector = NAME, "ring buffer poll failed: {e}");
+                    return;
+                }
+            },
+        }
+    }
+}
+
+fn prefix(ev: &HttpEvent) -> &[u8] {
+    &ev.prefix[..(ev.prefix_len as usize).min(ev.prefix.len())]
+}
+
+impl Worker {
+    /// Applies every queued event, under one lock: the API waits for a
+    /// batch at most.
+    fn drain_all(&self, rb: &mut RingBuf<MapData>) {
+        let mut g = self.query.lock();
+        let Some(inner) = g.as_mut() else { return };
+        while let Some(item) = rb.next() {
+            match decode(&item) {
+                Some(ev) => self.apply(inner, &ev),
+                None => tracing::debug!(collector = NAME, len = item.len(), "short event"),
+            }
+        }
+    }
+
+    /// The process's service name; its comm when it is already gone.
+    fn service(&self, cache: &mut HashMap<u32, String>, tgid: u32, comm: &[u8]) -> String {
+        if let Some(s) = cache.get(&tgid) {
+            return s.clone();
+        }
+        let s = if let Some(p) = self.processes.get(tgid) {
+            p.service
+        } else {
+            let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+            match String::from_utf8_lossy(&comm[..end]) {
+                c if c.is_empty() => return "unknown".to_owned(),
+                c => c.into_owned(),
+            }
+        };
+        cache.insert(tgid, s.clone());
+        s
+    }
+
+    fn apply(&self, inner: &mut Inner, ev: &HttpEvent) {
+        let client = ev.role == HttpRole::Client as u8;
+        let role = if client { "client" } else { "server" };
+        let closed = ev.flags & EVENT_CLOSED != 0;
+        match HttpEventKind::from_u32(ev.kind) {
+            Some(HttpEventKind::Complete) => self.complete(inner, ev, client),
+            Some(HttpEventKind::ResponseEnd) => {
+                self.sizes(inner, ev.tgid, ev.fd, ev.req_bytes, ev.resp_bytes)
+            }
+            Some(HttpEventKind::Aborted) => {
+                let svc = self.service(&mut inner.services, ev.tgid, &ev.comm);
+                self.metrics.aborted.with_label_values(&[role, &svc]).inc();
+            }
+            None => tracing::debug!(collector = NAME, kind = ev.kind, "unknown event kind"),
+        }
+        if closed {
+            inner.ports.forget(ev.tgid, ev.fd);
+            inner.pending.remove(&(ev.tgid, ev.fd));
+        }
+    }
+
+    /// Final sizes of the exchange last completed on (tgid, fd).
+    fn sizes(&self, inner: &mut Inner, tgid: u32, fd: u32, req: u64, resp: u64) {
+        if let Some(p) = inner.pending.remove(&(tgid, fd)) {
+            p.req.observe(req as f64);
+            p.resp.observe(resp as f64);
+        }
+    }
+
+    fn complete(&self, inner: &mut Inner, ev: &HttpEvent, client: bool) {
+        if ev.prev_req_bytes > 0 {
+            self.sizes(inner, ev.tgid, ev.fd, ev.prev_req_bytes, ev.prev_resp_bytes);
+        }
+        let Some((method, path)) = parse_request_line(prefix(ev)) else {
+            self.metrics
+                .unparsed
+                .with_label_values(&[if client { "client" } else { "server" }])
+                .inc();
+            return;
+        };
+        let port = if client {
+            0
+        } else {
+            inner.ports.port(ev.tgid, ev.fd).unwrap_or(0)
+        };
+        let group = (client, ev.tgid, port, ev.status, method);
+        let cached = inner
+            .series
+            .get(&group)
+            .and_then(|paths| paths.get(path))
+            .cloned();
+        let series = match cached {
+            Some(s) => s,
+            None => {
+                let s = self.new_series(inner, ev, group, path);
+                if inner.series.len() >= MAX_SERIES_GROUPS {
+                    inner.series.clear();
+                }
+                let paths = inner.series.entry(group).or_default();
+                if paths.len() >= MAX_PATHS_PER_GROUP {
+                    paths.clear();
+                }
+                paths.insert(path.to_owned(), s.clone());
+                s
+            }
+        };
+        if series.overflow {
+            self.metrics
+                .route_overflow
+                .with_label_values(&[&series.stat.service])
+                .inc();
+        }
+        let secs = ev.end_ns.saturating_sub(ev.start_ns) as f64 / 1e9;
+        series.duration.observe(secs);
+        if let Some(sizes) = series.sizes.clone() {
+            if inner.pending.len() >= MAX_PENDING {
+                inner.pending.clear();
+            }
+            inner.pending.insert((ev.tgid, ev.fd), sizes);
+        }
+        let error = if client {
+            ev.status >= 400
+        } else {
+            ev.status >= 500
+        };
+        let now = now_secs();
+        if let Some(s) = inner.stats.get_mut(&series.stat) {
+            s.observe(secs, error, now);
+        } else if inner.stats.len() < MAX_STAT_KEYS {
+            inner
+                .stats
+                .entry(series.stat.clone())
+                .or_default()
+                .observe(secs, error, now);
+        }
+    }
+
+    /// Resolves labels and metric handles for a (group, path) not cached.
+    fn new_series(&self, inner: &mut Inner, ev: &HttpEvent, group: Group, path: &str) -> Series {
+        let (client, tgid, port, status, method) = group;
+        let service = self.service(&mut inner.services, tgid, &ev.comm);
+        let (route, overflow) = inner.routes.route(&service, path);
+        let status = status.to_string();
+        let m = &self.metrics;
+        let (duration, sizes) = if client {
+            (
+                m.client_duration
+                    .with_label_values(&[method, &status, &route, &service]),
+                None,
+            )
+        } else {
+            let port = if port == 0 {
+                String::new()
+            } else {
+                port.to_string()
+            };
+            let l = [method, status.as_str(), &route, &service, &port];
+            (
+                m.server_duration.with_label_values(&l),
+                Some(Pending {
+                    req: m.server_req_size.with_label_values(&l),
+                    resp: m.server_resp_size.with_label_values(&l),
+                }),
+            )
+        };
+        Series {
+            duration,
+            sizes,
+            overflow,
+            stat: StatKey {
+                client,
+                pid: tgid,
+                service,
+                method,
+                route,
+            },
+        }
+    }
+
+    /// Scans the kernel's connection table for requests in flight, and
+    /// deletes the entries of processes that exited (exit closes fds
+    /// without close(2), so the kernel side never sees those closes).
+    fn scan_inflight(&self, conns: &mut BpfHashMap<MapData, HttpConnKey, HttpConn>) {
+        let mut found: Vec<(HttpConnKey, HttpConn)> = Vec::new();
+        let mut dead: Vec<HttpConnKey> = Vec::new();
+        let mut alive: HashMap<u32, bool> = HashMap::new();
+        for item in conns.iter() {
+            let Ok((k, c)) = item else {
+                // Entries deleted while we iterate: fine, next scan.
+                break;
+            };
+            let live = *alive
+                .entry(k.tgid)
+                .or_insert_with(|| std::path::Path::new(&format!("/proc/{}", k.tgid)).exists());
+            if !live {
+                dead.push(k);
+            } else if c.state == state::REQUEST {
+                found.push((k, c));
+            }
+        }
+        for k in dead {
+            let _ = conns.remove(&k);
+        }
+        let mut g = self.query.lock();
+        let Some(inner) = g.as_mut() else { return };
+        inner.inflight.clear();
+        self.metrics.server_active.reset();
+        for (k, c) in found {
+            let p = &c.prefix[..(c.prefix_len as usize).min(c.prefix.len())];
+            let Some((method, path)) = parse_request_line(p) else {
+                continue;
+            };
+            let service = self.service(&mut inner.services, k.tgid, &[]);
+            let client = c.role == HttpRole::Client as u8;
+            if !client {
+                self.metrics
+                    .server_active
+                    .with_label_values(&[method, &service])
+                    .inc();
+            }
+            let (route, _) = inner.routes.route(&service, path);
+            *inner
+                .inflight
+                .entry(StatKey {
+                    client,
+                    pid: k.tgid,
+                    service,
+                    method,
+                    route,
+                })
+                .or_default() += 1;
+        }
+    }
+}
+
+#[expect(clippy::too_many_arguments, reason = "one-off task spawn")]
+async fn housekeeping(
+    counters: PerCpuArray<MapData, u64>,
+    mut conns: BpfHashMap<MapData, HttpConnKey, HttpConn>,
+    w: Worker,
+    lost: IntCounter,
+    health: SharedHealth,
+    base: String,
+    fully_attached: bool,
+    token: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = [0u64; HTTP_COUNTERS as usize];
+    let mut ticks = 0u64;
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let mut dropped = 0;
+        for (c, label) in KERNEL_COUNTERS {
+            let i = *c as usize;
+            let total: u64 = counters
+                .get(&(i as u32), 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0);
+            if total > last[i] {
+                let d = total - last[i];
+                w.metrics.kernel.with_label_values(&[label]).inc_by(d);
+                if *c == HttpCounter::RingbufFull {
+                    lost.inc_by(d);
+                    dropped = d;
+                }
+            }
+            last[i] = total;
+        }
+        w.scan_inflight(&mut conns);
+        if ticks.is_multiple_of(10) {
+            // Pids get reused: re-resolve service names now and then.
+            if let Some(inner) = w.query.lock().as_mut() {
+                inner.services.clear();
+                inner.series.clear();
+            }
+        }
+        ticks += 1;
+        health.set(if dropped > 0 {
+            ComponentHealth::degraded(format!(
+                "{base}; {dropped} events lost to a full ring buffer in the last second"
+            ))
+        } else if fully_attached {
+            ComponentHealth::healthy(base.clone())
+        } else {
+            ComponentHealth::degraded(base.clone())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_checks_length() {
+        assert!(decode(&[0u8; 16]).is_none());
+        let mut b = vec![0u8; size_of::<HttpEvent>()];
+        b[0] = 1;
+        b[4..8].copy_from_slice(&42u32.to_ne_bytes());
+        let ev = decode(&b).unwrap();
+        assert_eq!(ev.kind, 1);
+        assert_eq!(ev.tgid, 42);
+    }
+}

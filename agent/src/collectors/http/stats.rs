@@ -1,0 +1,345 @@
+//! What the agent keeps of HTTP events: Prometheus metrics (OTel semconv
+//! names) and a per-route summary for `sonde http` (rate, errors, latency
+//! quantiles, in-flight).
+
+use std::{
+    collections::HashMap,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use serde::{Deserialize, Serialize};
+
+use crate::telemetry::Telemetry;
+
+/// OTel semconv buckets for http.*.request.duration.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Buckets for message sizes: 64 B .. 16 MiB, x4 steps.
+pub const SIZE_BUCKETS: &[f64] = &[
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+];
+
+/// Every metric the collector exports.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    pub server_duration: HistogramVec,
+    pub client_duration: HistogramVec,
+    pub server_active: IntGaugeVec,
+    pub server_req_size: HistogramVec,
+    pub server_resp_size: HistogramVec,
+    pub aborted: IntCounterVec,
+    pub unparsed: IntCounterVec,
+    pub route_overflow: IntCounterVec,
+    pub kernel: IntCounterVec,
+}
+
+const SERVER_LABELS: &[&str] = &[
+    "http_request_method",
+    "http_response_status_code",
+    "http_route",
+    "service_name",
+    "server_port",
+];
+const CLIENT_LABELS: &[&str] = &[
+    "http_request_method",
+    "http_response_status_code",
+    "http_route",
+    "service_name",
+];
+
+fn hist(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric")
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+impl HttpMetrics {
+    pub fn new(t: &Telemetry) -> Self {
+        Self {
+            server_duration: t.register(hist(
+                "http_server_request_duration_seconds",
+                "Duration of HTTP server requests: first request byte read to status line written.",
+                DURATION_BUCKETS,
+                SERVER_LABELS,
+            )),
+            client_duration: t.register(hist(
+                "http_client_request_duration_seconds",
+                "Duration of HTTP client requests: request written to status line read.",
+                DURATION_BUCKETS,
+                CLIENT_LABELS,
+            )),
+            server_active: t.register(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "http_server_active_requests",
+                        "HTTP server requests read but not yet answered.",
+                    ),
+                    &["http_request_method", "service_name"],
+                )
+                .expect("valid metric"),
+            ),
+            server_req_size: t.register(hist(
+                "http_server_request_body_size_bytes",
+                "Bytes of HTTP server requests on the wire (request line and headers included).",
+                SIZE_BUCKETS,
+                SERVER_LABELS,
+            )),
+            server_resp_size: t.register(hist(
+                "http_server_response_body_size_bytes",
+                "Bytes of HTTP server responses on the wire (status line and headers included).",
+                SIZE_BUCKETS,
+                SERVER_LABELS,
+            )),
+            aborted: t.register(counter(
+                "sonde_http_aborted_requests_total",
+                "Requests whose connection closed before any response.",
+                &["role", "service_name"],
+            )),
+            unparsed: t.register(counter(
+                "sonde_http_unparsed_requests_total",
+                "HTTP exchanges whose request line sonde could not parse (labelled route=\"unparsed\" nowhere: counted here only).",
+                &["role"],
+            )),
+            route_overflow: t.register(counter(
+                "sonde_http_route_overflow_total",
+                "Requests whose route was folded into http_route=\"other\" by the per-service cap.",
+                &["service_name"],
+            )),
+            kernel: t.register(counter(
+                "sonde_http_kernel_events_total",
+                "Kernel-side HTTP tracking counters (ringbuf_full, read_failed, not_http, pipelined, orphan_response, args_full, conn_full, requests_started).",
+                &["counter"],
+            )),
+        }
+    }
+}
+
+/// Groups the `sonde http` summary.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StatKey {
+    pub client: bool,
+    pub pid: u32,
+    pub service: String,
+    pub method: &'static str,
+    pub route: String,
+}
+
+/// Log-scale latency histogram: bucket i covers up to 2^(i/4) µs.
+#[derive(Debug, Clone)]
+pub struct LogHist {
+    buckets: Vec<u64>,
+}
+
+const LOG_BUCKETS: usize = 128;
+
+impl Default for LogHist {
+    fn default() -> Self {
+        Self {
+            buckets: vec![0; LOG_BUCKETS],
+        }
+    }
+}
+
+impl LogHist {
+    fn bound_us(i: usize) -> f64 {
+        2f64.powf(i as f64 / 4.0)
+    }
+
+    pub fn observe(&mut self, secs: f64) {
+        let us = (secs * 1e6).max(1.0);
+        let i = ((us.log2() * 4.0).ceil() as usize).min(LOG_BUCKETS - 1);
+        self.buckets[i] += 1;
+    }
+
+    pub fn merge(&mut self, o: &LogHist) {
+        for (a, b) in self.buckets.iter_mut().zip(&o.buckets) {
+            *a += b;
+        }
+    }
+
+    /// Upper bound (seconds) of the bucket holding quantile `q`: within
+    /// +19% of the true value.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(Self::bound_us(i) / 1e6);
+            }
+        }
+        None
+    }
+}
+
+/// Rolling 10-second request counter.
+const WINDOW: u64 = 10;
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteStats {
+    pub count: u64,
+    pub errors: u64,
+    pub hist: LogHist,
+    slots: [(u64, u64); WINDOW as usize],
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl RouteStats {
+    pub fn observe(&mut self, secs: f64, error: bool, now: u64) {
+        self.count += 1;
+        self.errors += u64::from(error);
+        self.hist.observe(secs);
+        let slot = &mut self.slots[(now % WINDOW) as usize];
+        if slot.0 != now {
+            *slot = (now, 0);
+        }
+        slot.1 += 1;
+    }
+
+    pub fn recent(&self, now: u64) -> u64 {
+        self.slots
+            .iter()
+            .filter(|(s, _)| *s + WINDOW > now && *s <= now)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// One row of `sonde http` (and of `/api/v1/http`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RouteRow {
+    /// `server` or `client`.
+    pub role: String,
+    pub service: String,
+    pub pids: Vec<u32>,
+    pub method: String,
+    pub route: String,
+    /// Requests completed since the agent started.
+    pub requests: u64,
+    /// Requests per second over the last 10 s.
+    pub rate: f64,
+    /// Share of 5xx responses (server) or 4xx+5xx (client), in percent.
+    pub error_pct: f64,
+    pub p50_seconds: Option<f64>,
+    pub p95_seconds: Option<f64>,
+    pub p99_seconds: Option<f64>,
+    /// Requests in flight at the last scan of the kernel's connection table.
+    pub in_flight: u64,
+}
+
+/// Builds the rows for a query: merges per-pid stats by (role, service,
+/// method, route).
+pub fn rows(
+    stats: &HashMap<StatKey, RouteStats>,
+    inflight: &HashMap<StatKey, u64>,
+    keep: impl Fn(&StatKey) -> bool,
+) -> Vec<RouteRow> {
+    let now = now_secs();
+    type Group = (bool, String, &'static str, String);
+    let mut groups: HashMap<Group, (Vec<u32>, RouteStats, u64, u64)> = HashMap::new();
+    for (k, s) in stats.iter().filter(|(k, _)| keep(k)) {
+        let g = groups
+            .entry((k.client, k.service.clone(), k.method, k.route.clone()))
+            .or_default();
+        if !g.0.contains(&k.pid) {
+            g.0.push(k.pid);
+        }
+        g.1.count += s.count;
+        g.1.errors += s.errors;
+        g.1.hist.merge(&s.hist);
+        g.2 += s.recent(now);
+    }
+    for (k, n) in inflight.iter().filter(|(k, _)| keep(k)) {
+        let g = groups
+            .entry((k.client, k.service.clone(), k.method, k.route.clone()))
+            .or_default();
+        if !g.0.contains(&k.pid) {
+            g.0.push(k.pid);
+        }
+        g.3 += n;
+    }
+    let mut out: Vec<RouteRow> = groups
+        .into_iter()
+        .map(
+            |((client, service, method, route), (mut pids, s, recent, infl))| {
+                pids.sort_unstable();
+                RouteRow {
+                    role: if client { "client" } else { "server" }.into(),
+                    service,
+                    pids,
+                    method: method.into(),
+                    route,
+                    requests: s.count,
+                    rate: recent as f64 / WINDOW as f64,
+                    error_pct: if s.count == 0 {
+                        0.0
+                    } else {
+                        100.0 * s.errors as f64 / s.count as f64
+                    },
+                    p50_seconds: s.hist.quantile(0.50),
+                    p95_seconds: s.hist.quantile(0.95),
+                    p99_seconds: s.hist.quantile(0.99),
+                    in_flight: infl,
+                }
+            },
+        )
+        .collect();
+    out.sort_by(|a, b| {
+        b.requests
+            .cmp(&a.requests)
+            .then_with(|| a.route.cmp(&b.route))
+            .then_with(|| a.method.cmp(&b.method))
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_close() {
+        let mut h = LogHist::default();
+        for _ in 0..90 {
+            h.observe(0.001);
+        }
+        for _ in 0..10 {
+            h.observe(0.3);
+        }
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((0.001..0.0012).contains(&p50), "{p50}");
+        let p99 = h.quantile(0.99).unwrap();
+        assert!((0.3..0.36).contains(&p99), "{p99}");
+        assert_eq!(LogHist::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn window_counts_recent_only() {
+        let mut s = RouteStats::default();
+        s.observe(0.1, false, 100);
+        s.observe(0.1, true, 105);
+        assert_eq!(s.recent(105), 2);
+        assert_eq!(s.recent(111), 1);
+        assert_eq!(s.recent(200), 0);
+        assert_eq!(s.errors, 1);
+    }
+}

@@ -1,0 +1,615 @@
+//! HTTP/1.x exchanges rebuilt from socket syscalls (tracepoints only: no
+//! kprobes, no fentry).
+//!
+//! Each data syscall stashes its arguments per thread at entry; at exit, with
+//! the byte count known, the first bytes of the buffer are read and fed to a
+//! small per-connection state machine keyed by (tgid, fd):
+//! IDLE -> REQUEST (request line seen) -> RESPONSE (status line seen, event
+//! emitted) -> REQUEST (next request on a keep-alive connection, after a
+//! ResponseEnd event with the final byte counts). Connections are learned
+//! from accept/connect, or lazily from content (a request line on a fd we
+//! did not see being accepted, e.g. accepted before the agent started).
+
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use sonde_common::http::{
+    CONN_FROM_SYSCALL, EVENT_CLOSED, HTTP_COUNTERS, HTTP_PREFIX_LEN, HttpConn, HttpConnKey,
+    HttpCounter, HttpEvent, HttpEventKind, HttpRole, state,
+};
+
+use crate::counters::bump;
+
+/// Completed/aborted exchanges. 4 MiB holds ~16000 events (256 B each): more
+/// than 100 ms of a very busy server, the agent's longest poll interval.
+#[map]
+static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
+
+/// Wake the agent only once this much is queued; otherwise it polls every
+/// 100 ms. Waking it per event costs a context switch per request.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+
+#[map]
+static HTTP_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(HTTP_COUNTERS, 0);
+
+/// Per-connection state. LRU: connections whose close we missed age out.
+#[map]
+static HTTP_CONNS: LruHashMap<HttpConnKey, HttpConn> = LruHashMap::with_max_entries(16384, 0);
+
+/// Syscall arguments stashed at entry, one slot per thread id modulo
+/// ARGS_SLOTS. An array, not a hash: the exit program runs for every hooked
+/// syscall, and an array lookup is inlined (a few instructions) where a
+/// hash lookup costs ~80 ns. The slot records the full pid_tgid, so a
+/// colliding thread is detected (and counted) rather than mismatched.
+#[map]
+static HTTP_ARGS: Array<SyscallArgs> = Array::with_max_entries(ARGS_SLOTS, 0);
+const ARGS_SLOTS: u32 = 1 << 16;
+
+/// One bit per hash of (tgid, fd) ever tracked: a cheap, inlined pre-check
+/// before the connection-map lookup on every read/write entry. False
+/// positives only cost the lookup; bits are never cleared.
+#[map]
+static HTTP_KNOWN: Array<u64> = Array::with_max_entries(KNOWN_WORDS, 0);
+const KNOWN_WORDS: u32 = 1024;
+
+#[inline(always)]
+fn known_bit(key: &HttpConnKey) -> (u32, u64) {
+    let h = key.tgid.wrapping_mul(0x9e37_79b1) ^ key.fd.wrapping_mul(0x85eb_ca6b);
+    let h = h ^ (h >> 16);
+    ((h >> 6) & (KNOWN_WORDS - 1), 1u64 << (h & 63))
+}
+
+#[inline(always)]
+fn maybe_known(key: &HttpConnKey) -> bool {
+    let (w, b) = known_bit(key);
+    HTTP_KNOWN.get(w).is_some_and(|v| *v & b != 0)
+}
+
+#[inline(always)]
+fn mark_known(key: &HttpConnKey) {
+    let (w, b) = known_bit(key);
+    if let Some(v) = HTTP_KNOWN.get_ptr_mut(w) {
+        // SAFETY: pointer into our own array map; a racing update from
+        // another CPU can at worst drop a bit, which only makes that
+        // connection look unknown (then found by content while sniffing).
+        unsafe { *v |= b };
+    }
+}
+
+/// Slot 0: 1 while unknown fds are sniffed for HTTP content (set by the
+/// agent; off after its start-up window).
+#[map]
+static HTTP_SNIFF: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn sniffing() -> bool {
+    HTTP_SNIFF.get(0).is_some_and(|v| *v != 0)
+}
+
+/// Zeroed template for new connections (keeps 200 B off the 512 B stack).
+#[map]
+static HTTP_SCRATCH: PerCpuArray<HttpConn> = PerCpuArray::with_max_entries(1, 0);
+
+/// How the data of a syscall is laid out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Op {
+    /// read/recvfrom: `buf` is the data.
+    ReadBuf = 1,
+    /// readv: `buf` is a `struct iovec *`.
+    ReadIov = 2,
+    /// recvmsg: `buf` is a `struct msghdr *`.
+    ReadMsg = 3,
+    WriteBuf = 4,
+    WriteIov = 5,
+    WriteMsg = 6,
+    /// sendfile: no user buffer, only a byte count.
+    SendFile = 7,
+    /// connect: `fd` becomes a client connection on success.
+    Connect = 8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallArgs {
+    /// pid_tgid of the thread that owns the slot (0: free).
+    pub id: u64,
+    pub fd: u64,
+    pub buf: u64,
+    pub op: u32,
+    pub _pad: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    In,
+    Out,
+}
+
+pub enum HttpError {
+    RingbufFull,
+    ReadFailed,
+    ArgsFull,
+    ConnFull,
+}
+
+/// Turns an error into a counted drop.
+#[inline(always)]
+fn count(r: Result<(), HttpError>) -> u32 {
+    if let Err(e) = r {
+        let c = match e {
+            HttpError::RingbufFull => HttpCounter::RingbufFull,
+            HttpError::ReadFailed => HttpCounter::ReadFailed,
+            HttpError::ArgsFull => HttpCounter::ArgsFull,
+            HttpError::ConnFull => HttpCounter::ConnFull,
+        };
+        bump(&HTTP_COUNTERS_MAP, c as u32);
+    }
+    0
+}
+
+/// Syscall tracepoint argument `n` (the format puts each at 16 + 8n).
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: syscalls:sys_enter_* records have 6 u64 args from offset 16;
+    // callers pass n < 6, and the verifier checks ctx accesses are in bounds.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(16 + 8 * n) as *const u64) }
+}
+
+/// The syscall return value of a syscalls:sys_exit_* record.
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: syscalls:sys_exit_* records hold `long ret` at offset 16.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(16) as *const i64) }
+}
+
+/// Entry of a data syscall: remember fd and buffer for the exit.
+#[inline(always)]
+pub fn on_enter(ctx: &TracePointContext, op: Op) -> u32 {
+    count(try_enter(ctx, op))
+}
+
+#[inline(always)]
+fn try_enter(ctx: &TracePointContext, op: Op) -> Result<(), HttpError> {
+    let fd = arg(ctx, 0);
+    // fds above 2^31 are errors the syscall will reject anyway.
+    if fd > i32::MAX as u64 {
+        return Ok(());
+    }
+    let id = bpf_get_current_pid_tgid();
+    if op != Op::Connect {
+        let key = HttpConnKey {
+            tgid: (id >> 32) as u32,
+            fd: fd as u32,
+        };
+        if !maybe_known(&key) || HTTP_CONNS.get_ptr(key).is_none() {
+            // An fd we do not track: files, pipes, non-HTTP sockets, or a
+            // connection opened before the agent started. Content sniffing
+            // finds the latter; the agent turns it off after a start-up
+            // window, when every new connection is learned from
+            // accept/connect, so unrelated I/O then costs one lookup.
+            if !sniffing() {
+                return Ok(());
+            }
+            // Writes: the data is already in the buffer, so decide now and
+            // skip the per-thread stash unless it starts a request.
+            let outgoing = matches!(
+                op,
+                Op::WriteBuf | Op::WriteIov | Op::WriteMsg | Op::SendFile
+            );
+            if outgoing && (op == Op::SendFile || !starts_request(op, arg(ctx, 1), arg(ctx, 2))) {
+                return Ok(());
+            }
+        }
+    }
+    let Some(slot) = HTTP_ARGS.get_ptr_mut(id as u32 & (ARGS_SLOTS - 1)) else {
+        return Err(HttpError::ArgsFull);
+    };
+    // SAFETY: pointer into our own array map. Only threads whose tid is
+    // congruent modulo ARGS_SLOTS share a slot; the id check at exit
+    // catches that case.
+    let slot = unsafe { &mut *slot };
+    if slot.id != 0 && slot.id != id {
+        // Another live thread's syscall is in flight in this slot.
+        bump(&HTTP_COUNTERS_MAP, HttpCounter::ArgsFull as u32);
+    }
+    slot.id = id;
+    slot.fd = fd;
+    slot.buf = if op == Op::SendFile { 0 } else { arg(ctx, 1) };
+    slot.op = op as u32;
+    Ok(())
+}
+
+/// Whether an outgoing message (at syscall entry) begins with a request line.
+#[inline(always)]
+fn starts_request(op: Op, ptr: u64, count: u64) -> bool {
+    let buf = match op {
+        Op::WriteBuf => ptr,
+        Op::WriteIov => match iov_base(ptr) {
+            Ok(b) => b,
+            Err(_) => return false,
+        },
+        _ => match msg_iov(ptr).and_then(iov_base) {
+            Ok(b) => b,
+            Err(_) => return false,
+        },
+    };
+    let mut head = [0u8; 16];
+    let len = if op == Op::WriteBuf && count < 16 {
+        count as u32
+    } else {
+        16
+    };
+    // SAFETY: helper read of user memory into a 16-byte stack buffer;
+    // `len` <= 16.
+    let r =
+        unsafe { generated::bpf_probe_read_user(head.as_mut_ptr().cast(), len, buf as *const _) };
+    r == 0 && classify(&head) == Head::Request
+}
+
+/// Exit of a data syscall (or connect): run the state machine.
+#[inline(always)]
+pub fn on_exit(ctx: &TracePointContext) -> u32 {
+    count(try_exit(ctx))
+}
+
+#[inline(always)]
+fn try_exit(ctx: &TracePointContext) -> Result<(), HttpError> {
+    let id = bpf_get_current_pid_tgid();
+    let Some(slot) = HTTP_ARGS.get_ptr_mut(id as u32 & (ARGS_SLOTS - 1)) else {
+        return Ok(());
+    };
+    // SAFETY: pointer into our own array map (see try_enter).
+    let slot = unsafe { &mut *slot };
+    if slot.id != id {
+        return Ok(());
+    }
+    let args = *slot;
+    slot.id = 0;
+    let n = ret(ctx);
+    let key = HttpConnKey {
+        tgid: (id >> 32) as u32,
+        fd: args.fd as u32,
+    };
+    if args.op == Op::Connect as u32 {
+        // 0, or -EINPROGRESS for a non-blocking connect.
+        if n == 0 || n == -115 {
+            new_conn(&key, HttpRole::Client, CONN_FROM_SYSCALL)?;
+        }
+        return Ok(());
+    }
+    if n <= 0 {
+        return Ok(());
+    }
+    let n = n as u64;
+    let (dir, buf) = match args.op {
+        1 => (Dir::In, args.buf),
+        2 => (Dir::In, iov_base(args.buf)?),
+        3 => (Dir::In, iov_base(msg_iov(args.buf)?)?),
+        4 => (Dir::Out, args.buf),
+        5 => (Dir::Out, iov_base(args.buf)?),
+        6 => (Dir::Out, iov_base(msg_iov(args.buf)?)?),
+        _ => (Dir::Out, 0),
+    };
+    on_data(&key, dir, buf, n)
+}
+
+/// `struct msghdr::msg_iov` (offset 16 on 64-bit).
+#[inline(always)]
+fn msg_iov(msg: u64) -> Result<u64, HttpError> {
+    // SAFETY: reading user memory through the helper, which faults safely.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user((msg + 16) as *const u64) }
+        .map_err(|_| HttpError::ReadFailed)
+}
+
+/// `iov[0].iov_base`: the first bytes of a vectored message are all the
+/// state machine needs (nginx puts the whole header block in iov[0]).
+#[inline(always)]
+fn iov_base(iov: u64) -> Result<u64, HttpError> {
+    // SAFETY: as above.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user(iov as *const u64) }
+        .map_err(|_| HttpError::ReadFailed)
+}
+
+/// What the first bytes of a message are.
+#[derive(PartialEq, Eq)]
+enum Head {
+    Request,
+    /// Status line with this code.
+    Response(u16),
+    /// `PRI * HTTP/2.0`: HTTP/2 prior knowledge, out of scope.
+    Http2,
+    Other,
+}
+
+#[inline(always)]
+fn classify(h: &[u8; 16]) -> Head {
+    if &h[..5] == b"HTTP/" {
+        if h[5] == b'1'
+            && h[6] == b'.'
+            && h[8] == b' '
+            && h[9].is_ascii_digit()
+            && h[10].is_ascii_digit()
+            && h[11].is_ascii_digit()
+        {
+            let code =
+                (h[9] - b'0') as u16 * 100 + (h[10] - b'0') as u16 * 10 + (h[11] - b'0') as u16;
+            return Head::Response(code);
+        }
+        return Head::Other;
+    }
+    if &h[..4] == b"GET " || &h[..4] == b"PUT " {
+        return Head::Request;
+    }
+    if &h[..5] == b"POST " || &h[..5] == b"HEAD " {
+        return Head::Request;
+    }
+    if &h[..6] == b"PATCH " || &h[..6] == b"TRACE " {
+        return Head::Request;
+    }
+    if &h[..7] == b"DELETE " {
+        return Head::Request;
+    }
+    if &h[..8] == b"OPTIONS " || &h[..8] == b"CONNECT " {
+        return Head::Request;
+    }
+    if &h[..14] == b"PRI * HTTP/2.0" {
+        return Head::Http2;
+    }
+    Head::Other
+}
+
+#[inline(always)]
+fn new_conn(key: &HttpConnKey, role: HttpRole, flags: u8) -> Result<(), HttpError> {
+    let Some(t) = HTTP_SCRATCH.get_ptr_mut(0) else {
+        return Err(HttpError::ConnFull);
+    };
+    // SAFETY: per-CPU slot from a successful lookup; programs on one CPU do
+    // not interleave, so no one else touches it while we fill and copy it.
+    let t = unsafe { &mut *t };
+    t.start_ns = 0;
+    t.req_bytes = 0;
+    t.resp_bytes = 0;
+    t.prev_req_bytes = 0;
+    t.prev_resp_bytes = 0;
+    t.role = role as u8;
+    t.state = state::IDLE;
+    t.status = 0;
+    t.prefix_len = 0;
+    t.flags = flags;
+    mark_known(key);
+    HTTP_CONNS
+        .insert(key, *t, 0)
+        .map_err(|_| HttpError::ConnFull)
+}
+
+#[inline(always)]
+fn on_data(key: &HttpConnKey, dir: Dir, buf: u64, n: u64) -> Result<(), HttpError> {
+    let mut head = [0u8; 16];
+    if buf != 0 {
+        let len = if n < 16 { n as u32 } else { 16 };
+        // SAFETY: helper read of user memory into a stack buffer of 16 bytes;
+        // `len` is at most 16.
+        let r = unsafe {
+            generated::bpf_probe_read_user(head.as_mut_ptr().cast(), len, buf as *const _)
+        };
+        if r != 0 {
+            return Err(HttpError::ReadFailed);
+        }
+    }
+    let kind = if buf != 0 {
+        classify(&head)
+    } else {
+        Head::Other
+    };
+    let mut conn = HTTP_CONNS.get_ptr_mut(key);
+    if conn.is_none() {
+        // Unknown fd: only a request line makes it a connection of ours.
+        // Everything else (file I/O, pipes, non-HTTP sockets) stops here.
+        if kind != Head::Request {
+            return Ok(());
+        }
+        let role = if dir == Dir::In {
+            HttpRole::Server
+        } else {
+            HttpRole::Client
+        };
+        new_conn(key, role, 0)?;
+        conn = HTTP_CONNS.get_ptr_mut(key);
+    }
+    let Some(c) = conn else {
+        return Err(HttpError::ConnFull);
+    };
+    // SAFETY: pointer from a successful lookup of our own map; concurrent
+    // updates of one connection from two threads are at worst a lost
+    // update of a counter, which the state machine tolerates.
+    let c = unsafe { &mut *c };
+    if c.state == state::NOT_HTTP {
+        return Ok(());
+    }
+    let req_dir = if c.role == HttpRole::Client as u8 {
+        Dir::Out
+    } else {
+        Dir::In
+    };
+    if dir == req_dir {
+        match kind {
+            Head::Request => {
+                if c.state == state::REQUEST {
+                    // A new request before the response: pipelining (or a
+                    // retry). Drop the earlier one rather than mismatch.
+                    bump(&HTTP_COUNTERS_MAP, HttpCounter::Pipelined as u32);
+                }
+                if c.state == state::RESPONSE {
+                    // Sizes of the exchange that just ended ride on the
+                    // next event of this connection.
+                    c.prev_req_bytes = c.req_bytes;
+                    c.prev_resp_bytes = c.resp_bytes;
+                } else {
+                    c.prev_req_bytes = 0;
+                    c.prev_resp_bytes = 0;
+                }
+                start_request(c, buf, n)?;
+            }
+            Head::Http2 => {
+                c.state = state::NOT_HTTP;
+                bump(&HTTP_COUNTERS_MAP, HttpCounter::NotHttp as u32);
+            }
+            _ => {
+                if c.state == state::IDLE {
+                    if c.role != HttpRole::Unknown as u8 && c.flags & CONN_FROM_SYSCALL != 0 {
+                        // The first message of a socket is not HTTP/1.x.
+                        c.state = state::NOT_HTTP;
+                        bump(&HTTP_COUNTERS_MAP, HttpCounter::NotHttp as u32);
+                    }
+                } else {
+                    c.req_bytes += n;
+                }
+            }
+        }
+    } else {
+        match kind {
+            Head::Response(code) => {
+                if c.state == state::REQUEST {
+                    c.resp_bytes += n;
+                    // 1xx (100 Continue) is not the final response.
+                    if code >= 200 {
+                        c.status = code;
+                        c.state = state::RESPONSE;
+                        // SAFETY: helper without arguments.
+                        let now = unsafe { bpf_ktime_get_ns() };
+                        emit(key, c, HttpEventKind::Complete, now, 0)?;
+                    }
+                } else {
+                    bump(&HTTP_COUNTERS_MAP, HttpCounter::Orphan as u32);
+                }
+            }
+            _ => {
+                if c.state != state::IDLE {
+                    c.resp_bytes += n;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn start_request(c: &mut HttpConn, buf: u64, n: u64) -> Result<(), HttpError> {
+    bump(&HTTP_COUNTERS_MAP, HttpCounter::Started as u32);
+    c.state = state::REQUEST;
+    // SAFETY: helper without arguments.
+    c.start_ns = unsafe { bpf_ktime_get_ns() };
+    c.req_bytes = n;
+    c.resp_bytes = 0;
+    c.status = 0;
+    let mut len = n;
+    if len > HTTP_PREFIX_LEN as u64 {
+        len = HTTP_PREFIX_LEN as u64;
+    }
+    // SAFETY: `len` <= HTTP_PREFIX_LEN, the size of the destination, which
+    // is inside our own map value.
+    let r = unsafe {
+        generated::bpf_probe_read_user(c.prefix.as_mut_ptr().cast(), len as u32, buf as *const _)
+    };
+    if r != 0 {
+        c.prefix_len = 0;
+        return Err(HttpError::ReadFailed);
+    }
+    c.prefix_len = len as u16;
+    Ok(())
+}
+
+#[inline(always)]
+fn emit(
+    key: &HttpConnKey,
+    c: &HttpConn,
+    kind: HttpEventKind,
+    end_ns: u64,
+    flags: u8,
+) -> Result<(), HttpError> {
+    let Some(mut entry) = HTTP_EVENTS.reserve::<HttpEvent>(0) else {
+        return Err(HttpError::RingbufFull);
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved ring-buffer slot of the right size;
+    // every field is written before submit.
+    unsafe {
+        (*ev).kind = kind as u32;
+        (*ev).tgid = key.tgid;
+        (*ev).fd = key.fd;
+        (*ev).role = c.role;
+        (*ev).flags = flags;
+        (*ev).status = c.status;
+        (*ev).start_ns = c.start_ns;
+        (*ev).end_ns = end_ns;
+        (*ev).req_bytes = c.req_bytes;
+        (*ev).resp_bytes = c.resp_bytes;
+        (*ev).prev_req_bytes = c.prev_req_bytes;
+        (*ev).prev_resp_bytes = c.prev_resp_bytes;
+        (*ev).prefix_len = c.prefix_len;
+        (*ev)._pad1 = [0; 6];
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).prefix = c.prefix;
+    }
+    let flags = if HTTP_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    };
+    entry.submit(flags);
+    Ok(())
+}
+
+/// accept/accept4 exit: the returned fd is a server-side connection.
+#[inline(always)]
+pub fn on_accept_exit(ctx: &TracePointContext) -> u32 {
+    let fd = ret(ctx);
+    if fd < 0 {
+        return 0;
+    }
+    let key = HttpConnKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        fd: fd as u32,
+    };
+    count(new_conn(&key, HttpRole::Server, CONN_FROM_SYSCALL))
+}
+
+/// close entry: forget the connection, reporting what was in flight.
+#[inline(always)]
+pub fn on_close(ctx: &TracePointContext) -> u32 {
+    let fd = arg(ctx, 0);
+    let key = HttpConnKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        fd: fd as u32,
+    };
+    if !maybe_known(&key) {
+        return 0;
+    }
+    let Some(c) = HTTP_CONNS.get_ptr(key) else {
+        return 0;
+    };
+    // SAFETY: pointer from a successful lookup; read before the delete.
+    let c = unsafe { &*c };
+    let r = if c.state == state::RESPONSE {
+        emit(&key, c, HttpEventKind::ResponseEnd, 0, EVENT_CLOSED)
+    } else if c.state == state::REQUEST && c.flags & CONN_FROM_SYSCALL != 0 {
+        // SAFETY: helper without arguments.
+        emit(
+            &key,
+            c,
+            HttpEventKind::Aborted,
+            unsafe { bpf_ktime_get_ns() },
+            EVENT_CLOSED,
+        )
+    } else {
+        Ok(())
+    };
+    let _ = HTTP_CONNS.remove(key);
+    count(r)
+}
