@@ -156,17 +156,18 @@ pub fn status_mib(pid: u32, field: &str) -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
-/// Compiles a benchmark workload from xtask/bench/.
-pub fn build_c(name: &str, dir: &Path) -> Result<std::path::PathBuf> {
-    let src = crate::cmd::workspace_root()
-        .join("xtask/bench")
-        .join(format!("{name}.c"));
+/// Compiles a C workload (path relative to the workspace root).
+pub fn build_c(rel: &str, dir: &Path) -> Result<std::path::PathBuf> {
+    let src = crate::cmd::workspace_root().join(rel);
+    let name = Path::new(rel).file_stem().context("workload has no name")?;
     let out = dir.join(name);
     crate::cmd::run(Command::new("gcc").args(["-O2", "-o"]).arg(&out).arg(&src))?;
     Ok(out)
 }
 
-/// Runs a workload that prints one number (ns per operation).
+/// Runs a workload whose first output line ends in a number (`... ns/call: X`):
+/// CPU time per operation, which includes the eBPF programs the operation
+/// triggers and, unlike wall time, not the time other tasks held the CPU.
 pub fn run_number(bin: &Path, args: &[String]) -> Result<f64> {
     let out = Command::new(bin).args(args).output()?;
     if !out.status.success() {
@@ -176,8 +177,61 @@ pub fn run_number(bin: &Path, args: &[String]) -> Result<f64> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .context("workload printed no number")
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    first
+        .rsplit([':', ' '])
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("workload printed no number: {first:?}"))
+}
+
+/// Turns on the kernel's per-program run-time accounting
+/// (`kernel.bpf_stats_enabled`) and restores the old value when dropped.
+pub struct BpfStats(String);
+
+impl BpfStats {
+    const PATH: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    pub fn enable() -> Result<BpfStats> {
+        let old = std::fs::read_to_string(Self::PATH).context("reading bpf_stats_enabled")?;
+        std::fs::write(Self::PATH, "1").context("enabling bpf_stats")?;
+        Ok(BpfStats(old.trim().to_owned()))
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+/// (run_time_ns, run_cnt) summed over the programs of `prog_type` that `pid`
+/// holds (program and link fds in /proc/PID/fdinfo), from bpftool.
+pub fn bpf_run_stats(pid: u32, prog_type: &str) -> Result<(u64, u64)> {
+    let mut ids = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
+        if let Ok(text) = std::fs::read_to_string(e.path()) {
+            ids.extend(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u64>().ok()),
+            );
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .context("bpftool")?;
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool JSON")?;
+    let (mut ns, mut cnt) = (0, 0);
+    for p in progs.as_array().into_iter().flatten() {
+        let id = p["id"].as_u64().unwrap_or(0);
+        if ids.contains(&id) && p["type"].as_str() == Some(prog_type) {
+            ns += p["run_time_ns"].as_u64().unwrap_or(0);
+            cnt += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    Ok((ns, cnt))
 }

@@ -28,6 +28,8 @@ pub struct ScenarioResult {
     /// Figures derived from the medians (ratios, added cost), with targets.
     pub derived: Vec<Derived>,
     pub commands: Vec<String>,
+    /// What the scenario does not cover yet, and why.
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -200,6 +202,9 @@ pub fn write(dir: &Path, results: &[ScenarioResult], ctx: &Ctx, took: Duration) 
                 )?;
             }
             writeln!(md)?;
+        }
+        for n in &r.notes {
+            writeln!(md, "Note: {n}\n")?;
         }
         if !r.commands.is_empty() {
             writeln!(md, "How it was measured:\n")?;
