@@ -46,6 +46,29 @@ pub const KNOWN: &[&str] = &[
     "sonde_alert_notifications_dropped_total",
     "sonde_alert_queue_length",
     "sonde_alert_series_dropped_total",
+    // Self-metrics and identity (kept in sync by tests/tests/dashboards.rs).
+    "http_server_request_body_size_bytes",
+    "http_server_response_body_size_bytes",
+    "sonde_container_info",
+    "sonde_kubernetes_pod_refreshes_total",
+    "sonde_http_aborted_requests_total",
+    "sonde_http_kernel_events_total",
+    "sonde_http_route_overflow_total",
+    "sonde_http_unparsed_requests_total",
+    "sonde_profile_cache_evictions_total",
+    "sonde_profile_cpus_attached",
+    "sonde_profile_drains_total",
+    "sonde_profile_errors_total",
+    "sonde_profile_files_cached",
+    "sonde_profile_kernel_stack_absent_total",
+    "sonde_profile_processes_mapped",
+    "sonde_profile_symbol_cache_entries",
+    "sonde_profile_symbolize_total",
+    "sonde_syscalls_labels_folded_total",
+    "sonde_syscalls_map_full_total",
+    "sonde_syscalls_processes_released_total",
+    "sonde_syscalls_tracked_pairs",
+    "sonde_syscalls_tracked_processes",
 ];
 
 /// The histogram families in `KNOWN`: only their `_bucket`, `_sum` and
@@ -55,6 +78,8 @@ pub const HISTOGRAMS: &[&str] = &[
     "http_client_request_duration_seconds",
     "sonde_syscall_duration_seconds",
     "sonde_alert_evaluation_duration_seconds",
+    "http_server_request_body_size_bytes",
+    "http_server_response_body_size_bytes",
 ];
 
 /// Whether `series` (a family name, or a histogram's `_bucket`/`_sum`/`_count`

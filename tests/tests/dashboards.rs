@@ -375,6 +375,32 @@ fn dashboard_and_rule_metrics_are_exported_by_the_agent() {
         })
         .collect();
     assert!(!recorded.is_empty(), "no recording rules found");
+
+    // Every family the live agent exports can be used in a local alert rule:
+    // `--check-config` rejects unknown metrics, so its catalog must keep up.
+    let mut rules = String::new();
+    for (i, (name, ty)) in families.iter().enumerate() {
+        let series = if ty == "histogram" {
+            format!("{name}_count")
+        } else {
+            name.clone()
+        };
+        rules.push_str(&format!(
+            "[[alerts.rules]]\nname = \"Catalog{i}\"\nexpr = \"{series}\"\nthreshold = 1e18\n\n"
+        ));
+    }
+    let cfg = agent.dir.path().join("catalog.toml");
+    std::fs::write(&cfg, rules).unwrap();
+    let out = std::process::Command::new(sonde_tests::sonde_bin())
+        .args(["agent", "--check-config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "a family the agent exports is unknown to alert rules (agent/src/metrics_catalog.rs):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         missing.is_empty(),
         "metrics queried by dashboards/rules but not exported by the live agent (name, where):\n{}",
