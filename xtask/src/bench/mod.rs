@@ -72,6 +72,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         sonde,
         work: tempfile::tempdir()?,
     };
+    // Left on by an earlier tool, run-time accounting would inflate every
+    // tracing variant; it is switched on only where it is measured.
+    let _stats_off = agent::BpfStats::disable()?;
     let all = args.which.contains(&Which::All);
     let want = |w: Which| all || args.which.contains(&w);
     let started = Instant::now();
