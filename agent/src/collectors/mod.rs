@@ -118,6 +118,21 @@ pub trait Collector: Send {
     fn stop(&mut self);
 }
 
+/// Takes map `name` out of a loaded object as the typed map `T`, with an
+/// error that names the map when the object lacks it or its type differs.
+pub fn take_map<T>(obj: &mut aya::Ebpf, name: &str) -> Result<T, CollectorError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = obj
+        .take_map(name)
+        .ok_or_else(|| CollectorError::NoHook(format!("map {name} missing from object")))?;
+    T::try_from(map).map_err(|source| CollectorError::Map {
+        what: name.to_owned(),
+        source,
+    })
+}
+
 /// Formats an error with its whole source chain on one line, the way the
 /// verifier's reason reaches the user.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -17,7 +17,7 @@ use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
 use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
-use crate::{config::ProcessConfig, ebpf, process_table::ProcessTable};
+use crate::{collectors::take_map, config::ProcessConfig, ebpf, process_table::ProcessTable};
 
 pub const NAME: &str = "process";
 
@@ -111,19 +111,6 @@ fn attach_tp(obj: &mut Ebpf) -> Result<(), CollectorError> {
             })?;
     }
     Ok(())
-}
-
-fn take_map<T>(obj: &mut Ebpf, name: &str) -> Result<T, CollectorError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = obj
-        .take_map(name)
-        .ok_or_else(|| CollectorError::NoHook(format!("map {name} missing from object")))?;
-    T::try_from(map).map_err(|source| CollectorError::Map {
-        what: name.to_owned(),
-        source,
-    })
 }
 
 impl Collector for ProcessCollector {

@@ -35,7 +35,7 @@ use self::{
     stats::{HttpMetrics, RouteRow, RouteStats, StatKey, now_secs},
 };
 use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
-use crate::{config::HttpConfig, ebpf, process_table::ProcessTable};
+use crate::{collectors::take_map, config::HttpConfig, ebpf, process_table::ProcessTable};
 
 pub const NAME: &str = "http";
 
@@ -208,19 +208,6 @@ fn attach(obj: &mut Ebpf) -> Result<Vec<String>, CollectorError> {
         return Err(CollectorError::NoHook(failed.join("; ")));
     }
     Ok(failed)
-}
-
-fn take_map<T>(obj: &mut Ebpf, name: &str) -> Result<T, CollectorError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = obj
-        .take_map(name)
-        .ok_or_else(|| CollectorError::NoHook(format!("map {name} missing from object")))?;
-    T::try_from(map).map_err(|source| CollectorError::Map {
-        what: name.to_owned(),
-        source,
-    })
 }
 
 impl Collector for HttpCollector {

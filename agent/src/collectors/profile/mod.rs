@@ -39,7 +39,7 @@ use self::{
     symbolize::{Limits, Resolver, SymbolizeMetrics},
 };
 use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
-use crate::{config::ProfileConfig, ebpf, process_table::ProcessTable};
+use crate::{collectors::take_map, config::ProfileConfig, ebpf, process_table::ProcessTable};
 
 pub const NAME: &str = "profile";
 
@@ -135,19 +135,6 @@ fn attach_cpus(obj: &mut Ebpf, hz: u64, att: &mut Attached) -> Result<(), Collec
         }
     }
     Ok(())
-}
-
-fn take_map<T>(obj: &mut Ebpf, name: &str) -> Result<T, CollectorError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = obj
-        .take_map(name)
-        .ok_or_else(|| CollectorError::NoHook(format!("map {name} missing from object")))?;
-    T::try_from(map).map_err(|source| CollectorError::Map {
-        what: name.to_owned(),
-        source,
-    })
 }
 
 fn metrics(t: &crate::telemetry::Telemetry) -> (DrainMetrics, IntGauge) {

@@ -34,7 +34,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
-use crate::{config::SyscallsConfig, ebpf, process_table::ProcessTable, telemetry::Telemetry};
+use crate::{
+    collectors::take_map, config::SyscallsConfig, ebpf, process_table::ProcessTable,
+    telemetry::Telemetry,
+};
 
 pub const NAME: &str = "syscalls";
 
@@ -185,19 +188,6 @@ fn attach_tp(obj: &mut Ebpf) -> Result<(), CollectorError> {
         p.attach("raw_syscalls", tp).map_err(err)?;
     }
     Ok(())
-}
-
-fn take_map<T>(obj: &mut Ebpf, name: &str) -> Result<T, CollectorError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = obj
-        .take_map(name)
-        .ok_or_else(|| CollectorError::NoHook(format!("map {name} missing from object")))?;
-    T::try_from(map).map_err(|source| CollectorError::Map {
-        what: name.to_owned(),
-        source,
-    })
 }
 
 impl Collector for SyscallsCollector {
