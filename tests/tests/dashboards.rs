@@ -2,14 +2,9 @@
 //! and (after the collectors merge) querying only metrics a live agent
 //! exports, like the shipped Prometheus rules.
 
-use std::{
-    collections::BTreeSet,
-    path::PathBuf,
-    process::{Command, Output},
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::PathBuf, process::Command, time::Duration};
 
-use sonde_tests::{Agent, workspace_root};
+use sonde_tests::{Agent, run, text, workspace_root};
 
 fn root() -> PathBuf {
     workspace_root()
@@ -23,19 +18,6 @@ fn rule_files() -> Vec<PathBuf> {
     v.retain(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"));
     v.sort();
     v
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

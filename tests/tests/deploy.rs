@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use sonde_tests::{Agent, sonde_bin, workspace_root};
+use sonde_tests::{Agent, run, sonde_bin, text, workspace_root};
 
 #[path = "../../xtask/src/dist.rs"]
 mod dist;
@@ -24,19 +24,6 @@ const K8S_VERSION: &str = "1.37.0";
 
 fn root() -> PathBuf {
     workspace_root()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// kubernetes-validate and yamllint from PyPI, installed once if missing.

@@ -2,30 +2,12 @@
 //! `systemd-analyze security`, and a SystemCallFilter that allows every
 //! syscall the real agent makes (traced with strace).
 
-use std::{
-    collections::BTreeSet,
-    path::PathBuf,
-    process::{Command, Output},
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::PathBuf, process::Command, time::Duration};
 
-use sonde_tests::{Agent, sonde_bin, workspace_root};
+use sonde_tests::{Agent, run, sonde_bin, text, workspace_root};
 
 fn root() -> PathBuf {
     workspace_root()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

@@ -118,6 +118,43 @@ pub trait Collector: Send {
     fn stop(&mut self);
 }
 
+/// A way to attach a collector: (feature name as probed, label for health
+/// and logs, the attach function).
+pub type Hook = (
+    &'static str,
+    &'static str,
+    fn(&mut aya::Ebpf) -> Result<(), CollectorError>,
+);
+
+/// Attaches with the preferred hook when the kernel has it, else with the
+/// fallback; the error names why each one failed. Returns the label of the
+/// hook that attached, for health and logs.
+pub fn attach_preferred(
+    obj: &mut aya::Ebpf,
+    features: &Features,
+    primary: Hook,
+    fallback: Hook,
+) -> Result<&'static str, CollectorError> {
+    let (feature, label, attach) = primary;
+    let mut why = Vec::new();
+    if features.has(feature) {
+        match attach(obj) {
+            Ok(()) => return Ok(label),
+            Err(e) => why.push(format!("{feature}: {}", chain(&e))),
+        }
+    } else {
+        why.push(format!("{feature}: not available on this kernel"));
+    }
+    let (feature, label, attach) = fallback;
+    match attach(obj) {
+        Ok(()) => Ok(label),
+        Err(e) => {
+            why.push(format!("{feature}: {}", chain(&e)));
+            Err(CollectorError::NoHook(why.join("; ")))
+        }
+    }
+}
+
 /// Takes map `name` out of a loaded object as the typed map `T`, with an
 /// error that names the map when the object lacks it or its type differs.
 pub fn take_map<T>(obj: &mut aya::Ebpf, name: &str) -> Result<T, CollectorError>

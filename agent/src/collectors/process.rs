@@ -40,22 +40,16 @@ impl ProcessCollector {
 
     /// Attaches the tp_btf pair, or the tracepoint pair as fallback.
     fn attach(obj: &mut Ebpf, ctx: &StartContext<'_>) -> Result<&'static str, CollectorError> {
-        let mut why = Vec::new();
-        if ctx.features.has("tp_btf") {
-            match attach_btf(obj) {
-                Ok(()) => return Ok("tp_btf sched_process_exec/exit"),
-                Err(e) => why.push(format!("tp_btf: {}", chain(&e))),
-            }
-        } else {
-            why.push("tp_btf: not available on this kernel".into());
-        }
-        match attach_tp(obj) {
-            Ok(()) => Ok("tracepoint sched:sched_process_exec/exit"),
-            Err(e) => {
-                why.push(format!("tracepoint: {}", chain(&e)));
-                Err(CollectorError::NoHook(why.join("; ")))
-            }
-        }
+        super::attach_preferred(
+            obj,
+            ctx.features,
+            ("tp_btf", "tp_btf sched_process_exec/exit", attach_btf),
+            (
+                "tracepoint",
+                "tracepoint sched:sched_process_exec/exit",
+                attach_tp,
+            ),
+        )
     }
 }
 

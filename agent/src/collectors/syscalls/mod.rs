@@ -127,22 +127,20 @@ impl SyscallsCollector {
 }
 
 fn attach(obj: &mut Ebpf, ctx: &StartContext<'_>) -> Result<&'static str, CollectorError> {
-    let mut why = Vec::new();
-    if ctx.features.has("raw_tracepoint") {
-        match attach_raw(obj) {
-            Ok(()) => return Ok("raw_tracepoint sys_enter/sys_exit"),
-            Err(e) => why.push(format!("raw_tracepoint: {}", chain(&e))),
-        }
-    } else {
-        why.push("raw_tracepoint: not available on this kernel".into());
-    }
-    match attach_tp(obj) {
-        Ok(()) => Ok("tracepoint raw_syscalls:sys_enter/sys_exit"),
-        Err(e) => {
-            why.push(format!("tracepoint: {}", chain(&e)));
-            Err(CollectorError::NoHook(why.join("; ")))
-        }
-    }
+    super::attach_preferred(
+        obj,
+        ctx.features,
+        (
+            "raw_tracepoint",
+            "raw_tracepoint sys_enter/sys_exit",
+            attach_raw,
+        ),
+        (
+            "tracepoint",
+            "tracepoint raw_syscalls:sys_enter/sys_exit",
+            attach_tp,
+        ),
+    )
 }
 
 fn prog<'a, T>(obj: &'a mut Ebpf, name: &str) -> Result<&'a mut T, CollectorError>
