@@ -22,7 +22,7 @@ use crate::{
         syscalls::SyscallsCollector,
     },
     config::Config,
-    ebpf, features, identity, logging,
+    ebpf, features, heap, identity, logging,
     process_table::ProcessTable,
     telemetry::Telemetry,
 };
@@ -44,6 +44,7 @@ pub enum StartError {
 }
 
 pub fn run(config: Config) -> anyhow::Result<()> {
+    heap::tune();
     let filter = logging::init(&config.agent).map_err(|e| anyhow::anyhow!(e))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         // Two workers are plenty: the hot paths are in the kernel.
@@ -173,6 +174,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         a.spawn(&config.alerts, shutdown.clone());
     }
     state.startup_done.store(true, Ordering::Release);
+    heap::spawn_trimmer(shutdown.clone());
     tracing::info!(ready = state.health_report().ready, "start-up complete");
 
     wait_for_signal().await?;

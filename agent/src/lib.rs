@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod ebpf;
 pub mod features;
+pub mod heap;
 pub mod identity;
 pub mod logging;
 pub mod metrics_catalog;
