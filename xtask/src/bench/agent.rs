@@ -123,6 +123,12 @@ impl Bpftrace {
     }
 }
 
+impl Bpftrace {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for Bpftrace {
     fn drop(&mut self) {
         signal(self.0.id(), 2);

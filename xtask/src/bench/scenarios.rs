@@ -327,10 +327,31 @@ impl Drop for Busy {
     }
 }
 
+/// Run time per sample of bpftrace's equivalent of the profiler's program
+/// (count per pid, comm, user stack and kernel stack), over `secs`.
+fn peer_profile_cost(secs: u64) -> Result<Vec<(&'static str, f64)>> {
+    let bt = Bpftrace::start(&script("profile_peer.bt"))?;
+    let stats = BpfStats::enable()?;
+    let (ns0, n0) = bpf_run_stats(bt.pid(), "perf_event")?;
+    std::thread::sleep(Duration::from_secs(secs));
+    let (ns1, n1) = bpf_run_stats(bt.pid(), "perf_event")?;
+    drop(stats);
+    if n1 <= n0 {
+        bail!("bpftrace's profile program never ran");
+    }
+    Ok(vec![(
+        "BPF time per sample",
+        (ns1 - ns0) as f64 / (n1 - n0) as f64 / 1000.0,
+    )])
+}
+
 /// Agent CPU (% of one core) and RSS over `secs`, after start-up.
 fn agent_cost(ctx: &Ctx, env: &[(&str, String)], secs: u64) -> Result<Vec<(&'static str, f64)>> {
     let a = Agent::start(&ctx.sonde, ctx.work.path(), env)?;
-    std::thread::sleep(Duration::from_secs(1));
+    // Steady state, not start-up: the first drains symbolize everything
+    // already running (kallsyms, every binary) once; that one-off cost is
+    // the footprint scenario's business.
+    std::thread::sleep(Duration::from_secs(if ctx.quick { 2 } else { 10 }));
     let stats = BpfStats::enable()?;
     let (ns0, n0) = bpf_run_stats(a.pid(), "perf_event")?;
     let c0 = cpu_seconds(a.pid())?;
@@ -357,7 +378,8 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
     let what = "The agent's own CPU (% of one core, from /proc/PID/stat) and RSS with the CPU \
                 profiler sampling at 19 Hz and 99 Hz, on an idle machine and with every CPU busy, \
                 and the kernel's run time per sample of the profiler's perf_event program \
-                (kernel.bpf_stats_enabled, read through bpftool).";
+                (kernel.bpf_stats_enabled, read through bpftool) next to bpftrace's equivalent \
+                program (the peer).";
     let secs = if ctx.quick { 4 } else { 30 };
     let run = || -> Result<ScenarioResult> {
         let hz = |f: u32| vec![("SONDE_COLLECTORS__PROFILE__FREQUENCY_HZ", f.to_string())];
@@ -385,6 +407,13 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
                         agent_cost(ctx, &hz(99), secs)
                     }),
                 ),
+                (
+                    "bpftrace 19 Hz busy (peer)",
+                    Box::new(|| {
+                        let _b = Busy::start()?;
+                        peer_profile_cost(secs)
+                    }),
+                ),
             ],
         )?;
         let mut r = ScenarioResult {
@@ -405,6 +434,13 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
             "µs",
             bpf.map(|t| ("≤ 2 µs", t <= 2.0)),
         );
+        let peer = r.median("BPF time per sample", "bpftrace 19 Hz busy (peer)");
+        r.derive(
+            "BPF time per sample / bpftrace's, busy",
+            bpf.zip(peer).map(|(b, p)| b / p),
+            "×",
+            None,
+        );
         let rss = r.median("agent RSS", "99 Hz busy");
         r.derive(
             "RSS at 99 Hz, busy",
@@ -412,9 +448,12 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
             "MiB",
             rss.map(|m| ("≤ 64 MiB", m <= 64.0)),
         );
-        r.commands = vec![format!(
-            "SONDE_COLLECTORS__PROFILE__FREQUENCY_HZ=19|99 sonde agent; CPU from /proc/PID/stat over {secs} s"
-        )];
+        r.commands = vec![
+            format!(
+                "SONDE_COLLECTORS__PROFILE__FREQUENCY_HZ=19|99 sonde agent; CPU from /proc/PID/stat over {secs} s after a warm-up"
+            ),
+            "bpftrace xtask/bench/profile_peer.bt".into(),
+        ];
         Ok(r)
     };
     finish(name, what, run())
