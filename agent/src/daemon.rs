@@ -99,6 +99,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         startup_done: Arc::new(AtomicBool::new(false)),
         alerts: alerts.clone(),
         syscalls: Default::default(),
+        alloc: crate::collectors::memory::session::Sessions::new(shutdown.clone()),
     };
 
     // Pod identities: a background refresh; lookups only read its cache.

@@ -2,6 +2,7 @@
 //! scraper), the control API on a Unix socket (stacks and paths are
 //! sensitive, so it is never on TCP unless configured).
 
+pub mod alloc;
 pub mod control;
 pub mod http;
 pub mod profile;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub alerts: Option<crate::alerts::AlertEngine>,
     /// Query handle of the syscall collector, when it is enabled.
     pub syscalls: Arc<Mutex<Option<crate::collectors::syscalls::SyscallsHandle>>>,
+    /// `sonde alloc` sessions (one per pid).
+    pub alloc: crate::collectors::memory::session::Sessions,
 }
 
 #[derive(Debug, Clone, Serialize)]

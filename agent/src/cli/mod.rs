@@ -3,6 +3,7 @@
 //! never raw strings.
 
 pub mod alerts;
+pub mod alloc;
 pub mod client;
 pub mod http;
 pub mod output;
@@ -92,6 +93,10 @@ process). The window is collectors.syscalls.window (default 60s).")]
 
 Routes are normalized (/items/123 -> /items/{id}); see docs/http.md.")]
     Http(http::HttpArgs),
+    /// Exact allocation tracking of one process for a while: bytes in use
+    /// and allocated by stack, leak suspects, growth (malloc uprobes).
+    #[command(after_help = alloc::AFTER)]
+    Alloc(alloc::AllocArgs),
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +147,7 @@ pub fn main() -> i32 {
         Command::Syscalls(a) => syscalls::run(&a),
         Command::Profile(a) => profile::run(&a),
         Command::Http(a) => http::run(&a),
+        Command::Alloc(a) => alloc::run(&a),
     };
     match result {
         Ok(()) => 0,

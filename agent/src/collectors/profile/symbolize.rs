@@ -91,6 +91,23 @@ impl SymbolizeMetrics {
             ),
         }
     }
+    /// The same metrics, registered nowhere: for short-lived resolvers
+    /// (`sonde alloc` sessions) whose counts are not exported.
+    pub fn unregistered() -> Self {
+        let vec = |name: &str, label: &str| {
+            IntCounterVec::new(prometheus::Opts::new(name, "unexported"), &[label])
+                .expect("valid metric")
+        };
+        let gauge = |name: &str| IntGauge::new(name, "unexported").expect("valid metric");
+        Self {
+            results: vec("results", "result"),
+            evictions: vec("evictions", "cache"),
+            symbols_cached: gauge("symbols"),
+            files_cached: gauge("files"),
+            processes_mapped: gauge("processes"),
+        }
+    }
+
     fn result(&self, r: &str) -> IntCounter {
         self.results.with_label_values(&[r])
     }

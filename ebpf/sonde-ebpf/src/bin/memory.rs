@@ -1,0 +1,32 @@
+//! The memory collector's object: syscall tracepoints for mmap, munmap,
+//! mremap and brk, and the user page-fault tracepoint.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use sonde_ebpf::memory;
+
+#[tracepoint]
+pub fn mem_mmap(ctx: TracePointContext) -> u32 {
+    memory::mmap(&ctx)
+}
+
+#[tracepoint]
+pub fn mem_munmap(ctx: TracePointContext) -> u32 {
+    memory::munmap(&ctx)
+}
+
+#[tracepoint]
+pub fn mem_mremap(ctx: TracePointContext) -> u32 {
+    memory::mremap(&ctx)
+}
+
+#[tracepoint]
+pub fn mem_brk(ctx: TracePointContext) -> u32 {
+    memory::brk(&ctx)
+}
+
+#[tracepoint]
+pub fn mem_fault(ctx: TracePointContext) -> u32 {
+    memory::fault(&ctx)
+}
