@@ -100,6 +100,9 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         alerts: alerts.clone(),
         syscalls: Default::default(),
         alloc: crate::collectors::memory::session::Sessions::new(shutdown.clone()),
+        memory: crate::collectors::memory::store::MemoryStore::new(
+            config.collectors.memory.max_rows.get() as usize,
+        ),
     };
 
     // Pod identities: a background refresh; lookups only read its cache.
@@ -228,6 +231,13 @@ fn build_collectors(
             &config.collectors.http,
             processes.clone(),
             state.http.clone(),
+        )));
+    }
+    if config.collectors.memory.enabled {
+        v.push(Box::new(crate::collectors::memory::growth::MemoryCollector::new(
+            &config.collectors.memory,
+            state.memory.clone(),
+            processes.clone(),
         )));
     }
     v

@@ -242,9 +242,8 @@ fn promql_metric_name_extraction() {
 }
 
 /// Families the dashboards and rules are ready for but that no collector
-/// exports yet: `sonde_memory_mapped_bytes` comes with the memory-growth
-/// collector (allocation profiling issue). Anything else missing fails.
-const PENDING: &[&str] = &["sonde_memory_mapped_bytes"];
+/// exports yet (none today). Anything else missing fails.
+const PENDING: &[&str] = &[];
 
 /// Series Prometheus itself makes for every scrape target (agent-down alert).
 const FROM_PROMETHEUS: &[&str] = &["up"];

@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
             get(super::alloc::alloc).delete(super::alloc::cancel),
         )
         .route("/api/v1/alloc/sessions", get(super::alloc::sessions))
+        .route("/api/v1/memory", get(super::memory::memory))
         .fallback(not_found)
         .with_state(state)
 }

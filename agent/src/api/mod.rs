@@ -5,6 +5,7 @@
 pub mod alloc;
 pub mod control;
 pub mod http;
+pub mod memory;
 pub mod profile;
 pub mod tcp;
 
@@ -47,6 +48,8 @@ pub struct AppState {
     pub syscalls: Arc<Mutex<Option<crate::collectors::syscalls::SyscallsHandle>>>,
     /// `sonde alloc` sessions (one per pid).
     pub alloc: crate::collectors::memory::session::Sessions,
+    /// The memory collector's growth-by-stack store for `sonde memory`.
+    pub memory: crate::collectors::memory::store::MemoryStore,
 }
 
 #[derive(Debug, Clone, Serialize)]

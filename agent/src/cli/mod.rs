@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod alloc;
 pub mod client;
 pub mod http;
+pub mod memory;
 pub mod output;
 pub mod profile;
 pub mod status;
@@ -97,6 +98,10 @@ Routes are normalized (/items/123 -> /items/{id}); see docs/http.md.")]
     /// and allocated by stack, leak suspects, growth (malloc uprobes).
     #[command(after_help = alloc::AFTER)]
     Alloc(alloc::AllocArgs),
+    /// Memory growth by stack from the always-on memory collector: RSS
+    /// growth (page faults) or mapped/unmapped address space.
+    #[command(after_help = memory::AFTER)]
+    Memory(memory::MemoryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +153,7 @@ pub fn main() -> i32 {
         Command::Profile(a) => profile::run(&a),
         Command::Http(a) => http::run(&a),
         Command::Alloc(a) => alloc::run(&a),
+        Command::Memory(a) => memory::run(&a),
     };
     match result {
         Ok(()) => 0,

@@ -132,10 +132,6 @@ pub fn alloc_return(ctx: &RetProbeContext) -> u32 {
     }
     let pending = *pending;
     let _ = ALLOC_PENDING.remove(tid);
-    if ALLOC_CONTROL.get(ALLOC_ACTIVE_SLOT).copied().unwrap_or(0) == 0 {
-        count(AllocCounter::Inactive);
-        return 0;
-    }
     let ret: u64 = ctx.ret();
     let func = pending.func;
     let ptr = if func == AllocFn::PosixMemalign as u32 {
@@ -158,6 +154,12 @@ pub fn alloc_return(ctx: &RetProbeContext) -> u32 {
         if pending.arg != 0 && (ptr != 0 || pending.size == 0) {
             release(pending.arg);
         }
+    }
+    // Frees (above) always count; new allocations only while the session
+    // records (see ALLOC_ACTIVE_SLOT).
+    if ALLOC_CONTROL.get(ALLOC_ACTIVE_SLOT).copied().unwrap_or(0) == 0 {
+        count(AllocCounter::Inactive);
+        return 0;
     }
     if ptr == 0 {
         if pending.size != 0 {

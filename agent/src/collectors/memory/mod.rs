@@ -3,7 +3,9 @@
 //! tier 2, `sonde alloc` sessions (exact malloc tracking on one process
 //! for a bounded time).
 
+pub mod growth;
 pub mod libc;
 pub mod probe_point;
 pub mod render;
 pub mod session;
+pub mod store;
