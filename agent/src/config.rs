@@ -114,8 +114,9 @@ pub struct MemoryConfig {
     pub enabled: bool,
     /// How often the kernel's counts are drained (and the gauges refreshed).
     pub drain_interval: Dur<1, 300>,
-    /// One user page fault in this many (per CPU) has its stack taken; all
-    /// are counted. 1 takes every stack (costlier on fault-heavy loads).
+    /// One page fault in this many (per CPU) is sampled with its stack (the
+    /// period of a software perf event). 1 samples every fault (costly on
+    /// fault-heavy loads).
     pub fault_sample_every: Bounded<1, 65_536>,
     /// Most (process, kind, stack) rows kept for `sonde memory`.
     pub max_rows: Bounded<1024, 10_000_000>,
@@ -126,7 +127,7 @@ impl Default for MemoryConfig {
         Self {
             enabled: true,
             drain_interval: Dur(Duration::from_secs(10)),
-            fault_sample_every: Bounded(16),
+            fault_sample_every: Bounded(64),
             max_rows: Bounded(100_000),
         }
     }

@@ -234,11 +234,13 @@ fn build_collectors(
         )));
     }
     if config.collectors.memory.enabled {
-        v.push(Box::new(crate::collectors::memory::growth::MemoryCollector::new(
-            &config.collectors.memory,
-            state.memory.clone(),
-            processes.clone(),
-        )));
+        v.push(Box::new(
+            crate::collectors::memory::growth::MemoryCollector::new(
+                &config.collectors.memory,
+                state.memory.clone(),
+                processes.clone(),
+            ),
+        ));
     }
     v
 }

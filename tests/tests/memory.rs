@@ -26,11 +26,7 @@ fn bin() -> &'static PathBuf {
 /// Starts `leak_churn MODE COUNTER SECONDS`; returns it and its counter file.
 fn workload(agent: &Agent, mode: &str, secs: &str) -> (Workload, PathBuf) {
     let counter = agent.dir.path().join(format!("{mode}.count"));
-    let wl = Workload::spawn(Command::new(bin()).args([
-        mode,
-        counter.to_str().unwrap(),
-        secs,
-    ]));
+    let wl = Workload::spawn(Command::new(bin()).args([mode, counter.to_str().unwrap(), secs]));
     // Past start-up: its own allocations (stdio, ld.so) are not the test's.
     wait_for(Duration::from_secs(5), "workload running", || {
         (rounds(&counter) >= 5).then_some(())
@@ -82,19 +78,35 @@ fn alloc_finds_the_leak_in_use_and_the_churn_allocated() {
     let _x = exclusive();
     let agent = Agent::start("");
     let (wl, counter) = workload(&agent, "leak", "40");
-    let (c0, t0) = (rounds(&counter), Instant::now());
     let r = alloc_json(&agent, wl.pid(), &["--duration", "5s"]);
-    let rate = (rounds(&counter) - c0) as f64 / t0.elapsed().as_secs_f64();
     let secs = r["duration_ms"].as_f64().unwrap() / 1000.0;
-    let expected = rate * secs * CHUNK;
+    // The truth: leaks the workload logged while the session recorded.
+    let (from, to) = (
+        r["started_ns"].as_u64().unwrap(),
+        r["ended_ns"].as_u64().unwrap(),
+    );
+    let log = std::fs::read_to_string(counter.with_extension("count.log")).unwrap();
+    let leaks = log
+        .lines()
+        .filter_map(|l| l.parse::<u64>().ok())
+        .filter(|t| (from..=to).contains(t))
+        .count();
+    let expected = leaks as f64 * CHUNK;
     assert_eq!(r["ended"], "completed", "{r}");
     assert!((4.9..6.0).contains(&secs), "tracked for {secs}s: {r}");
 
     // The leak: the top in-use stack, within 10 % of the true bytes.
     let top = &r["stacks"][0];
-    assert_eq!(top["frames"][0], "sonde_leak_64k", "top in-use stack: {r:#}");
+    assert_eq!(
+        top["frames"][0], "sonde_leak_64k",
+        "top in-use stack: {r:#}"
+    );
     assert!(
-        top["frames"].as_array().unwrap().iter().any(|f| f == "main"),
+        top["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "main"),
         "full stack: {top}"
     );
     let (in_use, n, alloc, alloc_n, _) = by_leaf(&r, "sonde_leak_64k");
@@ -111,7 +123,10 @@ fn alloc_finds_the_leak_in_use_and_the_churn_allocated() {
     let (c_in_use, _, c_alloc, c_n, c_freed) = by_leaf(&r, "sonde_churn_64k");
     assert!(c_in_use <= 65536, "churn in use {c_in_use}: {r}");
     let err = (c_alloc as f64 - expected).abs() / expected;
-    assert!(err <= 0.10, "churn allocated {c_alloc} vs {expected:.0}: {r}");
+    assert!(
+        err <= 0.10,
+        "churn allocated {c_alloc} vs {expected:.0}: {r}"
+    );
     assert_eq!(c_alloc, c_n * 65536);
     assert_eq!(c_freed + c_in_use, c_alloc, "churn frees are matched");
     assert!(c_n.abs_diff(n) <= 2, "one churn per leak: {c_n} vs {n}");
@@ -144,7 +159,11 @@ fn alloc_accounts_calloc_realloc_and_memalign_exactly() {
     let check = |f: &str, size: u64| {
         let (in_use, n, alloc, alloc_n, _) = by_leaf(&r, f);
         assert!(n >= 50, "{f}: only {n} live allocations: {r}");
-        assert_eq!(in_use, n * size, "{f}: in use {in_use} for {n} of {size}: {r}");
+        assert_eq!(
+            in_use,
+            n * size,
+            "{f}: in use {in_use} for {n} of {size}: {r}"
+        );
         (alloc, alloc_n)
     };
     let (a, an) = check("sonde_calloc_100k", 100 * 1000);
@@ -159,7 +178,10 @@ fn alloc_accounts_calloc_realloc_and_memalign_exactly() {
     let (in_use, n, alloc, _, freed) = by_leaf(&r, "sonde_realloc_grow");
     assert_eq!(in_use, n * 50_000, "{r}");
     assert_eq!(alloc, n * 50_000 + freed, "{r}");
-    assert!(freed.abs_diff(n * 1000) <= 1000, "{freed} vs {n} x 1000: {r}");
+    assert!(
+        freed.abs_diff(n * 1000) <= 1000,
+        "{freed} vs {n} x 1000: {r}"
+    );
     // realloc(p, 0) frees p.
     let (in_use, _, alloc, alloc_n, freed) = by_leaf(&r, "sonde_realloc_free");
     assert!(alloc_n >= 50, "{r}");
@@ -172,9 +194,8 @@ fn alloc_accounts_calloc_realloc_and_memalign_exactly() {
 #[test]
 fn memory_collector_attributes_heap_growth_to_the_leak() {
     let _x = exclusive();
-    let agent = Agent::start(
-        "[collectors.memory]\ndrain_interval = \"1s\"\nfault_sample_every = 4\n",
-    );
+    let agent =
+        Agent::start("[collectors.memory]\ndrain_interval = \"1s\"\nfault_sample_every = 4\n");
     let (wl, _) = workload(&agent, "leak", "30");
     let service = bin().file_name().unwrap().to_string_lossy().into_owned();
     let series = format!("sonde_memory_mapped_bytes{{service_name=\"{service}\"}}");
@@ -184,17 +205,31 @@ fn memory_collector_attributes_heap_growth_to_the_leak() {
     std::thread::sleep(Duration::from_secs(3));
     let p = wl.pid().to_string();
     let out = agent.cli(&["memory", "--pid", &p, "-f", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let m: Value = serde_json::from_slice(&out.stdout).expect("memory JSON");
     let rows = m["rows"].as_array().unwrap();
     let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
     let leak: u64 = rows
         .iter()
-        .filter(|r| r["frames"].as_array().unwrap().iter().any(|f| f == "sonde_leak_64k"))
+        .filter(|r| {
+            r["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "sonde_leak_64k")
+        })
         .map(|r| r["bytes"].as_u64().unwrap())
         .sum();
     assert!(
-        rows[0]["frames"].as_array().unwrap().iter().any(|f| f == "sonde_leak_64k"),
+        rows[0]["frames"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "sonde_leak_64k"),
         "top RSS-growth stack: {m:#}"
     );
     assert!(leak * 100 >= total * 60, "leak {leak} of {total}: {m:#}");
@@ -206,13 +241,24 @@ fn memory_collector_attributes_heap_growth_to_the_leak() {
     );
     let metrics = agent.metrics();
     let faults = format!("sonde_memory_page_faults_total{{service_name=\"{service}\"}}");
-    assert!(metric_value(&metrics, &faults).unwrap_or(0.0) > 1000.0, "{faults}");
+    assert!(
+        metric_value(&metrics, &faults).unwrap_or(0.0) > 1000.0,
+        "{faults}"
+    );
     let brk = format!("sonde_memory_map_bytes_total{{op=\"brk_grow\",service_name=\"{service}\"}}");
     assert!(metric_value(&metrics, &brk).unwrap_or(0.0) > 1e6, "{brk}");
 
     // pprof with space/bytes.
     let file = agent.dir.path().join("mem.pb.gz");
-    let out = agent.cli(&["memory", "--pid", &p, "-f", "pprof", "-o", file.to_str().unwrap()]);
+    let out = agent.cli(&[
+        "memory",
+        "--pid",
+        &p,
+        "-f",
+        "pprof",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
     let gz = std::fs::read(&file).unwrap();
     assert_eq!(&gz[..2], &[0x1f, 0x8b], "gzip");
@@ -232,7 +278,12 @@ fn alloc_rejects_bad_input_with_exit_2() {
     let mut c = Command::new("true").spawn().unwrap();
     let dead = c.id().to_string();
     c.wait().unwrap();
-    cli_fails(&agent, &["alloc", "--pid", &dead, "-d", "1s"], 2, "no process");
+    cli_fails(
+        &agent,
+        &["alloc", "--pid", &dead, "-d", "1s"],
+        2,
+        "no process",
+    );
     // The agent says the same when asked directly.
     let (code, body) =
         sonde_tests::unix_get(&agent.socket, &format!("/api/v1/alloc?pid={dead}")).unwrap();
@@ -242,7 +293,12 @@ fn alloc_rejects_bad_input_with_exit_2() {
     let wl = Workload::spawn(Command::new(&st).arg("30"));
     std::thread::sleep(Duration::from_millis(200));
     let p = wl.pid().to_string();
-    cli_fails(&agent, &["alloc", "--pid", &p, "-d", "1s"], 2, "no shared libc");
+    cli_fails(
+        &agent,
+        &["alloc", "--pid", &p, "-d", "1s"],
+        2,
+        "no shared libc",
+    );
     // Durations out of range.
     cli_fails(&agent, &["alloc", "--pid", &p, "-d", "11m"], 2, "between");
     cli_fails(&agent, &["alloc", "--pid", &p, "-d", "0s"], 2, "between");
@@ -274,7 +330,12 @@ fn alloc_sessions_are_exclusive_cancellable_and_survive_target_exit() {
     let first = spawn_session();
     tracking();
     // A second session on the same pid is refused while one runs.
-    cli_fails(&agent, &["alloc", "--pid", &p, "-d", "1s"], 1, "already running");
+    cli_fails(
+        &agent,
+        &["alloc", "--pid", &p, "-d", "1s"],
+        1,
+        "already running",
+    );
     let t = Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(first.id() as i32),
@@ -282,8 +343,16 @@ fn alloc_sessions_are_exclusive_cancellable_and_survive_target_exit() {
     )
     .unwrap();
     let out = first.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(t.elapsed() < Duration::from_secs(10), "cancel took {:?}", t.elapsed());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "cancel took {:?}",
+        t.elapsed()
+    );
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["ended"], "cancelled");
     assert!(by_leaf(&r, "sonde_leak_64k").0 > 0, "{r}");
@@ -296,7 +365,11 @@ fn alloc_sessions_are_exclusive_cancellable_and_survive_target_exit() {
     drop(wl);
     let t = Instant::now();
     let out = second.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(t.elapsed() < Duration::from_secs(10));
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["ended"], "target_exited");

@@ -5,7 +5,9 @@
  *       and keeps it (a leak); sonde_churn_64k() allocates 64 KiB, writes
  *       its first page (like a mostly unused scratch buffer) and frees it.
  *       After each round the number of rounds is written to COUNTER_FILE,
- *       so a test knows the true leaked bytes.
+ *       and each leak appends its CLOCK_MONOTONIC time in ns to
+ *       COUNTER_FILE.log, so a test knows the true leaked bytes of any
+ *       time window.
  *
  *       Why churn writes one page only: glibc hands the chunk churn just
  *       freed to the next leak, so the pages the heap grows by are first
@@ -42,6 +44,8 @@ static void keep(void *p) {
     if (nkept < MAX_KEPT) kept[nkept++] = p;
 }
 
+static int leak_log = -1;
+
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -58,6 +62,14 @@ __attribute__((noinline)) void sonde_leak_64k(void) {
     if (!p) return;
     touch(p, CHUNK);
     keep(p);
+    if (leak_log >= 0) {
+        struct timespec ts;
+        char buf[32];
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int len = snprintf(buf, sizeof buf, "%lld\n",
+                           (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec);
+        if (write(leak_log, buf, len) < 0) exit(3);
+    }
 }
 
 __attribute__((noinline)) void sonde_churn_64k(void) {
@@ -104,6 +116,10 @@ int main(int argc, char **argv) {
     int known = strcmp(argv[1], "known") == 0;
     int fd = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) return 2;
+    char logname[4096];
+    snprintf(logname, sizeof logname, "%s.log", argv[2]);
+    leak_log = open(logname, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+    if (leak_log < 0) return 2;
     double end = now() + (argc > 3 ? atof(argv[3]) : 60);
     struct timespec tick = {0, 10 * 1000 * 1000};
     long rounds = 0;

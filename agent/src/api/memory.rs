@@ -115,9 +115,10 @@ pub async fn memory(State(s): State<AppState>, Query(q): Query<MemoryQuery>) -> 
             ([(header::CONTENT_TYPE, text)], body).into_response()
         }
         "pprof" => {
-            let msg = pprof::build_values(&p, &[("space", "bytes"), ("events", "count")], |i, x| {
-                vec![x.count as i64, events[i] as i64]
-            });
+            let msg =
+                pprof::build_values(&p, &[("space", "bytes"), ("events", "count")], |i, x| {
+                    vec![x.count as i64, events[i] as i64]
+                });
             (
                 [(header::CONTENT_TYPE, "application/vnd.google.protobuf+gzip")],
                 pprof::gzip(&msg),
@@ -142,8 +143,7 @@ pub async fn memory(State(s): State<AppState>, Query(q): Query<MemoryQuery>) -> 
                 .take(30)
                 .map(|&i| {
                     let x = &p.samples[i];
-                    let mut st: Vec<&str> =
-                        x.stack.iter().take(4).map(|f| &*f.function).collect();
+                    let mut st: Vec<&str> = x.stack.iter().take(4).map(|f| &*f.function).collect();
                     if x.stack.len() > 4 {
                         st.push("...");
                     }

@@ -100,15 +100,15 @@ pub fn run(a: &MemoryArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    let body = client::block_on(client::get_bytes(&a.socket, &request_path(a)))?.map_err(
-        |e| match e.downcast::<client::ApiStatusError>() {
+    let body = client::block_on(client::get_bytes(&a.socket, &request_path(a)))?.map_err(|e| {
+        match e.downcast::<client::ApiStatusError>() {
             Ok(api) if api.status == hyper::StatusCode::BAD_REQUEST => {
                 UsageError(api.message).into()
             }
             Ok(api) => anyhow::Error::from(api),
             Err(e) => e,
-        },
-    )?;
+        }
+    })?;
     match &a.output {
         Some(f) => {
             std::fs::write(f, &body).with_context(|| format!("writing {}", f.display()))?;

@@ -1,9 +1,8 @@
 //! Memory ABI, two tiers.
 //!
 //! Tier 1 (the always-on `memory` collector): syscall tracepoints for
-//! `mmap`, `munmap`, `mremap`, `brk` and the `exceptions:page_fault_user`
-//! tracepoint count bytes and faults per (process, user stack, kind) in the
-//! kernel, in two map generations the agent flips and drains like the CPU
+//! `mmap`, `munmap`, `mremap`, `brk` and a perf event sampling page faults
+//! count bytes and faults per (process, user stack, kind) in the kernel, in two map generations the agent flips and drains like the CPU
 //! profiler's.
 //!
 //! Tier 2 (`sonde alloc`, on demand): malloc-family uprobes on one process
@@ -28,11 +27,10 @@ pub enum MemKind {
     MremapGrow = 4,
     /// `mremap` shrink (bytes).
     MremapShrink = 5,
-    /// Sampled user page faults: each sampled fault stands for
-    /// `MEM_FAULT_SAMPLE_SLOT` faults, `bytes` is that many pages.
+    /// Sampled page faults: each sample stands for `MEM_FAULT_SAMPLE_SLOT`
+    /// faults, `bytes` is that many pages.
     FaultSampled = 6,
-    /// Every user page fault, counted without a stack (`user_stack_id` is
-    /// [`MEM_NO_STACK`]).
+    /// Reserved (was: every fault counted by a tracepoint; too costly).
     FaultAll = 7,
 }
 
@@ -86,7 +84,7 @@ const _: () = assert!(core::mem::size_of::<MemValue>() == 16);
 
 /// Control array slots (tier 1).
 pub const MEM_GEN_SLOT: u32 = 0;
-/// One page fault in this many (per CPU) has its stack taken; 0 or 1: all.
+/// The page-fault perf event's sample period (also each sample's weight).
 pub const MEM_FAULT_SAMPLE_SLOT: u32 = 1;
 /// Page size in bytes, written by the agent.
 pub const MEM_PAGE_SIZE_SLOT: u32 = 2;

@@ -1,8 +1,8 @@
 //! Tier-1 memory growth (the `memory` collector): bytes mapped and unmapped
 //! through `mmap`, `munmap`, `mremap` and `brk`, and user page faults,
 //! counted per (process, user stack, kind) in the kernel. Only the hooked
-//! syscalls run these programs, so other syscalls pay nothing; page faults
-//! are all counted, and one in N (per CPU) has its stack taken.
+//! syscalls run these programs, so other syscalls pay nothing; one page
+//! fault in N (per CPU) is sampled with its stack through a perf event.
 //!
 //! Two generations of counts and stacks, flipped by the agent, as in the
 //! CPU profiler (see profile.rs).
@@ -12,7 +12,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, StackTrace},
-    programs::{TracePointContext, tracing::StackIdContext},
+    programs::{PerfEventContext, TracePointContext, tracing::StackIdContext},
 };
 use sonde_common::{
     COMM_LEN,
@@ -43,10 +43,6 @@ static MEM_STACKS_1: StackTrace = StackTrace::with_max_entries(MEM_MAX_STACKS, 0
 /// Last program break seen per process, to turn `brk` results into growth.
 #[map]
 static MEM_BRK: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MEM_MAX_BRK, 0);
-
-/// Faults since the last sampled one, per CPU.
-#[map]
-static MEM_FAULT_TICK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static MEM_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(MEM_COUNTERS, 0);
@@ -88,7 +84,7 @@ fn add(counts: &PerCpuHashMap<MemKey, MemValue>, key: &MemKey, bytes: u64, n: u6
 /// Counts `bytes` of `kind` for the current process, with its user stack
 /// unless `with_stack` is false.
 #[inline(always)]
-fn account(ctx: &TracePointContext, kind: MemKind, bytes: u64, n: u64, with_stack: bool) {
+fn account<C: StackIdContext>(ctx: &C, kind: MemKind, bytes: u64, n: u64, with_stack: bool) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if tgid == 0 {
         return;
@@ -179,22 +175,15 @@ pub fn brk(ctx: &TracePointContext) -> u32 {
     0
 }
 
-/// `exceptions:page_fault_user`: every fault counted per process; one in
-/// N per CPU also counted, with weight N, under its user stack.
-pub fn fault(ctx: &TracePointContext) -> u32 {
+/// One page fault in N (per CPU): a `perf_event` program on the software
+/// page-fault event with sample period N. The kernel counts faults in the
+/// perf event itself (cheap, it does so anyway) and runs this program only
+/// on every N-th; each sample stands for N faults. A tracepoint on every
+/// fault measured far costlier here (docs/memory.md).
+pub fn fault_sample(ctx: &PerfEventContext) -> u32 {
     bump(&MEM_COUNTERS_MAP, MemCounter::Events as u32);
-    let page = control(MEM_PAGE_SIZE_SLOT);
-    account(ctx, MemKind::FaultAll, page, 1, false);
     let every = control(MEM_FAULT_SAMPLE_SLOT).max(1);
-    let Some(tick) = MEM_FAULT_TICK.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's own slot of a per-CPU array.
-    let tick = unsafe { &mut *tick };
-    *tick += 1;
-    if *tick >= every {
-        *tick = 0;
-        account(ctx, MemKind::FaultSampled, page * every, every, true);
-    }
+    let page = control(MEM_PAGE_SIZE_SLOT);
+    account(ctx, MemKind::FaultSampled, page * every, every, true);
     0
 }

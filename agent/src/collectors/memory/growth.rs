@@ -1,5 +1,5 @@
 //! The `memory` collector (tier 1, always on): mmap/munmap/mremap/brk
-//! syscall tracepoints and the user page-fault tracepoint count bytes by
+//! syscall tracepoints and a sampling page-fault perf event count bytes by
 //! (process, user stack, kind) in the kernel; a drain thread flips the map
 //! generation, symbolizes the rows into [`MemoryStore`], and keeps the
 //! per-service metrics.
@@ -13,7 +13,10 @@ use std::{
 use aya::{
     Ebpf,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap},
-    programs::TracePoint,
+    programs::{
+        PerfEvent, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
 };
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
 use sonde_common::memory::{
@@ -40,13 +43,13 @@ pub const NAME: &str = "memory";
 /// Most distinct `service_name` label values; the rest go under `other`.
 const MAX_SERVICE_LABELS: usize = 1000;
 
-/// (program, tracepoint category, name).
-const HOOKS: [(&str, &str, &str); 5] = [
+/// (program, tracepoint category, name). Per-syscall tracepoints fire only
+/// on their syscall, so other syscalls pay nothing.
+const HOOKS: [(&str, &str, &str); 4] = [
     ("mem_mmap", "syscalls", "sys_enter_mmap"),
     ("mem_munmap", "syscalls", "sys_enter_munmap"),
     ("mem_mremap", "syscalls", "sys_enter_mremap"),
     ("mem_brk", "syscalls", "sys_exit_brk"),
-    ("mem_fault", "exceptions", "page_fault_user"),
 ];
 
 pub struct MemoryCollector {
@@ -105,8 +108,8 @@ impl Metrics {
             ),
             faults: counter(
                 "sonde_memory_page_faults_total",
-                "User page faults, by service (x page size = resident growth before \
-                 reclaim and unmaps).",
+                "Page faults (minor + major, /proc/PID/stat) of the service's processes \
+                 that the memory collector saw map memory or fault.",
                 &["service_name"],
             ),
             errors: counter(
@@ -188,7 +191,7 @@ impl MemoryCollector {
                 0,
             )
             .map_err(|e| map_err("MEM_CONTROL", e))?;
-        let (ok, failed) = attach(&mut obj);
+        let (ok, failed) = attach(&mut obj, self.config.fault_sample_every.get());
         if ok.is_empty() {
             return Err(CollectorError::NoHook(format!(
                 "no memory hook attached: {}",
@@ -197,7 +200,7 @@ impl MemoryCollector {
         }
         let health = if failed.is_empty() {
             ComponentHealth::healthy(format!(
-                "mmap/munmap/mremap/brk tracepoints and page faults (stack 1 in {})",
+                "mmap/munmap/mremap/brk tracepoints; 1 page fault in {} sampled with its stack",
                 self.config.fault_sample_every.get()
             ))
         } else {
@@ -244,7 +247,7 @@ impl MemoryCollector {
 }
 
 /// Loads and attaches each hook; returns (attached, failures with why).
-fn attach(obj: &mut Ebpf) -> (Vec<String>, Vec<String>) {
+fn attach(obj: &mut Ebpf, fault_every: u64) -> (Vec<String>, Vec<String>) {
     let mut ok = Vec::new();
     let mut failed = Vec::new();
     for (prog, cat, tp) in HOOKS {
@@ -262,6 +265,38 @@ fn attach(obj: &mut Ebpf) -> (Vec<String>, Vec<String>) {
             Ok(()) => ok.push(format!("{cat}:{tp}")),
             Err(e) => failed.push(format!("{cat}:{tp}: {e}")),
         }
+    }
+    // Page faults: a software perf event per CPU samples one in N.
+    let every = fault_every;
+    let r = (|| -> Result<usize, String> {
+        let cpus = aya::util::online_cpus().map_err(|(path, e)| format!("reading {path}: {e}"))?;
+        let p: &mut PerfEvent = obj
+            .program_mut("mem_fault")
+            .ok_or("mem_fault missing from object")?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+        p.load().map_err(|e| chain(&e))?;
+        let mut n = 0;
+        let mut errs = Vec::new();
+        for cpu in cpus {
+            match p.attach(
+                PerfEventConfig::Software(SoftwareEvent::PageFaults),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Period(every),
+                false,
+            ) {
+                Ok(_) => n += 1,
+                Err(e) => errs.push(format!("cpu{cpu}: {}", chain(&e))),
+            }
+        }
+        if n == 0 {
+            return Err(errs.join("; "));
+        }
+        Ok(n)
+    })();
+    match r {
+        Ok(n) => ok.push(format!("page-fault sampling on {n} CPU(s)")),
+        Err(e) => failed.push(format!("page-fault perf event: {e}")),
     }
     (ok, failed)
 }
@@ -282,6 +317,22 @@ fn statm(pid: u32) -> Option<(u64, u64)> {
     Some((size * page, rss * page))
 }
 
+#[derive(Default)]
+struct ProcState {
+    label: Arc<str>,
+    size: u64,
+    rss: u64,
+    faults: Option<u64>,
+}
+
+/// minflt + majflt of a process (/proc/PID/stat fields 10 and 12).
+fn faults(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(7)?.parse::<u64>().ok()? + f.get(9)?.parse::<u64>().ok()?)
+}
+
 struct Drainer {
     k: Kernel,
     /// Holds the programs attached; dropped (detached) when the thread ends.
@@ -292,8 +343,9 @@ struct Drainer {
     store: MemoryStore,
     table: ProcessTable,
     services: HashSet<Arc<str>>,
-    /// Live processes seen: their service label and last statm.
-    procs: HashMap<u32, (Arc<str>, u64, u64)>,
+    /// Live processes seen: their service label, last statm, and fault
+    /// count (minflt + majflt) last read.
+    procs: HashMap<u32, ProcState>,
     health: SharedHealth,
     base_health: ComponentHealth,
 }
@@ -383,7 +435,10 @@ impl Drainer {
         for (k, bytes, n) in rows {
             let pid = k.tgid;
             active.insert(pid);
-            let comm = comm_str(&k.comm);
+            let mut comm = comm_str(&k.comm);
+            if comm.is_empty() {
+                comm = self.table.get(pid).map(|p| p.comm).unwrap_or_default();
+            }
             let service: Arc<str> = self
                 .table
                 .get(pid)
@@ -396,10 +451,7 @@ impl Drainer {
                 continue;
             };
             let (group, op) = match kind {
-                MemKind::FaultAll => {
-                    self.metrics.faults.with_label_values(&[&*label]).inc_by(n);
-                    continue;
-                }
+                MemKind::FaultAll => continue,
                 MemKind::FaultSampled => (Group::Rss, None),
                 MemKind::Mmap => (Group::Mapped, Some("mmap")),
                 MemKind::BrkGrow => (Group::Mapped, Some("brk_grow")),
@@ -428,7 +480,10 @@ impl Drainer {
                 bytes,
                 events: n,
             });
-            self.procs.entry(pid).or_insert((label, 0, 0));
+            self.procs.entry(pid).or_insert_with(|| ProcState {
+                label,
+                ..Default::default()
+            });
         }
         let dropped = self.store.add(updates);
         if dropped > 0 {
@@ -443,28 +498,40 @@ impl Drainer {
             .prune(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
     }
 
-    /// Re-reads statm of processes active in this drain, forgets exited
-    /// ones, and sets the per-service gauges.
+    /// Re-reads statm and fault counts of processes active in this drain,
+    /// forgets exited ones, and sets the per-service gauges and counters.
     fn refresh_gauges(&mut self, active: &HashSet<u32>) {
         let mut gone = Vec::new();
-        for (pid, (_, size, rss)) in self.procs.iter_mut() {
-            if active.contains(pid) || *size == 0 {
-                match statm(*pid) {
-                    Some((s, r)) => (*size, *rss) = (s, r),
-                    None => gone.push(*pid),
+        for (pid, p) in self.procs.iter_mut() {
+            if !(active.contains(pid) || p.size == 0) {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    gone.push(*pid);
                 }
-            } else if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                gone.push(*pid);
+                continue;
+            }
+            match (statm(*pid), faults(*pid)) {
+                (Some((s, r)), Some(f)) => {
+                    (p.size, p.rss) = (s, r);
+                    // The first reading counts the faults since the
+                    // process started; later ones the difference.
+                    let delta = f.saturating_sub(p.faults.unwrap_or(0));
+                    p.faults = Some(f);
+                    self.metrics
+                        .faults
+                        .with_label_values(&[&*p.label])
+                        .inc_by(delta);
+                }
+                _ => gone.push(*pid),
             }
         }
         for pid in gone {
             self.procs.remove(&pid);
         }
         let mut by: HashMap<Arc<str>, (u64, u64)> = HashMap::new();
-        for (svc, s, r) in self.procs.values() {
-            let e = by.entry(svc.clone()).or_default();
-            e.0 += s;
-            e.1 += r;
+        for p in self.procs.values() {
+            let e = by.entry(p.label.clone()).or_default();
+            e.0 += p.size;
+            e.1 += p.rss;
         }
         // Services whose processes all exited lose their series.
         for svc in self.services.iter() {
@@ -474,8 +541,14 @@ impl Drainer {
             }
         }
         for (svc, (s, r)) in by {
-            self.metrics.mapped.with_label_values(&[&*svc]).set(s as i64);
-            self.metrics.resident.with_label_values(&[&*svc]).set(r as i64);
+            self.metrics
+                .mapped
+                .with_label_values(&[&*svc])
+                .set(s as i64);
+            self.metrics
+                .resident
+                .with_label_values(&[&*svc])
+                .set(r as i64);
         }
     }
 

@@ -120,6 +120,10 @@ pub struct Report {
     /// True when byte figures are scaled estimates (sampling).
     pub estimated: bool,
     pub min_age_ms: u64,
+    /// When recording started and stopped (CLOCK_MONOTONIC ns, the clock
+    /// of `bpf_ktime_get_ns`), to line the session up with other events.
+    pub started_ns: u64,
+    pub ended_ns: u64,
     /// When the `--diff` snapshot was taken, ms into the session.
     pub diff_after_ms: Option<u64>,
     pub probes: Vec<ProbeInfo>,
@@ -263,6 +267,8 @@ struct Attached {
     stacks: StackTraceMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     libc: Libc,
+    started_ns: u64,
+    ended_ns: u64,
     /// The process's maps and files, opened at the start so stacks resolve
     /// even if it exits mid-session.
     captured: Option<Captured>,
@@ -355,6 +361,7 @@ fn attach(req: &Request) -> Result<Attached, SessionError> {
     control
         .set(ALLOC_ACTIVE_SLOT, 1, 0)
         .map_err(|e| err(e.to_string()))?;
+    let started_ns = monotonic_ns();
     Ok(Attached {
         obj: Some(obj),
         control,
@@ -364,6 +371,8 @@ fn attach(req: &Request) -> Result<Attached, SessionError> {
         counters,
         captured: Captured::read(pid),
         libc,
+        started_ns,
+        ended_ns: 0,
         comm,
     })
 }
@@ -419,6 +428,7 @@ async fn wait(
     };
     // Stop recording first (frees are still seen), then detach, so no
     // allocation outlives a free probe that is already gone.
+    a.ended_ns = monotonic_ns();
     if let Err(e) = a.control.set(ALLOC_ACTIVE_SLOT, 0, 0) {
         tracing::warn!(pid = req.pid, "cannot stop the alloc session cleanly: {e}");
     }
@@ -537,6 +547,8 @@ fn report(
         sample_bytes: req.sample_bytes,
         estimated: req.sample_bytes > 0,
         min_age_ms: req.min_age.as_millis() as u64,
+        started_ns: a.started_ns,
+        ended_ns: a.ended_ns,
         diff_after_ms: snapshot.map(|(d, _)| d.as_millis() as u64),
         probes: a
             .libc

@@ -77,7 +77,9 @@ pub struct MemoryStore {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("the memory collector is not running (disabled, or it failed to start: see `sonde status`)")]
+#[error(
+    "the memory collector is not running (disabled, or it failed to start: see `sonde status`)"
+)]
 pub struct NotRunning;
 
 impl MemoryStore {
@@ -220,7 +222,10 @@ mod tests {
     #[test]
     fn accumulates_and_bounds() {
         let s = MemoryStore::new(2);
-        assert_eq!(s.add(vec![up(1, Group::Rss, 4096), up(1, Group::Rss, 4096)]), 0);
+        assert_eq!(
+            s.add(vec![up(1, Group::Rss, 4096), up(1, Group::Rss, 4096)]),
+            0
+        );
         assert_eq!(s.add(vec![up(2, Group::Mapped, 10)]), 0);
         // Full: a third distinct row is dropped, existing rows still grow.
         assert_eq!(s.add(vec![up(3, Group::Rss, 1), up(1, Group::Rss, 1)]), 1);

@@ -1,9 +1,12 @@
 //! The memory collector's object: syscall tracepoints for mmap, munmap,
-//! mremap and brk, and the user page-fault tracepoint.
+//! mremap and brk, and a perf_event program sampling page faults.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    macros::{perf_event, tracepoint},
+    programs::{PerfEventContext, TracePointContext},
+};
 use sonde_ebpf::memory;
 
 #[tracepoint]
@@ -26,7 +29,7 @@ pub fn mem_brk(ctx: TracePointContext) -> u32 {
     memory::brk(&ctx)
 }
 
-#[tracepoint]
-pub fn mem_fault(ctx: TracePointContext) -> u32 {
-    memory::fault(&ctx)
+#[perf_event]
+pub fn mem_fault(ctx: PerfEventContext) -> u32 {
+    memory::fault_sample(&ctx)
 }
