@@ -47,9 +47,13 @@ fn bad(msg: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, msg)
 }
 
-fn parse_request(q: &AllocQuery) -> Result<Request, Response> {
+fn bad_boxed(msg: impl Into<String>) -> Box<Response> {
+    Box::new(bad(msg))
+}
+
+fn parse_request(q: &AllocQuery) -> Result<Request, Box<Response>> {
     let pid = match q.pid {
-        Some(0) | None => return Err(bad("pid is required (a process id > 0)")),
+        Some(0) | None => return Err(bad_boxed("pid is required (a process id > 0)")),
         Some(p) => p,
     };
     let duration = q
@@ -57,10 +61,10 @@ fn parse_request(q: &AllocQuery) -> Result<Request, Response> {
         .as_deref()
         .map(parse_duration)
         .transpose()
-        .map_err(bad)?
+        .map_err(bad_boxed)?
         .unwrap_or(Duration::from_secs(30));
     if duration < Duration::from_millis(100) || duration > MAX_DURATION {
-        return Err(bad(format!(
+        return Err(bad_boxed(format!(
             "duration must be between 100ms and {}s",
             MAX_DURATION.as_secs()
         )));
@@ -70,11 +74,11 @@ fn parse_request(q: &AllocQuery) -> Result<Request, Response> {
         .as_deref()
         .map(parse_duration)
         .transpose()
-        .map_err(bad)?
+        .map_err(bad_boxed)?
         .unwrap_or(Duration::from_secs(1));
     let sample_bytes = q.sample_bytes.unwrap_or(0);
     if sample_bytes > MAX_SAMPLE_BYTES {
-        return Err(bad(format!(
+        return Err(bad_boxed(format!(
             "sample_bytes must be at most {MAX_SAMPLE_BYTES}"
         )));
     }
@@ -101,7 +105,7 @@ pub async fn alloc(State(s): State<AppState>, Query(q): Query<AllocQuery>) -> Re
     };
     let req = match parse_request(&q) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let report = match s.alloc.run(req).await {
         Ok(r) => r,

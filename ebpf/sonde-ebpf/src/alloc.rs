@@ -86,9 +86,7 @@ pub fn calloc_enter(ctx: &ProbeContext) -> u32 {
     let size = ctx.arg::<u64>(1).unwrap_or(0);
     // Overflowing calloc fails; `saturating_mul` would need 128-bit
     // arithmetic the BPF backend lacks.
-    let total = if n <= 1 || size <= 1 {
-        n * size
-    } else if n >> 32 == 0 && size >> 32 == 0 {
+    let total = if n <= 1 || size <= 1 || (n >> 32 == 0 && size >> 32 == 0) {
         n * size
     } else {
         // Beyond 4 GiB per factor: calloc fails or the size is huge anyway.

@@ -419,10 +419,11 @@ impl Drainer {
         let mut traces: HashMap<i32, Vec<u64>> = HashMap::new();
         for (k, _, _) in &rows {
             let id = k.user_stack_id;
-            if id >= 0 && !traces.contains_key(&id) {
-                if let Ok(t) = stacks.get(&(id as u32), 0) {
-                    traces.insert(id, t.frames().iter().map(|f| f.ip).collect());
-                }
+            if id >= 0
+                && !traces.contains_key(&id)
+                && let Ok(t) = stacks.get(&(id as u32), 0)
+            {
+                traces.insert(id, t.frames().iter().map(|f| f.ip).collect());
             }
         }
         let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
