@@ -445,7 +445,9 @@ fn report(
     elapsed: Duration,
     snapshot: Option<(Duration, HashMap<i32, u64>)>,
 ) -> Report {
-    let now_ns = monotonic_ns();
+    // Ages at the session's end, not at report time (detaching takes a
+    // while).
+    let now_ns = a.ended_ns;
     let min_age_ns = req.min_age.as_nanos() as u64;
     #[derive(Default)]
     struct Acc {
