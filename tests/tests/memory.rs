@@ -375,3 +375,35 @@ fn alloc_sessions_are_exclusive_cancellable_and_survive_target_exit() {
     assert_eq!(r["ended"], "target_exited");
     assert_eq!(r["stacks"][0]["frames"][0], "sonde_leak_64k", "{r}");
 }
+
+#[test]
+fn agent_shutdown_ends_a_session_with_its_report() {
+    let _x = exclusive();
+    let mut agent = Agent::start("");
+    let (wl, _) = workload(&agent, "leak", "60");
+    let p = wl.pid().to_string();
+    let session = Command::new(sonde_bin())
+        .args(["alloc", "--pid", &p, "-d", "60s", "-f", "json", "--socket"])
+        .arg(&agent.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(10), "session tracking", || {
+        let s = agent.api("/api/v1/alloc/sessions");
+        (s[0]["state"] == "tracking").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    assert!(agent.stop().success(), "agent log:\n{}", agent.log());
+    let out = session.wait_with_output().unwrap();
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["ended"], "agent_shutdown", "{r}");
+    assert!(by_leaf(&r, "sonde_leak_64k").0 > 0, "{r}");
+}
