@@ -352,14 +352,19 @@ struct Drainer {
 
 impl Drainer {
     fn run(mut self, interval: Duration, cmds: mpsc::Receiver<oneshot::Sender<()>>) {
+        // Function names are enough here, and DWARF dominates a resolver's
+        // memory: ELF symbols only, which keeps a file cheap enough to hold
+        // many (every process that maps or faults is symbolized, and an
+        // evicted file leaves its process's frames unresolved).
         let mut resolver = Resolver::new(
             Limits {
-                files: 64,
-                symbols: 100_000,
+                files: 256,
+                symbols: 50_000,
                 processes: 4096,
             },
             SymbolizeMetrics::unregistered(),
-        );
+        )
+        .without_debug_info();
         let mut next = Instant::now() + interval;
         loop {
             let wait = next.saturating_duration_since(Instant::now());

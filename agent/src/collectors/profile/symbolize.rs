@@ -130,6 +130,8 @@ pub struct Resolver {
     metrics: SymbolizeMetrics,
     /// Drain counter, for least-recently-used eviction.
     tick: u64,
+    /// Read DWARF (lines, inlined frames), not only ELF symbols.
+    debug_syms: bool,
 }
 
 impl Resolver {
@@ -147,7 +149,15 @@ impl Resolver {
             limits,
             metrics,
             tick: 0,
+            debug_syms: true,
         }
+    }
+
+    /// Function names from ELF symbols only, no DWARF: far less memory per
+    /// cached file, for callers that need no line numbers.
+    pub fn without_debug_info(mut self) -> Self {
+        self.debug_syms = false;
+        self
     }
 
     /// Marks the start of a drain; refreshes gauges and enforces bounds.
@@ -347,7 +357,9 @@ impl Resolver {
         };
         file.last_used = self.tick;
         let module = file.module.clone();
-        let src = Source::Elf(Elf::new(file.fd_path.clone()));
+        let mut elf = Elf::new(file.fd_path.clone());
+        elf.debug_syms = self.debug_syms;
+        let src = Source::Elf(elf);
         let frames: Arc<[Frame]> = match self.sym.symbolize_single(&src, Input::FileOffset(offset))
         {
             Ok(Symbolized::Sym(sym)) => {
