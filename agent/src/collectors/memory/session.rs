@@ -418,6 +418,9 @@ async fn wait(
         }
         let tick = (end - now).min(Duration::from_millis(200));
         tokio::select! {
+            // The session's token is a child of the shutdown token: at
+            // shutdown both fire, and shutdown is the reason.
+            biased;
             _ = shutdown.cancelled() => break Ended::AgentShutdown,
             _ = token.cancelled() => break Ended::Cancelled,
             _ = tokio::time::sleep(tick) => {}
