@@ -15,6 +15,8 @@ const OBJECTS: &[&str] = &[
     "sonde-syscalls",
     "sonde-profile",
     "sonde-http",
+    "sonde-memory",
+    "sonde-alloc",
 ];
 
 fn main() -> Result<()> {

@@ -103,6 +103,34 @@ pub struct CollectorsConfig {
     pub syscalls: SyscallsConfig,
     pub profile: ProfileConfig,
     pub http: HttpConfig,
+    pub memory: MemoryConfig,
+}
+
+/// `[collectors.memory]`: memory growth by stack from mmap/munmap/mremap/brk
+/// tracepoints and sampled user page faults (docs/memory.md).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    pub enabled: bool,
+    /// How often the kernel's counts are drained (and the gauges refreshed).
+    pub drain_interval: Dur<1, 300>,
+    /// One page fault in this many (per CPU) is sampled with its stack (the
+    /// period of a software perf event). 1 samples every fault (costly on
+    /// fault-heavy loads).
+    pub fault_sample_every: Bounded<1, 65_536>,
+    /// Most (process, kind, stack) rows kept for `sonde memory`.
+    pub max_rows: Bounded<1024, 10_000_000>,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            drain_interval: Dur(Duration::from_secs(10)),
+            fault_sample_every: Bounded(64),
+            max_rows: Bounded(100_000),
+        }
+    }
 }
 
 /// HTTP RED metrics from socket syscalls (docs/http.md).

@@ -100,6 +100,10 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         startup_done: Arc::new(AtomicBool::new(false)),
         alerts: alerts.clone(),
         syscalls: Default::default(),
+        alloc: crate::collectors::memory::session::Sessions::new(shutdown.clone()),
+        memory: crate::collectors::memory::store::MemoryStore::new(
+            config.collectors.memory.max_rows.get() as usize,
+        ),
     };
 
     // Pod identities: a background refresh; lookups only read its cache.
@@ -230,6 +234,15 @@ fn build_collectors(
             processes.clone(),
             state.http.clone(),
         )));
+    }
+    if config.collectors.memory.enabled {
+        v.push(Box::new(
+            crate::collectors::memory::growth::MemoryCollector::new(
+                &config.collectors.memory,
+                state.memory.clone(),
+                processes.clone(),
+            ),
+        ));
     }
     v
 }

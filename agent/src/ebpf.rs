@@ -26,6 +26,8 @@ pub const PROBE: Object = object!("sonde-probe");
 pub const SYSCALLS: Object = object!("sonde-syscalls");
 pub const PROFILE: Object = object!("sonde-profile");
 pub const HTTP: Object = object!("sonde-http");
+pub const MEMORY: Object = object!("sonde-memory");
+pub const ALLOC: Object = object!("sonde-alloc");
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -35,8 +35,13 @@ pub const KNOWN: &[&str] = &[
     "sonde_syscall_duration_seconds",
     // CPU profiler.
     "sonde_profile_samples_total",
-    // Memory.
+    // Memory (collectors/memory/growth.rs).
     "sonde_memory_mapped_bytes",
+    "sonde_memory_resident_bytes",
+    "sonde_memory_map_bytes_total",
+    "sonde_memory_page_faults_total",
+    "sonde_memory_errors_total",
+    "sonde_memory_drains_total",
     // Alerts (this engine).
     "sonde_alerts",
     "sonde_alert_evaluation_duration_seconds",

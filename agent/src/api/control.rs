@@ -26,6 +26,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/syscalls", get(syscalls))
         .route("/api/v1/profile", get(super::profile::profile))
         .route("/api/v1/http", get(super::http::http))
+        .route(
+            "/api/v1/alloc",
+            get(super::alloc::alloc).delete(super::alloc::cancel),
+        )
+        .route("/api/v1/alloc/sessions", get(super::alloc::sessions))
+        .route("/api/v1/memory", get(super::memory::memory))
         .fallback(not_found)
         .with_state(state)
 }

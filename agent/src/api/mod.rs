@@ -2,8 +2,10 @@
 //! scraper), the control API on a Unix socket (stacks and paths are
 //! sensitive, so it is never on TCP unless configured).
 
+pub mod alloc;
 pub mod control;
 pub mod http;
+pub mod memory;
 pub mod profile;
 pub mod tcp;
 
@@ -44,6 +46,10 @@ pub struct AppState {
     pub alerts: Option<crate::alerts::AlertEngine>,
     /// Query handle of the syscall collector, when it is enabled.
     pub syscalls: Arc<Mutex<Option<crate::collectors::syscalls::SyscallsHandle>>>,
+    /// `sonde alloc` sessions (one per pid).
+    pub alloc: crate::collectors::memory::session::Sessions,
+    /// The memory collector's growth-by-stack store for `sonde memory`.
+    pub memory: crate::collectors::memory::store::MemoryStore,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -32,6 +32,16 @@ pub struct ApiStatusError {
 /// GETs `path_and_query` from the agent and returns the raw body of a
 /// successful reply; other replies become an [`ApiStatusError`].
 pub async fn get_bytes(socket: &Path, path_and_query: &str) -> anyhow::Result<Bytes> {
+    request_bytes(socket, hyper::Method::GET, path_and_query).await
+}
+
+/// Sends a `method` request (GET, DELETE...) with no body; like
+/// [`get_bytes`] otherwise.
+pub async fn request_bytes(
+    socket: &Path,
+    method: hyper::Method,
+    path_and_query: &str,
+) -> anyhow::Result<Bytes> {
     let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
         let hint = match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -48,7 +58,9 @@ pub async fn get_bytes(socket: &Path, path_and_query: &str) -> anyhow::Result<By
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = Request::get(path_and_query)
+    let req = Request::builder()
+        .method(method)
+        .uri(path_and_query)
         .header(hyper::header::HOST, "sonde")
         .body(Empty::<Bytes>::new())
         .context("building request")?;

@@ -3,8 +3,10 @@
 //! never raw strings.
 
 pub mod alerts;
+pub mod alloc;
 pub mod client;
 pub mod http;
+pub mod memory;
 pub mod output;
 pub mod profile;
 pub mod status;
@@ -92,6 +94,14 @@ process). The window is collectors.syscalls.window (default 60s).")]
 
 Routes are normalized (/items/123 -> /items/{id}); see docs/http.md.")]
     Http(http::HttpArgs),
+    /// Exact allocation tracking of one process for a while: bytes in use
+    /// and allocated by stack, leak suspects, growth (malloc uprobes).
+    #[command(after_help = alloc::AFTER)]
+    Alloc(alloc::AllocArgs),
+    /// Memory growth by stack from the always-on memory collector: RSS
+    /// growth (page faults) or mapped/unmapped address space.
+    #[command(after_help = memory::AFTER)]
+    Memory(memory::MemoryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +152,8 @@ pub fn main() -> i32 {
         Command::Syscalls(a) => syscalls::run(&a),
         Command::Profile(a) => profile::run(&a),
         Command::Http(a) => http::run(&a),
+        Command::Alloc(a) => alloc::run(&a),
+        Command::Memory(a) => memory::run(&a),
     };
     match result {
         Ok(()) => 0,

@@ -8,6 +8,7 @@
 //! every collector's data has a different shape.
 
 pub mod http;
+pub mod memory;
 pub mod process;
 pub mod profile;
 pub mod syscalls;

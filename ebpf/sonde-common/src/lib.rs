@@ -11,6 +11,7 @@
 #![no_std]
 
 pub mod http;
+pub mod memory;
 pub mod process;
 pub mod profile;
 pub mod syscalls;

@@ -2,8 +2,10 @@
 //! binary under `src/bin/`; each hook family lives in its own module here.
 #![no_std]
 
+pub mod alloc;
 pub mod counters;
 pub mod http;
+pub mod memory;
 pub mod process;
 pub mod profile;
 pub mod syscalls;

@@ -13,6 +13,8 @@ use anyhow::{Context as _, Result, bail};
 /// A running `sonde agent` on a private port and socket.
 pub struct Agent {
     pub child: Child,
+    /// The control socket (`sonde alloc`, `sonde memory` talk to it).
+    pub socket: std::path::PathBuf,
 }
 
 impl Agent {
@@ -21,10 +23,11 @@ impl Agent {
             .local_addr()?
             .port();
         let log = std::fs::File::create(dir.join("agent.log"))?;
+        let socket = dir.join(format!("sonde-{port}.sock"));
         let mut c = Command::new(bin);
         c.arg("agent")
             .env("SONDE_API__LISTEN", format!("127.0.0.1:{port}"))
-            .env("SONDE_API__SOCKET", dir.join(format!("sonde-{port}.sock")))
+            .env("SONDE_API__SOCKET", &socket)
             .env("SONDE_AGENT__LOG_LEVEL", "warn")
             .stdout(Stdio::null())
             .stderr(log);
@@ -34,7 +37,7 @@ impl Agent {
         let child = c
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let mut a = Agent { child };
+        let mut a = Agent { child, socket };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(st) = a.child.try_wait()? {

@@ -461,16 +461,22 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
 
 pub fn alloc(ctx: &Ctx) -> ScenarioResult {
     let name = "alloc";
-    let what = "CPU ns per malloc(64)+free pair in a C loop: no probes, and empty libc \
-                malloc/free uprobes (the floor, bpftrace). libc `free` starts with an \
-                instruction the kernel must single-step, which is what makes the floor high.";
+    let what = "CPU ns per malloc(64)+free pair in a C loop: no probes, empty libc \
+                malloc/free uprobes (the floor, bpftrace; libc `free` starts with an \
+                instruction the kernel must single-step, which is what makes it high), and a \
+                `sonde alloc` session on the loop (probes at emulated instructions, every \
+                allocation tracked with its stack). Tier 1, without an agent and with the \
+                agent running only the memory collector: CPU ms per `gcc -O2 -g -c` of a small \
+                C file (a real program that maps, grows its heap and faults a lot) and, as the \
+                worst case, CPU µs per round of mmap 1 MiB + 256 page faults + munmap (nothing \
+                but operations the collector hooks).";
     let run = || -> Result<ScenarioResult> {
         let bin = build_c("xtask/bench/malloc_loop.c", ctx.work.path())?;
         // Few pairs: with uprobes each costs microseconds.
         let n = if ctx.quick { 20_000 } else { 200_000 }.to_string();
         let args = vec![n.clone()];
         let measure = || run_number(&bin, &args);
-        let metrics = alternate(
+        let mut metrics = alternate(
             ctx.reps,
             &[("malloc+free", "CPU ns/pair")],
             vec![
@@ -485,40 +491,202 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
                         Ok(vec![("malloc+free", measure()?)])
                     }),
                 ),
+                (
+                    "sonde alloc session",
+                    Box::new(|| Ok(vec![("malloc+free", alloc_session(ctx, &bin, &n)?)])),
+                ),
             ],
         )?;
+        let churn = build_c("xtask/bench/page_churn.c", ctx.work.path())?;
+        // Pinned to the last CPU: a perf event opened on CPU 0 makes work
+        // there dearer (see docs/benchmarks.md), which is not what we
+        // measure.
+        let last_cpu =
+            (std::thread::available_parallelism().map_or(1, |n| n.get()) - 1).to_string();
+        let rounds = if ctx.quick { 300 } else { 3000 }.to_string();
+        let pinned = vec![
+            "-c".to_owned(),
+            last_cpu,
+            churn.display().to_string(),
+            rounds.clone(),
+        ];
+        let taskset = std::path::PathBuf::from("taskset");
+        let per_round = || run_number(&taskset, &pinned).map(|ns| ns / 1000.0);
+        let only_memory: Vec<(&str, String)> = [
+            "SONDE_COLLECTORS__PROCESS__ENABLED",
+            "SONDE_COLLECTORS__SYSCALLS__ENABLED",
+            "SONDE_COLLECTORS__PROFILE__ENABLED",
+            "SONDE_COLLECTORS__HTTP__ENABLED",
+        ]
+        .into_iter()
+        .map(|k| (k, "false".to_owned()))
+        .collect();
+        let gcc_loop = build_c("xtask/bench/gcc_loop.c", ctx.work.path())?;
+        let src = crate::cmd::workspace_root().join("tests/workloads/leak_churn.c");
+        let compiles = if ctx.quick { 5 } else { 30 }.to_string();
+        let gcc_args = vec![
+            "-c".to_owned(),
+            pinned[1].clone(),
+            gcc_loop.display().to_string(),
+            compiles.clone(),
+            src.display().to_string(),
+        ];
+        let per_compile = || run_number(&taskset, &gcc_args);
+        metrics.extend(alternate(
+            ctx.reps,
+            &[
+                ("mmap+faults+munmap", "CPU µs/round"),
+                ("gcc -O2 -g -c", "CPU ms/compile"),
+            ],
+            vec![
+                (
+                    "no agent",
+                    Box::new(|| {
+                        Ok(vec![
+                            ("mmap+faults+munmap", per_round()?),
+                            ("gcc -O2 -g -c", per_compile()?),
+                        ])
+                    }),
+                ),
+                (
+                    "memory collector",
+                    Box::new(|| {
+                        let a = Agent::start(&ctx.sonde, ctx.work.path(), &only_memory)?;
+                        let v = per_round()?;
+                        let g = per_compile()?;
+                        a.stop()?;
+                        Ok(vec![("mmap+faults+munmap", v), ("gcc -O2 -g -c", g)])
+                    }),
+                ),
+            ],
+        )?);
         let mut r = ScenarioResult {
             metrics,
             ..Default::default()
         };
         let floor = r.median("malloc+free", "empty uprobes (floor)");
         let bare = r.median("malloc+free", "no probes");
+        let session = r.median("malloc+free", "sonde alloc session");
         r.derive(
             "floor added",
             floor.zip(bare).map(|(f, b)| f - b),
             "ns/pair",
             None,
         );
-        let has_alloc = Command::new(&ctx.sonde)
-            .args(["alloc", "--help"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        r.notes.push(if has_alloc {
-            "the `sonde alloc` session variant is not wired into this scenario yet".into()
-        } else {
-            "no `sonde alloc` session variant: this build of sonde has no allocation \
-             profiler yet (its issue adds the variant)"
-                .into()
-        });
+        let added = session.zip(bare).map(|(s, b)| s - b);
+        r.derive(
+            "sonde alloc added",
+            added,
+            "ns/pair",
+            added.map(|a| ("≤ 1500", a <= 1500.0)),
+        );
+        let ratio = |m: &str| {
+            r.median(m, "no agent")
+                .zip(r.median(m, "memory collector"))
+                .map(|(b, w)| b / w)
+        };
+        let (gcc, worst) = (ratio("gcc -O2 -g -c"), ratio("mmap+faults+munmap"));
+        r.derive(
+            "tier-1 throughput ratio (gcc)",
+            gcc,
+            "×",
+            gcc.map(|x| ("≥ 0.98", x >= 0.98)),
+        );
+        r.derive(
+            "tier-1 throughput ratio (fault loop, worst case)",
+            worst,
+            "×",
+            None,
+        );
         r.commands = vec![
             format!("gcc -O2 xtask/bench/malloc_loop.c && ./a.out {n}  (CPU ns/pair)"),
             "bpftrace xtask/bench/empty_malloc_uprobes.bt".into(),
+            format!(
+                "./a.out {n} wait & sonde alloc --pid $! -d 10m -f json  (Ctrl-C after the loop)"
+            ),
+            format!(
+                "gcc -O2 xtask/bench/page_churn.c && taskset -c LAST_CPU ./a.out {rounds}  (CPU µs/round), \
+                 with SONDE_COLLECTORS__{{PROCESS,SYSCALLS,PROFILE,HTTP}}__ENABLED=false sonde agent"
+            ),
+            format!(
+                "gcc -O2 xtask/bench/gcc_loop.c && taskset -c LAST_CPU ./a.out {compiles} \
+                 tests/workloads/leak_churn.c  (CPU ms/compile of all children), same agents"
+            ),
         ];
         Ok(r)
     };
     finish(name, what, run())
+}
+
+/// GET on the agent's control socket; the body of a 200 reply.
+fn control_get(socket: &std::path::Path, path: &str) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: sonde\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("GET {path}: {head}");
+    }
+    Ok(body.to_owned())
+}
+
+/// CPU ns per malloc+free pair of `bin` while a `sonde alloc` session
+/// tracks it: the loop waits until the session reports it is tracking.
+fn alloc_session(ctx: &Ctx, bin: &std::path::Path, n: &str) -> Result<f64> {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let a = Agent::start(&ctx.sonde, ctx.work.path(), &[])?;
+    let mut wl = Command::new(bin)
+        .args([n, "wait"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(wl.stdout.take().context("workload stdout")?).lines();
+    let ready = lines.next().context("workload exited")??;
+    anyhow::ensure!(ready == "ready", "workload said {ready:?}");
+    let pid = wl.id().to_string();
+    let cli = Command::new(&ctx.sonde)
+        .args([
+            "alloc", "--pid", &pid, "-d", "10m", "-f", "json", "--socket",
+        ])
+        .arg(&a.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !control_get(&a.socket, "/api/v1/alloc/sessions")?.contains("tracking") {
+        if Instant::now() > deadline {
+            bail!("the sonde alloc session did not start within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    writeln!(wl.stdin.take().context("workload stdin")?, "go")?;
+    let first = lines.next().context("workload printed nothing")??;
+    wl.wait()?;
+    signal(cli.id(), 2);
+    let out = cli.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "sonde alloc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every pair must have been tracked, or the figure would flatter us.
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let allocs = report["counters"]["allocs"].as_u64().unwrap_or(0);
+    let want: u64 = n.parse()?;
+    anyhow::ensure!(
+        allocs >= want,
+        "the session saw {allocs} allocations of {want}"
+    );
+    a.stop()?;
+    first
+        .rsplit([':', ' '])
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("workload printed no number: {first:?}"))
 }
 
 pub fn footprint(ctx: &Ctx) -> ScenarioResult {

@@ -236,28 +236,47 @@ fn groups(stack: &[Frame]) -> Vec<&[Frame]> {
 
 /// The profile as an uncompressed `Profile` message.
 pub fn build(p: &Profile) -> PProfile {
+    let period = p.period_ns;
+    let mut out = build_values(
+        p,
+        &[("samples", "count"), ("cpu", "nanoseconds")],
+        |_, s| vec![s.count as i64, (s.count * period) as i64],
+    );
+    let b_cpu = out
+        .string_table
+        .iter()
+        .position(|x| x == "cpu")
+        .unwrap_or(0) as i64;
+    let b_nanos = out
+        .string_table
+        .iter()
+        .position(|x| x == "nanoseconds")
+        .unwrap_or(0) as i64;
+    out.period_type = Some(ValueType {
+        r#type: b_cpu,
+        unit: b_nanos,
+    });
+    out.period = period as i64;
+    out.default_sample_type = b_cpu;
+    out
+}
+
+/// A profile whose samples carry the values `values` computes, one per
+/// `(type, unit)` of `types` (e.g. memory: `inuse_space`/`bytes`, ...),
+/// given the sample's index in `p.samples`. The default sample type is the
+/// first.
+pub fn build_values(
+    p: &Profile,
+    types: &[(&str, &str)],
+    values: impl Fn(usize, &super::store::Sample) -> Vec<i64>,
+) -> PProfile {
     let mut b = Builder::default();
     b.s("");
-    let samples = b.s("samples");
-    let count = b.s("count");
-    let cpu = b.s("cpu");
-    let nanos = b.s("nanoseconds");
-    b.p.sample_type = vec![
-        ValueType {
-            r#type: samples,
-            unit: count,
-        },
-        ValueType {
-            r#type: cpu,
-            unit: nanos,
-        },
-    ];
-    b.p.period_type = Some(ValueType {
-        r#type: cpu,
-        unit: nanos,
-    });
-    b.p.period = p.period_ns as i64;
-    b.p.default_sample_type = cpu;
+    for (t, u) in types {
+        let (r#type, unit) = (b.s(t), b.s(u));
+        b.p.sample_type.push(ValueType { r#type, unit });
+    }
+    b.p.default_sample_type = b.p.sample_type.first().map(|v| v.r#type).unwrap_or(0);
     b.p.time_nanos = p
         .start
         .duration_since(UNIX_EPOCH)
@@ -265,7 +284,7 @@ pub fn build(p: &Profile) -> PProfile {
         .unwrap_or(0);
     b.p.duration_nanos = p.duration.as_nanos() as i64;
     let (k_pid, k_comm, k_service) = (b.s("pid"), b.s("comm"), b.s("service_name"));
-    for s in &p.samples {
+    for (i, s) in p.samples.iter().enumerate() {
         let location_id = groups(&s.stack)
             .into_iter()
             .map(|g| b.location(g))
@@ -289,20 +308,25 @@ pub fn build(p: &Profile) -> PProfile {
         ];
         b.p.sample.push(PSample {
             location_id,
-            value: vec![s.count as i64, (s.count * p.period_ns) as i64],
+            value: values(i, s),
             label,
         });
     }
     b.p
 }
 
-/// Gzipped protobuf, what `go tool pprof` and Pyroscope read.
-pub fn encode(p: &Profile) -> Vec<u8> {
-    let raw = build(p).encode_to_vec();
+/// Gzips an encoded `Profile` message.
+pub fn gzip(p: &PProfile) -> Vec<u8> {
+    let raw = p.encode_to_vec();
     let mut gz = GzEncoder::new(Vec::with_capacity(raw.len() / 2), Compression::default());
     // Writing into a Vec cannot fail.
     let _ = gz.write_all(&raw);
     gz.finish().unwrap_or_default()
+}
+
+/// Gzipped protobuf, what `go tool pprof` and Pyroscope read.
+pub fn encode(p: &Profile) -> Vec<u8> {
+    gzip(&build(p))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ fn folded_frame(f: &super::store::Frame) -> String {
     }
 }
 
-fn folded_line(s: &Sample) -> String {
+pub fn folded_line(s: &Sample) -> String {
     let mut parts = Vec::with_capacity(s.stack.len() + 1);
     parts.push(s.comm.replace(';', ":"));
     parts.extend(s.stack.iter().rev().map(folded_frame));

@@ -91,6 +91,23 @@ impl SymbolizeMetrics {
             ),
         }
     }
+    /// The same metrics, registered nowhere: for short-lived resolvers
+    /// (`sonde alloc` sessions) whose counts are not exported.
+    pub fn unregistered() -> Self {
+        let vec = |name: &str, label: &str| {
+            IntCounterVec::new(prometheus::Opts::new(name, "unexported"), &[label])
+                .expect("valid metric")
+        };
+        let gauge = |name: &str| IntGauge::new(name, "unexported").expect("valid metric");
+        Self {
+            results: vec("results", "result"),
+            evictions: vec("evictions", "cache"),
+            symbols_cached: gauge("symbols"),
+            files_cached: gauge("files"),
+            processes_mapped: gauge("processes"),
+        }
+    }
+
     fn result(&self, r: &str) -> IntCounter {
         self.results.with_label_values(&[r])
     }
@@ -113,6 +130,8 @@ pub struct Resolver {
     metrics: SymbolizeMetrics,
     /// Drain counter, for least-recently-used eviction.
     tick: u64,
+    /// Read DWARF (lines, inlined frames), not only ELF symbols.
+    debug_syms: bool,
 }
 
 impl Resolver {
@@ -130,7 +149,15 @@ impl Resolver {
             limits,
             metrics,
             tick: 0,
+            debug_syms: true,
         }
+    }
+
+    /// Function names from ELF symbols only, no DWARF: far less memory per
+    /// cached file, for callers that need no line numbers.
+    pub fn without_debug_info(mut self) -> Self {
+        self.debug_syms = false;
+        self
     }
 
     /// Marks the start of a drain; refreshes gauges and enforces bounds.
@@ -330,7 +357,9 @@ impl Resolver {
         };
         file.last_used = self.tick;
         let module = file.module.clone();
-        let src = Source::Elf(Elf::new(file.fd_path.clone()));
+        let mut elf = Elf::new(file.fd_path.clone());
+        elf.debug_syms = self.debug_syms;
+        let src = Source::Elf(elf);
         let frames: Arc<[Frame]> = match self.sym.symbolize_single(&src, Input::FileOffset(offset))
         {
             Ok(Symbolized::Sym(sym)) => {

@@ -1,0 +1,11 @@
+//! Memory: tier 1, the always-on `memory` collector (heap and mapping
+//! growth by stack from syscall tracepoints and sampled page faults), and
+//! tier 2, `sonde alloc` sessions (exact malloc tracking on one process
+//! for a bounded time).
+
+pub mod growth;
+pub mod libc;
+pub mod probe_point;
+pub mod render;
+pub mod session;
+pub mod store;

@@ -1,0 +1,616 @@
+//! `sonde alloc` sessions: malloc-family uprobes on one process for a
+//! bounded time, then a report of live and allocated bytes by stack.
+//!
+//! The probes are attached for this pid only, to the libc it maps, at
+//! probe points the kernel emulates (see probe_point.rs). A session ends at
+//! its duration, when cancelled (`DELETE /api/v1/alloc`, which the CLI
+//! sends on Ctrl-C), when the target exits, or at agent shutdown; in every
+//! case the programs are dropped (detached) before the maps are read.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap},
+    programs::{UProbe, uprobe::UProbeScope},
+};
+use sonde_common::memory::{
+    ALLOC_ACTIVE_SLOT, ALLOC_SAMPLE_BYTES_SLOT, AllocCounter, AllocLive, AllocTotals,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::libc::{self, Libc, LibcError, Target};
+use crate::{
+    collectors::{
+        chain,
+        profile::{
+            procmaps::Captured,
+            store::Frame,
+            symbolize::{Limits, Resolver, SymbolizeMetrics},
+        },
+        take_map,
+    },
+    ebpf,
+};
+
+/// Longest session.
+pub const MAX_DURATION: Duration = Duration::from_secs(600);
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub pid: u32,
+    pub duration: Duration,
+    /// Mean bytes between sampled allocations; 0: every allocation.
+    pub sample_bytes: u64,
+    /// Live allocations older than this at the end are leak suspects.
+    pub min_age: Duration,
+    /// Also snapshot live bytes early and report growth since.
+    pub diff: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The user's input is at fault (bad pid, no libc).
+    #[error(transparent)]
+    Target(#[from] LibcError),
+    #[error(
+        "an allocation-tracking session is already running on pid {0}; wait for it \
+         to end (or cancel it with Ctrl-C in its terminal)"
+    )]
+    Busy(u32),
+    #[error("attaching malloc probes to pid {pid}: {detail}")]
+    Attach { pid: u32, detail: String },
+    #[error("the session's worker failed: {0}")]
+    Worker(String),
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ended {
+    Completed,
+    Cancelled,
+    TargetExited,
+    AgentShutdown,
+}
+
+/// A probe as attached.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProbeInfo {
+    pub function: String,
+    /// Bytes into the function.
+    pub offset: u64,
+    /// False: the kernel single-steps it (~20 µs a call here).
+    pub emulated: bool,
+}
+
+/// One stack's figures. Byte figures are estimates when sampling by bytes.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct StackRow {
+    /// Function names, leaf (the allocating caller) first.
+    pub frames: Vec<String>,
+    pub in_use_bytes: u64,
+    pub in_use_count: u64,
+    pub alloc_bytes: u64,
+    pub alloc_count: u64,
+    pub freed_bytes: u64,
+    pub freed_count: u64,
+    /// Live allocations older than `min_age` at the end.
+    pub leak_bytes: u64,
+    pub leak_count: u64,
+    /// Live bytes at the end minus at the diff snapshot (`--diff`).
+    pub growth_bytes: Option<i64>,
+}
+
+/// A session's result.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    pub pid: u32,
+    pub comm: String,
+    pub libc: String,
+    pub duration_ms: u64,
+    pub ended: Option<Ended>,
+    pub sample_bytes: u64,
+    /// True when byte figures are scaled estimates (sampling).
+    pub estimated: bool,
+    pub min_age_ms: u64,
+    /// When recording started and stopped (CLOCK_MONOTONIC ns, the clock
+    /// of `bpf_ktime_get_ns`), to line the session up with other events.
+    pub started_ns: u64,
+    pub ended_ns: u64,
+    /// When the `--diff` snapshot was taken, ms into the session.
+    pub diff_after_ms: Option<u64>,
+    pub probes: Vec<ProbeInfo>,
+    /// Kernel-side counters (allocs, frees, untracked frees, drops...).
+    pub counters: BTreeMap<String, u64>,
+    pub stacks: Vec<StackRow>,
+    /// Resolved frames of each row (not serialized; for pprof/folded).
+    #[serde(skip)]
+    pub frames: Vec<Arc<[Frame]>>,
+}
+
+impl Report {
+    pub fn total(&self, f: impl Fn(&StackRow) -> u64) -> u64 {
+        self.stacks.iter().map(f).sum()
+    }
+}
+
+/// A running session, as `GET /api/v1/alloc/sessions` lists it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SessionInfo {
+    pub pid: u32,
+    /// `attaching` or `tracking`.
+    pub state: String,
+    /// Since the session was requested.
+    pub elapsed_ms: u64,
+}
+
+struct Entry {
+    token: CancellationToken,
+    tracking: bool,
+    since: Instant,
+}
+
+type Active = Arc<Mutex<HashMap<u32, Entry>>>;
+
+/// Registry of running sessions: one per pid.
+#[derive(Clone)]
+pub struct Sessions {
+    active: Active,
+    shutdown: CancellationToken,
+}
+
+impl Sessions {
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Self {
+            active: Arc::default(),
+            shutdown,
+        }
+    }
+
+    /// Cancels the session on `pid`; false if none runs.
+    pub fn cancel(&self, pid: u32) -> bool {
+        let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        match active.get(&pid) {
+            Some(e) => {
+                e.token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The sessions running now.
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<SessionInfo> = active
+            .iter()
+            .map(|(pid, e)| SessionInfo {
+                pid: *pid,
+                state: if e.tracking { "tracking" } else { "attaching" }.into(),
+                elapsed_ms: e.since.elapsed().as_millis() as u64,
+            })
+            .collect();
+        out.sort_by_key(|s| s.pid);
+        out
+    }
+
+    fn set_tracking(&self, pid: u32) {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = active.get_mut(&pid) {
+            e.tracking = true;
+        }
+    }
+
+    /// Runs a session to its end.
+    pub async fn run(&self, req: Request) -> Result<Report, SessionError> {
+        if !std::path::Path::new(&format!("/proc/{}", req.pid)).exists() {
+            return Err(LibcError::NoProcess(req.pid).into());
+        }
+        let token = self.shutdown.child_token();
+        {
+            let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+            if active.contains_key(&req.pid) {
+                return Err(SessionError::Busy(req.pid));
+            }
+            active.insert(
+                req.pid,
+                Entry {
+                    token: token.clone(),
+                    tracking: false,
+                    since: Instant::now(),
+                },
+            );
+        }
+        let _guard = Unregister {
+            active: self.active.clone(),
+            pid: req.pid,
+        };
+        let r = req.clone();
+        let attached = tokio::task::spawn_blocking(move || attach(&r))
+            .await
+            .map_err(|e| SessionError::Worker(e.to_string()))??;
+        self.set_tracking(req.pid);
+        let started = Instant::now();
+        let (ended, snapshot, attached, elapsed) =
+            wait(attached, &req, &token, &self.shutdown, started).await;
+        tokio::task::spawn_blocking(move || report(attached, &req, ended, elapsed, snapshot))
+            .await
+            .map_err(|e| SessionError::Worker(e.to_string()))
+    }
+}
+
+struct Unregister {
+    active: Active,
+    pid: u32,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        active.remove(&self.pid);
+    }
+}
+
+/// A session's kernel state. Dropping `obj` detaches every probe.
+struct Attached {
+    obj: Option<Ebpf>,
+    control: Array<MapData, u64>,
+    live: BpfHashMap<MapData, u64, AllocLive>,
+    totals: PerCpuHashMap<MapData, i32, AllocTotals>,
+    stacks: StackTraceMap<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    libc: Libc,
+    started_ns: u64,
+    ended_ns: u64,
+    /// The process's maps and files, opened at the start so stacks resolve
+    /// even if it exits mid-session.
+    captured: Option<Captured>,
+    comm: String,
+}
+
+fn attach_err(pid: u32) -> impl Fn(String) -> SessionError {
+    move |detail| SessionError::Attach { pid, detail }
+}
+
+fn attach(req: &Request) -> Result<Attached, SessionError> {
+    let pid = req.pid;
+    let err = attach_err(pid);
+    let libc = libc::find(pid)?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let mut obj = ebpf::load(ebpf::ALLOC, 0).map_err(|e| err(chain(&e)))?;
+    let mut control: Array<MapData, u64> =
+        take_map(&mut obj, "ALLOC_CONTROL").map_err(|e| err(chain(&e)))?;
+    control
+        .set(ALLOC_SAMPLE_BYTES_SLOT, req.sample_bytes, 0)
+        .map_err(|e| err(e.to_string()))?;
+    let live = take_map(&mut obj, "ALLOC_LIVE").map_err(|e| err(chain(&e)))?;
+    let totals = take_map(&mut obj, "ALLOC_TOTALS").map_err(|e| err(chain(&e)))?;
+    let stacks = take_map(&mut obj, "ALLOC_STACKS").map_err(|e| err(chain(&e)))?;
+    let counters = take_map(&mut obj, "ALLOC_COUNTERS_MAP").map_err(|e| err(chain(&e)))?;
+    let scope = UProbeScope::OneProcess(
+        NonZeroU32::new(pid).ok_or_else(|| err("pid 0 is not a process".into()))?,
+    );
+    // Entry programs by function; every allocation function shares the
+    // return program.
+    let entry_prog = |f: &str| match f {
+        "malloc" => "alloc_malloc",
+        "calloc" => "alloc_calloc",
+        "realloc" => "alloc_realloc",
+        "posix_memalign" => "alloc_posix_memalign",
+        _ => "alloc_memalign",
+    };
+    for name in [
+        "alloc_malloc",
+        "alloc_calloc",
+        "alloc_realloc",
+        "alloc_memalign",
+        "alloc_posix_memalign",
+        "alloc_return",
+        "alloc_free",
+    ] {
+        let p: &mut UProbe = obj
+            .program_mut(name)
+            .ok_or_else(|| err(format!("{name} missing from object")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| err(e.to_string()))?;
+        p.load()
+            .map_err(|e| err(format!("loading {name}: {}", chain(&e))))?;
+    }
+    let mut attach_one = |prog: &str, t: &Target| -> Result<(), SessionError> {
+        let p: &mut UProbe = obj
+            .program_mut(prog)
+            .ok_or_else(|| err(format!("{prog} missing from object")))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| err(e.to_string()))?;
+        p.attach(t.file_offset, &libc.host_path, scope)
+            .map_err(|e| {
+                err(format!(
+                    "{prog} at {}+{}: {}",
+                    t.function,
+                    t.point.offset,
+                    chain(&e)
+                ))
+            })?;
+        Ok(())
+    };
+    // Return probes first: an entry seen without its return probe would
+    // leave a pending call behind.
+    for t in &libc.allocs {
+        attach_one("alloc_return", t)?;
+    }
+    for t in &libc.allocs {
+        attach_one(entry_prog(t.function), t)?;
+    }
+    attach_one("alloc_free", &libc.free)?;
+    tracing::info!(
+        pid,
+        libc = %libc.path,
+        probes = libc.allocs.len() + 1,
+        "alloc session attached"
+    );
+    // Record from now on: every probe is in place.
+    control
+        .set(ALLOC_ACTIVE_SLOT, 1, 0)
+        .map_err(|e| err(e.to_string()))?;
+    let started_ns = monotonic_ns();
+    Ok(Attached {
+        obj: Some(obj),
+        control,
+        live,
+        totals,
+        stacks,
+        counters,
+        captured: Captured::read(pid),
+        libc,
+        started_ns,
+        ended_ns: 0,
+        comm,
+    })
+}
+
+/// Live bytes by stack id, weighted.
+fn live_by_stack(live: &BpfHashMap<MapData, u64, AllocLive>) -> HashMap<i32, u64> {
+    let mut out: HashMap<i32, u64> = HashMap::new();
+    for (_, v) in live.iter().filter_map(Result::ok) {
+        *out.entry(v.stack_id).or_default() += v.weight;
+    }
+    out
+}
+
+/// Waits for the end; takes the `--diff` snapshot on the way; detaches.
+async fn wait(
+    mut a: Attached,
+    req: &Request,
+    token: &CancellationToken,
+    shutdown: &CancellationToken,
+    started: Instant,
+) -> (
+    Ended,
+    Option<(Duration, HashMap<i32, u64>)>,
+    Attached,
+    Duration,
+) {
+    let proc_dir = format!("/proc/{}", req.pid);
+    // The diff baseline: after a tenth of the session (at most 10 s), once
+    // the process's steady churn is in the live map.
+    let diff_at = (req.diff).then(|| (req.duration / 10).min(Duration::from_secs(10)));
+    let mut snapshot = None;
+    let end = started + req.duration;
+    let ended = loop {
+        let now = Instant::now();
+        if now >= end {
+            break Ended::Completed;
+        }
+        if let Some(at) = diff_at
+            && snapshot.is_none()
+            && now >= started + at
+        {
+            snapshot = Some((now - started, live_by_stack(&a.live)));
+        }
+        let tick = (end - now).min(Duration::from_millis(200));
+        tokio::select! {
+            // The session's token is a child of the shutdown token: at
+            // shutdown both fire, and shutdown is the reason.
+            biased;
+            _ = shutdown.cancelled() => break Ended::AgentShutdown,
+            _ = token.cancelled() => break Ended::Cancelled,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        if !std::path::Path::new(&proc_dir).exists() {
+            break Ended::TargetExited;
+        }
+    };
+    // Stop recording first (frees are still seen), then detach, so no
+    // allocation outlives a free probe that is already gone.
+    a.ended_ns = monotonic_ns();
+    if let Err(e) = a.control.set(ALLOC_ACTIVE_SLOT, 0, 0) {
+        tracing::warn!(pid = req.pid, "cannot stop the alloc session cleanly: {e}");
+    }
+    let elapsed = started.elapsed();
+    a.obj.take();
+    tracing::info!(pid = req.pid, ?ended, "alloc session detached");
+    (ended, snapshot, a, elapsed)
+}
+
+fn report(
+    mut a: Attached,
+    req: &Request,
+    ended: Ended,
+    elapsed: Duration,
+    snapshot: Option<(Duration, HashMap<i32, u64>)>,
+) -> Report {
+    // Ages at the session's end, not at report time (detaching takes a
+    // while).
+    let now_ns = a.ended_ns;
+    let min_age_ns = req.min_age.as_nanos() as u64;
+    #[derive(Default)]
+    struct Acc {
+        in_use: (u64, u64),
+        leak: (u64, u64),
+        alloc: (u64, u64),
+        freed: (u64, u64),
+    }
+    let mut by: HashMap<i32, Acc> = HashMap::new();
+    for (_, v) in a.live.iter().filter_map(Result::ok) {
+        let e = by.entry(v.stack_id).or_default();
+        e.in_use.0 += v.weight;
+        e.in_use.1 += 1;
+        if now_ns.saturating_sub(v.ts_ns) >= min_age_ns {
+            e.leak.0 += v.weight;
+            e.leak.1 += 1;
+        }
+    }
+    for (k, v) in a.totals.iter().filter_map(Result::ok) {
+        let e = by.entry(k).or_default();
+        for t in v.iter() {
+            e.alloc.0 += t.alloc_bytes;
+            e.alloc.1 += t.alloc_count;
+            e.freed.0 += t.free_bytes;
+            e.freed.1 += t.free_count;
+        }
+    }
+    let mut counters = BTreeMap::new();
+    for c in AllocCounter::ALL {
+        let n: u64 = a
+            .counters
+            .get(&(c as u32), 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0);
+        counters.insert(counter_name(c).to_owned(), n);
+    }
+    let mut resolver = Resolver::new(
+        Limits {
+            files: 256,
+            symbols: 65_536,
+            processes: 4,
+        },
+        SymbolizeMetrics::unregistered(),
+    );
+    if let Some(c) = a.captured.take() {
+        resolver.adopt(c);
+    }
+    resolver.see(req.pid);
+    let mut rows: Vec<(StackRow, Arc<[Frame]>)> = Vec::with_capacity(by.len());
+    for (id, acc) in by {
+        let frames: Arc<[Frame]> = if id >= 0 {
+            match a.stacks.get(&(id as u32), 0) {
+                Ok(t) => {
+                    let ips: Vec<u64> = t.frames().iter().map(|f| f.ip).collect();
+                    resolver.user(req.pid, &ips).into()
+                }
+                Err(_) => Arc::from([]),
+            }
+        } else {
+            Arc::from([])
+        };
+        let growth = snapshot
+            .as_ref()
+            .map(|(_, s)| acc.in_use.0 as i64 - s.get(&id).copied().unwrap_or(0) as i64);
+        let names: Vec<String> = if frames.is_empty() {
+            vec![format!("[no stack: {}]", stack_error(id))]
+        } else {
+            frames.iter().map(|f| f.function.to_string()).collect()
+        };
+        rows.push((
+            StackRow {
+                frames: names,
+                in_use_bytes: acc.in_use.0,
+                in_use_count: acc.in_use.1,
+                alloc_bytes: acc.alloc.0,
+                alloc_count: acc.alloc.1,
+                freed_bytes: acc.freed.0,
+                freed_count: acc.freed.1,
+                leak_bytes: acc.leak.0,
+                leak_count: acc.leak.1,
+                growth_bytes: growth,
+            },
+            frames,
+        ));
+    }
+    rows.sort_by(|(a, _), (b, _)| {
+        b.in_use_bytes
+            .cmp(&a.in_use_bytes)
+            .then(b.alloc_bytes.cmp(&a.alloc_bytes))
+            .then(a.frames.cmp(&b.frames))
+    });
+    let (stacks, frames) = rows.into_iter().unzip();
+    Report {
+        pid: req.pid,
+        comm: a.comm,
+        libc: a.libc.path.clone(),
+        duration_ms: elapsed.as_millis() as u64,
+        ended: Some(ended),
+        sample_bytes: req.sample_bytes,
+        estimated: req.sample_bytes > 0,
+        min_age_ms: req.min_age.as_millis() as u64,
+        started_ns: a.started_ns,
+        ended_ns: a.ended_ns,
+        diff_after_ms: snapshot.map(|(d, _)| d.as_millis() as u64),
+        probes: a
+            .libc
+            .allocs
+            .iter()
+            .chain(std::iter::once(&a.libc.free))
+            .map(|t| ProbeInfo {
+                function: t.function.into(),
+                offset: t.point.offset,
+                emulated: t.point.emulated,
+            })
+            .collect(),
+        counters,
+        stacks,
+        frames,
+    }
+}
+
+fn stack_error(id: i32) -> &'static str {
+    match -id {
+        14 => "unreadable (EFAULT)",
+        17 => "hash collision",
+        12 => "stack map full",
+        _ => "not captured",
+    }
+}
+
+pub fn counter_name(c: AllocCounter) -> &'static str {
+    match c {
+        AllocCounter::Allocs => "allocs",
+        AllocCounter::Frees => "frees",
+        AllocCounter::FreeUntracked => "free_untracked",
+        AllocCounter::LiveFull => "live_map_full",
+        AllocCounter::TotalsFull => "totals_map_full",
+        AllocCounter::StackMissing => "stack_missing",
+        AllocCounter::PendingFull => "pending_map_full",
+        AllocCounter::ReturnWithoutEntry => "return_without_entry",
+        AllocCounter::SampledOut => "sampled_out",
+        AllocCounter::Failed => "failed",
+        AllocCounter::Inactive => "outside_session",
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = ::libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    if unsafe { ::libc::clock_gettime(::libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Wall-clock start of a session that lasted `elapsed`, for pprof.
+pub fn started_at(elapsed: Duration) -> SystemTime {
+    SystemTime::now() - elapsed
+}

@@ -1,0 +1,240 @@
+//! Tier-1 memory growth by stack, cumulative since the agent started (or
+//! since the process did, if later): what `sonde memory` and
+//! `GET /api/v1/memory` read. Bounded: rows of exited processes go first.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::oneshot;
+
+use crate::collectors::profile::store::{Filter, Frame, Profile, Sample};
+
+/// What a row measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Group {
+    /// Resident memory growth: user page faults x page size (sampled).
+    Rss,
+    /// Address space mapped: mmap, brk growth, mremap growth.
+    Mapped,
+    /// Address space released: munmap, brk shrink, mremap shrink.
+    Unmapped,
+}
+
+impl Group {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "rss" => Self::Rss,
+            "mapped" => Self::Mapped,
+            "unmapped" => Self::Unmapped,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Row {
+    bytes: u64,
+    events: u64,
+}
+
+#[derive(Debug, Clone)]
+struct ProcInfo {
+    comm: Arc<str>,
+    service: Arc<str>,
+    alive: bool,
+}
+
+type Key = (u32, Group, Arc<[Frame]>);
+
+struct Inner {
+    rows: HashMap<Key, Row>,
+    procs: HashMap<u32, ProcInfo>,
+    started: SystemTime,
+    dropped: u64,
+}
+
+/// One drained row, symbolized.
+pub struct Update {
+    pub pid: u32,
+    pub comm: Arc<str>,
+    pub service: Arc<str>,
+    pub group: Group,
+    pub stack: Arc<[Frame]>,
+    pub bytes: u64,
+    pub events: u64,
+}
+
+/// Shared handle. Cheap to clone.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    max_rows: usize,
+    flusher: Arc<Mutex<Option<mpsc::Sender<oneshot::Sender<()>>>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the memory collector is not running (disabled, or it failed to start: see `sonde status`)"
+)]
+pub struct NotRunning;
+
+impl MemoryStore {
+    pub fn new(max_rows: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                rows: HashMap::new(),
+                procs: HashMap::new(),
+                started: SystemTime::now(),
+                dropped: 0,
+            })),
+            max_rows,
+            flusher: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_flusher(&self, f: Option<mpsc::Sender<oneshot::Sender<()>>>) {
+        *self.flusher.lock().unwrap_or_else(|e| e.into_inner()) = f;
+    }
+
+    /// Asks the drain thread for a drain now and waits until it is in.
+    pub async fn flush(&self) -> Result<(), NotRunning> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let f = self.flusher.lock().unwrap_or_else(|e| e.into_inner());
+            let f = f.as_ref().ok_or(NotRunning)?;
+            f.send(tx).map_err(|_| NotRunning)?;
+        }
+        rx.await.map_err(|_| NotRunning)
+    }
+
+    /// Adds a drain's rows; returns rows dropped for lack of room.
+    pub fn add(&self, updates: Vec<Update>) -> u64 {
+        let mut g = self.lock();
+        let mut dropped = 0;
+        for u in updates {
+            g.procs.insert(
+                u.pid,
+                ProcInfo {
+                    comm: u.comm,
+                    service: u.service,
+                    alive: true,
+                },
+            );
+            let key = (u.pid, u.group, u.stack);
+            if !g.rows.contains_key(&key) && g.rows.len() >= self.max_rows {
+                dropped += 1;
+                continue;
+            }
+            let r = g.rows.entry(key).or_default();
+            r.bytes += u.bytes;
+            r.events += u.events;
+        }
+        g.dropped += dropped;
+        dropped
+    }
+
+    /// Forgets exited processes (those `alive` says are gone) when the
+    /// store is over three quarters full; otherwise only marks them.
+    pub fn prune(&self, alive: impl Fn(u32) -> bool) {
+        let mut g = self.lock();
+        let over = g.rows.len() * 4 >= self.max_rows * 3;
+        let mut gone = Vec::new();
+        for (pid, p) in g.procs.iter_mut() {
+            p.alive = alive(*pid);
+            if !p.alive {
+                gone.push(*pid);
+            }
+        }
+        if over {
+            g.rows.retain(|(pid, _, _), _| !gone.contains(pid));
+            for pid in gone {
+                g.procs.remove(&pid);
+            }
+        }
+    }
+
+    pub fn has_pid(&self, pid: u32) -> bool {
+        self.lock().procs.contains_key(&pid)
+    }
+
+    /// Rows of `group` matching `filter`, as a profile weighted by bytes,
+    /// and the events behind each sample (same order).
+    pub fn profile(&self, group: Group, filter: &Filter) -> (Profile, Vec<u64>) {
+        let g = self.lock();
+        let mut samples = Vec::new();
+        let mut events = Vec::new();
+        for ((pid, grp, stack), r) in &g.rows {
+            if *grp != group {
+                continue;
+            }
+            let Some(p) = g.procs.get(pid) else { continue };
+            let s = Sample {
+                pid: *pid,
+                comm: p.comm.clone(),
+                service: p.service.clone(),
+                stack: stack.clone(),
+                count: r.bytes,
+            };
+            if filter.matches(&s) {
+                samples.push(s);
+                events.push(r.events);
+            }
+        }
+        let duration = SystemTime::now()
+            .duration_since(g.started)
+            .unwrap_or(Duration::ZERO);
+        (
+            Profile {
+                samples,
+                start: g.started,
+                duration,
+                period_ns: 1,
+            },
+            events,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(pid: u32, group: Group, bytes: u64) -> Update {
+        Update {
+            pid,
+            comm: "c".into(),
+            service: "svc".into(),
+            group,
+            stack: Arc::from([]),
+            bytes,
+            events: 1,
+        }
+    }
+
+    #[test]
+    fn accumulates_and_bounds() {
+        let s = MemoryStore::new(2);
+        assert_eq!(
+            s.add(vec![up(1, Group::Rss, 4096), up(1, Group::Rss, 4096)]),
+            0
+        );
+        assert_eq!(s.add(vec![up(2, Group::Mapped, 10)]), 0);
+        // Full: a third distinct row is dropped, existing rows still grow.
+        assert_eq!(s.add(vec![up(3, Group::Rss, 1), up(1, Group::Rss, 1)]), 1);
+        let (p, ev) = s.profile(Group::Rss, &Filter::default());
+        assert_eq!(p.total(), 8193);
+        assert_eq!(ev, vec![3]);
+        // Exited processes are forgotten once the store fills up.
+        s.prune(|pid| pid != 1);
+        assert!(!s.has_pid(1));
+        assert!(s.has_pid(2));
+    }
+}

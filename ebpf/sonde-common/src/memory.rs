@@ -1,0 +1,243 @@
+//! Memory ABI, two tiers.
+//!
+//! Tier 1 (the always-on `memory` collector): syscall tracepoints for
+//! `mmap`, `munmap`, `mremap`, `brk` and a perf event sampling page faults
+//! count bytes and faults per (process, user stack, kind) in the kernel, in two map generations the agent flips and drains like the CPU
+//! profiler's.
+//!
+//! Tier 2 (`sonde alloc`, on demand): malloc-family uprobes on one process
+//! track each live allocation (address -> size, stack, time) and per-stack
+//! totals until the session ends.
+
+use crate::COMM_LEN;
+
+/// What a tier-1 row counts.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemKind {
+    /// `mmap` lengths requested (bytes).
+    Mmap = 0,
+    /// `munmap` lengths (bytes).
+    Munmap = 1,
+    /// `brk` growth of the heap (bytes).
+    BrkGrow = 2,
+    /// `brk` shrink of the heap (bytes).
+    BrkShrink = 3,
+    /// `mremap` growth (bytes).
+    MremapGrow = 4,
+    /// `mremap` shrink (bytes).
+    MremapShrink = 5,
+    /// Sampled page faults: each sample stands for `MEM_FAULT_SAMPLE_SLOT`
+    /// faults, `bytes` is that many pages.
+    FaultSampled = 6,
+    /// Reserved (was: every fault counted by a tracepoint; too costly).
+    FaultAll = 7,
+}
+
+/// Number of [`MemKind`] values.
+pub const MEM_KINDS: u32 = 8;
+
+impl MemKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => Self::Mmap,
+            1 => Self::Munmap,
+            2 => Self::BrkGrow,
+            3 => Self::BrkShrink,
+            4 => Self::MremapGrow,
+            5 => Self::MremapShrink,
+            6 => Self::FaultSampled,
+            7 => Self::FaultAll,
+            _ => return None,
+        })
+    }
+}
+
+/// Stack id used by rows that carry no stack on purpose.
+pub const MEM_NO_STACK: i32 = -1_000_000;
+
+/// Key of the tier-1 counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MemKey {
+    pub tgid: u32,
+    /// `bpf_get_stackid` result: an id, `-errno`, or [`MEM_NO_STACK`].
+    pub user_stack_id: i32,
+    /// A [`MemKind`].
+    pub kind: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<MemKey>() == 32);
+
+/// Value of the tier-1 counts (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemValue {
+    pub bytes: u64,
+    pub count: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<MemValue>() == 16);
+
+/// Control array slots (tier 1).
+pub const MEM_GEN_SLOT: u32 = 0;
+/// The page-fault perf event's sample period (also each sample's weight).
+pub const MEM_FAULT_SAMPLE_SLOT: u32 = 1;
+/// Page size in bytes, written by the agent.
+pub const MEM_PAGE_SIZE_SLOT: u32 = 2;
+pub const MEM_CONTROL_ENTRIES: u32 = 3;
+
+pub const MEM_MAX_KEYS: u32 = 16_384;
+pub const MEM_MAX_STACKS: u32 = 8_192;
+/// Processes whose last `brk` is remembered (LRU).
+pub const MEM_MAX_BRK: u32 = 16_384;
+
+/// Tier-1 per-CPU counters. Values are ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemCounter {
+    /// Events seen (all hooks).
+    Events = 0,
+    /// A row could not be counted: the counts map was full.
+    CountsFull = 1,
+    /// `bpf_get_stackid` failed (no frame pointers, collision, map full).
+    StackMissing = 2,
+    /// The brk map was full (a process's growth was not measured once).
+    BrkFull = 3,
+}
+
+pub const MEM_COUNTERS: u32 = 4;
+
+impl MemCounter {
+    pub const ALL: [MemCounter; MEM_COUNTERS as usize] = [
+        Self::Events,
+        Self::CountsFull,
+        Self::StackMissing,
+        Self::BrkFull,
+    ];
+}
+
+// ---------------------------------------------------------------- tier 2
+
+/// Which allocation function a pending call is in. Values are ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocFn {
+    Malloc = 0,
+    Calloc = 1,
+    Realloc = 2,
+    Memalign = 3,
+    PosixMemalign = 4,
+}
+
+/// An allocation call between its entry and its return, per thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocPending {
+    /// Requested size in bytes.
+    pub size: u64,
+    /// `realloc`: the old pointer; `posix_memalign`: where the result goes.
+    pub arg: u64,
+    /// An [`AllocFn`].
+    pub func: u32,
+    /// Nested allocation calls made by this one (realloc(NULL, n) calls
+    /// malloc): their probes are ignored.
+    pub depth: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<AllocPending>() == 24);
+
+/// One live (allocated, not yet freed) allocation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocLive {
+    /// Requested size in bytes.
+    pub size: u64,
+    /// Bytes it stands for: `size`, or more when sampling by bytes.
+    pub weight: u64,
+    /// `bpf_ktime_get_ns` at allocation.
+    pub ts_ns: u64,
+    pub stack_id: i32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<AllocLive>() == 32);
+
+/// Per-stack totals of a session (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocTotals {
+    /// Allocations made (weighted bytes, count).
+    pub alloc_bytes: u64,
+    pub alloc_count: u64,
+    /// Of those, freed during the session.
+    pub free_bytes: u64,
+    pub free_count: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<AllocTotals>() == 32);
+
+/// Tier-2 control slots.
+/// Mean bytes between samples; 0: every allocation.
+pub const ALLOC_SAMPLE_BYTES_SLOT: u32 = 0;
+/// Non-zero while the session records allocations. Set once every probe
+/// is attached and cleared before any is detached, so the session has
+/// clean edges: no allocation whose free probe was not yet (or no longer)
+/// attached. Frees are handled whatever its value.
+pub const ALLOC_ACTIVE_SLOT: u32 = 1;
+pub const ALLOC_CONTROL_ENTRIES: u32 = 2;
+
+pub const ALLOC_MAX_LIVE: u32 = 262_144;
+pub const ALLOC_MAX_PENDING: u32 = 16_384;
+pub const ALLOC_MAX_STACKS: u32 = 16_384;
+
+/// Tier-2 per-CPU counters. Values are ABI.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocCounter {
+    Allocs = 0,
+    Frees = 1,
+    /// Frees of addresses not tracked (allocated before the session, or
+    /// not sampled).
+    FreeUntracked = 2,
+    /// The live map was full: an allocation went untracked.
+    LiveFull = 3,
+    /// The per-stack totals map was full.
+    TotalsFull = 4,
+    /// No user stack (no frame pointers, collision, map full).
+    StackMissing = 5,
+    /// The pending map was full: a call went untracked.
+    PendingFull = 6,
+    /// A return without its entry (probe attached mid-call).
+    ReturnWithoutEntry = 7,
+    /// Allocations skipped by byte sampling.
+    SampledOut = 8,
+    /// Failed allocations (NULL returned).
+    Failed = 9,
+    /// Allocations returned while the session was not recording (during
+    /// attach or detach).
+    Inactive = 10,
+}
+
+pub const ALLOC_COUNTERS: u32 = 11;
+
+impl AllocCounter {
+    pub const ALL: [AllocCounter; ALLOC_COUNTERS as usize] = [
+        Self::Allocs,
+        Self::Frees,
+        Self::FreeUntracked,
+        Self::LiveFull,
+        Self::TotalsFull,
+        Self::StackMissing,
+        Self::PendingFull,
+        Self::ReturnWithoutEntry,
+        Self::SampledOut,
+        Self::Failed,
+        Self::Inactive,
+    ];
+}
+
+crate::user_pod!(MemKey, MemValue, AllocPending, AllocLive, AllocTotals);

@@ -1,0 +1,46 @@
+//! `sonde alloc`'s object: malloc-family entry uprobes, one return probe
+//! shared by every allocation function, and the `free` probe. The agent
+//! attaches them to one process's libc for one session.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use sonde_ebpf::alloc;
+
+#[uprobe]
+pub fn alloc_malloc(ctx: ProbeContext) -> u32 {
+    alloc::malloc_enter(&ctx)
+}
+
+#[uprobe]
+pub fn alloc_calloc(ctx: ProbeContext) -> u32 {
+    alloc::calloc_enter(&ctx)
+}
+
+#[uprobe]
+pub fn alloc_realloc(ctx: ProbeContext) -> u32 {
+    alloc::realloc_enter(&ctx)
+}
+
+#[uprobe]
+pub fn alloc_memalign(ctx: ProbeContext) -> u32 {
+    alloc::memalign_enter(&ctx)
+}
+
+#[uprobe]
+pub fn alloc_posix_memalign(ctx: ProbeContext) -> u32 {
+    alloc::posix_memalign_enter(&ctx)
+}
+
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    alloc::alloc_return(&ctx)
+}
+
+#[uprobe]
+pub fn alloc_free(ctx: ProbeContext) -> u32 {
+    alloc::free_enter(&ctx)
+}

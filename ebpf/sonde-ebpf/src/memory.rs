@@ -1,0 +1,189 @@
+//! Tier-1 memory growth (the `memory` collector): bytes mapped and unmapped
+//! through `mmap`, `munmap`, `mremap` and `brk`, and user page faults,
+//! counted per (process, user stack, kind) in the kernel. Only the hooked
+//! syscalls run these programs, so other syscalls pay nothing; one page
+//! fault in N (per CPU) is sampled with its stack through a perf event.
+//!
+//! Two generations of counts and stacks, flipped by the agent, as in the
+//! CPU profiler (see profile.rs).
+
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, StackTrace},
+    programs::{PerfEventContext, TracePointContext, tracing::StackIdContext},
+};
+use sonde_common::{
+    COMM_LEN,
+    memory::{
+        MEM_CONTROL_ENTRIES, MEM_COUNTERS, MEM_FAULT_SAMPLE_SLOT, MEM_GEN_SLOT, MEM_MAX_BRK,
+        MEM_MAX_KEYS, MEM_MAX_STACKS, MEM_NO_STACK, MEM_PAGE_SIZE_SLOT, MemCounter, MemKey,
+        MemKind, MemValue,
+    },
+};
+
+use crate::counters::bump;
+
+#[map]
+static MEM_CONTROL: Array<u64> = Array::with_max_entries(MEM_CONTROL_ENTRIES, 0);
+
+#[map]
+static MEM_COUNTS_0: PerCpuHashMap<MemKey, MemValue> =
+    PerCpuHashMap::with_max_entries(MEM_MAX_KEYS, 0);
+#[map]
+static MEM_COUNTS_1: PerCpuHashMap<MemKey, MemValue> =
+    PerCpuHashMap::with_max_entries(MEM_MAX_KEYS, 0);
+
+#[map]
+static MEM_STACKS_0: StackTrace = StackTrace::with_max_entries(MEM_MAX_STACKS, 0);
+#[map]
+static MEM_STACKS_1: StackTrace = StackTrace::with_max_entries(MEM_MAX_STACKS, 0);
+
+/// Last program break seen per process, to turn `brk` results into growth.
+#[map]
+static MEM_BRK: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MEM_MAX_BRK, 0);
+
+#[map]
+static MEM_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(MEM_COUNTERS, 0);
+
+const EEXIST: i32 = 17;
+
+#[inline(always)]
+fn control(slot: u32) -> u64 {
+    MEM_CONTROL.get(slot).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+fn add(counts: &PerCpuHashMap<MemKey, MemValue>, key: &MemKey, bytes: u64, n: u64) {
+    if let Some(p) = counts.get_ptr_mut(key) {
+        // SAFETY: this CPU's own value slot of a found per-CPU entry; no
+        // other CPU writes it and it stays valid for the program's run.
+        unsafe {
+            (*p).bytes += bytes;
+            (*p).count += n;
+        }
+        return;
+    }
+    let v = MemValue { bytes, count: n };
+    match counts.insert(key, v, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(e) if -e == EEXIST => {
+            if let Some(p) = counts.get_ptr_mut(key) {
+                // SAFETY: as above.
+                unsafe {
+                    (*p).bytes += bytes;
+                    (*p).count += n;
+                }
+            }
+        }
+        Err(_) => bump(&MEM_COUNTERS_MAP, MemCounter::CountsFull as u32),
+    }
+}
+
+/// Counts `bytes` of `kind` for the current process, with its user stack
+/// unless `with_stack` is false.
+#[inline(always)]
+fn account<C: StackIdContext>(ctx: &C, kind: MemKind, bytes: u64, n: u64, with_stack: bool) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if tgid == 0 {
+        return;
+    }
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    let generation = control(MEM_GEN_SLOT);
+    let (counts, stacks) = if generation == 0 {
+        (&MEM_COUNTS_0, &MEM_STACKS_0)
+    } else {
+        (&MEM_COUNTS_1, &MEM_STACKS_1)
+    };
+    let user_stack_id = if with_stack {
+        match ctx.get_stackid(stacks, BPF_F_USER_STACK as u64) {
+            Ok(id) => id as i32,
+            Err(e) => {
+                bump(&MEM_COUNTERS_MAP, MemCounter::StackMissing as u32);
+                e
+            }
+        }
+    } else {
+        MEM_NO_STACK
+    };
+    let key = MemKey {
+        tgid,
+        user_stack_id,
+        kind: kind as u32,
+        _pad: 0,
+        comm,
+    };
+    add(counts, &key, bytes, n);
+}
+
+/// Reads a tracepoint field, 0 when unreadable.
+#[inline(always)]
+fn field(ctx: &TracePointContext, offset: usize) -> u64 {
+    // SAFETY: `read_at` copies 8 bytes through bpf_probe_read, which fails
+    // cleanly (and we return 0) if the offset is outside the record.
+    unsafe { ctx.read_at::<u64>(offset) }.unwrap_or(0)
+}
+
+/// `syscalls:sys_enter_mmap`: `len` at offset 24.
+pub fn mmap(ctx: &TracePointContext) -> u32 {
+    bump(&MEM_COUNTERS_MAP, MemCounter::Events as u32);
+    let len = field(ctx, 24);
+    account(ctx, MemKind::Mmap, len, 1, true);
+    0
+}
+
+/// `syscalls:sys_enter_munmap`: `len` at offset 24.
+pub fn munmap(ctx: &TracePointContext) -> u32 {
+    bump(&MEM_COUNTERS_MAP, MemCounter::Events as u32);
+    let len = field(ctx, 24);
+    account(ctx, MemKind::Munmap, len, 1, true);
+    0
+}
+
+/// `syscalls:sys_enter_mremap`: `old_len` at 24, `new_len` at 32.
+pub fn mremap(ctx: &TracePointContext) -> u32 {
+    bump(&MEM_COUNTERS_MAP, MemCounter::Events as u32);
+    let (old, new) = (field(ctx, 24), field(ctx, 32));
+    if new > old {
+        account(ctx, MemKind::MremapGrow, new - old, 1, true);
+    } else if old > new {
+        account(ctx, MemKind::MremapShrink, old - new, 1, true);
+    }
+    0
+}
+
+/// `syscalls:sys_exit_brk`: the new break (`ret`, offset 16). Growth is the
+/// difference from the break last seen for the process; the first call
+/// seen only sets the baseline.
+pub fn brk(ctx: &TracePointContext) -> u32 {
+    bump(&MEM_COUNTERS_MAP, MemCounter::Events as u32);
+    let now = field(ctx, 16);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is copied out at once.
+    let before = unsafe { MEM_BRK.get(tgid) }.copied();
+    if before != Some(now) && MEM_BRK.insert(tgid, now, 0).is_err() {
+        bump(&MEM_COUNTERS_MAP, MemCounter::BrkFull as u32);
+    }
+    if let Some(before) = before {
+        if now > before {
+            account(ctx, MemKind::BrkGrow, now - before, 1, true);
+        } else if before > now {
+            account(ctx, MemKind::BrkShrink, before - now, 1, true);
+        }
+    }
+    0
+}
+
+/// One page fault in N (per CPU): a `perf_event` program on the software
+/// page-fault event with sample period N. The kernel counts faults in the
+/// perf event itself (cheap, it does so anyway) and runs this program only
+/// on every N-th; each sample stands for N faults. A tracepoint on every
+/// fault measured far costlier here (docs/memory.md).
+pub fn fault_sample(ctx: &PerfEventContext) -> u32 {
+    bump(&MEM_COUNTERS_MAP, MemCounter::Events as u32);
+    let every = control(MEM_FAULT_SAMPLE_SLOT).max(1);
+    let page = control(MEM_PAGE_SIZE_SLOT);
+    account(ctx, MemKind::FaultSampled, page * every, every, true);
+    0
+}
