@@ -132,12 +132,12 @@ fn attach(obj: &mut Ebpf, ctx: &StartContext<'_>) -> Result<&'static str, Collec
         ctx.features,
         (
             "raw_tracepoint",
-            "raw_tracepoint sys_enter/sys_exit",
+            "raw_tracepoint sys_enter/sys_exit/sched_switch",
             attach_raw,
         ),
         (
             "tracepoint",
-            "tracepoint raw_syscalls:sys_enter/sys_exit",
+            "tracepoint raw_syscalls:sys_enter/sys_exit, sched:sched_switch",
             attach_tp,
         ),
     )
@@ -156,10 +156,13 @@ where
         })
 }
 
+/// sched_switch first: enter may park a call in the per-CPU slot only once
+/// a switch-out is sure to move it to the per-thread map.
 fn attach_raw(obj: &mut Ebpf) -> Result<(), CollectorError> {
     for (name, tp) in [
-        ("syscalls_enter_raw", "sys_enter"),
+        ("syscalls_switch_raw", "sched_switch"),
         ("syscalls_exit_raw", "sys_exit"),
+        ("syscalls_enter_raw", "sys_enter"),
     ] {
         let err = |source| CollectorError::Program {
             what: format!("{name} ({tp})"),
@@ -173,17 +176,18 @@ fn attach_raw(obj: &mut Ebpf) -> Result<(), CollectorError> {
 }
 
 fn attach_tp(obj: &mut Ebpf) -> Result<(), CollectorError> {
-    for (name, tp) in [
-        ("syscalls_enter_tp", "sys_enter"),
-        ("syscalls_exit_tp", "sys_exit"),
+    for (name, cat, tp) in [
+        ("syscalls_switch_tp", "sched", "sched_switch"),
+        ("syscalls_exit_tp", "raw_syscalls", "sys_exit"),
+        ("syscalls_enter_tp", "raw_syscalls", "sys_enter"),
     ] {
         let err = |source| CollectorError::Program {
-            what: format!("{name} (raw_syscalls:{tp})"),
+            what: format!("{name} ({cat}:{tp})"),
             source,
         };
         let p: &mut TracePoint = prog(obj, name)?;
         p.load().map_err(err)?;
-        p.attach("raw_syscalls", tp).map_err(err)?;
+        p.attach(cat, tp).map_err(err)?;
     }
     Ok(())
 }
