@@ -3,12 +3,14 @@
 //! never raw strings.
 
 pub mod alerts;
+pub mod bench_floor;
 pub mod client;
 pub mod http;
 pub mod output;
 pub mod profile;
 pub mod status;
 pub mod syscalls;
+pub mod top;
 
 use std::path::PathBuf;
 
@@ -92,6 +94,23 @@ process). The window is collectors.syscalls.window (default 60s).")]
 
 Routes are normalized (/items/123 -> /items/{id}); see docs/http.md.")]
     Http(http::HttpArgs),
+    /// A live view of what processes do, refreshed every --interval, like
+    /// `top`: syscall rate, errors and time per process (or HTTP routes).
+    #[command(after_help = "Examples:
+  sudo sonde top                          live syscalls view, q or Ctrl-C quits
+  sudo sonde top -d 1 --sort time         refresh every second, by syscall time
+  sudo sonde top --once                   one frame measured over one interval
+  sudo sonde top --once -o json | jq '.processes[0]'
+  sudo sonde top --view http              live HTTP routes
+
+Rates are differences of the agent's cumulative counters over the interval
+(agent-side clock). When stdout is not a terminal, frames are printed one
+after another (batch mode, like `top -b`); -n N stops after N frames.")]
+    Top(top::TopArgs),
+    /// Benchmarks only: attach empty programs to the syscall collector's
+    /// hooks and wait for SIGTERM (the floor of the hook type).
+    #[command(hide = true)]
+    BenchFloor,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +161,8 @@ pub fn main() -> i32 {
         Command::Syscalls(a) => syscalls::run(&a),
         Command::Profile(a) => profile::run(&a),
         Command::Http(a) => http::run(&a),
+        Command::Top(a) => top::run(&a),
+        Command::BenchFloor => bench_floor::run(),
     };
     match result {
         Ok(()) => 0,
