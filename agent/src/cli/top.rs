@@ -424,8 +424,8 @@ pub fn run(a: &TopArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout();
     if live {
         // Alternate screen, hidden cursor; undone below.
-        print!(
-            "\x1b[?1049h\x1b[?25l\x1b[H\x1b[2Jsonde top: sampling for {:.1}s (q to quit)...\n",
+        println!(
+            "\x1b[?1049h\x1b[?25l\x1b[H\x1b[2Jsonde top: sampling for {:.1}s (q to quit)...",
             a.interval.as_secs_f64()
         );
         out.flush()?;
