@@ -45,7 +45,7 @@ pub struct TopArgs {
     /// Order of the rows (syscalls view).
     #[arg(long, short = 's', value_enum, default_value_t = TopSort::Calls)]
     pub sort: TopSort,
-    /// Only this process (syscalls view).
+    /// Only this process.
     #[arg(long, short = 'p', value_name = "PID")]
     pub pid: Option<u32>,
     /// Only processes whose command or service name is NAME.
