@@ -68,8 +68,9 @@ pub fn syscalls(ctx: &Ctx) -> ScenarioResult {
                 raw tracepoints sys_enter/sys_exit (sonde's hook, `sonde bench-floor`); sonde's \
                 agent with only the syscalls collector and with its default collectors; and \
                 bpftrace counting per (pid, syscall) with a latency histogram (the peer). \
-                `BPF ns per call` is the run time of sonde's enter+exit programs from \
-                kernel.bpf_stats (which itself adds two clock reads per run).";
+                `BPF ns per call` is twice the mean run time of sonde's raw tracepoint \
+                programs (enter, exit and the rarer sched_switch) from kernel.bpf_stats, \
+                which itself adds two clock reads per run.";
     match syscalls_inner(ctx) {
         Ok(mut r) => {
             r.name = name.into();
