@@ -24,6 +24,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/processes", get(processes))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/syscalls", get(syscalls))
+        .route("/api/v1/syscalls/totals", get(syscall_totals))
         .route("/api/v1/profile", get(super::profile::profile))
         .route("/api/v1/http", get(super::http::http))
         .route(
@@ -187,6 +188,21 @@ async fn syscalls(State(s): State<AppState>, Query(q): Query<SyscallsQuery>) -> 
     };
     match handle.report(&filter, q.sort).await {
         Ok(r) => Json(r).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// `sonde top`: cumulative per-process syscall totals (drained now).
+async fn syscall_totals(State(s): State<AppState>) -> Response {
+    let handle = s.syscalls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let Some(handle) = handle else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the syscalls collector is disabled (collectors.syscalls.enabled = false)",
+        );
+    };
+    match handle.totals().await {
+        Ok(t) => Json(t).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }

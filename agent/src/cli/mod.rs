@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod alloc;
+pub mod bench_floor;
 pub mod client;
 pub mod http;
 pub mod memory;
@@ -11,6 +12,7 @@ pub mod output;
 pub mod profile;
 pub mod status;
 pub mod syscalls;
+pub mod top;
 
 use std::path::PathBuf;
 
@@ -102,6 +104,23 @@ Routes are normalized (/items/123 -> /items/{id}); see docs/http.md.")]
     /// growth (page faults) or mapped/unmapped address space.
     #[command(after_help = memory::AFTER)]
     Memory(memory::MemoryArgs),
+    /// A live view of what processes do, refreshed every --interval, like
+    /// `top`: syscall rate, errors and time per process (or HTTP routes).
+    #[command(after_help = "Examples:
+  sudo sonde top                          live syscalls view, q or Ctrl-C quits
+  sudo sonde top -d 1 --sort time         refresh every second, by syscall time
+  sudo sonde top --once                   one frame measured over one interval
+  sudo sonde top --once -o json | jq '.processes[0]'
+  sudo sonde top --view http              live HTTP routes
+
+Rates are differences of the agent's cumulative counters over the interval
+(agent-side clock). When stdout is not a terminal, frames are printed one
+after another (batch mode, like `top -b`); -n N stops after N frames.")]
+    Top(top::TopArgs),
+    /// Benchmarks only: attach empty programs to the syscall collector's
+    /// hooks and wait for SIGTERM (the floor of the hook type).
+    #[command(hide = true)]
+    BenchFloor,
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +173,8 @@ pub fn main() -> i32 {
         Command::Http(a) => http::run(&a),
         Command::Alloc(a) => alloc::run(&a),
         Command::Memory(a) => memory::run(&a),
+        Command::Top(a) => top::run(&a),
+        Command::BenchFloor => bench_floor::run(),
     };
     match result {
         Ok(()) => 0,

@@ -142,6 +142,22 @@ pub struct SyscallStart {
 }
 const _: () = assert!(core::mem::size_of::<SyscallStart>() == 16);
 
+/// The call in flight on one CPU: sys_enter writes this CPU's slot, sys_exit
+/// of the same thread consumes it. A thread that is switched out inside a
+/// syscall has its slot moved to the per-thread map by the `sched_switch`
+/// hook, so the slot always belongs to the thread running on that CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallInflight {
+    /// `bpf_ktime_get_ns()` at enter; 0 when the slot is empty.
+    pub ts: u64,
+    pub tid: u32,
+    pub tgid: u32,
+    pub nr: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SyscallInflight>() == 24);
+
 /// Indexes into the syscall collector's per-CPU counter array. Values are
 /// part of the ABI; never reuse one.
 #[repr(u32)]
@@ -162,7 +178,13 @@ pub const SYSCALL_COUNTERS: u32 = 3;
 /// has this many slots). x86_64 uses fewer than 512.
 pub const MAX_SYSCALL_NR: u32 = 1024;
 
-crate::user_pod!(SyscallKey, SyscallStats, ErrnoKey, SyscallStart);
+crate::user_pod!(
+    SyscallKey,
+    SyscallStats,
+    ErrnoKey,
+    SyscallStart,
+    SyscallInflight
+);
 
 #[cfg(test)]
 mod tests {

@@ -1,10 +1,23 @@
-//! Syscall accounting: sys_enter stores (timestamp, nr) per thread, sys_exit
-//! adds one call, its latency and its error to a per-CPU slot keyed by
-//! (tgid, nr). Both hooks are a few map operations and no event output.
+//! Syscall accounting: sys_enter stores (timestamp, nr) for the running
+//! thread, sys_exit adds one call, its latency and its error to a per-CPU
+//! slot keyed by (tgid, nr). Both hooks are a few map operations and no
+//! event output.
 //!
-//! The start slot of a thread is updated in place and never deleted (exit
-//! only zeroes its timestamp), so the steady state costs no map allocation;
-//! slots of dead threads go away through LRU eviction.
+//! Where the enter timestamp lives (the hot path, measured): on this kernel
+//! hash-map operations are out-of-line calls made costly by the return-stack
+//! mitigations, while per-CPU array lookups are inlined by the verifier. So
+//! enter writes a per-CPU in-flight slot ([`SYSCALL_INFLIGHT`]) and exit
+//! reads it back: no hash operation unless the thread was switched out in
+//! between. `sched_switch` runs while the outgoing thread is still
+//! `current`; when that thread has a call in flight (it blocked or was
+//! preempted inside a syscall) the hook moves the slot to the per-thread
+//! LRU map [`SYSCALL_START`], where exit finds it, on whichever CPU the
+//! thread resumes. Context switches are far rarer than syscalls and a call
+//! that blocks is slow anyway.
+//!
+//! A per-thread slot is updated in place and never deleted (exit only
+//! zeroes its timestamp), so the steady state costs no map allocation; slots
+//! of dead threads go away through LRU eviction.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -12,8 +25,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use sonde_common::syscalls::{
-    ErrnoKey, MAX_SYSCALL_NR, SYSCALL_COUNTERS, SyscallCounter, SyscallKey, SyscallStart,
-    SyscallStats, hist_bucket,
+    ErrnoKey, MAX_SYSCALL_NR, SYSCALL_COUNTERS, SyscallCounter, SyscallInflight, SyscallKey,
+    SyscallStart, SyscallStats, hist_bucket,
 };
 
 use crate::counters::bump;
@@ -23,7 +36,12 @@ use crate::counters::bump;
 const NR_EXIT: u32 = 60;
 const NR_EXIT_GROUP: u32 = 231;
 
-/// Per-thread start slots (tid -> enter time, nr). Size set by the agent.
+/// The call in flight on each CPU (see the module docs).
+#[map]
+static SYSCALL_INFLIGHT: PerCpuArray<SyscallInflight> = PerCpuArray::with_max_entries(1, 0);
+
+/// Start slots of threads switched out inside a syscall (tid -> enter time,
+/// nr). Size set by the agent.
 #[map]
 static SYSCALL_START: LruHashMap<u32, SyscallStart> = LruHashMap::with_max_entries(65_536, 0);
 
@@ -90,34 +108,79 @@ fn wanted(tgid: u32, nr: u32) -> bool {
 /// sys_enter: remember when and which syscall this thread entered.
 #[inline(always)]
 pub fn try_enter(nr: i64) -> Result<(), SyscallError> {
-    if nr < 0 || nr >= MAX_SYSCALL_NR as i64 {
+    let Some(slot) = SYSCALL_INFLIGHT.get_ptr_mut(0) else {
         return Ok(());
-    }
-    let nr = nr as u32;
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
     let tgid = (pid_tgid >> 32) as u32;
-    if !wanted(tgid, nr) {
+    let mut ts = 0;
+    let mut nr32 = 0;
+    if nr >= 0 && nr < MAX_SYSCALL_NR as i64 && wanted(tgid, nr as u32) {
+        nr32 = nr as u32;
+        if nr32 == NR_EXIT || nr32 == NR_EXIT_GROUP {
+            return account(tgid, nr32, 0, 0);
+        }
+        // SAFETY: helper with no arguments, allowed in tracing programs.
+        ts = unsafe { bpf_ktime_get_ns() };
+    }
+    // An untraced call leaves `ts == 0` with this thread's tid, which tells
+    // its exit "nothing to account" without a hash lookup.
+    //
+    // SAFETY: this CPU's slot from a successful lookup; programs on one CPU
+    // do not preempt each other, so nothing else writes it meanwhile. A
+    // call still in the slot is one whose exit never came (the thread was
+    // killed in it, or the agent attached mid-call): overwriting drops it,
+    // as its exit would not have matched anyway.
+    unsafe {
+        *slot = SyscallInflight {
+            ts,
+            tid,
+            tgid,
+            nr: nr32,
+            _pad: 0,
+        };
+    }
+    Ok(())
+}
+
+/// sched_switch, while the outgoing thread is still `current`: the slot of
+/// this CPU belongs to it (or is empty); a call in flight (it blocked or was
+/// preempted inside the syscall) moves to the per-thread map for its exit to
+/// find, and the slot is cleared.
+#[inline(always)]
+pub fn try_switch() -> Result<(), SyscallError> {
+    let Some(slot) = SYSCALL_INFLIGHT.get_ptr_mut(0) else {
+        return Ok(());
+    };
+    // SAFETY: this CPU's slot; no other program writes it meanwhile.
+    let s = unsafe { &mut *slot };
+    if s.tid == 0 {
         return Ok(());
     }
-    if nr == NR_EXIT || nr == NR_EXIT_GROUP {
-        return account(tgid, nr, 0, 0);
+    // Whatever happens below, the slot matches no thread afterwards (tid 0
+    // is the idle task, which makes no syscalls): the outgoing thread's next
+    // exit, on whichever CPU, must not take a stale slot for its own.
+    let tid = s.tid;
+    s.tid = 0;
+    if s.ts == 0 {
+        return Ok(());
     }
-    let tid = pid_tgid as u32;
-    // SAFETY: helper with no arguments, allowed in tracing programs.
-    let ts = unsafe { bpf_ktime_get_ns() };
+    let start = SyscallStart {
+        ts: s.ts,
+        nr: s.nr,
+        tgid: s.tgid,
+    };
+    s.ts = 0;
     match SYSCALL_START.get_ptr_mut(tid) {
-        Some(slot) => {
-            // SAFETY: the pointer is from a successful lookup; only this
-            // thread (running on this CPU now) writes its own slot.
-            unsafe {
-                (*slot).ts = ts;
-                (*slot).nr = nr;
-                (*slot).tgid = tgid;
-            }
+        Some(p) => {
+            // SAFETY: pointer from a successful lookup; only the owner
+            // thread's own hooks write its slot, and it is not running.
+            unsafe { *p = start };
             Ok(())
         }
         None => SYSCALL_START
-            .insert(tid, SyscallStart { ts, nr, tgid }, 0)
+            .insert(tid, start, 0)
             .map_err(|_| SyscallError::StartMapFull),
     }
 }
@@ -127,23 +190,47 @@ pub fn try_enter(nr: i64) -> Result<(), SyscallError> {
 pub fn try_exit(ret: i64) -> Result<(), SyscallError> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    let Some(slot) = SYSCALL_START.get_ptr_mut(tid) else {
-        return Ok(());
-    };
     let tgid = (pid_tgid >> 32) as u32;
+    let (start, nr) = match SYSCALL_INFLIGHT.get_ptr_mut(0) {
+        // The slot is this thread's: it was not switched out since its
+        // enter (a switch-out clears the tid). `ts == 0`: not traced.
+        //
+        // SAFETY: this CPU's slot; no other program writes it meanwhile.
+        Some(p) if unsafe { (*p).tid == tid } => {
+            // SAFETY: as above.
+            let v = unsafe { ((*p).ts, (*p).nr) };
+            if v.0 == 0 {
+                return Ok(());
+            }
+            // SAFETY: as above.
+            unsafe { (*p).ts = 0 };
+            v
+        }
+        _ => match from_thread_map(tid, tgid) {
+            Some(v) => v,
+            None => return Ok(()),
+        },
+    };
+    // SAFETY: helper with no arguments, allowed in tracing programs.
+    let now = unsafe { bpf_ktime_get_ns() };
+    account(tgid, nr, now.saturating_sub(start), ret)
+}
+
+/// Slow path of exit: the thread was switched out during the call.
+#[inline(always)]
+fn from_thread_map(tid: u32, tgid: u32) -> Option<(u64, u32)> {
+    let slot = SYSCALL_START.get_ptr_mut(tid)?;
     // SAFETY: pointer from a successful lookup of this thread's own slot.
     let (start, nr, owner) = unsafe { ((*slot).ts, (*slot).nr, (*slot).tgid) };
     if start == 0 || owner != tgid {
         // No matching enter: the thread was in this syscall at attach time,
         // a fork child is returning, the call was filtered out, or the slot
         // was left by a killed thread whose tid is now reused.
-        return Ok(());
+        return None;
     }
     // SAFETY: as above.
     unsafe { (*slot).ts = 0 };
-    // SAFETY: helper with no arguments, allowed in tracing programs.
-    let now = unsafe { bpf_ktime_get_ns() };
-    account(tgid, nr, now.saturating_sub(start), ret)
+    Some((start, nr))
 }
 
 #[inline(always)]

@@ -206,6 +206,11 @@ impl Tracker {
     pub fn len(&self) -> usize {
         self.last.len()
     }
+
+    /// The last cumulative reading of every key.
+    pub fn readings(&self) -> impl Iterator<Item = (&SyscallKey, &Reading)> {
+        self.last.iter()
+    }
 }
 
 /// Prometheus histogram bounds: powers of two of nanoseconds, so each is a

@@ -12,6 +12,7 @@ mod aggregate;
 mod metrics;
 pub mod names;
 mod tables;
+pub mod totals;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -45,6 +46,7 @@ pub const NAME: &str = "syscalls";
 #[derive(Clone)]
 pub struct SyscallsHandle {
     window: Arc<Mutex<Window>>,
+    totals: Arc<Mutex<totals::Totals>>,
     kick: Arc<Mutex<Option<mpsc::Sender<oneshot::Sender<()>>>>>,
 }
 
@@ -52,6 +54,26 @@ impl SyscallsHandle {
     /// Drains the kernel maps now (so the answer includes the last moments),
     /// then reports the window.
     pub async fn report(&self, filter: &Filter, sort: SortBy) -> Result<Report, String> {
+        self.drain_now().await?;
+        Ok(self
+            .window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .report(filter, sort, Instant::now()))
+    }
+
+    /// Drains the kernel maps now, then returns every live process's
+    /// cumulative totals (for `sonde top`).
+    pub async fn totals(&self) -> Result<totals::Totals, String> {
+        self.drain_now().await?;
+        Ok(self
+            .totals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone())
+    }
+
+    async fn drain_now(&self) -> Result<(), String> {
         let kick = self
             .kick
             .lock()
@@ -65,11 +87,7 @@ impl SyscallsHandle {
             // A drain takes milliseconds; do not hang the CLI on a stuck one.
             let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
         }
-        Ok(self
-            .window
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .report(filter, sort, Instant::now()))
+        Ok(())
     }
 }
 
@@ -96,6 +114,7 @@ impl SyscallsCollector {
             table,
             handle: SyscallsHandle {
                 window: Arc::new(Mutex::new(Window::new(config.window.get()))),
+                totals: Arc::default(),
                 kick: Arc::new(Mutex::new(None)),
             },
             export,
@@ -132,12 +151,12 @@ fn attach(obj: &mut Ebpf, ctx: &StartContext<'_>) -> Result<&'static str, Collec
         ctx.features,
         (
             "raw_tracepoint",
-            "raw_tracepoint sys_enter/sys_exit",
+            "raw_tracepoint sys_enter/sys_exit/sched_switch",
             attach_raw,
         ),
         (
             "tracepoint",
-            "tracepoint raw_syscalls:sys_enter/sys_exit",
+            "tracepoint raw_syscalls:sys_enter/sys_exit, sched:sched_switch",
             attach_tp,
         ),
     )
@@ -156,10 +175,13 @@ where
         })
 }
 
+/// sched_switch first: enter may park a call in the per-CPU slot only once
+/// a switch-out is sure to move it to the per-thread map.
 fn attach_raw(obj: &mut Ebpf) -> Result<(), CollectorError> {
     for (name, tp) in [
-        ("syscalls_enter_raw", "sys_enter"),
+        ("syscalls_switch_raw", "sched_switch"),
         ("syscalls_exit_raw", "sys_exit"),
+        ("syscalls_enter_raw", "sys_enter"),
     ] {
         let err = |source| CollectorError::Program {
             what: format!("{name} ({tp})"),
@@ -173,17 +195,18 @@ fn attach_raw(obj: &mut Ebpf) -> Result<(), CollectorError> {
 }
 
 fn attach_tp(obj: &mut Ebpf) -> Result<(), CollectorError> {
-    for (name, tp) in [
-        ("syscalls_enter_tp", "sys_enter"),
-        ("syscalls_exit_tp", "sys_exit"),
+    for (name, cat, tp) in [
+        ("syscalls_switch_tp", "sched", "sched_switch"),
+        ("syscalls_exit_tp", "raw_syscalls", "sys_exit"),
+        ("syscalls_enter_tp", "raw_syscalls", "sys_enter"),
     ] {
         let err = |source| CollectorError::Program {
-            what: format!("{name} (raw_syscalls:{tp})"),
+            what: format!("{name} ({cat}:{tp})"),
             source,
         };
         let p: &mut TracePoint = prog(obj, name)?;
         p.load().map_err(err)?;
-        p.attach("raw_syscalls", tp).map_err(err)?;
+        p.attach(cat, tp).map_err(err)?;
     }
     Ok(())
 }
@@ -275,6 +298,8 @@ impl SyscallsCollector {
             tracker: Tracker::default(),
             export: self.export.clone(),
             window: self.handle.window.clone(),
+            totals: self.handle.totals.clone(),
+            epoch: Instant::now(),
             health: self.health.clone(),
             hook,
             self_metrics: SelfMetrics::new(ctx.telemetry),
@@ -352,6 +377,9 @@ struct Drain {
     tracker: Tracker,
     export: Arc<Mutex<Export>>,
     window: Arc<Mutex<Window>>,
+    totals: Arc<Mutex<totals::Totals>>,
+    /// Origin of `Totals::taken_ms`.
+    epoch: Instant,
     health: SharedHealth,
     hook: &'static str,
     self_metrics: SelfMetrics,
@@ -481,6 +509,7 @@ impl Drain {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(now, entries);
+        self.publish_totals(now, &names, &gone);
 
         self.release(&gone);
         self.sync_service_filter();
@@ -507,6 +536,46 @@ impl Drain {
             cur_err.insert(k, v.iter().sum());
         }
         (cur, cur_err)
+    }
+
+    /// Cumulative counters of the named, live processes for `sonde top`.
+    /// Processes not yet named (deferred) appear once they are.
+    fn publish_totals(
+        &self,
+        now: Instant,
+        names: &HashMap<u32, (Arc<str>, Arc<str>)>,
+        gone: &HashSet<u32>,
+    ) {
+        let mut by_pid: std::collections::BTreeMap<u32, totals::ProcessTotal> =
+            std::collections::BTreeMap::new();
+        for (k, r) in self.tracker.readings() {
+            if gone.contains(&k.tgid) {
+                continue;
+            }
+            let Some((comm, service)) = names.get(&k.tgid) else {
+                continue;
+            };
+            by_pid
+                .entry(k.tgid)
+                .or_insert_with(|| totals::ProcessTotal {
+                    pid: k.tgid,
+                    comm: comm.to_string(),
+                    service: service.to_string(),
+                    syscalls: Vec::new(),
+                })
+                .syscalls
+                .push(totals::SyscallTotal {
+                    syscall: names::syscall_name(k.nr),
+                    calls: r.count,
+                    errors: r.errors,
+                    total_ns: r.total_ns,
+                });
+        }
+        let t = totals::Totals {
+            taken_ms: now.duration_since(self.epoch).as_millis() as u64,
+            processes: by_pid.into_values().collect(),
+        };
+        *self.totals.lock().unwrap_or_else(|e| e.into_inner()) = t;
     }
 
     /// Deletes the kernel entries of exited processes (already exported).

@@ -1,6 +1,7 @@
 //! The syscall collector's object: raw tracepoints `sys_enter`/`sys_exit`
-//! (no tracefs, cheapest), with the classic `raw_syscalls` tracepoints as a
-//! fallback. The agent attaches whichever pair loads.
+//! and `sched_switch` (no tracefs, cheapest), with the classic
+//! `raw_syscalls` and `sched` tracepoints as a fallback. The agent attaches
+//! whichever set loads.
 #![no_std]
 #![no_main]
 
@@ -8,7 +9,7 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use sonde_ebpf::syscalls::{count_error, try_enter, try_exit};
+use sonde_ebpf::syscalls::{count_error, try_enter, try_exit, try_switch};
 
 /// `sys_enter(struct pt_regs *regs, long id)`.
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -21,6 +22,20 @@ pub fn syscalls_enter_raw(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn syscalls_exit_raw(ctx: RawTracePointContext) -> i32 {
     count_error(try_exit(ctx.arg::<i64>(1)));
+    0
+}
+
+/// `sched_switch(bool preempt, struct task_struct *prev, ...)`, run while
+/// `prev` is still `current`.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn syscalls_switch_raw(_ctx: RawTracePointContext) -> i32 {
+    count_error(try_switch());
+    0
+}
+
+#[tracepoint]
+pub fn syscalls_switch_tp(_ctx: TracePointContext) -> u32 {
+    count_error(try_switch());
     0
 }
 
@@ -45,5 +60,18 @@ pub fn syscalls_exit_tp(ctx: TracePointContext) -> u32 {
     if let Ok(ret) = unsafe { ctx.read_at::<i64>(TP_RET) } {
         count_error(try_exit(ret));
     }
+    0
+}
+
+/// Empty programs on the same hooks: `sonde bench-floor syscalls` attaches
+/// them so benchmarks can show what the hook type itself costs (the floor
+/// any syscall tracer with this hook pays). The agent never attaches them.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn syscalls_floor_enter(_ctx: RawTracePointContext) -> i32 {
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn syscalls_floor_exit(_ctx: RawTracePointContext) -> i32 {
     0
 }

@@ -1,0 +1,107 @@
+//! `sonde top` end to end: a real agent tracing a getppid loop; the
+//! one-shot JSON frame must show that loop with a rate that agrees with
+//! the loop's own measurement.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sonde_tests::{Agent, exclusive, text, workload::build_c};
+
+const CONFIG: &str = "[collectors.syscalls]\ninterval = \"1s\"\n\
+                      [collectors.profile]\nenabled = false\n\
+                      [collectors.http]\nenabled = false\n";
+
+#[test]
+fn top_once_json_shows_a_getppid_loop_at_its_rate() {
+    let _x = exclusive();
+    let agent = Agent::start(CONFIG);
+    let bin = agent.dir.path().join("sonde_top_loop");
+    std::fs::copy(build_c("getppid_loop", &["-O2"]), &bin).expect("copy workload");
+    // About 3-10 s of getppid calls: longer than the warm-up and the 1 s
+    // sample below on a loaded 2-core machine.
+    let child = Command::new(&bin)
+        .arg("8000000")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn getppid_loop");
+    let pid = child.id();
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = agent.cli(&["top", "--once", "-d", "1", "-o", "json"]);
+    let sampled = started.elapsed();
+    let out_text = text(&out);
+    assert!(out.status.success(), "sonde top failed: {out_text}");
+    let frame: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("sonde top -o json: {e}: {out_text}"));
+    let done = child.wait_with_output().expect("wait getppid_loop");
+    assert!(done.status.success());
+    let report = String::from_utf8_lossy(&done.stdout);
+    // "wall ns/call: X": the loop's own average rate.
+    let wall_ns: f64 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("wall ns/call: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no wall ns/call in {report}"));
+    let loop_rate = 1e9 / wall_ns;
+    let loop_secs = wall_ns * 8e6 / 1e9;
+    assert!(
+        loop_secs > sampled.as_secs_f64(),
+        "the loop ({loop_secs:.1}s) ended before the sample ({sampled:?}): rate not comparable"
+    );
+
+    assert_eq!(frame["view"], "syscalls", "{frame:#}");
+    let secs = frame["interval_seconds"].as_f64().unwrap();
+    assert!((0.9..=1.6).contains(&secs), "interval {secs}: {frame:#}");
+    let rows = frame["processes"].as_array().expect("processes");
+    let row = rows
+        .iter()
+        .find(|r| r["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} missing from sonde top: {frame:#}"));
+    assert_eq!(row["comm"], "sonde_top_loop", "{row}");
+    assert_eq!(row["top_syscall"], "getppid", "{row}");
+    assert_eq!(row["errors_per_second"], 0.0, "{row}");
+    let rate = row["calls_per_second"].as_f64().unwrap();
+    // The shared machine makes the loop's speed vary over its run: the
+    // 1 s sample must agree with its whole-run average within a factor 2.
+    assert!(
+        rate > loop_rate / 2.0 && rate < loop_rate * 2.0,
+        "sonde top says {rate:.0} calls/s, the loop averaged {loop_rate:.0}/s: {row}"
+    );
+    let top_rate = row["top_syscall_calls_per_second"].as_f64().unwrap();
+    assert!(top_rate >= 0.99 * rate, "{row}");
+    // Time in syscalls per second: positive and at most one thread's worth.
+    let busy = row["syscall_seconds_per_second"].as_f64().unwrap();
+    assert!(busy > 0.0 && busy <= 1.05, "{row}");
+    // Rows are sorted by calls/s, highest first.
+    let rates: Vec<f64> = rows
+        .iter()
+        .map(|r| r["calls_per_second"].as_f64().unwrap())
+        .collect();
+    assert!(rates.windows(2).all(|w| w[0] >= w[1]), "{rates:?}");
+
+    // The table form names the process and its busiest syscall.
+    let out = agent.cli(&["top", "--once", "-d", "0.3", "--pid", &pid.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.contains("sonde top - syscalls"), "{t}");
+}
+
+#[test]
+fn top_rejects_bad_input_with_exit_2() {
+    let agent = Agent::start(CONFIG);
+    for args in [
+        &["top", "--once", "-d", "0"][..],
+        &["top", "--once", "--view", "nope"],
+        &["top", "-n", "0"],
+    ] {
+        let out = agent.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+    }
+    // The http view answers (the collector is off here): a runtime error,
+    // exit 1, with the reason.
+    let out = agent.cli(&["top", "--once", "--view", "http", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("http collector"), "{}", text(&out));
+}
