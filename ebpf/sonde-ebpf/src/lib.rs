@@ -7,6 +7,7 @@ pub mod http;
 pub mod process;
 pub mod profile;
 pub mod syscalls;
+pub mod unwind;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

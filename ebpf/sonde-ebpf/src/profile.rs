@@ -83,11 +83,17 @@ fn record(
     stacks: &StackTrace,
     tgid: u32,
     comm: [u8; COMM_LEN],
+    generation: u32,
 ) -> Result<(), ProfileError> {
-    let user = stack_id(
-        ctx.get_stackid(stacks, BPF_F_USER_STACK as u64),
-        ProfileCounter::UserStackMissing,
-    );
+    // The DWARF unwinder when the agent loaded tables for this process,
+    // else the kernel's frame-pointer walk.
+    let user = match crate::unwind::user_stack(ctx, tgid, generation) {
+        Some(id) => id,
+        None => stack_id(
+            ctx.get_stackid(stacks, BPF_F_USER_STACK as u64),
+            ProfileCounter::UserStackMissing,
+        ),
+    };
     let kernel = stack_id(
         ctx.get_stackid(stacks, 0),
         ProfileCounter::KernelStackAbsent,
@@ -155,9 +161,9 @@ pub fn try_sample(ctx: &PerfEventContext) -> Result<(), ProfileError> {
     announce(tgid, &comm);
     let generation = PROFILE_CONTROL.get(PROFILE_GEN_SLOT).copied().unwrap_or(0);
     if generation == 0 {
-        record(ctx, &PROFILE_COUNTS_0, &PROFILE_STACKS_0, tgid, comm)
+        record(ctx, &PROFILE_COUNTS_0, &PROFILE_STACKS_0, tgid, comm, 0)
     } else {
-        record(ctx, &PROFILE_COUNTS_1, &PROFILE_STACKS_1, tgid, comm)
+        record(ctx, &PROFILE_COUNTS_1, &PROFILE_STACKS_1, tgid, comm, 1)
     }
 }
 
