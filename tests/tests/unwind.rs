@@ -83,11 +83,16 @@ fn is(frame: &str, name: &str) -> bool {
 }
 
 /// Index just past `names` appearing in order in `frames` (root first),
-/// with only inlined frames between them.
+/// with only inlined frames between them. Every frame named like
+/// `names[0]` is tried (a Rust binary has a C `main` and `crate::main`).
 fn chain_end(frames: &[String], names: &[&str]) -> Option<usize> {
-    let start = frames.iter().position(|f| is(f, names[0]))?;
-    let mut i = start + 1;
-    for n in &names[1..] {
+    (0..frames.len())
+        .filter(|&s| is(&frames[s], names[0]))
+        .find_map(|s| chain_from(frames, s + 1, &names[1..]))
+}
+
+fn chain_from(frames: &[String], mut i: usize, names: &[&str]) -> Option<usize> {
+    for n in names {
         while frames.get(i)?.ends_with("_[i]") && !is(&frames[i], n) {
             i += 1;
         }
@@ -236,13 +241,13 @@ fn small_budget_evicts_and_keeps_profiling() {
     let budget = 1u64; // MiB: less than libc + python3 + the Rust binary
     let agent = Agent::start(&format!("{CONFIG}unwind_table_budget_mib = {budget}\n"));
     let wls = [
-        Workload::spawn(Command::new(c_chain()).args(["spin", "60"])),
-        Workload::spawn(Command::new(rust_chain()).arg("60")),
+        Workload::spawn(Command::new(c_chain()).args(["spin", "120"])),
+        Workload::spawn(Command::new(rust_chain()).arg("120")),
         Workload::spawn(Command::new("/usr/bin/python3").args([
             "-c",
-            "import time\nend = time.time() + 60\nwhile time.time() < end:\n    pass\n",
+            "import time\nend = time.time() + 120\nwhile time.time() < end:\n    pass\n",
         ])),
-        Workload::spawn(Command::new(c_chain()).args(["qsort", "60"])),
+        Workload::spawn(Command::new(c_chain()).args(["qsort", "120"])),
     ];
     let m = wait_for(Duration::from_secs(40), "evictions", || {
         let m = agent.metrics();
@@ -263,10 +268,10 @@ fn small_budget_evicts_and_keeps_profiling() {
             w.pid()
         );
     }
-    let h = agent.api("/health");
+    let (code, h) = agent.get("/health");
     assert!(
-        h.to_string().contains("profile"),
-        "health lists the profiler: {h}"
+        code == 200 && h.contains("profile"),
+        "health lists the profiler: {code} {h}"
     );
     assert!(
         agent.log().matches("panicked").count() == 0,

@@ -216,6 +216,8 @@ pub struct Unwinder {
     failed: HashMap<FileKey, &'static str>,
     free_ids: Vec<u32>,
     pids: HashMap<u32, Proc>,
+    /// Processes without any table, with the mappings they had then.
+    tableless: HashMap<u32, Vec<(u64, u64, u64)>>,
     tick: u64,
     metrics: UnwindMetrics,
 }
@@ -233,6 +235,7 @@ impl Unwinder {
             failed: HashMap::new(),
             free_ids: (0..UNWIND_MAX_FILES).rev().collect(),
             pids: HashMap::new(),
+            tableless: HashMap::new(),
             tick: 0,
             metrics,
         })
@@ -264,9 +267,22 @@ impl Unwinder {
                         pending.entry(pid).or_insert(0);
                     }
                     UnwindCmd::Hot(counts) => {
+                        self.tick += 1;
                         for (pid, n) in counts {
+                            self.touch(pid);
+                            if self.pids.get(&pid).is_some_and(|p| p.sig.is_empty()) {
+                                // Busy and lost a table to eviction: reload.
+                                pending.insert(pid, n);
+                                continue;
+                            }
                             if let Some(p) = pending.get_mut(&pid) {
                                 *p = n; // the latest drain: who is busy now
+                            } else if !self.pids.contains_key(&pid)
+                                && !self.tableless.contains_key(&pid)
+                            {
+                                // Sampled but never served (its announcement
+                                // was dropped, or it came before we started).
+                                pending.insert(pid, n);
                             }
                         }
                     }
@@ -288,7 +304,9 @@ impl Unwinder {
     /// mappings (replacing what it had: the pid may have exec'd).
     pub fn add(&mut self, pid: u32) {
         let Some(maps) = super::procmaps::ProcMaps::read(pid) else {
+            // Gone, or a kernel thread (no maps): nothing to unwind.
             self.remove(pid);
+            self.tableless.insert(pid, Vec::new());
             return;
         };
         let sig: Vec<(u64, u64, u64)> = maps
@@ -296,7 +314,9 @@ impl Unwinder {
             .iter()
             .map(|m| (m.start, m.end, m.inode))
             .collect();
-        if self.pids.get(&pid).is_some_and(|p| p.sig == sig) {
+        if self.pids.get(&pid).is_some_and(|p| p.sig == sig)
+            || self.tableless.get(&pid).is_some_and(|s| *s == sig)
+        {
             return; // announced again (a thread with another comm): no change
         }
         let c = Captured::open(maps);
@@ -338,8 +358,13 @@ impl Unwinder {
         }
         self.remove(pid);
         if !any {
+            if self.tableless.len() >= MAX_FAILED {
+                self.tableless.clear();
+            }
+            self.tableless.insert(pid, sig);
             return;
         }
+        self.tableless.remove(&pid);
         if let Err(e) = self.procs.insert(pid, &*entry, 0) {
             tracing::debug!(collector = NAME, pid, "unwind process table full: {e}");
             self.release_keys(&keys);
@@ -455,6 +480,17 @@ impl Unwinder {
         })
     }
 
+    /// Marks the tables of a process sampled in the last drain as used now:
+    /// eviction picks the tables of processes that were not busy lately.
+    fn touch(&mut self, pid: u32) {
+        let Some(p) = self.pids.get(&pid) else { return };
+        for k in p.keys.iter().flatten() {
+            if let Some(l) = self.loaded.get_mut(k) {
+                l.last_used = self.tick;
+            }
+        }
+    }
+
     /// Evicts the least recently used table not used by the process being
     /// added; false when there is none.
     fn evict_lru(&mut self) -> bool {
@@ -481,6 +517,9 @@ impl Unwinder {
             }
             if changed {
                 let _ = self.procs.insert(*pid, &*p.entry, 0);
+                // Forget its mappings so that, once busy again, it is
+                // served again (and gets the table back).
+                p.sig.clear();
             }
         }
         true
@@ -526,7 +565,11 @@ impl Unwinder {
                 Some(m) => {
                     let sig: Vec<(u64, u64, u64)> =
                         m.maps.iter().map(|m| (m.start, m.end, m.inode)).collect();
-                    if self.pids.get(&pid).is_some_and(|p| p.sig != sig) {
+                    if self
+                        .pids
+                        .get(&pid)
+                        .is_some_and(|p| !p.sig.is_empty() && p.sig != sig)
+                    {
                         self.add(pid); // dlopen, munmap
                     }
                 }
