@@ -365,7 +365,7 @@ impl Unwinder {
             return;
         }
         self.tableless.remove(&pid);
-        if let Err(e) = self.procs.insert(pid, &*entry, 0) {
+        if let Err(e) = self.procs.insert(pid, *entry, 0) {
             tracing::debug!(collector = NAME, pid, "unwind process table full: {e}");
             self.release_keys(&keys);
             return;
@@ -516,7 +516,7 @@ impl Unwinder {
                 }
             }
             if changed {
-                let _ = self.procs.insert(*pid, &*p.entry, 0);
+                let _ = self.procs.insert(*pid, *p.entry, 0);
                 // Forget its mappings so that, once busy again, it is
                 // served again (and gets the table back).
                 p.sig.clear();
