@@ -45,8 +45,9 @@ struct Fde {
     rows: Vec<UnwindRow>,
 }
 
-/// Parses `data` (a whole ELF file) into its unwind rows.
-pub fn build(data: &[u8]) -> Result<Table, TableError> {
+/// Parses `data` (a whole ELF file, as bytes or an `object::ReadCache`
+/// that reads only the sections used) into its unwind rows.
+pub fn build<'a, R: object::ReadRef<'a>>(data: R) -> Result<Table, TableError> {
     let obj = object::File::parse(data)?;
     if obj.architecture() != object::Architecture::X86_64 {
         return Err(TableError::Arch);
@@ -283,14 +284,14 @@ pub fn plt_rule(b: &[u8]) -> Option<(i32, i32)> {
 
 /// The load bias of a mapping of this file: runtime address minus the
 /// file's virtual address, from the `PT_LOAD` segment holding `offset`.
-pub fn load_bias(data: &[u8], start: u64, offset: u64) -> Option<u64> {
+pub fn load_bias<'a, R: object::ReadRef<'a>>(data: R, start: u64, offset: u64) -> Option<u64> {
     let obj = object::File::parse(data).ok()?;
     bias_of(&segments(&obj), start, offset)
 }
 
 /// `(p_offset, p_vaddr, p_filesz)` of each executable loadable segment
 /// (the mappings unwound are the executable ones).
-pub fn segments(obj: &object::File<'_>) -> Vec<(u64, u64, u64)> {
+pub fn segments<'a, R: object::ReadRef<'a>>(obj: &object::File<'a, R>) -> Vec<(u64, u64, u64)> {
     obj.segments()
         .filter(|s| matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & 1 != 0))
         .map(|s| {

@@ -53,6 +53,7 @@ static PROFILE_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(PR
 
 const EEXIST: i32 = 17;
 const ENOMEM: i32 = 12;
+const EFAULT: i32 = 14;
 
 /// Why a sample was not recorded.
 pub enum ProfileError {
@@ -94,10 +95,17 @@ fn record(
             ProfileCounter::UserStackMissing,
         ),
     };
-    let kernel = stack_id(
-        ctx.get_stackid(stacks, 0),
-        ProfileCounter::KernelStackAbsent,
-    );
+    // A sample that interrupted user mode has no kernel stack: skip the
+    // helper (it would find none after setting up a callchain buffer).
+    let kernel = if crate::unwind::in_user_mode(ctx) {
+        bump(&PROFILE_COUNTERS_MAP, ProfileCounter::KernelStackAbsent as u32);
+        -EFAULT
+    } else {
+        stack_id(
+            ctx.get_stackid(stacks, 0),
+            ProfileCounter::KernelStackAbsent,
+        )
+    };
     let key = StackKey {
         tgid,
         user_stack_id: user,

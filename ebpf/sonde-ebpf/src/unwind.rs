@@ -292,15 +292,22 @@ extern "C" fn step_cb(_index: u64, _ctx: *mut c_void) -> i64 {
     step(unsafe { &mut *w })
 }
 
+/// True when the sample interrupted user mode (CPL 3 in the saved cs).
+#[inline(always)]
+pub fn in_user_mode(ctx: &PerfEventContext) -> bool {
+    let regs = ctx.as_ptr() as *const u8;
+    // SAFETY: the context of a perf_event program starts with the
+    // interrupted `pt_regs`; the verifier checks this fixed-offset read.
+    let cs = unsafe { *(regs.add(REG_CS) as *const u64) };
+    cs & 3 == 3
+}
+
 /// The sampled task's user registers (ip, sp, bp): the interrupted ones
 /// when the sample hit user mode, else those saved at kernel entry.
 #[inline(always)]
 fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
     let regs = ctx.as_ptr() as *const u8;
-    // SAFETY: the context of a perf_event program starts with the
-    // interrupted `pt_regs`; the verifier checks these fixed-offset reads.
-    let cs = unsafe { *(regs.add(REG_CS) as *const u64) };
-    if cs & 3 == 3 {
+    if in_user_mode(ctx) {
         // SAFETY: as above.
         return Some(unsafe {
             (
@@ -330,6 +337,10 @@ fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
 /// `None` when it did not (the caller uses `bpf_get_stackid`), else the
 /// stack id (>= UNWIND_STACK_ID_BASE) or `-errno` when it was not stored.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by value, the 1 KiB stack would be copied onto the 512-byte BPF stack"
+)]
 pub fn user_stack(ctx: &PerfEventContext, tgid: u32, generation: u32) -> Option<i32> {
     UNWIND_PROCS.get_ptr(tgid)?;
     let Some((ip, sp, bp)) = user_regs(ctx) else {

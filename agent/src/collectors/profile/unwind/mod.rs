@@ -13,7 +13,6 @@ pub mod alloc;
 
 use std::{
     collections::HashMap,
-    io::Read as _,
     os::fd::{AsFd as _, AsRawFd as _},
     sync::mpsc,
     time::{Duration, Instant},
@@ -416,15 +415,17 @@ impl Unwinder {
         if size > MAX_FILE_BYTES {
             return Err("too_big");
         }
-        let mut data = Vec::with_capacity(size as usize);
-        let mut f = file;
-        f.read_to_end(&mut data).map_err(|_| "read")?;
+        // Only the headers and the CFI sections are read (pread through a
+        // cache dropped afterwards): a 150 MiB binary read whole would
+        // stay in the allocator's hands, and a mapping could SIGBUS if the
+        // file were truncated under us.
+        let cache = object::ReadCache::new(file);
         let t0 = Instant::now();
-        let t = table::build(&data).map_err(|e| match e {
+        let t = table::build(&cache).map_err(|e| match e {
             table::TableError::NoCfi => "no_cfi",
             _ => "not_elf",
         })?;
-        let obj = object::File::parse(&*data).map_err(|_| "not_elf")?;
+        let obj = object::File::parse(&cache).map_err(|_| "not_elf")?;
         let segs = table::segments(&obj);
         self.metrics
             .build_seconds
