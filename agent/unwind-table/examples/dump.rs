@@ -13,7 +13,7 @@ fn main() {
     };
     let (from, to) = (hex(args.get(2), 0), hex(args.get(3), u64::MAX));
     let data = std::fs::read(path).expect("readable file");
-    let t = sonde_unwind_table::build(&data).expect("table");
+    let t = sonde_unwind_table::build(&data[..]).expect("table");
     println!(
         "{} rows, {} FDEs ({} bad), {} unsupported rows",
         t.rows.len(),

@@ -497,7 +497,7 @@ fn build_chain(dir: &Path) -> Result<std::path::PathBuf> {
 fn table_cost(path: &str) -> Result<Vec<(&'static str, f64)>> {
     let data = std::fs::read(path).with_context(|| format!("reading {path}"))?;
     let t0 = Instant::now();
-    let t = sonde_unwind_table::build(&data).with_context(|| format!("table of {path}"))?;
+    let t = sonde_unwind_table::build(&data[..]).with_context(|| format!("table of {path}"))?;
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
     let rows = t.rows.len() as f64;
     Ok(vec![
