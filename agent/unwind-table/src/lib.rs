@@ -17,6 +17,9 @@ use sonde_common::unwind::{UnwindRow, cfa, rbp};
 
 type Slice<'a> = EndianSlice<'a, LittleEndian>;
 
+/// `(p_offset, p_vaddr, p_filesz)` of an executable `PT_LOAD` segment.
+pub type Segment = (u64, u64, u64);
+
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
     #[error("not a parsable ELF file: {0}")]
@@ -45,9 +48,25 @@ struct Fde {
     rows: Vec<UnwindRow>,
 }
 
-/// Parses `data` (a whole ELF file, as bytes or an `object::ReadCache`
-/// that reads only the sections used) into its unwind rows.
-pub fn build<'a, R: object::ReadRef<'a>>(data: R) -> Result<Table, TableError> {
+/// Parses `data` (a whole ELF file) into its unwind rows.
+pub fn build(data: &[u8]) -> Result<Table, TableError> {
+    build_from(data)
+}
+
+/// Like [`build`], reading only the headers and CFI sections of `file`
+/// (no whole-file read). Also returns the executable segments (for
+/// [`bias_of`]).
+pub fn build_file(file: &std::fs::File) -> Result<(Table, Vec<Segment>), TableError> {
+    let cache = object::ReadCache::new(file);
+    let t = build_from(&cache)?;
+    let obj = object::File::parse(&cache)?;
+    Ok((t, segments(&obj)))
+}
+
+// The public entry points are not generic on purpose: the CFI evaluation
+// is then instantiated in this crate, which is optimized even in debug
+// builds (a generic would be compiled, unoptimized, into its caller).
+fn build_from<'a, R: object::ReadRef<'a>>(data: R) -> Result<Table, TableError> {
     let obj = object::File::parse(data)?;
     if obj.architecture() != object::Architecture::X86_64 {
         return Err(TableError::Arch);
@@ -284,14 +303,14 @@ pub fn plt_rule(b: &[u8]) -> Option<(i32, i32)> {
 
 /// The load bias of a mapping of this file: runtime address minus the
 /// file's virtual address, from the `PT_LOAD` segment holding `offset`.
-pub fn load_bias<'a, R: object::ReadRef<'a>>(data: R, start: u64, offset: u64) -> Option<u64> {
+pub fn load_bias(data: &[u8], start: u64, offset: u64) -> Option<u64> {
     let obj = object::File::parse(data).ok()?;
     bias_of(&segments(&obj), start, offset)
 }
 
 /// `(p_offset, p_vaddr, p_filesz)` of each executable loadable segment
 /// (the mappings unwound are the executable ones).
-pub fn segments<'a, R: object::ReadRef<'a>>(obj: &object::File<'a, R>) -> Vec<(u64, u64, u64)> {
+fn segments<'a, R: object::ReadRef<'a>>(obj: &object::File<'a, R>) -> Vec<(u64, u64, u64)> {
     obj.segments()
         .filter(|s| matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & 1 != 0))
         .map(|s| {

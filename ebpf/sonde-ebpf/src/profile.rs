@@ -98,7 +98,10 @@ fn record(
     // A sample that interrupted user mode has no kernel stack: skip the
     // helper (it would find none after setting up a callchain buffer).
     let kernel = if crate::unwind::in_user_mode(ctx) {
-        bump(&PROFILE_COUNTERS_MAP, ProfileCounter::KernelStackAbsent as u32);
+        bump(
+            &PROFILE_COUNTERS_MAP,
+            ProfileCounter::KernelStackAbsent as u32,
+        );
         -EFAULT
     } else {
         stack_id(

@@ -131,56 +131,56 @@ impl UnwindMetrics {
     }
 }
 
-/// The row array, mapped into the agent.
+/// The row array. Rows are written through a temporary shared mapping of
+/// just the pages they land in: a permanent mapping would count every
+/// touched page of the table (kernel memory) in the agent's RSS.
 struct Rows {
-    ptr: *mut UnwindRow,
     len: usize,
-    _map: MapData,
+    map: MapData,
 }
 
-// SAFETY: the mapping is owned by this value and only used by the thread
-// that owns it; the kernel side only reads it.
-unsafe impl Send for Rows {}
-
 impl Rows {
-    fn map(map: MapData, len: u32) -> std::io::Result<Self> {
-        let bytes = (len as usize * ROW_BYTES as usize).next_multiple_of(4096);
-        // SAFETY: mapping a BPF_F_MMAPABLE array's fd shared and writable
-        // is how the kernel exposes its values; the length is the array's.
+    fn new(map: MapData, len: u32) -> Self {
+        Self {
+            len: len as usize,
+            map,
+        }
+    }
+
+    fn write(&mut self, at: u32, rows: &[UnwindRow]) -> std::io::Result<()> {
+        let at = at as usize;
+        assert!(at + rows.len() <= self.len, "rows within the array");
+        let row = ROW_BYTES as usize;
+        let start = at * row;
+        let page = start & !4095;
+        let bytes = start + rows.len() * row - page;
+        // SAFETY: a shared writable mapping of a BPF_F_MMAPABLE array's fd
+        // is how the kernel exposes its values; the page-aligned range lies
+        // within the array (bounds checked above).
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 bytes,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                map.fd().as_fd().as_raw_fd(),
-                0,
+                self.map.fd().as_fd().as_raw_fd(),
+                page as libc::off_t,
             )
         };
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Self {
-            ptr: ptr.cast(),
-            len: len as usize,
-            _map: map,
-        })
-    }
-
-    fn write(&mut self, at: u32, rows: &[UnwindRow]) {
-        let at = at as usize;
-        assert!(at + rows.len() <= self.len, "rows within the array");
-        // SAFETY: bounds checked above; the range was allocated to this
-        // file only, so no other table lives there.
-        unsafe { std::ptr::copy_nonoverlapping(rows.as_ptr(), self.ptr.add(at), rows.len()) };
-    }
-}
-
-impl Drop for Rows {
-    fn drop(&mut self) {
-        let bytes = (self.len * ROW_BYTES as usize).next_multiple_of(4096);
-        // SAFETY: unmaps exactly what `map` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), bytes) };
+        // SAFETY: the destination is inside the fresh mapping (`start -
+        // page` + rows fits in `bytes`), allocated to this file only.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                rows.as_ptr().cast::<u8>(),
+                ptr.cast::<u8>().add(start - page),
+                rows.len() * row,
+            );
+            libc::munmap(ptr, bytes);
+        }
+        Ok(())
     }
 }
 
@@ -224,7 +224,7 @@ pub struct Unwinder {
 impl Unwinder {
     pub fn new(maps: UnwindMaps, capacity: u32, metrics: UnwindMetrics) -> std::io::Result<Self> {
         Ok(Self {
-            rows: Rows::map(maps.rows, capacity)?,
+            rows: Rows::new(maps.rows, capacity),
             files: maps.files,
             procs: maps.procs,
             counters: maps.counters,
@@ -417,16 +417,12 @@ impl Unwinder {
         }
         // Only the headers and the CFI sections are read (pread through a
         // cache dropped afterwards): a 150 MiB binary read whole would
-        // stay in the allocator's hands, and a mapping could SIGBUS if the
-        // file were truncated under us.
-        let cache = object::ReadCache::new(file);
+        // stay in the allocator's hands.
         let t0 = Instant::now();
-        let t = table::build(&cache).map_err(|e| match e {
+        let (t, segs) = table::build_file(file).map_err(|e| match e {
             table::TableError::NoCfi => "no_cfi",
             _ => "not_elf",
         })?;
-        let obj = object::File::parse(&cache).map_err(|_| "not_elf")?;
-        let segs = table::segments(&obj);
         self.metrics
             .build_seconds
             .inc_by(t0.elapsed().as_secs_f64());
@@ -452,11 +448,11 @@ impl Unwinder {
                 return Err("too_many_files");
             }
         };
-        self.rows.write(first, &t.rows);
-        if self
-            .files
-            .set(id, UnwindFile { first, rows: n }, 0)
-            .is_err()
+        if self.rows.write(first, &t.rows).is_err()
+            || self
+                .files
+                .set(id, UnwindFile { first, rows: n }, 0)
+                .is_err()
         {
             self.space.give(first, n);
             self.free_ids.push(id);
