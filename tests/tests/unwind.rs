@@ -17,7 +17,12 @@ const CHAIN: &[&str] = &[
 /// symbolizer file cache because the agent profiles (and opens the files
 /// of) every process on the machine, and the default 32 files let busy CI
 /// neighbours evict the workload's binary before its samples are named.
-const CONFIG: &str = "[collectors.profile]\nfrequency_hz = 199\nmax_cached_files = 512\n";
+/// The agent also builds unwind tables for those neighbours (rustc's are
+/// ~20 MiB each), so the correctness tests get a budget their hot set fits
+/// in; `small_budget_evicts_and_keeps_profiling` covers eviction.
+const BASE: &str = "[collectors.profile]\nfrequency_hz = 199\nmax_cached_files = 512\n";
+const CONFIG: &str = "[collectors.profile]\nfrequency_hz = 199\nmax_cached_files = 512\n\
+                      unwind_table_budget_mib = 256\n";
 
 fn c_chain() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -241,7 +246,7 @@ fn small_budget_evicts_and_keeps_profiling() {
     // One agent at a time: each builds tables for every process it samples.
     let _x = exclusive();
     let budget = 1u64; // MiB: less than libc + python3 + the Rust binary
-    let agent = Agent::start(&format!("{CONFIG}unwind_table_budget_mib = {budget}\n"));
+    let agent = Agent::start(&format!("{BASE}unwind_table_budget_mib = {budget}\n"));
     let wls = [
         Workload::spawn(Command::new(c_chain()).args(["spin", "120"])),
         Workload::spawn(Command::new(rust_chain()).arg("120")),
