@@ -15,6 +15,7 @@ pub mod memory;
 pub mod process;
 pub mod profile;
 pub mod syscalls;
+pub mod unwind;
 
 /// Length of `task_struct::comm` (TASK_COMM_LEN) in the kernel.
 pub const COMM_LEN: usize = 16;

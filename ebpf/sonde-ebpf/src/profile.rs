@@ -53,6 +53,7 @@ static PROFILE_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(PR
 
 const EEXIST: i32 = 17;
 const ENOMEM: i32 = 12;
+const EFAULT: i32 = 14;
 
 /// Why a sample was not recorded.
 pub enum ProfileError {
@@ -83,15 +84,31 @@ fn record(
     stacks: &StackTrace,
     tgid: u32,
     comm: [u8; COMM_LEN],
+    generation: u32,
 ) -> Result<(), ProfileError> {
-    let user = stack_id(
-        ctx.get_stackid(stacks, BPF_F_USER_STACK as u64),
-        ProfileCounter::UserStackMissing,
-    );
-    let kernel = stack_id(
-        ctx.get_stackid(stacks, 0),
-        ProfileCounter::KernelStackAbsent,
-    );
+    // The DWARF unwinder when the agent loaded tables for this process,
+    // else the kernel's frame-pointer walk.
+    let user = match crate::unwind::user_stack(ctx, tgid, generation) {
+        Some(id) => id,
+        None => stack_id(
+            ctx.get_stackid(stacks, BPF_F_USER_STACK as u64),
+            ProfileCounter::UserStackMissing,
+        ),
+    };
+    // A sample that interrupted user mode has no kernel stack: skip the
+    // helper (it would find none after setting up a callchain buffer).
+    let kernel = if crate::unwind::in_user_mode(ctx) {
+        bump(
+            &PROFILE_COUNTERS_MAP,
+            ProfileCounter::KernelStackAbsent as u32,
+        );
+        -EFAULT
+    } else {
+        stack_id(
+            ctx.get_stackid(stacks, 0),
+            ProfileCounter::KernelStackAbsent,
+        )
+    };
     let key = StackKey {
         tgid,
         user_stack_id: user,
@@ -155,9 +172,9 @@ pub fn try_sample(ctx: &PerfEventContext) -> Result<(), ProfileError> {
     announce(tgid, &comm);
     let generation = PROFILE_CONTROL.get(PROFILE_GEN_SLOT).copied().unwrap_or(0);
     if generation == 0 {
-        record(ctx, &PROFILE_COUNTS_0, &PROFILE_STACKS_0, tgid, comm)
+        record(ctx, &PROFILE_COUNTS_0, &PROFILE_STACKS_0, tgid, comm, 0)
     } else {
-        record(ctx, &PROFILE_COUNTS_1, &PROFILE_STACKS_1, tgid, comm)
+        record(ctx, &PROFILE_COUNTS_1, &PROFILE_STACKS_1, tgid, comm, 1)
     }
 }
 

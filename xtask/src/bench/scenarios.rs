@@ -2,6 +2,7 @@
 //! whole scenario "not reported" with the reason.
 
 use std::{
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -426,15 +427,16 @@ struct Busy(Vec<Child>);
 
 impl Busy {
     fn start() -> Result<Busy> {
+        Self::start_with(Path::new("sh"), &["-c", "while :; do :; done"])
+    }
+
+    /// One `prog args` per CPU.
+    fn start_with(prog: &Path, args: &[&str]) -> Result<Busy> {
         let n = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         let kids = (0..n)
-            .map(|_| {
-                Command::new("sh")
-                    .args(["-c", "while :; do :; done"])
-                    .spawn()
-            })
+            .map(|_| Command::new(prog).args(args).spawn())
             .collect::<std::io::Result<Vec<_>>>()?;
         Ok(Busy(kids))
     }
@@ -505,6 +507,15 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
     let secs = if ctx.quick { 4 } else { 30 };
     let run = || -> Result<ScenarioResult> {
         let hz = |f: u32| vec![("SONDE_COLLECTORS__PROFILE__FREQUENCY_HZ", f.to_string())];
+        let hz_fp = |f: u32| {
+            let mut e = hz(f);
+            e.push(("SONDE_COLLECTORS__PROFILE__UNWIND", "false".into()));
+            e
+        };
+        // A 5-deep chain without frame pointers spinning in its leaf, one
+        // per CPU: the DWARF unwinder walks ~10 frames per sample.
+        let chain = build_chain(ctx.work.path())?;
+        let busy_chain = || Busy::start_with(&chain, &["spin", "1000000"]);
         let metrics = alternate(
             if ctx.quick { 2 } else { ctx.reps.min(3) },
             &[
@@ -536,12 +547,55 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
                         peer_profile_cost(secs)
                     }),
                 ),
+                (
+                    "99 Hz busy, frame pointers only",
+                    Box::new(|| {
+                        let _b = Busy::start()?;
+                        agent_cost(ctx, &hz_fp(99), secs)
+                    }),
+                ),
+                (
+                    "99 Hz busy chain, DWARF",
+                    Box::new(|| {
+                        let _b = busy_chain()?;
+                        agent_cost(ctx, &hz(99), secs)
+                    }),
+                ),
+                (
+                    "99 Hz busy chain, frame pointers only",
+                    Box::new(|| {
+                        let _b = busy_chain()?;
+                        agent_cost(ctx, &hz_fp(99), secs)
+                    }),
+                ),
             ],
         )?;
         let mut r = ScenarioResult {
             metrics,
             ..Default::default()
         };
+        r.metrics.extend(alternate(
+            if ctx.quick { 2 } else { ctx.reps.min(5) },
+            &[
+                ("unwind table build time", "ms"),
+                ("unwind table memory", "MiB"),
+                ("unwind table rows", "rows"),
+            ],
+            vec![
+                (
+                    "libc",
+                    Box::new(|| table_cost("/usr/lib/x86_64-linux-gnu/libc.so.6")),
+                ),
+                ("python3", Box::new(|| table_cost("/usr/bin/python3"))),
+            ],
+        )?);
+        let dwarf = r.median("BPF time per sample", "99 Hz busy chain, DWARF");
+        r.derive(
+            "BPF time per sample, DWARF unwinding",
+            dwarf,
+            "µs",
+            dwarf.map(|t| ("≤ 5 µs", t <= 5.0)),
+        );
         let cpu = r.median("agent CPU", "19 Hz busy");
         r.derive(
             "CPU at 19 Hz, busy",
@@ -572,13 +626,44 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
         );
         r.commands = vec![
             format!(
-                "SONDE_COLLECTORS__PROFILE__FREQUENCY_HZ=19|99 sonde agent; CPU from /proc/PID/stat over {secs} s after a warm-up"
+                "SONDE_COLLECTORS__PROFILE__FREQUENCY_HZ=19|99 [SONDE_COLLECTORS__PROFILE__UNWIND=false] \
+                 sonde agent; CPU from /proc/PID/stat over {secs} s after a warm-up; busy = `sh -c 'while :; do :; done'` \
+                 or tests/workloads/unwind_chain.c (-O2 -fomit-frame-pointer) per CPU"
             ),
             "bpftrace xtask/bench/profile_peer.bt".into(),
+            "table build: sonde_unwind_table::build(file) in xtask (opt-level 3), memory = rows x 16 B"
+                .into(),
         ];
         Ok(r)
     };
     finish(name, what, run())
+}
+
+/// The unwinder's test chain, built like its test builds it.
+fn build_chain(dir: &Path) -> Result<std::path::PathBuf> {
+    let src = crate::cmd::workspace_root().join("tests/workloads/unwind_chain.c");
+    let out = dir.join("unwind_chain");
+    crate::cmd::run(
+        Command::new("gcc")
+            .args(["-O2", "-fomit-frame-pointer", "-o"])
+            .arg(&out)
+            .arg(&src),
+    )?;
+    Ok(out)
+}
+
+/// Time and size of one file's unwind table, as the agent builds it.
+fn table_cost(path: &str) -> Result<Vec<(&'static str, f64)>> {
+    let data = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+    let t0 = Instant::now();
+    let t = sonde_unwind_table::build(&data[..]).with_context(|| format!("table of {path}"))?;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let rows = t.rows.len() as f64;
+    Ok(vec![
+        ("unwind table build time", ms),
+        ("unwind table memory", rows * 16.0 / (1024.0 * 1024.0)),
+        ("unwind table rows", rows),
+    ])
 }
 
 pub fn alloc(ctx: &Ctx) -> ScenarioResult {

@@ -12,9 +12,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
 use prometheus::{IntCounter, IntCounterVec};
-use sonde_common::profile::{PROFILE_COUNTERS, PROFILE_GEN_SLOT, ProfileCounter, StackKey};
+use sonde_common::{
+    profile::{PROFILE_COUNTERS, PROFILE_GEN_SLOT, ProfileCounter, StackKey},
+    unwind::{UNWIND_STACK_ID_BASE, UnwoundStack},
+};
 
 use super::{
     procmaps::Captured,
@@ -32,6 +35,8 @@ pub struct KernelMaps {
     pub counts: [PerCpuHashMap<MapData, StackKey, u64>; 2],
     pub stacks: [StackTraceMap<MapData>; 2],
     pub counters: PerCpuArray<MapData, u64>,
+    /// User stacks walked by the DWARF unwinder (ids >= UNWIND_STACK_ID_BASE).
+    pub unwound: [BpfHashMap<MapData, u32, UnwoundStack>; 2],
 }
 
 #[derive(Clone)]
@@ -106,8 +111,18 @@ impl RawDrainer {
         let mut traces: HashMap<i32, Vec<u64>> = HashMap::new();
         let mut lost = 0u64;
         for (k, _) in &rows {
+            let id = k.user_stack_id;
+            if id >= UNWIND_STACK_ID_BASE && !traces.contains_key(&id) {
+                match self.maps.unwound[idle].get(&(id as u32), 0) {
+                    Ok(s) => {
+                        let n = (s.len as usize).min(s.frames.len());
+                        traces.insert(id, s.frames[..n].to_vec());
+                    }
+                    Err(_) => lost += 1,
+                }
+            }
             for id in [k.user_stack_id, k.kernel_stack_id] {
-                if id >= 0 && !traces.contains_key(&id) {
+                if (0..UNWIND_STACK_ID_BASE).contains(&id) && !traces.contains_key(&id) {
                     match stacks.get(&(id as u32), 0) {
                         Ok(t) => {
                             traces.insert(id, t.frames().iter().map(|f| f.ip).collect());
@@ -121,6 +136,11 @@ impl RawDrainer {
         let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
         for id in ids {
             let _ = stacks.remove(&id);
+        }
+        let unwound = &mut self.maps.unwound[idle];
+        let ids: Vec<u32> = unwound.keys().filter_map(Result::ok).collect();
+        for id in ids {
+            let _ = unwound.remove(&id);
         }
         if lost > 0 {
             self.metrics

@@ -13,6 +13,7 @@ pub mod procmaps;
 pub mod render;
 pub mod store;
 pub mod symbolize;
+pub mod unwind;
 
 use std::{
     collections::HashMap,
@@ -218,7 +219,10 @@ impl Collector for ProfileCollector {
 impl ProfileCollector {
     fn start_inner(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
         let hz = self.config.frequency_hz.get();
-        let mut obj = ebpf::load(ebpf::PROFILE, ctx.kernel_log_level)?;
+        let rows = unwind_rows(&self.config);
+        let mut obj = ebpf::load_with(ebpf::PROFILE, &ctx.kernel_log_level, |l| {
+            l.map_max_entries("UNWIND_ROWS", rows);
+        })?;
         ebpf::spawn_kernel_logger(&mut obj, ebpf::PROFILE.name);
         let maps = KernelMaps {
             control: take_map(&mut obj, "PROFILE_CONTROL")?,
@@ -231,6 +235,19 @@ impl ProfileCollector {
                 take_map(&mut obj, "PROFILE_STACKS_1")?,
             ],
             counters: take_map(&mut obj, "PROFILE_COUNTERS_MAP")?,
+            unwound: [
+                take_map(&mut obj, "UNWIND_STACKS_0")?,
+                take_map(&mut obj, "UNWIND_STACKS_1")?,
+            ],
+        };
+        let unwind_maps = unwind::UnwindMaps {
+            rows: match obj.take_map("UNWIND_ROWS") {
+                Some(aya::maps::Map::Array(m)) => m,
+                _ => return Err(CollectorError::NoHook("map UNWIND_ROWS missing".into())),
+            },
+            files: take_map(&mut obj, "UNWIND_FILES")?,
+            procs: take_map(&mut obj, "UNWIND_PROCS")?,
+            counters: take_map(&mut obj, "UNWIND_COUNTERS_MAP")?,
         };
         let new_pids: RingBuf<MapData> = take_map(&mut obj, "PROFILE_NEW_PIDS")?;
         let prog: &mut PerfEvent = obj
@@ -269,6 +286,17 @@ impl ProfileCollector {
             processes: self.config.max_processes.get() as usize,
         };
         let sym_metrics = SymbolizeMetrics::new(ctx.telemetry);
+        let unwind_tx = if self.config.unwind {
+            let m = unwind::UnwindMetrics::new(ctx.telemetry, u64::from(rows) * unwind::ROW_BYTES);
+            let u = unwind::Unwinder::new(unwind_maps, rows, m)?;
+            let (utx, urx) = mpsc::channel();
+            std::thread::Builder::new()
+                .name("sonde-prof-unwind".into())
+                .spawn(move || u.run(urx))?;
+            Some(utx)
+        } else {
+            None
+        };
         let (tx, rx) = mpsc::channel();
         let (sym_tx, sym_rx) = mpsc::channel();
         self.store.set_flusher(Some(tx.clone()));
@@ -284,9 +312,10 @@ impl ProfileCollector {
         };
         let interval = self.config.drain_interval.get();
         let drain_out = sym_tx.clone();
+        let hot = unwind_tx.clone();
         std::thread::Builder::new()
             .name("sonde-prof-drain".into())
-            .spawn(move || run_drain(worker, interval, rx, drain_out))?;
+            .spawn(move || run_drain(worker, interval, rx, drain_out, hot))?;
         // blazesym's symbolizer is not Send: it is built on, and never
         // leaves, a thread of its own.
         let (store, table) = (self.store.clone(), self.table.clone());
@@ -299,6 +328,7 @@ impl ProfileCollector {
         tokio::spawn(forward_new_pids(
             ebpf::async_fd(new_pids)?,
             sym_tx,
+            unwind_tx,
             token.clone(),
         ));
         // Wake the drain thread at shutdown: it exits on `Stop`, and the
@@ -313,6 +343,15 @@ impl ProfileCollector {
         self.shutdown = Some(token);
         Ok(())
     }
+}
+
+/// Rows of the unwind table array: the memory budget, or one when
+/// unwinding is off (the map must exist for the program to load).
+fn unwind_rows(c: &ProfileConfig) -> u32 {
+    if !c.unwind {
+        return 1;
+    }
+    (c.unwind_table_budget_mib.get() * 1024 * 1024 / unwind::ROW_BYTES) as u32
 }
 
 /// Everything the drain thread owns; dropping it detaches the programs.
@@ -350,6 +389,7 @@ impl Worker {
 async fn forward_new_pids(
     mut fd: AsyncFd<RingBuf<MapData>>,
     tx: mpsc::Sender<SymCmd>,
+    unwind: Option<mpsc::Sender<unwind::UnwindCmd>>,
     token: CancellationToken,
 ) {
     loop {
@@ -367,6 +407,9 @@ async fn forward_new_pids(
         while let Some(item) = rb.next() {
             let Some(b) = item.get(..4) else { continue };
             let pid = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+            if let Some(u) = &unwind {
+                let _ = u.send(unwind::UnwindCmd::Seen(pid));
+            }
             let Some(c) = procmaps::Captured::read(pid) else {
                 tracing::debug!(collector = NAME, pid, "announced process already gone");
                 continue;
@@ -409,6 +452,7 @@ fn run_drain(
     interval: Duration,
     cmds: mpsc::Receiver<Cmd>,
     out: mpsc::Sender<SymCmd>,
+    hot: Option<mpsc::Sender<unwind::UnwindCmd>>,
 ) {
     let mut next = Instant::now() + interval;
     let mut last_hotplug = Instant::now();
@@ -444,6 +488,13 @@ fn run_drain(
             {
                 return;
             }
+        }
+        if let Some(h) = &hot {
+            let mut per_pid: HashMap<u32, u64> = HashMap::new();
+            for (k, n) in &batch.rows {
+                *per_pid.entry(k.tgid).or_default() += n;
+            }
+            let _ = h.send(unwind::UnwindCmd::Hot(per_pid.into_iter().collect()));
         }
         if out.send(SymCmd::Batch(batch, reply)).is_err() {
             return;

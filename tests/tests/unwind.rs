@@ -1,0 +1,288 @@
+//! DWARF (`.eh_frame`) unwinding end to end: binaries built without frame
+//! pointers, profiled by the real perf_event program, whose user stacks the
+//! eBPF unwinder walks with the tables the agent built.
+
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use sonde_tests::{
+    Agent, exclusive, metric_value, wait_for,
+    workload::{Workload, build_c},
+};
+
+const FLAGS: &[&str] = &["-O2", "-fomit-frame-pointer"];
+const CHAIN: &[&str] = &[
+    "main", "chain_a", "chain_b", "chain_c", "chain_d", "chain_e",
+];
+/// 199 Hz for enough samples on a shared 2-core machine; a large
+/// symbolizer file cache because the agent profiles (and opens the files
+/// of) every process on the machine, and the default 32 files let busy CI
+/// neighbours evict the workload's binary before its samples are named.
+/// The agent also builds unwind tables for those neighbours (rustc's are
+/// ~20 MiB each), so the correctness tests get a budget their hot set fits
+/// in; `small_budget_evicts_and_keeps_profiling` covers eviction.
+const BASE: &str = "[collectors.profile]\nfrequency_hz = 199\nmax_cached_files = 512\n";
+const CONFIG: &str = "[collectors.profile]\nfrequency_hz = 199\nmax_cached_files = 512\n\
+                      unwind_table_budget_mib = 256\n";
+
+fn c_chain() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| build_c("unwind_chain", FLAGS)).clone()
+}
+
+/// The Rust twin, release-optimized, frame pointers left to rustc's
+/// default (omitted on x86_64 Linux).
+fn rust_chain() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = sonde_tests::workspace_root();
+        let out = root.join("target/workloads/unwind_chain_rs");
+        std::fs::create_dir_all(out.parent().unwrap()).expect("mkdir");
+        let st = Command::new("rustc")
+            .args(["-C", "opt-level=2", "--edition", "2021", "-o"])
+            .arg(&out)
+            .arg(root.join("tests/workloads/unwind_chain.rs"))
+            .status()
+            .expect("rustc runs");
+        assert!(st.success(), "rustc failed");
+        out
+    })
+    .clone()
+}
+
+fn folded(agent: &Agent, pid: u32, duration: &str) -> Vec<(Vec<String>, u64)> {
+    let p = pid.to_string();
+    let args = [
+        "profile",
+        "--pid",
+        &p,
+        "--duration",
+        duration,
+        "--format",
+        "folded",
+    ];
+    let out = agent.cli(&args);
+    assert!(
+        out.status.success(),
+        "sonde {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (s, n) = l.rsplit_once(' ').expect("count");
+            (
+                s.split(';').map(str::to_owned).collect(),
+                n.parse().expect("n"),
+            )
+        })
+        .collect()
+}
+
+/// `frame` names function `name` (C name, or a Rust path ending in it).
+fn is(frame: &str, name: &str) -> bool {
+    let f = frame.trim_end_matches("_[i]");
+    f == name || f.ends_with(&format!("::{name}"))
+}
+
+/// Index just past `names` appearing in order in `frames` (root first),
+/// with only inlined frames between them. Every frame named like
+/// `names[0]` is tried (a Rust binary has a C `main` and `crate::main`).
+fn chain_end(frames: &[String], names: &[&str]) -> Option<usize> {
+    (0..frames.len())
+        .filter(|&s| is(&frames[s], names[0]))
+        .find_map(|s| chain_from(frames, s + 1, &names[1..]))
+}
+
+fn chain_from(frames: &[String], mut i: usize, names: &[&str]) -> Option<usize> {
+    for n in names {
+        while frames.get(i)?.ends_with("_[i]") && !is(&frames[i], n) {
+            i += 1;
+        }
+        if !is(&frames[i], n) {
+            return None;
+        }
+        i += 1;
+    }
+    Some(i)
+}
+
+fn share(stacks: &[(Vec<String>, u64)], ok: impl Fn(&[String]) -> bool) -> (u64, u64) {
+    let total = stacks.iter().map(|s| s.1).sum();
+    let good = stacks.iter().filter(|s| ok(&s.0)).map(|s| s.1).sum();
+    (good, total)
+}
+
+/// Profiles `pid` in 1 s slices until `ok` holds for most samples (the
+/// tables are built when the process is first sampled), then for `secs`.
+fn settled(
+    agent: &Agent,
+    pid: u32,
+    secs: &str,
+    ok: impl Fn(&[String]) -> bool,
+) -> Vec<(Vec<String>, u64)> {
+    let start = std::time::Instant::now();
+    loop {
+        let s = folded(agent, pid, "1s");
+        let (g, t) = share(&s, &ok);
+        if t > 0 && g * 2 > t {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "unwind tables not in use after 40 s: {s:?}\n{}",
+            agent.log()
+        );
+    }
+    folded(agent, pid, secs)
+}
+
+fn assert_full_chain(agent: &Agent, pid: u32) {
+    let ok = |f: &[String]| chain_end(f, CHAIN).is_some();
+    let stacks = settled(agent, pid, "5s", ok);
+    let (good, total) = share(&stacks, ok);
+    assert!(total >= 50, "too few samples ({total}): {stacks:?}");
+    assert!(
+        good * 100 >= total * 90,
+        "full chain main..chain_e in {good} of {total} samples (< 90%); the others: {:?}\n{}",
+        stacks.iter().filter(|s| !ok(&s.0)).collect::<Vec<_>>(),
+        agent.metrics()
+    );
+}
+
+#[test]
+fn c_without_frame_pointers_unwinds_the_full_chain() {
+    // One agent at a time: each builds tables for every process it samples.
+    let _x = exclusive();
+    let agent = Agent::start(CONFIG);
+    let wl = Workload::spawn(Command::new(c_chain()).args(["spin", "60"]));
+    assert_full_chain(&agent, wl.pid());
+    let m = agent.metrics();
+    assert!(
+        metric_value(&m, "sonde_unwind_stacks_total").unwrap_or(0.0) > 100.0,
+        "{m}"
+    );
+    assert!(
+        metric_value(&m, "sonde_unwind_tables_loaded").unwrap_or(0.0) >= 2.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn rust_release_without_frame_pointers_unwinds_the_full_chain() {
+    // One agent at a time: each builds tables for every process it samples.
+    let _x = exclusive();
+    let agent = Agent::start(CONFIG);
+    let wl = Workload::spawn(Command::new(rust_chain()).arg("60"));
+    assert_full_chain(&agent, wl.pid());
+}
+
+#[test]
+fn chain_crosses_libc_qsort_into_the_comparator() {
+    // One agent at a time: each builds tables for every process it samples.
+    let _x = exclusive();
+    let agent = Agent::start(CONFIG);
+    let wl = Workload::spawn(Command::new(c_chain()).args(["qsort", "60"]));
+    let ok = |f: &[String]| {
+        chain_end(f, CHAIN).is_some_and(|i| {
+            let rest = &f[i..];
+            rest.len() >= 2
+                && rest.iter().any(|x| x.contains("qsort"))
+                && rest.last().is_some_and(|x| is(x, "spin_compare"))
+        })
+    };
+    let stacks = settled(&agent, wl.pid(), "5s", ok);
+    let in_cmp: u64 = stacks
+        .iter()
+        .filter(|s| s.0.last().is_some_and(|x| is(x, "spin_compare")))
+        .map(|s| s.1)
+        .sum();
+    let (good, total) = share(&stacks, ok);
+    assert!(in_cmp >= 50, "too few comparator samples: {stacks:?}");
+    assert!(
+        good * 100 >= in_cmp * 90,
+        "main..chain_e;..qsort..;spin_compare in {good} of {in_cmp} comparator samples \
+         ({total} in all); the others: {:?}",
+        stacks.iter().filter(|s| !ok(&s.0)).collect::<Vec<_>>()
+    );
+}
+
+/// User frames of a folded stack (no process name, no kernel frames).
+fn user_depth(f: &[String]) -> usize {
+    f.iter().skip(1).filter(|x| !x.ends_with("_[k]")).count()
+}
+
+#[test]
+fn python_busy_loop_has_deep_stacks() {
+    // One agent at a time: each builds tables for every process it samples.
+    let _x = exclusive();
+    let agent = Agent::start(CONFIG);
+    let wl = Workload::spawn(Command::new("/usr/bin/python3").args([
+        "-c",
+        "import time\nend = time.time() + 60\nwhile time.time() < end:\n    pass\n",
+    ]));
+    let stacks = settled(&agent, wl.pid(), "5s", |f| user_depth(f) >= 8);
+    let mut depths: Vec<usize> = stacks
+        .iter()
+        .flat_map(|(f, n)| std::iter::repeat_n(user_depth(f), *n as usize))
+        .collect();
+    depths.sort_unstable();
+    assert!(depths.len() >= 50, "too few samples: {stacks:?}");
+    let median = depths[depths.len() / 2];
+    assert!(median >= 8, "median user depth {median}: {stacks:?}");
+    assert!(
+        stacks.iter().any(
+            |(f, _)| f.iter().any(|x| x.contains("_PyEval_EvalFrameDefault"))
+                && f.iter().any(|x| x == "main" || x.contains("Py_BytesMain"))
+        ),
+        "eval loop reached from main: {stacks:?}"
+    );
+}
+
+#[test]
+fn small_budget_evicts_and_keeps_profiling() {
+    // One agent at a time: each builds tables for every process it samples.
+    let _x = exclusive();
+    let budget = 1u64; // MiB: less than libc + python3 + the Rust binary
+    let agent = Agent::start(&format!("{BASE}unwind_table_budget_mib = {budget}\n"));
+    let wls = [
+        Workload::spawn(Command::new(c_chain()).args(["spin", "120"])),
+        Workload::spawn(Command::new(rust_chain()).arg("120")),
+        Workload::spawn(Command::new("/usr/bin/python3").args([
+            "-c",
+            "import time\nend = time.time() + 120\nwhile time.time() < end:\n    pass\n",
+        ])),
+        Workload::spawn(Command::new(c_chain()).args(["qsort", "120"])),
+    ];
+    let m = wait_for(Duration::from_secs(40), "evictions", || {
+        let m = agent.metrics();
+        (metric_value(&m, "sonde_unwind_table_evictions_total").unwrap_or(0.0) > 0.0).then_some(m)
+    });
+    let used = metric_value(&m, "sonde_unwind_table_bytes").expect("bytes gauge");
+    assert!(used <= (budget << 20) as f64, "{used} bytes > budget: {m}");
+    assert_eq!(
+        metric_value(&m, "sonde_unwind_table_budget_bytes"),
+        Some((budget << 20) as f64)
+    );
+    // Every workload is still profiled.
+    for w in &wls {
+        let s = folded(&agent, w.pid(), "3s");
+        assert!(
+            s.iter().map(|x| x.1).sum::<u64>() > 0,
+            "no samples for {}",
+            w.pid()
+        );
+    }
+    let (code, h) = agent.get("/health");
+    assert!(
+        code == 200 && h.contains("profile"),
+        "health lists the profiler: {code} {h}"
+    );
+    assert!(
+        agent.log().matches("panicked").count() == 0,
+        "{}",
+        agent.log()
+    );
+}
