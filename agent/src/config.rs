@@ -121,6 +121,21 @@ pub struct HttpConfig {
     /// connections seen in accept/connect are tracked, which makes
     /// unrelated reads and writes cheaper. "0s" never sniffs.
     pub sniff_window: Dur<0, 31_536_000>,
+    /// Which syscall hooks to use: "auto" (tp_btf `sys_enter`/`sys_exit`
+    /// where the kernel has them, on x86_64; else the per-syscall
+    /// tracepoints) or "tracepoint" (always the per-syscall tracepoints).
+    /// "floor" is a benchmark aid: empty programs on tp_btf `sys_enter`/
+    /// `sys_exit`, no metrics (what the hooks alone cost).
+    pub hook: HttpHook,
+}
+
+/// `collectors.http.hook`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpHook {
+    Auto,
+    Tracepoint,
+    Floor,
 }
 
 impl Default for HttpConfig {
@@ -130,6 +145,7 @@ impl Default for HttpConfig {
             routes: Vec::new(),
             max_routes_per_service: Bounded(200),
             sniff_window: Dur(Duration::from_secs(60)),
+            hook: HttpHook::Auto,
         }
     }
 }

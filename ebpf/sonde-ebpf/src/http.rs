@@ -155,7 +155,7 @@ fn count(r: Result<(), HttpError>) -> u32 {
 
 /// Syscall tracepoint argument `n` (the format puts each at 16 + 8n).
 #[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+pub fn tp_arg(ctx: &TracePointContext, n: usize) -> u64 {
     // SAFETY: syscalls:sys_enter_* records have 6 u64 args from offset 16;
     // callers pass n < 6, and the verifier checks ctx accesses are in bounds.
     unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(16 + 8 * n) as *const u64) }
@@ -163,20 +163,20 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 
 /// The syscall return value of a syscalls:sys_exit_* record.
 #[inline(always)]
-fn ret(ctx: &TracePointContext) -> i64 {
+pub fn tp_ret(ctx: &TracePointContext) -> i64 {
     // SAFETY: syscalls:sys_exit_* records hold `long ret` at offset 16.
     unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(16) as *const i64) }
 }
 
-/// Entry of a data syscall: remember fd and buffer for the exit.
+/// Entry of a data syscall: remember fd and buffer for the exit. `fd`,
+/// `buf`, `len` are the syscall's first three arguments.
 #[inline(always)]
-pub fn on_enter(ctx: &TracePointContext, op: Op) -> u32 {
-    count(try_enter(ctx, op))
+pub fn on_enter(fd: u64, buf: u64, len: u64, op: Op) -> u32 {
+    count(try_enter(fd, buf, len, op))
 }
 
 #[inline(always)]
-fn try_enter(ctx: &TracePointContext, op: Op) -> Result<(), HttpError> {
-    let fd = arg(ctx, 0);
+fn try_enter(fd: u64, buf: u64, len: u64, op: Op) -> Result<(), HttpError> {
     // fds above 2^31 are errors the syscall will reject anyway.
     if fd > i32::MAX as u64 {
         return Ok(());
@@ -202,7 +202,7 @@ fn try_enter(ctx: &TracePointContext, op: Op) -> Result<(), HttpError> {
                 op,
                 Op::WriteBuf | Op::WriteIov | Op::WriteMsg | Op::SendFile
             );
-            if outgoing && (op == Op::SendFile || !starts_request(op, arg(ctx, 1), arg(ctx, 2))) {
+            if outgoing && (op == Op::SendFile || !starts_request(op, buf, len)) {
                 return Ok(());
             }
         }
@@ -220,7 +220,7 @@ fn try_enter(ctx: &TracePointContext, op: Op) -> Result<(), HttpError> {
     }
     slot.id = id;
     slot.fd = fd;
-    slot.buf = if op == Op::SendFile { 0 } else { arg(ctx, 1) };
+    slot.buf = if op == Op::SendFile { 0 } else { buf };
     slot.op = op as u32;
     Ok(())
 }
@@ -252,14 +252,14 @@ fn starts_request(op: Op, ptr: u64, count: u64) -> bool {
     r == 0 && classify(&head) == Head::Request
 }
 
-/// Exit of a data syscall (or connect): run the state machine.
+/// Exit of a data syscall (or connect) returning `n`: run the state machine.
 #[inline(always)]
-pub fn on_exit(ctx: &TracePointContext) -> u32 {
-    count(try_exit(ctx))
+pub fn on_exit(n: i64) -> u32 {
+    count(try_exit(n))
 }
 
 #[inline(always)]
-fn try_exit(ctx: &TracePointContext) -> Result<(), HttpError> {
+fn try_exit(n: i64) -> Result<(), HttpError> {
     let id = bpf_get_current_pid_tgid();
     let Some(slot) = HTTP_ARGS.get_ptr_mut(id as u32 & (ARGS_SLOTS - 1)) else {
         return Ok(());
@@ -271,7 +271,6 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), HttpError> {
     }
     let args = *slot;
     slot.id = 0;
-    let n = ret(ctx);
     let key = HttpConnKey {
         tgid: (id >> 32) as u32,
         fd: args.fd as u32,
@@ -568,8 +567,7 @@ fn emit(
 
 /// accept/accept4 exit: the returned fd is a server-side connection.
 #[inline(always)]
-pub fn on_accept_exit(ctx: &TracePointContext) -> u32 {
-    let fd = ret(ctx);
+pub fn on_accept_exit(fd: i64) -> u32 {
     if fd < 0 {
         return 0;
     }
@@ -582,8 +580,7 @@ pub fn on_accept_exit(ctx: &TracePointContext) -> u32 {
 
 /// close entry: forget the connection, reporting what was in flight.
 #[inline(always)]
-pub fn on_close(ctx: &TracePointContext) -> u32 {
-    let fd = arg(ctx, 0);
+pub fn on_close(fd: u64) -> u32 {
     let key = HttpConnKey {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         fd: fd as u32,
@@ -612,4 +609,86 @@ pub fn on_close(ctx: &TracePointContext) -> u32 {
     };
     let _ = HTTP_CONNS.remove(key);
     count(r)
+}
+
+/// x86_64 syscall numbers of the hooked syscalls (tp_btf path). The
+/// syscall-specific tracepoints carry no number; the generic `sys_enter`/
+/// `sys_exit` hooks do, so the dispatch below is a few compares on every
+/// syscall instead of a perf-event tracepoint record per hooked one. The
+/// agent uses this path only on x86_64.
+pub mod nr {
+    pub const READ: i64 = 0;
+    pub const WRITE: i64 = 1;
+    pub const CLOSE: i64 = 3;
+    pub const READV: i64 = 19;
+    pub const WRITEV: i64 = 20;
+    pub const SENDFILE: i64 = 40;
+    pub const CONNECT: i64 = 42;
+    pub const ACCEPT: i64 = 43;
+    pub const SENDTO: i64 = 44;
+    pub const RECVFROM: i64 = 45;
+    pub const SENDMSG: i64 = 46;
+    pub const RECVMSG: i64 = 47;
+    pub const ACCEPT4: i64 = 288;
+}
+
+/// x86_64 `struct pt_regs` offsets: the first three syscall arguments and
+/// the syscall number at exit (`orig_ax`).
+const REG_DX: usize = 96;
+const REG_SI: usize = 104;
+const REG_DI: usize = 112;
+const REG_ORIG_AX: usize = 120;
+
+/// One register of the `struct pt_regs *` a tp_btf `sys_enter`/`sys_exit`
+/// program receives.
+#[inline(always)]
+fn reg(regs: *const u8, off: usize) -> u64 {
+    // SAFETY: `regs` is the tracepoint's BTF-typed `struct pt_regs *`; the
+    // verifier checks the load against the BTF layout (off is a field) and
+    // turns it into a fault-safe kernel load.
+    unsafe { core::ptr::read_volatile(regs.add(off) as *const u64) }
+}
+
+/// tp_btf `sys_enter(struct pt_regs *regs, long id)`: every syscall of
+/// every task comes here, so unrelated syscalls leave after the compares.
+#[inline(always)]
+pub fn btf_enter(regs: *const u8, id: i64) -> u32 {
+    let op = match id {
+        nr::READ | nr::RECVFROM => Op::ReadBuf,
+        nr::WRITE | nr::SENDTO => Op::WriteBuf,
+        nr::READV => Op::ReadIov,
+        nr::WRITEV => Op::WriteIov,
+        nr::RECVMSG => Op::ReadMsg,
+        nr::SENDMSG => Op::WriteMsg,
+        nr::SENDFILE => Op::SendFile,
+        nr::CONNECT => Op::Connect,
+        nr::CLOSE => return on_close(reg(regs, REG_DI)),
+        _ => return 0,
+    };
+    let (fd, buf, len) = if op == Op::SendFile {
+        // sendfile(out_fd, in_fd, offset, count): data leaves on out_fd.
+        (reg(regs, REG_DI), 0, 0)
+    } else {
+        (reg(regs, REG_DI), reg(regs, REG_SI), reg(regs, REG_DX))
+    };
+    on_enter(fd, buf, len, op)
+}
+
+/// tp_btf `sys_exit(struct pt_regs *regs, long ret)`.
+#[inline(always)]
+pub fn btf_exit(regs: *const u8, ret: i64) -> u32 {
+    match reg(regs, REG_ORIG_AX) as i64 {
+        nr::READ
+        | nr::RECVFROM
+        | nr::WRITE
+        | nr::SENDTO
+        | nr::READV
+        | nr::WRITEV
+        | nr::RECVMSG
+        | nr::SENDMSG
+        | nr::SENDFILE
+        | nr::CONNECT => on_exit(ret),
+        nr::ACCEPT | nr::ACCEPT4 => on_accept_exit(ret),
+        _ => 0,
+    }
 }

@@ -17,9 +17,9 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
+    Btf, Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
 };
 use prometheus::{Histogram, IntCounter};
 use sonde_common::http::{
@@ -35,11 +35,30 @@ use self::{
     stats::{HttpMetrics, RouteRow, RouteStats, StatKey, now_secs},
 };
 use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
-use crate::{collectors::take_map, config::HttpConfig, ebpf, process_table::ProcessTable};
+use crate::{
+    collectors::take_map,
+    config::{HttpConfig, HttpHook},
+    ebpf,
+    features::Features,
+    process_table::ProcessTable,
+};
 
 pub const NAME: &str = "http";
 
-/// (program, tracepoints it attaches to). All in the `syscalls` category.
+/// The preferred pair: tp_btf programs on the generic syscall hooks.
+const BTF_HOOKS: &[(&str, &str)] = &[
+    ("http_sys_enter", "sys_enter"),
+    ("http_sys_exit", "sys_exit"),
+];
+
+/// `hook = "floor"`: empty programs on the same hooks.
+const FLOOR_HOOKS: &[(&str, &str)] = &[
+    ("http_floor_enter", "sys_enter"),
+    ("http_floor_exit", "sys_exit"),
+];
+
+/// Fallback: (program, tracepoints it attaches to), all in the `syscalls`
+/// category.
 const HOOKS: &[(&str, &[&str])] = &[
     ("http_enter_read", &["sys_enter_read"]),
     ("http_enter_recvfrom", &["sys_enter_recvfrom"]),
@@ -180,8 +199,77 @@ impl HttpCollector {
     }
 }
 
-/// Attaches every hook; returns the tracepoints that failed (with why).
-fn attach(obj: &mut Ebpf) -> Result<Vec<String>, CollectorError> {
+/// Attaches the tp_btf pair when allowed and possible, else the
+/// per-syscall tracepoints. Returns a description of the hooks in use and
+/// what failed (with why; empty when everything attached as preferred).
+fn attach(
+    obj: &mut Ebpf,
+    hook: HttpHook,
+    features: &Features,
+) -> Result<(String, Vec<String>), CollectorError> {
+    let mut why = Vec::new();
+    if hook == HttpHook::Floor {
+        attach_btf(obj, FLOOR_HOOKS)?;
+        return Ok((
+            "hook = \"floor\": empty programs on tp_btf sys_enter/sys_exit (benchmark aid; \
+             no HTTP metrics)"
+                .to_owned(),
+            vec!["HTTP tracing (floor mode)".to_owned()],
+        ));
+    }
+    if hook == HttpHook::Auto {
+        if !cfg!(target_arch = "x86_64") {
+            why.push("tp_btf sys_enter/sys_exit: syscall dispatch is x86_64-only".to_owned());
+        } else if !features.has("tp_btf") {
+            why.push("tp_btf: not available on this kernel".to_owned());
+        } else {
+            match attach_btf(obj, BTF_HOOKS) {
+                Ok(()) => {
+                    return Ok((
+                        "attached to tp_btf sys_enter/sys_exit (socket syscalls)".to_owned(),
+                        Vec::new(),
+                    ));
+                }
+                Err(e) => why.push(format!("tp_btf sys_enter/sys_exit: {}", chain(&e))),
+            }
+        }
+    }
+    let failed = attach_tp(obj)?;
+    let base = "attached to socket syscall tracepoints".to_owned();
+    if hook == HttpHook::Auto {
+        // The fallback works fully; say why the preferred hook was not used
+        // only in the log (health stays healthy).
+        tracing::info!(collector = NAME, reason = %why.join("; "), "using the tracepoint fallback");
+    }
+    Ok((base, failed))
+}
+
+fn attach_btf(obj: &mut Ebpf, hooks: &[(&str, &str)]) -> Result<(), CollectorError> {
+    let btf = Btf::from_sys_fs().map_err(|e| CollectorError::NoHook(format!("kernel BTF: {e}")))?;
+    for (prog, tp) in hooks {
+        let what = || format!("{prog} (tp_btf {tp})");
+        let p: &mut BtfTracePoint = obj
+            .program_mut(prog)
+            .ok_or_else(|| CollectorError::NoHook(format!("{prog} missing from object")))?
+            .try_into()
+            .map_err(|source| CollectorError::Program {
+                what: what(),
+                source,
+            })?;
+        p.load(tp, &btf).map_err(|source| CollectorError::Program {
+            what: what(),
+            source,
+        })?;
+        p.attach().map_err(|source| CollectorError::Program {
+            what: what(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Attaches every per-syscall tracepoint; returns those that failed.
+fn attach_tp(obj: &mut Ebpf) -> Result<Vec<String>, CollectorError> {
     let mut failed = Vec::new();
     let mut attached = 0;
     for (prog, tps) in HOOKS {
@@ -241,7 +329,7 @@ impl Collector for HttpCollector {
                 source,
             })?;
         }
-        let failed = match attach(&mut obj) {
+        let (base, failed) = match attach(&mut obj, self.config.hook, ctx.features) {
             Ok(f) => f,
             Err(e) => {
                 self.health.set(ComponentHealth::unhealthy(chain(&e)));
@@ -249,9 +337,9 @@ impl Collector for HttpCollector {
             }
         };
         let base = if failed.is_empty() {
-            "attached to socket syscall tracepoints".to_owned()
+            base
         } else {
-            format!("partly attached; missing: {}", failed.join("; "))
+            format!("{base}; missing: {}", failed.join("; "))
         };
         tracing::info!(collector = NAME, detail = %base, "http collector attached");
         self.health.set(if failed.is_empty() {
