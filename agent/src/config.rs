@@ -121,11 +121,12 @@ pub struct HttpConfig {
     /// connections seen in accept/connect are tracked, which makes
     /// unrelated reads and writes cheaper. "0s" never sniffs.
     pub sniff_window: Dur<0, 31_536_000>,
-    /// Which syscall hooks to use: "auto" (tp_btf `sys_enter`/`sys_exit`
-    /// where the kernel has them, on x86_64; else the per-syscall
-    /// tracepoints) or "tracepoint" (always the per-syscall tracepoints).
-    /// "floor" is a benchmark aid: empty programs on tp_btf `sys_enter`/
-    /// `sys_exit`, no metrics (what the hooks alone cost).
+    /// Which hooks to use: "auto" (the socket layer, tp_btf
+    /// `sock_send_length`/`sock_recv_length`, where the kernel has them and
+    /// on x86_64; else tp_btf `sys_enter`/`sys_exit`; else the per-syscall
+    /// tracepoints), "syscall" (skip the socket layer), "tracepoint"
+    /// (always the per-syscall tracepoints). "floor" is a benchmark aid:
+    /// empty programs on the socket-layer hooks, no metrics.
     pub hook: HttpHook,
 }
 
@@ -134,6 +135,7 @@ pub struct HttpConfig {
 #[serde(rename_all = "lowercase")]
 pub enum HttpHook {
     Auto,
+    Syscall,
     Tracepoint,
     Floor,
 }

@@ -45,16 +45,23 @@ use crate::{
 
 pub const NAME: &str = "http";
 
-/// The preferred pair: tp_btf programs on the generic syscall hooks.
+/// The second choice: tp_btf programs on the generic syscall hooks.
 const BTF_HOOKS: &[(&str, &str)] = &[
     ("http_sys_enter", "sys_enter"),
     ("http_sys_exit", "sys_exit"),
 ];
 
-/// `hook = "floor"`: empty programs on the same hooks.
+/// The first choice: the socket layer (only socket I/O runs a program).
+const SOCK_HOOKS: &[(&str, &str)] = &[
+    ("http_sock_send", "sock_send_length"),
+    ("http_sock_recv", "sock_recv_length"),
+    ("http_sock_state", "inet_sock_set_state"),
+];
+
+/// `hook = "floor"`: empty programs on the socket-layer data hooks.
 const FLOOR_HOOKS: &[(&str, &str)] = &[
-    ("http_floor_enter", "sys_enter"),
-    ("http_floor_exit", "sys_exit"),
+    ("http_floor_send", "sock_send_length"),
+    ("http_floor_recv", "sock_recv_length"),
 ];
 
 /// Fallback: (program, tracepoints it attaches to), all in the `syscalls`
@@ -211,32 +218,46 @@ fn attach(
     if hook == HttpHook::Floor {
         attach_btf(obj, FLOOR_HOOKS)?;
         return Ok((
-            "hook = \"floor\": empty programs on tp_btf sys_enter/sys_exit (benchmark aid; \
-             no HTTP metrics)"
+            "hook = \"floor\": empty programs on tp_btf sock_send_length/sock_recv_length \
+             (benchmark aid; no HTTP metrics)"
                 .to_owned(),
             vec!["HTTP tracing (floor mode)".to_owned()],
         ));
     }
-    if hook == HttpHook::Auto {
-        if !cfg!(target_arch = "x86_64") {
-            why.push("tp_btf sys_enter/sys_exit: syscall dispatch is x86_64-only".to_owned());
-        } else if !features.has("tp_btf") {
-            why.push("tp_btf: not available on this kernel".to_owned());
-        } else {
-            match attach_btf(obj, BTF_HOOKS) {
-                Ok(()) => {
-                    return Ok((
-                        "attached to tp_btf sys_enter/sys_exit (socket syscalls)".to_owned(),
-                        Vec::new(),
-                    ));
+    let btf_ok = if !cfg!(target_arch = "x86_64") {
+        why.push("tp_btf hooks: syscall arguments are read as x86_64 registers".to_owned());
+        false
+    } else if !features.has("tp_btf") {
+        why.push("tp_btf: not available on this kernel".to_owned());
+        false
+    } else {
+        true
+    };
+    let mut tried: Vec<(&[(&str, &str)], &str)> = Vec::new();
+    if btf_ok && hook == HttpHook::Auto {
+        tried.push((
+            SOCK_HOOKS,
+            "tp_btf sock_send_length/sock_recv_length/inet_sock_set_state",
+        ));
+    }
+    if btf_ok && matches!(hook, HttpHook::Auto | HttpHook::Syscall) {
+        tried.push((BTF_HOOKS, "tp_btf sys_enter/sys_exit"));
+    }
+    for (hooks, label) in tried {
+        // Programs of a failed set stay loaded but unattached: harmless.
+        match attach_btf(obj, hooks) {
+            Ok(()) => {
+                if !why.is_empty() {
+                    tracing::info!(collector = NAME, reason = %why.join("; "), "preferred hooks unavailable");
                 }
-                Err(e) => why.push(format!("tp_btf sys_enter/sys_exit: {}", chain(&e))),
+                return Ok((format!("attached to {label}"), Vec::new()));
             }
+            Err(e) => why.push(format!("{label}: {}", chain(&e))),
         }
     }
     let failed = attach_tp(obj)?;
     let base = "attached to socket syscall tracepoints".to_owned();
-    if hook == HttpHook::Auto {
+    if !why.is_empty() {
         // The fallback works fully; say why the preferred hook was not used
         // only in the log (health stays healthy).
         tracing::info!(collector = NAME, reason = %why.join("; "), "using the tracepoint fallback");
@@ -244,26 +265,49 @@ fn attach(
     Ok((base, failed))
 }
 
+/// Loads every program of a tp_btf hook set, then attaches them all, or
+/// none: a half-attached set next to the fallback would count twice.
 fn attach_btf(obj: &mut Ebpf, hooks: &[(&str, &str)]) -> Result<(), CollectorError> {
     let btf = Btf::from_sys_fs().map_err(|e| CollectorError::NoHook(format!("kernel BTF: {e}")))?;
+    let what = |prog: &str, tp: &str| format!("{prog} (tp_btf {tp})");
     for (prog, tp) in hooks {
-        let what = || format!("{prog} (tp_btf {tp})");
         let p: &mut BtfTracePoint = obj
             .program_mut(prog)
             .ok_or_else(|| CollectorError::NoHook(format!("{prog} missing from object")))?
             .try_into()
             .map_err(|source| CollectorError::Program {
-                what: what(),
+                what: what(prog, tp),
                 source,
             })?;
         p.load(tp, &btf).map_err(|source| CollectorError::Program {
-            what: what(),
+            what: what(prog, tp),
             source,
         })?;
-        p.attach().map_err(|source| CollectorError::Program {
-            what: what(),
-            source,
-        })?;
+    }
+    let mut links = Vec::new();
+    for (prog, tp) in hooks {
+        let p: &mut BtfTracePoint = obj
+            .program_mut(prog)
+            .ok_or_else(|| CollectorError::NoHook(format!("{prog} missing from object")))?
+            .try_into()
+            .map_err(|source| CollectorError::Program {
+                what: what(prog, tp),
+                source,
+            })?;
+        match p.attach() {
+            Ok(link) => links.push((*prog, link)),
+            Err(source) => {
+                for (prog, link) in links {
+                    if let Some(Ok(p)) = obj.program_mut(prog).map(<&mut BtfTracePoint>::try_from) {
+                        let _ = p.detach(link);
+                    }
+                }
+                return Err(CollectorError::Program {
+                    what: what(prog, tp),
+                    source,
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -527,6 +571,8 @@ impl Worker {
         };
         let port = if client {
             0
+        } else if ev.lport != 0 {
+            ev.lport
         } else {
             inner.ports.port(ev.tgid, ev.fd).unwrap_or(0)
         };

@@ -1,8 +1,12 @@
-//! The HTTP collector's object. Preferred hooks: tp_btf `sys_enter`/
-//! `sys_exit` (no tracefs, no perf event, no trace record: the program
-//! dispatches on the syscall number; x86_64). Fallback: the per-syscall
-//! tracepoints (syscalls:sys_enter_*/sys_exit_*), which build a trace record
-//! per hooked syscall before the program runs.
+//! The HTTP collector's object, three hook sets (the agent attaches the
+//! first that works):
+//! 1. socket layer: tp_btf `sock_send_length`/`sock_recv_length` (Linux
+//!    6.3+) plus `inet_sock_set_state` for closes: only socket I/O runs a
+//!    program, no syscall hook at all (x86_64: the syscall's arguments are
+//!    read from the saved user registers);
+//! 2. tp_btf `sys_enter`/`sys_exit` with a dispatch on the syscall number
+//!    (x86_64);
+//! 3. the per-syscall tracepoints (syscalls:sys_enter_*/sys_exit_*).
 #![no_std]
 #![no_main]
 
@@ -11,8 +15,27 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use sonde_ebpf::http::{
-    Op, btf_enter, btf_exit, on_accept_exit, on_close, on_enter, on_exit, tp_arg, tp_ret,
+    Op, btf_enter, btf_exit, on_accept_exit, on_close, on_enter, on_exit, sock_io, sock_state,
+    tp_arg, tp_ret,
 };
+
+/// `sock_send_length(struct sock *sk, int ret, int flags)`.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn http_sock_send(ctx: BtfTracePointContext) -> i32 {
+    sock_io(ctx.arg(0), ctx.arg(1), ctx.arg(2), false) as i32
+}
+
+/// `sock_recv_length(struct sock *sk, int ret, int flags)`.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn http_sock_recv(ctx: BtfTracePointContext) -> i32 {
+    sock_io(ctx.arg(0), ctx.arg(1), ctx.arg(2), true) as i32
+}
+
+/// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn http_sock_state(ctx: BtfTracePointContext) -> i32 {
+    sock_state(ctx.arg(0), ctx.arg(2)) as i32
+}
 
 /// `sys_enter(struct pt_regs *regs, long id)`.
 #[btf_tracepoint(function = "sys_enter")]
@@ -26,15 +49,15 @@ pub fn http_sys_exit(ctx: BtfTracePointContext) -> i32 {
     btf_exit(ctx.arg(0), ctx.arg(1)) as i32
 }
 
-/// Empty programs on the same two hooks (`collectors.http.hook = "floor"`):
-/// what hooking every syscall costs before any work, for the benchmark.
-#[btf_tracepoint(function = "sys_enter")]
-pub fn http_floor_enter(_ctx: BtfTracePointContext) -> i32 {
+/// Empty programs on the socket-layer hooks (`collectors.http.hook =
+/// "floor"`): what the hooks alone cost, for the benchmark.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn http_floor_send(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-#[btf_tracepoint(function = "sys_exit")]
-pub fn http_floor_exit(_ctx: BtfTracePointContext) -> i32 {
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn http_floor_recv(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
