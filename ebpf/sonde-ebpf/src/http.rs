@@ -431,7 +431,7 @@ fn on_data(
             // a TCP state change we saw (or was learned by the syscall
             // hooks). Start over rather than mix the two.
             if old_sk != 0 {
-                let _ = HTTP_SOCKS.remove(&old_sk);
+                let _ = HTTP_SOCKS.remove(old_sk);
             }
             let _ = HTTP_CONNS.remove(key);
             conn = None;
@@ -463,7 +463,7 @@ fn on_data(
         // does on the syscall hooks).
         let fresh = sk != 0 && HTTP_FRESH.get_ptr(sk).is_some();
         if fresh {
-            let _ = HTTP_FRESH.remove(&sk);
+            let _ = HTTP_FRESH.remove(sk);
         }
         // Unknown fd: only a request line makes it a connection of ours.
         // Everything else (file I/O, pipes, non-HTTP sockets) stops here;
@@ -495,7 +495,7 @@ fn on_data(
                 }
             }
             HTTP_SOCKS
-                .insert(&sk, key, 0)
+                .insert(sk, key, 0)
                 .map_err(|_| HttpError::ConnFull)?;
             if role == HttpRole::Unknown {
                 bump(&HTTP_COUNTERS_MAP, HttpCounter::NotHttp as u32);
@@ -652,7 +652,7 @@ fn emit(
     // event until the agent got to run. A crossing missed in a race with
     // another CPU is caught by the agent's 100 ms poll.
     let avail = HTTP_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let flags = if avail >= WAKEUP_BYTES && avail < WAKEUP_BYTES + EVENT_SLOT {
+    let flags = if (WAKEUP_BYTES..WAKEUP_BYTES + EVENT_SLOT).contains(&avail) {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -711,9 +711,9 @@ fn close_key(key: &HttpConnKey) -> Result<(), HttpError> {
         Ok(())
     };
     if c.sk != 0 {
-        let _ = HTTP_SOCKS.remove(&c.sk);
+        let _ = HTTP_SOCKS.remove(c.sk);
     }
-    let _ = HTTP_CONNS.remove(&key);
+    let _ = HTTP_CONNS.remove(key);
     r
 }
 
@@ -887,7 +887,7 @@ const TCP_LAST_ACK: i32 = 9;
 #[inline(always)]
 pub fn sock_state(sk: *const u8, newstate: i32) -> u32 {
     if newstate == TCP_ESTABLISHED {
-        let _ = HTTP_FRESH.insert(&(sk as u64), 0u8, 0);
+        let _ = HTTP_FRESH.insert(sk as u64, 0u8, 0);
         return 0;
     }
     if newstate != TCP_FIN_WAIT1 && newstate != TCP_CLOSE && newstate != TCP_LAST_ACK {
@@ -895,7 +895,7 @@ pub fn sock_state(sk: *const u8, newstate: i32) -> u32 {
     }
     let sk = sk as u64;
     // SAFETY: a value copied out of our own map right after the lookup.
-    let Some(key) = (unsafe { HTTP_SOCKS.get(&sk) }).copied() else {
+    let Some(key) = (unsafe { HTTP_SOCKS.get(sk) }).copied() else {
         return 0;
     };
     if newstate == TCP_FIN_WAIT1
