@@ -102,6 +102,13 @@ pub struct HttpConn {
 /// certainly a socket (not a file that happened to contain a request line).
 pub const CONN_FROM_SYSCALL: u8 = 1;
 
+/// `HttpConn::flags`: the socket was reset (TCP CLOSE without our close)
+/// while a request was in flight. Kept, not deleted: the reset is often
+/// processed inside the very `sendmsg` that writes the response (the
+/// socket lock's backlog), before that send's hook runs. The agent reports
+/// such entries as aborted and deletes them on its next scan.
+pub const CONN_GONE: u8 = 2;
+
 const _: () = assert!(core::mem::size_of::<HttpConn>() == 64 + HTTP_PREFIX_LEN);
 
 /// One event to the agent.

@@ -23,8 +23,8 @@ use aya::{
 };
 use prometheus::{Histogram, IntCounter};
 use sonde_common::http::{
-    EVENT_CLOSED, HTTP_COUNTERS, HttpConn, HttpConnKey, HttpCounter, HttpEvent, HttpEventKind,
-    HttpRole, state,
+    CONN_GONE, EVENT_CLOSED, HTTP_COUNTERS, HttpConn, HttpConnKey, HttpCounter, HttpEvent,
+    HttpEventKind, HttpRole, state,
 };
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
@@ -676,6 +676,7 @@ impl Worker {
     fn scan_inflight(&self, conns: &mut BpfHashMap<MapData, HttpConnKey, HttpConn>) {
         let mut found: Vec<(HttpConnKey, HttpConn)> = Vec::new();
         let mut dead: Vec<HttpConnKey> = Vec::new();
+        let mut gone: Vec<(u32, u8)> = Vec::new();
         let mut alive: HashMap<u32, bool> = HashMap::new();
         for item in conns.iter() {
             let Ok((k, c)) = item else {
@@ -687,6 +688,13 @@ impl Worker {
                 .or_insert_with(|| std::path::Path::new(&format!("/proc/{}", k.tgid)).exists());
             if !live {
                 dead.push(k);
+            } else if c.flags & CONN_GONE != 0 {
+                // Reset with a request in flight that no response
+                // completed since (see CONN_GONE): aborted.
+                if c.state == state::REQUEST {
+                    gone.push((k.tgid, c.role));
+                }
+                dead.push(k);
             } else if c.state == state::REQUEST {
                 found.push((k, c));
             }
@@ -696,6 +704,15 @@ impl Worker {
         }
         let mut g = self.query.lock();
         let Some(inner) = g.as_mut() else { return };
+        for (tgid, role) in gone {
+            let svc = self.service(&mut inner.services, tgid, &[]);
+            let role = if role == HttpRole::Client as u8 {
+                "client"
+            } else {
+                "server"
+            };
+            self.metrics.aborted.with_label_values(&[role, &svc]).inc();
+        }
         inner.inflight.clear();
         self.metrics.server_active.reset();
         for (k, c) in found {
