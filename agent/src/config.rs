@@ -517,6 +517,24 @@ mod tests {
     }
 
     #[test]
+    fn http_hook_choices_parse_and_bad_ones_name_the_line() {
+        for (text, want) in [
+            ("auto", HttpHook::Auto),
+            ("syscall", HttpHook::Syscall),
+            ("tracepoint", HttpHook::Tracepoint),
+            ("floor", HttpHook::Floor),
+        ] {
+            let c = parse(&format!("[collectors.http]\nhook = \"{text}\"\n")).unwrap();
+            assert_eq!(c.collectors.http.hook, want);
+        }
+        assert_eq!(Config::default().collectors.http.hook, HttpHook::Auto);
+        let err = parse("[collectors.http]\nhook = \"kprobe\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("kprobe"), "{err}");
+    }
+
+    #[test]
     fn profile_frequency_is_validated() {
         let c = parse("[collectors.profile]\nfrequency_hz = 99\n").unwrap();
         assert_eq!(c.collectors.profile.frequency_hz.get(), 99);

@@ -808,6 +808,7 @@ const REG_DX: usize = 96;
 const REG_SI: usize = 104;
 const REG_DI: usize = 112;
 const REG_ORIG_AX: usize = 120;
+const REG_CS: usize = 136;
 
 /// One register of the `struct pt_regs *` a tp_btf `sys_enter`/`sys_exit`
 /// program receives.
@@ -887,6 +888,11 @@ fn try_sock_io(sk: *const u8, ret: i32, flags: i32, incoming: bool) -> Result<()
     // SAFETY: helpers; the task pointer is the verifier-trusted current
     // task and the returned registers are a BTF-typed `struct pt_regs *`.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    // Only a task inside a syscall from user mode has its arguments there
+    // (kernel threads doing socket I/O, e.g. NFS, have an empty frame).
+    if reg(regs, REG_CS) & 3 != 3 {
+        return Ok(());
+    }
     let (op, dir) = match reg(regs, REG_ORIG_AX) as i64 {
         nr::READ | nr::RECVFROM => (Op::ReadBuf, Dir::In),
         nr::READV => (Op::ReadIov, Dir::In),

@@ -256,14 +256,15 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
     let name = "http";
     let what = "wrk (2 threads, 32 connections) against nginx serving a 1 KiB static file on \
                 loopback, alternating: no agent; the agent with its default collectors; the \
-                agent with only the HTTP collector (tp_btf sys_enter/sys_exit, the default hook); \
-                the same with the per-syscall tracepoint fallback; and the floor: empty tp_btf \
-                sys_enter/sys_exit programs (`collectors.http.hook = \"floor\"`). Each run also \
-                measures CPU ns per HTTP exchange (client and server in one thread pinned to the \
-                last CPU: tests/workloads/http_pingpong.c), which shows the per-request cost \
-                without the 2-core contention of wrk + nginx + agent; and the agent's own CPU \
-                during wrk. Nothing else is pinned: wrk, nginx and the agent share the cores as \
-                they would in production.";
+                agent with only the HTTP collector on its default hooks (socket layer: tp_btf \
+                sock_send_length/sock_recv_length + inet_sock_set_state); the same on its \
+                fallbacks (tp_btf sys_enter/sys_exit; per-syscall tracepoints); and the floor of \
+                the default hooks: empty programs on sock_send_length/sock_recv_length \
+                (`collectors.http.hook = \"floor\"`). Each run also measures CPU ns per HTTP \
+                exchange (client and server in one thread pinned to the last CPU: \
+                tests/workloads/http_pingpong.c), the per-request cost without the 2-core \
+                contention of wrk + nginx + agent; and the agent's own CPU during wrk. Nothing \
+                else is pinned: wrk, nginx and the agent share the cores as in production.";
     let run = || -> Result<ScenarioResult> {
         let nginx = Nginx::start(ctx.work.path())?;
         let pp = build_c("tests/workloads/http_pingpong.c", ctx.work.path())?;
@@ -300,6 +301,33 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
                 ("SONDE_COLLECTORS__HTTP__HOOK", hook.to_owned()),
             ]
         };
+        let mut variants: Vec<(&str, Run<'_>)> = vec![
+            ("no agent", Box::new(bare)),
+            (
+                "sonde (default collectors)",
+                Box::new(|| with_agent(vec![])),
+            ),
+            (
+                "sonde (http only)",
+                Box::new(|| with_agent(http_only("auto"))),
+            ),
+        ];
+        if !ctx.quick {
+            // The fallback hook sets: informative, not needed to check the
+            // harness.
+            variants.push((
+                "sonde (http only, tp_btf sys_enter/exit)",
+                Box::new(|| with_agent(http_only("syscall"))),
+            ));
+            variants.push((
+                "sonde (http only, tracepoint hooks)",
+                Box::new(|| with_agent(http_only("tracepoint"))),
+            ));
+        }
+        variants.push((
+            "empty socket-layer hooks (floor)",
+            Box::new(|| with_agent(http_only("floor"))),
+        ));
         let metrics = alternate(
             ctx.reps,
             &[
@@ -308,25 +336,7 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
                 ("exchange CPU", "CPU ns/exchange"),
                 ("agent CPU during wrk", "% of one core"),
             ],
-            vec![
-                ("no agent", Box::new(bare)),
-                (
-                    "sonde (default collectors)",
-                    Box::new(|| with_agent(vec![])),
-                ),
-                (
-                    "sonde (http only)",
-                    Box::new(|| with_agent(http_only("auto"))),
-                ),
-                (
-                    "sonde (http only, tracepoint hooks)",
-                    Box::new(|| with_agent(http_only("tracepoint"))),
-                ),
-                (
-                    "empty tp_btf sys_enter/exit (floor)",
-                    Box::new(|| with_agent(http_only("floor"))),
-                ),
-            ],
+            variants,
         )?;
         let mut r = ScenarioResult {
             metrics,
@@ -344,15 +354,22 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
         for (label, v) in [
             ("http only", "sonde (http only)"),
             (
-                "http only, tracepoint hooks",
+                "http only, sys_enter/exit",
+                "sonde (http only, tp_btf sys_enter/exit)",
+            ),
+            (
+                "http only, tracepoints",
                 "sonde (http only, tracepoint hooks)",
             ),
-            ("floor", "empty tp_btf sys_enter/exit (floor)"),
+            ("floor", "empty socket-layer hooks (floor)"),
+            ("default collectors", "sonde (default collectors)"),
         ] {
-            let t = ratio(&r, "throughput", v);
-            r.derive(&format!("throughput ratio ({label})"), t, "×", None);
-            let p = ratio(&r, "p99 latency", v);
-            r.derive(&format!("p99 ratio ({label})"), p, "×", None);
+            if v != "sonde (default collectors)" {
+                let t = ratio(&r, "throughput", v);
+                r.derive(&format!("throughput ratio ({label})"), t, "×", None);
+                let p = ratio(&r, "p99 latency", v);
+                r.derive(&format!("p99 ratio ({label})"), p, "×", None);
+            }
             let added = r
                 .median("exchange CPU", v)
                 .zip(r.median("exchange CPU", "no agent"))
@@ -370,7 +387,7 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
                 "gcc -O2 tests/workloads/http_pingpong.c && taskset -c {cpu} ./a.out {exchanges}"
             ),
             "SONDE_COLLECTORS__SYSCALLS__ENABLED=false SONDE_COLLECTORS__PROFILE__ENABLED=false \
-             SONDE_COLLECTORS__HTTP__HOOK=auto|tracepoint|floor sonde agent"
+             SONDE_COLLECTORS__HTTP__HOOK=auto|syscall|tracepoint|floor sonde agent"
                 .into(),
         ];
         Ok(r)
