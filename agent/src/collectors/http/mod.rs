@@ -149,7 +149,7 @@ struct Inner {
     ports: PortResolver,
     /// tgid -> service_name, refreshed every few seconds (pids get reused).
     services: HashMap<u32, String>,
-    series: HashMap<Group, HashMap<String, Series>>,
+    series: HashMap<Group, HashMap<String, Arc<Series>>>,
 }
 
 /// The query side: what `/api/v1/http` reads. Cheap to clone.
@@ -503,9 +503,10 @@ impl Worker {
     fn drain_all(&self, rb: &mut RingBuf<MapData>) {
         let mut g = self.query.lock();
         let Some(inner) = g.as_mut() else { return };
+        let now = now_secs();
         while let Some(item) = rb.next() {
             match decode(&item) {
-                Some(ev) => self.apply(inner, &ev),
+                Some(ev) => self.apply(inner, &ev, now),
                 None => tracing::debug!(collector = NAME, len = item.len(), "short event"),
             }
         }
@@ -529,12 +530,12 @@ impl Worker {
         s
     }
 
-    fn apply(&self, inner: &mut Inner, ev: &HttpEvent) {
+    fn apply(&self, inner: &mut Inner, ev: &HttpEvent, now: u64) {
         let client = ev.role == HttpRole::Client as u8;
         let role = if client { "client" } else { "server" };
         let closed = ev.flags & EVENT_CLOSED != 0;
         match HttpEventKind::from_u32(ev.kind) {
-            Some(HttpEventKind::Complete) => self.complete(inner, ev, client),
+            Some(HttpEventKind::Complete) => self.complete(inner, ev, client, now),
             Some(HttpEventKind::ResponseEnd) => {
                 self.sizes(inner, ev.tgid, ev.fd, ev.req_bytes, ev.resp_bytes)
             }
@@ -558,7 +559,9 @@ impl Worker {
         }
     }
 
-    fn complete(&self, inner: &mut Inner, ev: &HttpEvent, client: bool) {
+    /// `now`: the batch's clock (seconds), read once per drain rather
+    /// than once per event.
+    fn complete(&self, inner: &mut Inner, ev: &HttpEvent, client: bool, now: u64) {
         if ev.prev_req_bytes > 0 {
             self.sizes(inner, ev.tgid, ev.fd, ev.prev_req_bytes, ev.prev_resp_bytes);
         }
@@ -585,7 +588,9 @@ impl Worker {
         let series = match cached {
             Some(s) => s,
             None => {
-                let s = self.new_series(inner, ev, group, path);
+                // Shared, so a cache hit costs a reference count, not a
+                // copy of the label strings.
+                let s = Arc::new(self.new_series(inner, ev, group, path));
                 if inner.series.len() >= MAX_SERIES_GROUPS {
                     inner.series.clear();
                 }
@@ -593,7 +598,7 @@ impl Worker {
                 if paths.len() >= MAX_PATHS_PER_GROUP {
                     paths.clear();
                 }
-                paths.insert(path.to_owned(), s.clone());
+                paths.insert(path.to_owned(), Arc::clone(&s));
                 s
             }
         };
@@ -616,7 +621,6 @@ impl Worker {
         } else {
             ev.status >= 500
         };
-        let now = now_secs();
         if let Some(s) = inner.stats.get_mut(&series.stat) {
             s.observe(secs, error, now);
         } else if inner.stats.len() < MAX_STAT_KEYS {
