@@ -149,6 +149,23 @@ pub struct HttpConfig {
     /// connections seen in accept/connect are tracked, which makes
     /// unrelated reads and writes cheaper. "0s" never sniffs.
     pub sniff_window: Dur<0, 31_536_000>,
+    /// Which hooks to use: "auto" (the socket layer, tp_btf
+    /// `sock_send_length`/`sock_recv_length`, where the kernel has them and
+    /// on x86_64; else tp_btf `sys_enter`/`sys_exit`; else the per-syscall
+    /// tracepoints), "syscall" (skip the socket layer), "tracepoint"
+    /// (always the per-syscall tracepoints). "floor" is a benchmark aid:
+    /// empty programs on the socket-layer hooks, no metrics.
+    pub hook: HttpHook,
+}
+
+/// `collectors.http.hook`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpHook {
+    Auto,
+    Syscall,
+    Tracepoint,
+    Floor,
 }
 
 impl Default for HttpConfig {
@@ -158,6 +175,7 @@ impl Default for HttpConfig {
             routes: Vec::new(),
             max_routes_per_service: Bounded(200),
             sniff_window: Dur(Duration::from_secs(60)),
+            hook: HttpHook::Auto,
         }
     }
 }
@@ -533,6 +551,24 @@ mod tests {
             .to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(err.contains("between 64 and"), "{err}");
+    }
+
+    #[test]
+    fn http_hook_choices_parse_and_bad_ones_name_the_line() {
+        for (text, want) in [
+            ("auto", HttpHook::Auto),
+            ("syscall", HttpHook::Syscall),
+            ("tracepoint", HttpHook::Tracepoint),
+            ("floor", HttpHook::Floor),
+        ] {
+            let c = parse(&format!("[collectors.http]\nhook = \"{text}\"\n")).unwrap();
+            assert_eq!(c.collectors.http.hook, want);
+        }
+        assert_eq!(Config::default().collectors.http.hook, HttpHook::Auto);
+        let err = parse("[collectors.http]\nhook = \"kprobe\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("kprobe"), "{err}");
     }
 
     #[test]

@@ -77,6 +77,10 @@ pub struct HttpConn {
     /// Final sizes of the previous exchange, reported with the next event.
     pub prev_req_bytes: u64,
     pub prev_resp_bytes: u64,
+    /// Kernel `struct sock *` of the connection when learned from the
+    /// socket-layer hooks (0 from the syscall hooks): detects an fd reused
+    /// by a new socket, and keys the close bookkeeping.
+    pub sk: u64,
     /// An [`HttpRole`] value.
     pub role: u8,
     /// A [`state`] value.
@@ -88,6 +92,9 @@ pub struct HttpConn {
     /// [`CONN_FROM_SYSCALL`] and friends.
     pub flags: u8,
     pub _pad: u8,
+    /// Local TCP port (host order), from the socket-layer hooks; else 0.
+    pub lport: u16,
+    pub _pad2: [u8; 6],
     pub prefix: [u8; HTTP_PREFIX_LEN],
 }
 
@@ -95,7 +102,14 @@ pub struct HttpConn {
 /// certainly a socket (not a file that happened to contain a request line).
 pub const CONN_FROM_SYSCALL: u8 = 1;
 
-const _: () = assert!(core::mem::size_of::<HttpConn>() == 40 + 8 + HTTP_PREFIX_LEN);
+/// `HttpConn::flags`: the socket was reset (TCP CLOSE without our close)
+/// while a request was in flight. Kept, not deleted: the reset is often
+/// processed inside the very `sendmsg` that writes the response (the
+/// socket lock's backlog), before that send's hook runs. The agent reports
+/// such entries as aborted and deletes them on its next scan.
+pub const CONN_GONE: u8 = 2;
+
+const _: () = assert!(core::mem::size_of::<HttpConn>() == 64 + HTTP_PREFIX_LEN);
 
 /// One event to the agent.
 #[repr(C)]
@@ -119,7 +133,10 @@ pub struct HttpEvent {
     pub prev_req_bytes: u64,
     pub prev_resp_bytes: u64,
     pub prefix_len: u16,
-    pub _pad1: [u8; 6],
+    /// Local TCP port of the connection (host order) when the kernel knew
+    /// it (socket-layer hooks); 0: the agent resolves it from /proc.
+    pub lport: u16,
+    pub _pad1: [u8; 4],
     /// Task name of the thread that completed the exchange: names the
     /// service when the process is gone before the agent looks it up.
     pub comm: [u8; crate::COMM_LEN],

@@ -13,14 +13,17 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use sonde_common::http::{
-    CONN_FROM_SYSCALL, EVENT_CLOSED, HTTP_COUNTERS, HTTP_PREFIX_LEN, HttpConn, HttpConnKey,
-    HttpCounter, HttpEvent, HttpEventKind, HttpRole, state,
+    CONN_FROM_SYSCALL, CONN_GONE, EVENT_CLOSED, HTTP_COUNTERS, HTTP_PREFIX_LEN, HttpConn,
+    HttpConnKey, HttpCounter, HttpEvent, HttpEventKind, HttpRole, state,
 };
 
 use crate::counters::bump;
@@ -33,6 +36,8 @@ static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 /// Wake the agent only once this much is queued; otherwise it polls every
 /// 100 ms. Waking it per event costs a context switch per request.
 const WAKEUP_BYTES: u64 = 256 * 1024;
+/// Ring-buffer bytes one event takes (8-byte record header + event).
+const EVENT_SLOT: u64 = 8 + core::mem::size_of::<HttpEvent>() as u64;
 
 #[map]
 static HTTP_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(HTTP_COUNTERS, 0);
@@ -40,6 +45,19 @@ static HTTP_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(HTTP_
 /// Per-connection state. LRU: connections whose close we missed age out.
 #[map]
 static HTTP_CONNS: LruHashMap<HttpConnKey, HttpConn> = LruHashMap::with_max_entries(16384, 0);
+
+/// `struct sock *` -> connection, for connections learned by the
+/// socket-layer hooks: a TCP state change to a closing state names the
+/// socket, not the fd. LRU like the connection map it indexes.
+#[map]
+static HTTP_SOCKS: LruHashMap<u64, HttpConnKey> = LruHashMap::with_max_entries(16384, 0);
+
+/// TCP sockets that became ESTABLISHED while the socket-layer hooks are
+/// attached, until their first message: their first bytes decide whether
+/// they speak HTTP/1.x. Unused entries (sockets that never carry data) age
+/// out of the LRU.
+#[map]
+static HTTP_FRESH: LruHashMap<u64, u8> = LruHashMap::with_max_entries(16384, 0);
 
 /// Syscall arguments stashed at entry, one slot per thread id modulo
 /// ARGS_SLOTS. An array, not a hash: the exit program runs for every hooked
@@ -155,7 +173,7 @@ fn count(r: Result<(), HttpError>) -> u32 {
 
 /// Syscall tracepoint argument `n` (the format puts each at 16 + 8n).
 #[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+pub fn tp_arg(ctx: &TracePointContext, n: usize) -> u64 {
     // SAFETY: syscalls:sys_enter_* records have 6 u64 args from offset 16;
     // callers pass n < 6, and the verifier checks ctx accesses are in bounds.
     unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(16 + 8 * n) as *const u64) }
@@ -163,20 +181,20 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
 
 /// The syscall return value of a syscalls:sys_exit_* record.
 #[inline(always)]
-fn ret(ctx: &TracePointContext) -> i64 {
+pub fn tp_ret(ctx: &TracePointContext) -> i64 {
     // SAFETY: syscalls:sys_exit_* records hold `long ret` at offset 16.
     unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(16) as *const i64) }
 }
 
-/// Entry of a data syscall: remember fd and buffer for the exit.
+/// Entry of a data syscall: remember fd and buffer for the exit. `fd`,
+/// `buf`, `len` are the syscall's first three arguments.
 #[inline(always)]
-pub fn on_enter(ctx: &TracePointContext, op: Op) -> u32 {
-    count(try_enter(ctx, op))
+pub fn on_enter(fd: u64, buf: u64, len: u64, op: Op) -> u32 {
+    count(try_enter(fd, buf, len, op))
 }
 
 #[inline(always)]
-fn try_enter(ctx: &TracePointContext, op: Op) -> Result<(), HttpError> {
-    let fd = arg(ctx, 0);
+fn try_enter(fd: u64, buf: u64, len: u64, op: Op) -> Result<(), HttpError> {
     // fds above 2^31 are errors the syscall will reject anyway.
     if fd > i32::MAX as u64 {
         return Ok(());
@@ -202,7 +220,7 @@ fn try_enter(ctx: &TracePointContext, op: Op) -> Result<(), HttpError> {
                 op,
                 Op::WriteBuf | Op::WriteIov | Op::WriteMsg | Op::SendFile
             );
-            if outgoing && (op == Op::SendFile || !starts_request(op, arg(ctx, 1), arg(ctx, 2))) {
+            if outgoing && (op == Op::SendFile || !starts_request(op, buf, len)) {
                 return Ok(());
             }
         }
@@ -220,7 +238,7 @@ fn try_enter(ctx: &TracePointContext, op: Op) -> Result<(), HttpError> {
     }
     slot.id = id;
     slot.fd = fd;
-    slot.buf = if op == Op::SendFile { 0 } else { arg(ctx, 1) };
+    slot.buf = if op == Op::SendFile { 0 } else { buf };
     slot.op = op as u32;
     Ok(())
 }
@@ -239,7 +257,7 @@ fn starts_request(op: Op, ptr: u64, count: u64) -> bool {
             Err(_) => return false,
         },
     };
-    let mut head = [0u8; 16];
+    let mut head = Head16::zeroed();
     let len = if op == Op::WriteBuf && count < 16 {
         count as u32
     } else {
@@ -248,18 +266,18 @@ fn starts_request(op: Op, ptr: u64, count: u64) -> bool {
     // SAFETY: helper read of user memory into a 16-byte stack buffer;
     // `len` <= 16.
     let r =
-        unsafe { generated::bpf_probe_read_user(head.as_mut_ptr().cast(), len, buf as *const _) };
-    r == 0 && classify(&head) == Head::Request
+        unsafe { generated::bpf_probe_read_user(head.0.as_mut_ptr().cast(), len, buf as *const _) };
+    r == 0 && classify(&head.0) == Head::Request
 }
 
-/// Exit of a data syscall (or connect): run the state machine.
+/// Exit of a data syscall (or connect) returning `n`: run the state machine.
 #[inline(always)]
-pub fn on_exit(ctx: &TracePointContext) -> u32 {
-    count(try_exit(ctx))
+pub fn on_exit(n: i64) -> u32 {
+    count(try_exit(n))
 }
 
 #[inline(always)]
-fn try_exit(ctx: &TracePointContext) -> Result<(), HttpError> {
+fn try_exit(n: i64) -> Result<(), HttpError> {
     let id = bpf_get_current_pid_tgid();
     let Some(slot) = HTTP_ARGS.get_ptr_mut(id as u32 & (ARGS_SLOTS - 1)) else {
         return Ok(());
@@ -271,7 +289,6 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), HttpError> {
     }
     let args = *slot;
     slot.id = 0;
-    let n = ret(ctx);
     let key = HttpConnKey {
         tgid: (id >> 32) as u32,
         fd: args.fd as u32,
@@ -296,7 +313,7 @@ fn try_exit(ctx: &TracePointContext) -> Result<(), HttpError> {
         6 => (Dir::Out, iov_base(msg_iov(args.buf)?)?),
         _ => (Dir::Out, 0),
     };
-    on_data(&key, dir, buf, n)
+    on_data(&key, dir, buf, n, 0, 0)
 }
 
 /// `struct msghdr::msg_iov` (offset 16 on 64-bit).
@@ -314,6 +331,29 @@ fn iov_base(iov: u64) -> Result<u64, HttpError> {
     // SAFETY: as above.
     unsafe { aya_ebpf::helpers::bpf_probe_read_user(iov as *const u64) }
         .map_err(|_| HttpError::ReadFailed)
+}
+
+/// The first bytes of a message, on the stack. 8-byte aligned so that
+/// zeroing it is two stores: unaligned, the compiler calls a byte-wise
+/// `memset` subprogram.
+#[repr(C, align(8))]
+struct Head16([u8; 16]);
+
+impl Head16 {
+    /// Zeroed with two volatile stores: `[0; 16]` still became a call to
+    /// the byte-wise `memset` subprogram.
+    #[inline(always)]
+    fn zeroed() -> Self {
+        let mut h = core::mem::MaybeUninit::<Head16>::uninit();
+        let p = h.as_mut_ptr() as *mut u64;
+        // SAFETY: two aligned 8-byte stores cover the 16-byte value, which
+        // is then fully initialized.
+        unsafe {
+            core::ptr::write_volatile(p, 0);
+            core::ptr::write_volatile(p.add(1), 0);
+            h.assume_init()
+        }
+    }
 }
 
 /// What the first bytes of a message are.
@@ -377,6 +417,8 @@ fn new_conn(key: &HttpConnKey, role: HttpRole, flags: u8) -> Result<(), HttpErro
     t.resp_bytes = 0;
     t.prev_req_bytes = 0;
     t.prev_resp_bytes = 0;
+    t.sk = 0;
+    t.lport = 0;
     t.role = role as u8;
     t.state = state::IDLE;
     t.status = 0;
@@ -389,38 +431,132 @@ fn new_conn(key: &HttpConnKey, role: HttpRole, flags: u8) -> Result<(), HttpErro
 }
 
 #[inline(always)]
-fn on_data(key: &HttpConnKey, dir: Dir, buf: u64, n: u64) -> Result<(), HttpError> {
-    let mut head = [0u8; 16];
-    if buf != 0 {
+fn on_data(
+    key: &HttpConnKey,
+    dir: Dir,
+    buf: u64,
+    n: u64,
+    sk: u64,
+    lport: u16,
+) -> Result<(), HttpError> {
+    let mut conn = HTTP_CONNS.get_ptr_mut(key);
+    if let Some(c) = conn {
+        // SAFETY: pointer from a successful lookup of our own map.
+        let (old_sk, st) = unsafe { ((*c).sk, (*c).state) };
+        if sk != 0 && old_sk != sk {
+            // The fd now names another socket: the old one closed without
+            // a TCP state change we saw (or was learned by the syscall
+            // hooks). Start over rather than mix the two.
+            if old_sk != 0 {
+                let _ = HTTP_SOCKS.remove(old_sk);
+            }
+            let _ = HTTP_CONNS.remove(key);
+            conn = None;
+        } else if st == state::NOT_HTTP {
+            // Before reading any user memory.
+            return Ok(());
+        }
+    }
+    let mut head = Head16::zeroed();
+    // A known connection expecting a new request in this direction: read
+    // the whole prefix into the connection at once (one user-memory read
+    // instead of two; each costs ~100 ns here) and classify its start.
+    let mut have_prefix = false;
+    if let Some(c) = conn
+        && buf != 0
+        && n >= 16
+    {
+        // SAFETY: pointer from a successful lookup of our own map.
+        let c = unsafe { &mut *c };
+        let req_dir = if c.role == HttpRole::Client as u8 {
+            Dir::Out
+        } else {
+            Dir::In
+        };
+        if dir == req_dir && c.state != state::REQUEST && c.state != state::NOT_HTTP {
+            let len = if n > HTTP_PREFIX_LEN as u64 {
+                HTTP_PREFIX_LEN as u32
+            } else {
+                n as u32
+            };
+            // SAFETY: `len` <= HTTP_PREFIX_LEN, the size of the destination
+            // inside our own map value. The old prefix belongs to an
+            // exchange already reported.
+            let r = unsafe {
+                generated::bpf_probe_read_user(c.prefix.as_mut_ptr().cast(), len, buf as *const _)
+            };
+            if r != 0 {
+                c.prefix_len = 0;
+                return Err(HttpError::ReadFailed);
+            }
+            c.prefix_len = len as u16;
+            // SAFETY: 16 bytes from the start of the 160-byte prefix (len
+            // >= 16 were just read) into the 16-byte stack buffer.
+            unsafe { core::ptr::copy_nonoverlapping(c.prefix.as_ptr(), head.0.as_mut_ptr(), 16) };
+            have_prefix = true;
+        }
+    }
+    if buf != 0 && !have_prefix {
         let len = if n < 16 { n as u32 } else { 16 };
         // SAFETY: helper read of user memory into a stack buffer of 16 bytes;
         // `len` is at most 16.
         let r = unsafe {
-            generated::bpf_probe_read_user(head.as_mut_ptr().cast(), len, buf as *const _)
+            generated::bpf_probe_read_user(head.0.as_mut_ptr().cast(), len, buf as *const _)
         };
         if r != 0 {
             return Err(HttpError::ReadFailed);
         }
     }
     let kind = if buf != 0 {
-        classify(&head)
+        classify(&head.0)
     } else {
         Head::Other
     };
-    let mut conn = HTTP_CONNS.get_ptr_mut(key);
     if conn.is_none() {
-        // Unknown fd: only a request line makes it a connection of ours.
-        // Everything else (file I/O, pipes, non-HTTP sockets) stops here.
-        if kind != Head::Request {
-            return Ok(());
+        // A TCP connection established while we watch: its first message
+        // decides whether it speaks HTTP/1.x (as accept/connect learning
+        // does on the syscall hooks).
+        let fresh = sk != 0 && HTTP_FRESH.get_ptr(sk).is_some();
+        if fresh {
+            let _ = HTTP_FRESH.remove(sk);
         }
-        let role = if dir == Dir::In {
+        // Unknown fd: only a request line makes it a connection of ours.
+        // Everything else (file I/O, pipes, non-HTTP sockets) stops here;
+        // a fresh socket whose first message is something else is
+        // remembered as not-HTTP so that its later I/O stops earlier.
+        let role = if kind != Head::Request {
+            if !fresh {
+                return Ok(());
+            }
+            HttpRole::Unknown
+        } else if dir == Dir::In {
             HttpRole::Server
         } else {
             HttpRole::Client
         };
-        new_conn(key, role, 0)?;
+        // From the socket-layer hooks the fd is certainly a socket.
+        let flags = if sk != 0 { CONN_FROM_SYSCALL } else { 0 };
+        new_conn(key, role, flags)?;
         conn = HTTP_CONNS.get_ptr_mut(key);
+        if sk != 0
+            && let Some(c) = conn
+        {
+            // SAFETY: pointer from a successful lookup of our own map.
+            unsafe {
+                (*c).sk = sk;
+                (*c).lport = lport;
+                if role == HttpRole::Unknown {
+                    (*c).state = state::NOT_HTTP;
+                }
+            }
+            HTTP_SOCKS
+                .insert(sk, key, 0)
+                .map_err(|_| HttpError::ConnFull)?;
+            if role == HttpRole::Unknown {
+                bump(&HTTP_COUNTERS_MAP, HttpCounter::NotHttp as u32);
+                return Ok(());
+            }
+        }
     }
     let Some(c) = conn else {
         return Err(HttpError::ConnFull);
@@ -454,7 +590,7 @@ fn on_data(key: &HttpConnKey, dir: Dir, buf: u64, n: u64) -> Result<(), HttpErro
                     c.prev_req_bytes = 0;
                     c.prev_resp_bytes = 0;
                 }
-                start_request(c, buf, n)?;
+                start_request(c, buf, n, have_prefix)?;
             }
             Head::Http2 => {
                 c.state = state::NOT_HTTP;
@@ -500,7 +636,7 @@ fn on_data(key: &HttpConnKey, dir: Dir, buf: u64, n: u64) -> Result<(), HttpErro
 }
 
 #[inline(always)]
-fn start_request(c: &mut HttpConn, buf: u64, n: u64) -> Result<(), HttpError> {
+fn start_request(c: &mut HttpConn, buf: u64, n: u64, have_prefix: bool) -> Result<(), HttpError> {
     bump(&HTTP_COUNTERS_MAP, HttpCounter::Started as u32);
     c.state = state::REQUEST;
     // SAFETY: helper without arguments.
@@ -508,6 +644,9 @@ fn start_request(c: &mut HttpConn, buf: u64, n: u64) -> Result<(), HttpError> {
     c.req_bytes = n;
     c.resp_bytes = 0;
     c.status = 0;
+    if have_prefix {
+        return Ok(());
+    }
     let mut len = n;
     if len > HTTP_PREFIX_LEN as u64 {
         len = HTTP_PREFIX_LEN as u64;
@@ -553,11 +692,31 @@ fn emit(
         (*ev).prev_req_bytes = c.prev_req_bytes;
         (*ev).prev_resp_bytes = c.prev_resp_bytes;
         (*ev).prefix_len = c.prefix_len;
-        (*ev)._pad1 = [0; 6];
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
-        (*ev).prefix = c.prefix;
+        (*ev).lport = c.lport;
+        (*ev)._pad1 = [0; 4];
+        // Straight into the event (the safe wrapper zeroes a stack copy
+        // through `memset` first); the helper zero-fills on failure.
+        generated::bpf_get_current_comm((*ev).comm.as_mut_ptr().cast(), 16);
+        // Non-overlapping copy: the compiler inlines it as word moves, where
+        // a plain assignment through raw pointers became a call to a
+        // byte-wise `memmove` subprogram (13 % of this program's time).
+        core::ptr::copy_nonoverlapping(
+            c.prefix.as_ptr(),
+            (*ev).prefix.as_mut_ptr(),
+            HTTP_PREFIX_LEN,
+        );
     }
-    let flags = if HTTP_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
+    // Wake the agent only on the events that make the backlog cross a
+    // multiple of WAKEUP_BYTES: waking on every event above the threshold
+    // raised an irq_work (a self-IPI: an MSR write that exits to the
+    // hypervisor in a VM) per event until the agent got to run. One wakeup
+    // per 256 KiB also covers an agent that was already awake when the
+    // first came; a crossing missed in a race with another CPU is caught
+    // by the next one or by the agent's 100 ms poll.
+    let avail = HTTP_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let flags = if avail >= WAKEUP_BYTES
+        && avail / WAKEUP_BYTES != avail.saturating_sub(EVENT_SLOT) / WAKEUP_BYTES
+    {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -568,8 +727,7 @@ fn emit(
 
 /// accept/accept4 exit: the returned fd is a server-side connection.
 #[inline(always)]
-pub fn on_accept_exit(ctx: &TracePointContext) -> u32 {
-    let fd = ret(ctx);
+pub fn on_accept_exit(fd: i64) -> u32 {
     if fd < 0 {
         return 0;
     }
@@ -582,8 +740,7 @@ pub fn on_accept_exit(ctx: &TracePointContext) -> u32 {
 
 /// close entry: forget the connection, reporting what was in flight.
 #[inline(always)]
-pub fn on_close(ctx: &TracePointContext) -> u32 {
-    let fd = arg(ctx, 0);
+pub fn on_close(fd: u64) -> u32 {
     let key = HttpConnKey {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         fd: fd as u32,
@@ -591,8 +748,15 @@ pub fn on_close(ctx: &TracePointContext) -> u32 {
     if !maybe_known(&key) {
         return 0;
     }
+    count(close_key(&key))
+}
+
+/// The connection `key` ended: report what was in flight and forget it.
+#[inline(always)]
+fn close_key(key: &HttpConnKey) -> Result<(), HttpError> {
+    let key = *key;
     let Some(c) = HTTP_CONNS.get_ptr(key) else {
-        return 0;
+        return Ok(());
     };
     // SAFETY: pointer from a successful lookup; read before the delete.
     let c = unsafe { &*c };
@@ -610,6 +774,218 @@ pub fn on_close(ctx: &TracePointContext) -> u32 {
     } else {
         Ok(())
     };
+    if c.sk != 0 {
+        let _ = HTTP_SOCKS.remove(c.sk);
+    }
     let _ = HTTP_CONNS.remove(key);
-    count(r)
+    r
+}
+
+/// x86_64 syscall numbers of the hooked syscalls (tp_btf path). The
+/// syscall-specific tracepoints carry no number; the generic `sys_enter`/
+/// `sys_exit` hooks do, so the dispatch below is a few compares on every
+/// syscall instead of a perf-event tracepoint record per hooked one. The
+/// agent uses this path only on x86_64.
+pub mod nr {
+    pub const READ: i64 = 0;
+    pub const WRITE: i64 = 1;
+    pub const CLOSE: i64 = 3;
+    pub const READV: i64 = 19;
+    pub const WRITEV: i64 = 20;
+    pub const SENDFILE: i64 = 40;
+    pub const CONNECT: i64 = 42;
+    pub const ACCEPT: i64 = 43;
+    pub const SENDTO: i64 = 44;
+    pub const RECVFROM: i64 = 45;
+    pub const SENDMSG: i64 = 46;
+    pub const RECVMSG: i64 = 47;
+    pub const ACCEPT4: i64 = 288;
+}
+
+/// x86_64 `struct pt_regs` offsets: the first three syscall arguments and
+/// the syscall number at exit (`orig_ax`).
+const REG_DX: usize = 96;
+const REG_SI: usize = 104;
+const REG_DI: usize = 112;
+const REG_ORIG_AX: usize = 120;
+const REG_CS: usize = 136;
+
+/// One register of the `struct pt_regs *` a tp_btf `sys_enter`/`sys_exit`
+/// program receives.
+#[inline(always)]
+fn reg(regs: *const u8, off: usize) -> u64 {
+    // SAFETY: `regs` is the tracepoint's BTF-typed `struct pt_regs *`; the
+    // verifier checks the load against the BTF layout (off is a field) and
+    // turns it into a fault-safe kernel load.
+    unsafe { core::ptr::read_volatile(regs.add(off) as *const u64) }
+}
+
+/// tp_btf `sys_enter(struct pt_regs *regs, long id)`: every syscall of
+/// every task comes here, so unrelated syscalls leave after the compares.
+#[inline(always)]
+pub fn btf_enter(regs: *const u8, id: i64) -> u32 {
+    let op = match id {
+        nr::READ | nr::RECVFROM => Op::ReadBuf,
+        nr::WRITE | nr::SENDTO => Op::WriteBuf,
+        nr::READV => Op::ReadIov,
+        nr::WRITEV => Op::WriteIov,
+        nr::RECVMSG => Op::ReadMsg,
+        nr::SENDMSG => Op::WriteMsg,
+        nr::SENDFILE => Op::SendFile,
+        nr::CONNECT => Op::Connect,
+        nr::CLOSE => return on_close(reg(regs, REG_DI)),
+        _ => return 0,
+    };
+    let (fd, buf, len) = if op == Op::SendFile {
+        // sendfile(out_fd, in_fd, offset, count): data leaves on out_fd.
+        (reg(regs, REG_DI), 0, 0)
+    } else {
+        (reg(regs, REG_DI), reg(regs, REG_SI), reg(regs, REG_DX))
+    };
+    on_enter(fd, buf, len, op)
+}
+
+/// tp_btf `sys_exit(struct pt_regs *regs, long ret)`.
+#[inline(always)]
+pub fn btf_exit(regs: *const u8, ret: i64) -> u32 {
+    match reg(regs, REG_ORIG_AX) as i64 {
+        nr::READ
+        | nr::RECVFROM
+        | nr::WRITE
+        | nr::SENDTO
+        | nr::READV
+        | nr::WRITEV
+        | nr::RECVMSG
+        | nr::SENDMSG
+        | nr::SENDFILE
+        | nr::CONNECT => on_exit(ret),
+        nr::ACCEPT | nr::ACCEPT4 => on_accept_exit(ret),
+        _ => 0,
+    }
+}
+
+/// `MSG_PEEK`: the data stays queued and will be read again.
+const MSG_PEEK: i32 = 2;
+
+/// tp_btf `sock_send_length`/`sock_recv_length(struct sock *sk, int ret,
+/// int flags)`: fired by the socket layer after each send/receive, so only
+/// socket I/O runs this (nothing for files, pipes or any other syscall,
+/// and no per-syscall hook that would put every syscall of every task on
+/// the slow path). The syscall's own arguments (fd, buffer) come from the
+/// task's saved user registers; the syscall number there says how the
+/// buffer is laid out. Sockets used from io_uring or by the kernel itself
+/// carry another syscall number (or none) and are skipped.
+#[inline(always)]
+pub fn sock_io(sk: *const u8, ret: i32, flags: i32, incoming: bool) -> u32 {
+    count(try_sock_io(sk, ret, flags, incoming))
+}
+
+#[inline(always)]
+fn try_sock_io(sk: *const u8, ret: i32, flags: i32, incoming: bool) -> Result<(), HttpError> {
+    if ret <= 0 || (incoming && flags & MSG_PEEK != 0) {
+        return Ok(());
+    }
+    // SAFETY: helpers; the task pointer is the verifier-trusted current
+    // task and the returned registers are a BTF-typed `struct pt_regs *`.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    // Only a task inside a syscall from user mode has its arguments there
+    // (kernel threads doing socket I/O, e.g. NFS, have an empty frame).
+    if reg(regs, REG_CS) & 3 != 3 {
+        return Ok(());
+    }
+    let (op, dir) = match reg(regs, REG_ORIG_AX) as i64 {
+        nr::READ | nr::RECVFROM => (Op::ReadBuf, Dir::In),
+        nr::READV => (Op::ReadIov, Dir::In),
+        nr::RECVMSG => (Op::ReadMsg, Dir::In),
+        nr::WRITE | nr::SENDTO => (Op::WriteBuf, Dir::Out),
+        nr::WRITEV => (Op::WriteIov, Dir::Out),
+        nr::SENDMSG => (Op::WriteMsg, Dir::Out),
+        nr::SENDFILE => (Op::SendFile, Dir::Out),
+        _ => return Ok(()),
+    };
+    // The syscall and the hook must agree on the direction.
+    if (dir == Dir::In) != incoming {
+        return Ok(());
+    }
+    let fd = reg(regs, REG_DI);
+    if fd > i32::MAX as u64 {
+        return Ok(());
+    }
+    let arg = reg(regs, REG_SI);
+    let buf = match op {
+        Op::ReadBuf | Op::WriteBuf => arg,
+        Op::ReadIov | Op::WriteIov => iov_base(arg)?,
+        Op::ReadMsg | Op::WriteMsg => iov_base(msg_iov(arg)?)?,
+        _ => 0,
+    };
+    let key = HttpConnKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        fd: fd as u32,
+    };
+    // Through the stack: otherwise the compiler may pass the raw 64-bit
+    // register the tracepoint argument came in (its low half is `ret`) as
+    // a helper's length, which the verifier sees as unbounded.
+    let n = ret as u32 as u64;
+    // SAFETY: a read of a local.
+    let n = unsafe { core::ptr::read_volatile(&n) };
+    on_data(&key, dir, buf, n, sk as u64, sk_port(sk))
+}
+
+/// `sk->__sk_common.skc_num`: the local port, host order (offset 14 of
+/// `struct sock_common` on every kernel since 2.6).
+#[inline(always)]
+fn sk_port(sk: *const u8) -> u16 {
+    // SAFETY: `sk` is the tracepoint's BTF-typed `struct sock *`; the
+    // verifier checks the field access and makes the load fault-safe.
+    unsafe { core::ptr::read_volatile(sk.add(14) as *const u16) }
+}
+
+/// TCP states (include/net/tcp_states.h) that mean this side closed the
+/// connection or it is gone.
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_CLOSE: i32 = 7;
+const TCP_LAST_ACK: i32 = 9;
+
+/// tp_btf `inet_sock_set_state(const struct sock *sk, int oldstate, int
+/// newstate)`: new TCP connections (ESTABLISHED, see HTTP_FRESH) and the
+/// close of connections learned by the socket-layer hooks.
+/// Only our own close counts (FIN_WAIT1: we closed first; LAST_ACK: we
+/// closed after the peer; CLOSE: reset or gone). The peer's FIN alone
+/// (CLOSE_WAIT) does not: a client may half-close after its request and
+/// still read the response.
+#[inline(always)]
+pub fn sock_state(sk: *const u8, newstate: i32) -> u32 {
+    if newstate == TCP_ESTABLISHED {
+        let _ = HTTP_FRESH.insert(sk as u64, 0u8, 0);
+        return 0;
+    }
+    if newstate != TCP_FIN_WAIT1 && newstate != TCP_CLOSE && newstate != TCP_LAST_ACK {
+        return 0;
+    }
+    let sk = sk as u64;
+    // SAFETY: a value copied out of our own map right after the lookup.
+    let Some(key) = (unsafe { HTTP_SOCKS.get(sk) }).copied() else {
+        return 0;
+    };
+    if let Some(c) = HTTP_CONNS.get_ptr_mut(key) {
+        // SAFETY: pointer from a successful lookup of our own map.
+        let c = unsafe { &mut *c };
+        if c.state == state::REQUEST {
+            if newstate == TCP_FIN_WAIT1 && c.role == HttpRole::Client as u8 {
+                // A client half-closing after its request: the response
+                // may still come; the final CLOSE ends it.
+                return 0;
+            }
+            if newstate == TCP_CLOSE {
+                // Reset with a request in flight: possibly inside the send
+                // of its response, whose hook has not run yet (see
+                // CONN_GONE). Leave the verdict to that send or the agent.
+                c.flags |= CONN_GONE;
+                let _ = HTTP_SOCKS.remove(sk);
+                return 0;
+            }
+        }
+    }
+    count(close_key(&key))
 }

@@ -17,14 +17,14 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
+    Btf, Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
 };
 use prometheus::{Histogram, IntCounter};
 use sonde_common::http::{
-    EVENT_CLOSED, HTTP_COUNTERS, HttpConn, HttpConnKey, HttpCounter, HttpEvent, HttpEventKind,
-    HttpRole, state,
+    CONN_GONE, EVENT_CLOSED, HTTP_COUNTERS, HttpConn, HttpConnKey, HttpCounter, HttpEvent,
+    HttpEventKind, HttpRole, state,
 };
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
@@ -35,11 +35,37 @@ use self::{
     stats::{HttpMetrics, RouteRow, RouteStats, StatKey, now_secs},
 };
 use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
-use crate::{collectors::take_map, config::HttpConfig, ebpf, process_table::ProcessTable};
+use crate::{
+    collectors::take_map,
+    config::{HttpConfig, HttpHook},
+    ebpf,
+    features::Features,
+    process_table::ProcessTable,
+};
 
 pub const NAME: &str = "http";
 
-/// (program, tracepoints it attaches to). All in the `syscalls` category.
+/// The second choice: tp_btf programs on the generic syscall hooks.
+const BTF_HOOKS: &[(&str, &str)] = &[
+    ("http_sys_enter", "sys_enter"),
+    ("http_sys_exit", "sys_exit"),
+];
+
+/// The first choice: the socket layer (only socket I/O runs a program).
+const SOCK_HOOKS: &[(&str, &str)] = &[
+    ("http_sock_send", "sock_send_length"),
+    ("http_sock_recv", "sock_recv_length"),
+    ("http_sock_state", "inet_sock_set_state"),
+];
+
+/// `hook = "floor"`: empty programs on the socket-layer data hooks.
+const FLOOR_HOOKS: &[(&str, &str)] = &[
+    ("http_floor_send", "sock_send_length"),
+    ("http_floor_recv", "sock_recv_length"),
+];
+
+/// Fallback: (program, tracepoints it attaches to), all in the `syscalls`
+/// category.
 const HOOKS: &[(&str, &[&str])] = &[
     ("http_enter_read", &["sys_enter_read"]),
     ("http_enter_recvfrom", &["sys_enter_recvfrom"]),
@@ -123,7 +149,7 @@ struct Inner {
     ports: PortResolver,
     /// tgid -> service_name, refreshed every few seconds (pids get reused).
     services: HashMap<u32, String>,
-    series: HashMap<Group, HashMap<String, Series>>,
+    series: HashMap<Group, HashMap<String, Arc<Series>>>,
 }
 
 /// The query side: what `/api/v1/http` reads. Cheap to clone.
@@ -180,8 +206,114 @@ impl HttpCollector {
     }
 }
 
-/// Attaches every hook; returns the tracepoints that failed (with why).
-fn attach(obj: &mut Ebpf) -> Result<Vec<String>, CollectorError> {
+/// Attaches the tp_btf pair when allowed and possible, else the
+/// per-syscall tracepoints. Returns a description of the hooks in use and
+/// what failed (with why; empty when everything attached as preferred).
+fn attach(
+    obj: &mut Ebpf,
+    hook: HttpHook,
+    features: &Features,
+) -> Result<(String, Vec<String>), CollectorError> {
+    let mut why = Vec::new();
+    if hook == HttpHook::Floor {
+        attach_btf(obj, FLOOR_HOOKS)?;
+        return Ok((
+            "hook = \"floor\": empty programs on tp_btf sock_send_length/sock_recv_length \
+             (benchmark aid; no HTTP metrics)"
+                .to_owned(),
+            vec!["HTTP tracing (floor mode)".to_owned()],
+        ));
+    }
+    let btf_ok = if !cfg!(target_arch = "x86_64") {
+        why.push("tp_btf hooks: syscall arguments are read as x86_64 registers".to_owned());
+        false
+    } else if !features.has("tp_btf") {
+        why.push("tp_btf: not available on this kernel".to_owned());
+        false
+    } else {
+        true
+    };
+    let mut tried: Vec<(&[(&str, &str)], &str)> = Vec::new();
+    if btf_ok && hook == HttpHook::Auto {
+        tried.push((
+            SOCK_HOOKS,
+            "tp_btf sock_send_length/sock_recv_length/inet_sock_set_state",
+        ));
+    }
+    if btf_ok && matches!(hook, HttpHook::Auto | HttpHook::Syscall) {
+        tried.push((BTF_HOOKS, "tp_btf sys_enter/sys_exit"));
+    }
+    for (hooks, label) in tried {
+        // Programs of a failed set stay loaded but unattached: harmless.
+        match attach_btf(obj, hooks) {
+            Ok(()) => {
+                if !why.is_empty() {
+                    tracing::info!(collector = NAME, reason = %why.join("; "), "preferred hooks unavailable");
+                }
+                return Ok((format!("attached to {label}"), Vec::new()));
+            }
+            Err(e) => why.push(format!("{label}: {}", chain(&e))),
+        }
+    }
+    let failed = attach_tp(obj)?;
+    let base = "attached to socket syscall tracepoints".to_owned();
+    if !why.is_empty() {
+        // The fallback works fully; say why the preferred hook was not used
+        // only in the log (health stays healthy).
+        tracing::info!(collector = NAME, reason = %why.join("; "), "using the tracepoint fallback");
+    }
+    Ok((base, failed))
+}
+
+/// Loads every program of a tp_btf hook set, then attaches them all, or
+/// none: a half-attached set next to the fallback would count twice.
+fn attach_btf(obj: &mut Ebpf, hooks: &[(&str, &str)]) -> Result<(), CollectorError> {
+    let btf = Btf::from_sys_fs().map_err(|e| CollectorError::NoHook(format!("kernel BTF: {e}")))?;
+    let what = |prog: &str, tp: &str| format!("{prog} (tp_btf {tp})");
+    for (prog, tp) in hooks {
+        let p: &mut BtfTracePoint = obj
+            .program_mut(prog)
+            .ok_or_else(|| CollectorError::NoHook(format!("{prog} missing from object")))?
+            .try_into()
+            .map_err(|source| CollectorError::Program {
+                what: what(prog, tp),
+                source,
+            })?;
+        p.load(tp, &btf).map_err(|source| CollectorError::Program {
+            what: what(prog, tp),
+            source,
+        })?;
+    }
+    let mut links = Vec::new();
+    for (prog, tp) in hooks {
+        let p: &mut BtfTracePoint = obj
+            .program_mut(prog)
+            .ok_or_else(|| CollectorError::NoHook(format!("{prog} missing from object")))?
+            .try_into()
+            .map_err(|source| CollectorError::Program {
+                what: what(prog, tp),
+                source,
+            })?;
+        match p.attach() {
+            Ok(link) => links.push((*prog, link)),
+            Err(source) => {
+                for (prog, link) in links {
+                    if let Some(Ok(p)) = obj.program_mut(prog).map(<&mut BtfTracePoint>::try_from) {
+                        let _ = p.detach(link);
+                    }
+                }
+                return Err(CollectorError::Program {
+                    what: what(prog, tp),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Attaches every per-syscall tracepoint; returns those that failed.
+fn attach_tp(obj: &mut Ebpf) -> Result<Vec<String>, CollectorError> {
     let mut failed = Vec::new();
     let mut attached = 0;
     for (prog, tps) in HOOKS {
@@ -241,7 +373,7 @@ impl Collector for HttpCollector {
                 source,
             })?;
         }
-        let failed = match attach(&mut obj) {
+        let (base, failed) = match attach(&mut obj, self.config.hook, ctx.features) {
             Ok(f) => f,
             Err(e) => {
                 self.health.set(ComponentHealth::unhealthy(chain(&e)));
@@ -249,9 +381,9 @@ impl Collector for HttpCollector {
             }
         };
         let base = if failed.is_empty() {
-            "attached to socket syscall tracepoints".to_owned()
+            base
         } else {
-            format!("partly attached; missing: {}", failed.join("; "))
+            format!("{base}; missing: {}", failed.join("; "))
         };
         tracing::info!(collector = NAME, detail = %base, "http collector attached");
         self.health.set(if failed.is_empty() {
@@ -371,9 +503,10 @@ impl Worker {
     fn drain_all(&self, rb: &mut RingBuf<MapData>) {
         let mut g = self.query.lock();
         let Some(inner) = g.as_mut() else { return };
+        let now = now_secs();
         while let Some(item) = rb.next() {
             match decode(&item) {
-                Some(ev) => self.apply(inner, &ev),
+                Some(ev) => self.apply(inner, &ev, now),
                 None => tracing::debug!(collector = NAME, len = item.len(), "short event"),
             }
         }
@@ -397,12 +530,12 @@ impl Worker {
         s
     }
 
-    fn apply(&self, inner: &mut Inner, ev: &HttpEvent) {
+    fn apply(&self, inner: &mut Inner, ev: &HttpEvent, now: u64) {
         let client = ev.role == HttpRole::Client as u8;
         let role = if client { "client" } else { "server" };
         let closed = ev.flags & EVENT_CLOSED != 0;
         match HttpEventKind::from_u32(ev.kind) {
-            Some(HttpEventKind::Complete) => self.complete(inner, ev, client),
+            Some(HttpEventKind::Complete) => self.complete(inner, ev, client, now),
             Some(HttpEventKind::ResponseEnd) => {
                 self.sizes(inner, ev.tgid, ev.fd, ev.req_bytes, ev.resp_bytes)
             }
@@ -426,7 +559,9 @@ impl Worker {
         }
     }
 
-    fn complete(&self, inner: &mut Inner, ev: &HttpEvent, client: bool) {
+    /// `now`: the batch's clock (seconds), read once per drain rather
+    /// than once per event.
+    fn complete(&self, inner: &mut Inner, ev: &HttpEvent, client: bool, now: u64) {
         if ev.prev_req_bytes > 0 {
             self.sizes(inner, ev.tgid, ev.fd, ev.prev_req_bytes, ev.prev_resp_bytes);
         }
@@ -439,6 +574,8 @@ impl Worker {
         };
         let port = if client {
             0
+        } else if ev.lport != 0 {
+            ev.lport
         } else {
             inner.ports.port(ev.tgid, ev.fd).unwrap_or(0)
         };
@@ -451,7 +588,9 @@ impl Worker {
         let series = match cached {
             Some(s) => s,
             None => {
-                let s = self.new_series(inner, ev, group, path);
+                // Shared, so a cache hit costs a reference count, not a
+                // copy of the label strings.
+                let s = Arc::new(self.new_series(inner, ev, group, path));
                 if inner.series.len() >= MAX_SERIES_GROUPS {
                     inner.series.clear();
                 }
@@ -459,7 +598,7 @@ impl Worker {
                 if paths.len() >= MAX_PATHS_PER_GROUP {
                     paths.clear();
                 }
-                paths.insert(path.to_owned(), s.clone());
+                paths.insert(path.to_owned(), Arc::clone(&s));
                 s
             }
         };
@@ -482,7 +621,6 @@ impl Worker {
         } else {
             ev.status >= 500
         };
-        let now = now_secs();
         if let Some(s) = inner.stats.get_mut(&series.stat) {
             s.observe(secs, error, now);
         } else if inner.stats.len() < MAX_STAT_KEYS {
@@ -542,6 +680,7 @@ impl Worker {
     fn scan_inflight(&self, conns: &mut BpfHashMap<MapData, HttpConnKey, HttpConn>) {
         let mut found: Vec<(HttpConnKey, HttpConn)> = Vec::new();
         let mut dead: Vec<HttpConnKey> = Vec::new();
+        let mut gone: Vec<(u32, u8)> = Vec::new();
         let mut alive: HashMap<u32, bool> = HashMap::new();
         for item in conns.iter() {
             let Ok((k, c)) = item else {
@@ -553,6 +692,13 @@ impl Worker {
                 .or_insert_with(|| std::path::Path::new(&format!("/proc/{}", k.tgid)).exists());
             if !live {
                 dead.push(k);
+            } else if c.flags & CONN_GONE != 0 {
+                // Reset with a request in flight that no response
+                // completed since (see CONN_GONE): aborted.
+                if c.state == state::REQUEST {
+                    gone.push((k.tgid, c.role));
+                }
+                dead.push(k);
             } else if c.state == state::REQUEST {
                 found.push((k, c));
             }
@@ -562,6 +708,15 @@ impl Worker {
         }
         let mut g = self.query.lock();
         let Some(inner) = g.as_mut() else { return };
+        for (tgid, role) in gone {
+            let svc = self.service(&mut inner.services, tgid, &[]);
+            let role = if role == HttpRole::Client as u8 {
+                "client"
+            } else {
+                "server"
+            };
+            self.metrics.aborted.with_label_values(&[role, &svc]).inc();
+        }
         inner.inflight.clear();
         self.metrics.server_active.reset();
         for (k, c) in found {

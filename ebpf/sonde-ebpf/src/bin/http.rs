@@ -1,17 +1,71 @@
-//! The HTTP collector's object: syscall tracepoints (syscalls:sys_enter_* /
-//! sys_exit_*) for socket data and connection lifecycle. Per-syscall
-//! tracepoints cost nothing for the syscalls we do not hook.
+//! The HTTP collector's object, three hook sets (the agent attaches the
+//! first that works):
+//! 1. socket layer: tp_btf `sock_send_length`/`sock_recv_length` (Linux
+//!    6.3+) plus `inet_sock_set_state` for closes: only socket I/O runs a
+//!    program, no syscall hook at all (x86_64: the syscall's arguments are
+//!    read from the saved user registers);
+//! 2. tp_btf `sys_enter`/`sys_exit` with a dispatch on the syscall number
+//!    (x86_64);
+//! 3. the per-syscall tracepoints (syscalls:sys_enter_*/sys_exit_*).
 #![no_std]
 #![no_main]
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use sonde_ebpf::http::{Op, on_accept_exit, on_close, on_enter, on_exit};
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+use sonde_ebpf::http::{
+    Op, btf_enter, btf_exit, on_accept_exit, on_close, on_enter, on_exit, sock_io, sock_state,
+    tp_arg, tp_ret,
+};
+
+/// `sock_send_length(struct sock *sk, int ret, int flags)`.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn http_sock_send(ctx: BtfTracePointContext) -> i32 {
+    sock_io(ctx.arg(0), ctx.arg(1), ctx.arg(2), false) as i32
+}
+
+/// `sock_recv_length(struct sock *sk, int ret, int flags)`.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn http_sock_recv(ctx: BtfTracePointContext) -> i32 {
+    sock_io(ctx.arg(0), ctx.arg(1), ctx.arg(2), true) as i32
+}
+
+/// `inet_sock_set_state(const struct sock *sk, int oldstate, int newstate)`.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn http_sock_state(ctx: BtfTracePointContext) -> i32 {
+    sock_state(ctx.arg(0), ctx.arg(2)) as i32
+}
+
+/// `sys_enter(struct pt_regs *regs, long id)`.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn http_sys_enter(ctx: BtfTracePointContext) -> i32 {
+    btf_enter(ctx.arg(0), ctx.arg(1)) as i32
+}
+
+/// `sys_exit(struct pt_regs *regs, long ret)`.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn http_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    btf_exit(ctx.arg(0), ctx.arg(1)) as i32
+}
+
+/// Empty programs on the socket-layer hooks (`collectors.http.hook =
+/// "floor"`): what the hooks alone cost, for the benchmark.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn http_floor_send(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn http_floor_recv(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
 
 macro_rules! enter {
     ($name:ident, $op:expr) => {
         #[tracepoint]
         pub fn $name(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, $op)
+            on_enter(tp_arg(&ctx, 0), tp_arg(&ctx, 1), tp_arg(&ctx, 2), $op)
         }
     };
 }
@@ -30,15 +84,15 @@ enter!(http_enter_connect, Op::Connect);
 /// One exit program serves every data syscall: the stashed op says how.
 #[tracepoint]
 pub fn http_exit(ctx: TracePointContext) -> u32 {
-    on_exit(&ctx)
+    on_exit(tp_ret(&ctx))
 }
 
 #[tracepoint]
 pub fn http_accept_exit(ctx: TracePointContext) -> u32 {
-    on_accept_exit(&ctx)
+    on_accept_exit(tp_ret(&ctx))
 }
 
 #[tracepoint]
 pub fn http_close(ctx: TracePointContext) -> u32 {
-    on_close(&ctx)
+    on_close(tp_arg(&ctx, 0))
 }
