@@ -2,13 +2,8 @@
 //! (malloc-family uprobes attached by the agent, then detached), reported
 //! as in-use and allocated bytes by stack, leak suspects and growth.
 
-use std::{
-    io::{IsTerminal as _, Write as _},
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{io::IsTerminal as _, path::PathBuf, time::Duration};
 
-use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use super::{UsageError, client};
@@ -133,9 +128,13 @@ pub fn run(a: &AllocArgs) -> anyhow::Result<()> {
     }
     let path = request_path(a);
     let body = client::block_on(async {
-        let progress = std::io::stderr()
-            .is_terminal()
-            .then(|| tokio::spawn(show_progress(a.duration)));
+        let progress = std::io::stderr().is_terminal().then(|| {
+            tokio::spawn(super::output::show_progress(
+                "tracking allocations",
+                a.duration,
+                " (Ctrl-C to stop early)",
+            ))
+        });
         let get = client::get_bytes(&a.socket, &path);
         tokio::pin!(get);
         let r = tokio::select! {
@@ -164,33 +163,7 @@ pub fn run(a: &AllocArgs) -> anyhow::Result<()> {
         Ok(api) => anyhow::Error::from(api),
         Err(e) => e,
     })?;
-    match &a.output {
-        Some(f) => {
-            std::fs::write(f, &body).with_context(|| format!("writing {}", f.display()))?;
-            eprintln!("wrote {} ({} bytes)", f.display(), body.len());
-        }
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&body).context("writing to stdout")?;
-            out.flush().context("writing to stdout")?;
-        }
-    }
-    Ok(())
-}
-
-/// `tracking allocations... 3s / 30s (Ctrl-C to stop early)` on stderr.
-async fn show_progress(total: Duration) {
-    let start = Instant::now();
-    loop {
-        let el = start.elapsed().min(total);
-        eprint!(
-            "\rtracking allocations... {}s / {}s (Ctrl-C to stop early)",
-            el.as_secs(),
-            total.as_secs_f64().ceil() as u64
-        );
-        let _ = std::io::stderr().flush();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    super::output::write_body(a.output.as_deref(), &body)
 }
 
 #[cfg(test)]

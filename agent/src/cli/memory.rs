@@ -2,9 +2,8 @@
 //! from page faults, or mapped/unmapped address space) since the agent
 //! started, from the always-on memory collector.
 
-use std::{io::Write as _, path::PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use super::{UsageError, client};
@@ -109,18 +108,7 @@ pub fn run(a: &MemoryArgs) -> anyhow::Result<()> {
             Err(e) => e,
         }
     })?;
-    match &a.output {
-        Some(f) => {
-            std::fs::write(f, &body).with_context(|| format!("writing {}", f.display()))?;
-            eprintln!("wrote {} ({} bytes)", f.display(), body.len());
-        }
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&body).context("writing to stdout")?;
-            out.flush().context("writing to stdout")?;
-        }
-    }
-    Ok(())
+    super::output::write_body(a.output.as_deref(), &body)
 }
 
 #[cfg(test)]

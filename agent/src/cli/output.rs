@@ -46,6 +46,42 @@ pub fn human_duration(secs: f64) -> String {
     }
 }
 
+/// Writes a query's body to `-o FILE` (saying so on stderr) or to stdout.
+pub fn write_body(output: Option<&std::path::Path>, body: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+
+    use anyhow::Context as _;
+    match output {
+        Some(f) => {
+            std::fs::write(f, body).with_context(|| format!("writing {}", f.display()))?;
+            eprintln!("wrote {} ({} bytes)", f.display(), body.len());
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(body).context("writing to stdout")?;
+            out.flush().context("writing to stdout")?;
+        }
+    }
+    Ok(())
+}
+
+/// `<what>... 3s / 10s<hint>` on stderr, redrawn every half second until
+/// the task is aborted (the caller then clears the line).
+pub async fn show_progress(what: &'static str, total: std::time::Duration, hint: &'static str) {
+    use std::io::Write as _;
+    let start = std::time::Instant::now();
+    loop {
+        let el = start.elapsed().min(total);
+        eprint!(
+            "\r{what}... {}s / {}s{hint}",
+            el.as_secs(),
+            total.as_secs_f64().ceil() as u64
+        );
+        let _ = std::io::stderr().flush();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,8 @@
 //! `sonde profile`: a CPU profile from the running agent's always-on
 //! sampler, as pprof, folded stacks, an SVG flamegraph or a top table.
 
-use std::{
-    io::{IsTerminal as _, Write as _},
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{io::IsTerminal as _, path::PathBuf, time::Duration};
 
-use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 
 use super::{UsageError, client};
@@ -132,7 +127,7 @@ pub fn run(a: &ProfileArgs) -> anyhow::Result<()> {
     let body = client::block_on(async {
         let progress = wait
             .filter(|_| std::io::stderr().is_terminal())
-            .map(|d| tokio::spawn(show_progress(d)));
+            .map(|d| tokio::spawn(super::output::show_progress("profiling", d, "")));
         let r = client::get_bytes(&a.socket, &path).await;
         if let Some(p) = progress {
             p.abort();
@@ -147,33 +142,7 @@ pub fn run(a: &ProfileArgs) -> anyhow::Result<()> {
         Ok(api) => anyhow::Error::from(api),
         Err(e) => e,
     })?;
-    match &a.output {
-        Some(f) => {
-            std::fs::write(f, &body).with_context(|| format!("writing {}", f.display()))?;
-            eprintln!("wrote {} ({} bytes)", f.display(), body.len());
-        }
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&body).context("writing to stdout")?;
-            out.flush().context("writing to stdout")?;
-        }
-    }
-    Ok(())
-}
-
-/// `profiling... 3s / 10s` on stderr while the agent samples.
-async fn show_progress(total: Duration) {
-    let start = Instant::now();
-    loop {
-        let el = start.elapsed().min(total);
-        eprint!(
-            "\rprofiling... {}s / {}s",
-            el.as_secs(),
-            total.as_secs_f64().ceil() as u64
-        );
-        let _ = std::io::stderr().flush();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    super::output::write_body(a.output.as_deref(), &body)
 }
 
 #[cfg(test)]

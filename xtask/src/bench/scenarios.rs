@@ -117,18 +117,13 @@ impl Drop for Floor {
     }
 }
 
-fn last_cpu() -> Result<String> {
-    let n = std::thread::available_parallelism()?.get();
-    Ok((n - 1).to_string())
-}
-
 fn syscalls_inner(ctx: &Ctx) -> Result<ScenarioResult> {
     let bin = build_c("tests/workloads/getppid_loop.c", ctx.work.path())?;
     let n = if ctx.quick { 300_000 } else { 3_000_000 }.to_string();
     // bpftrace opens its perf events on CPU 0, which makes every traced
     // syscall on CPU 0 dearer (measured: +870 ns there, +230 ns on CPU 1):
     // pin the loop to the last CPU for stable figures.
-    let cpu = last_cpu()?;
+    let cpu = last_cpu();
     let taskset = std::path::PathBuf::from("taskset");
     let pinned = |count: &str| {
         vec![
@@ -815,8 +810,7 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
         // Pinned to the last CPU: a perf event opened on CPU 0 makes work
         // there dearer (see docs/benchmarks.md), which is not what we
         // measure.
-        let last_cpu =
-            (std::thread::available_parallelism().map_or(1, |n| n.get()) - 1).to_string();
+        let last_cpu = last_cpu();
         let rounds = if ctx.quick { 300 } else { 3000 }.to_string();
         let pinned = vec![
             "-c".to_owned(),
