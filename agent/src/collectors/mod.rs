@@ -186,3 +186,21 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     s
 }
+
+/// Total of one slot of a per-CPU `u64` counter array (0 when unreadable:
+/// a counter read must never stop a drain).
+pub fn counter_total(map: &aya::maps::PerCpuArray<aya::maps::MapData, u64>, idx: u32) -> u64 {
+    map.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+/// What a per-CPU counter gained since `last`, which it then updates.
+pub fn counter_delta(
+    map: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
+    idx: u32,
+    last: &mut u64,
+) -> u64 {
+    let now = counter_total(map, idx);
+    let d = now.saturating_sub(*last);
+    *last = now;
+    d
+}

@@ -250,7 +250,7 @@ async fn housekeeping(
 
 fn sum(map: &PerCpuArray<MapData, u64>, idx: u32) -> u64 {
     debug_assert!(idx < PROCESS_COUNTERS);
-    map.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    super::counter_total(map, idx)
 }
 
 #[cfg(test)]

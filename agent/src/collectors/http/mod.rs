@@ -769,19 +769,14 @@ async fn housekeeping(
         let mut dropped = 0;
         for (c, label) in KERNEL_COUNTERS {
             let i = *c as usize;
-            let total: u64 = counters
-                .get(&(i as u32), 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0);
-            if total > last[i] {
-                let d = total - last[i];
+            let d = crate::collectors::counter_delta(&counters, i as u32, &mut last[i]);
+            if d > 0 {
                 w.metrics.kernel.with_label_values(&[label]).inc_by(d);
                 if *c == HttpCounter::RingbufFull {
                     lost.inc_by(d);
                     dropped = d;
                 }
             }
-            last[i] = total;
         }
         w.scan_inflight(&mut conns);
         if ticks.is_multiple_of(10) {

@@ -562,14 +562,11 @@ impl Drainer {
         let mut lost = 0;
         for c in MemCounter::ALL {
             let idx = c as u32;
-            let now: u64 = self
-                .k
-                .counters
-                .get(&idx, 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0);
-            let delta = now.saturating_sub(self.last_counters[idx as usize]);
-            self.last_counters[idx as usize] = now;
+            let delta = crate::collectors::counter_delta(
+                &self.k.counters,
+                idx,
+                &mut self.last_counters[idx as usize],
+            );
             if delta == 0 {
                 continue;
             }

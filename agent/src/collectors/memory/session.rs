@@ -480,11 +480,7 @@ fn report(
     }
     let mut counters = BTreeMap::new();
     for c in AllocCounter::ALL {
-        let n: u64 = a
-            .counters
-            .get(&(c as u32), 0)
-            .map(|v| v.iter().sum())
-            .unwrap_or(0);
+        let n = crate::collectors::counter_total(&a.counters, c as u32);
         counters.insert(counter_name(c).to_owned(), n);
     }
     let mut resolver = Resolver::new(

@@ -162,14 +162,11 @@ impl RawDrainer {
         let mut dropped = 0;
         for c in ProfileCounter::ALL {
             let idx = c as u32;
-            let now: u64 = self
-                .maps
-                .counters
-                .get(&idx, 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0);
-            let delta = now.saturating_sub(self.last_counters[idx as usize]);
-            self.last_counters[idx as usize] = now;
+            let delta = crate::collectors::counter_delta(
+                &self.maps.counters,
+                idx,
+                &mut self.last_counters[idx as usize],
+            );
             if delta == 0 {
                 continue;
             }

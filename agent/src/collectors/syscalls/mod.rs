@@ -633,14 +633,11 @@ impl Drain {
             (SyscallCounter::ErrnoMapFull, "errno"),
         ] {
             let idx = i as u32;
-            let total: u64 = self
-                .counters
-                .get(&idx, 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0);
-            let last = &mut self.last_counters[idx as usize];
-            let d = total.saturating_sub(*last);
-            *last = total;
+            let d = crate::collectors::counter_delta(
+                &self.counters,
+                idx,
+                &mut self.last_counters[idx as usize],
+            );
             self.self_metrics
                 .map_full
                 .with_label_values(&[label])

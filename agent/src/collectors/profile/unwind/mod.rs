@@ -594,13 +594,11 @@ impl Unwinder {
     fn export(&mut self) {
         for c in UnwindCounter::ALL {
             let idx = c as u32;
-            let now: u64 = self
-                .counters
-                .get(&idx, 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0);
-            let delta = now.saturating_sub(self.last_counters[idx as usize]);
-            self.last_counters[idx as usize] = now;
+            let delta = crate::collectors::counter_delta(
+                &self.counters,
+                idx,
+                &mut self.last_counters[idx as usize],
+            );
             if delta == 0 {
                 continue;
             }
