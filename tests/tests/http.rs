@@ -666,6 +666,9 @@ fn connection_opened_before_the_agent_is_picked_up_by_sniffing() {
             .args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .args(["--log-level", "warning"])
+            // The connection idles while the agent starts (seconds on a
+            // loaded machine): uvicorn's default 5 s would close it.
+            .args(["--timeout-keep-alive", "120"])
             .current_dir(workloads())
             .stdout(Stdio::null())
             .stderr(Stdio::null()),

@@ -304,16 +304,29 @@ fn try_exit(n: i64) -> Result<(), HttpError> {
         return Ok(());
     }
     let n = n as u64;
-    let (dir, buf) = match args.op {
-        1 => (Dir::In, args.buf),
-        2 => (Dir::In, iov_base(args.buf)?),
-        3 => (Dir::In, iov_base(msg_iov(args.buf)?)?),
-        4 => (Dir::Out, args.buf),
-        5 => (Dir::Out, iov_base(args.buf)?),
-        6 => (Dir::Out, iov_base(msg_iov(args.buf)?)?),
-        _ => (Dir::Out, 0),
+    let (dir, op) = match args.op {
+        1 => (Dir::In, Op::ReadBuf),
+        2 => (Dir::In, Op::ReadIov),
+        3 => (Dir::In, Op::ReadMsg),
+        4 => (Dir::Out, Op::WriteBuf),
+        5 => (Dir::Out, Op::WriteIov),
+        6 => (Dir::Out, Op::WriteMsg),
+        _ => (Dir::Out, Op::SendFile),
     };
-    on_data(&key, dir, buf, n, 0, 0)
+    on_data(&key, dir, op, args.buf, n, 0, 0)
+}
+
+/// Where the data of a syscall starts, from its buffer argument: one user
+/// read for readv/writev, two for recvmsg/sendmsg, none otherwise. Called
+/// only once the message is known to matter (each read costs ~100-200 ns).
+#[inline(always)]
+fn data_ptr(op: Op, arg: u64) -> Result<u64, HttpError> {
+    match op {
+        Op::ReadBuf | Op::WriteBuf => Ok(arg),
+        Op::ReadIov | Op::WriteIov => iov_base(arg),
+        Op::ReadMsg | Op::WriteMsg => iov_base(msg_iov(arg)?),
+        _ => Ok(0),
+    }
 }
 
 /// `struct msghdr::msg_iov` (offset 16 on 64-bit).
@@ -431,10 +444,12 @@ fn new_conn(key: &HttpConnKey, role: HttpRole, flags: u8) -> Result<(), HttpErro
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn on_data(
     key: &HttpConnKey,
     dir: Dir,
-    buf: u64,
+    op: Op,
+    arg: u64,
     n: u64,
     sk: u64,
     lport: u16,
@@ -457,6 +472,33 @@ fn on_data(
             return Ok(());
         }
     }
+    // An untracked fd: decide whether it can matter before reading any
+    // user memory. A TCP socket established while we watch (HTTP_FRESH) is
+    // classified by its first message; any other is looked at only while
+    // the agent sniffs for connections opened before it started (its
+    // start-up window). Afterwards non-HTTP socket I/O stops here, after
+    // two map lookups and no user-memory read.
+    let fresh = conn.is_none() && sk != 0 && HTTP_FRESH.get_ptr(sk).is_some();
+    if conn.is_none() && !fresh && !sniffing() {
+        return Ok(());
+    }
+    if let Some(c) = conn {
+        // SAFETY: pointer from a successful lookup of our own map.
+        let c = unsafe { &mut *c };
+        let resp_dir = if c.role == HttpRole::Client as u8 {
+            Dir::In
+        } else {
+            Dir::Out
+        };
+        if dir == resp_dir && c.state == state::RESPONSE {
+            // More of a response already reported (body chunks): only its
+            // size matters, so no user-memory read. (A status line here
+            // would be a response without a request: counted as body.)
+            c.resp_bytes += n;
+            return Ok(());
+        }
+    }
+    let buf = data_ptr(op, arg)?;
     let mut head = Head16::zeroed();
     // A known connection expecting a new request in this direction: read
     // the whole prefix into the connection at once (one user-memory read
@@ -516,7 +558,6 @@ fn on_data(
         // A TCP connection established while we watch: its first message
         // decides whether it speaks HTTP/1.x (as accept/connect learning
         // does on the syscall hooks).
-        let fresh = sk != 0 && HTTP_FRESH.get_ptr(sk).is_some();
         if fresh {
             let _ = HTTP_FRESH.remove(sk);
         }
@@ -912,12 +953,6 @@ fn try_sock_io(sk: *const u8, ret: i32, flags: i32, incoming: bool) -> Result<()
         return Ok(());
     }
     let arg = reg(regs, REG_SI);
-    let buf = match op {
-        Op::ReadBuf | Op::WriteBuf => arg,
-        Op::ReadIov | Op::WriteIov => iov_base(arg)?,
-        Op::ReadMsg | Op::WriteMsg => iov_base(msg_iov(arg)?)?,
-        _ => 0,
-    };
     let key = HttpConnKey {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         fd: fd as u32,
@@ -928,7 +963,7 @@ fn try_sock_io(sk: *const u8, ret: i32, flags: i32, incoming: bool) -> Result<()
     let n = ret as u32 as u64;
     // SAFETY: a read of a local.
     let n = unsafe { core::ptr::read_volatile(&n) };
-    on_data(&key, dir, buf, n, sk as u64, sk_port(sk))
+    on_data(&key, dir, op, arg, n, sk as u64, sk_port(sk))
 }
 
 /// `sk->__sk_common.skc_num`: the local port, host order (offset 14 of
