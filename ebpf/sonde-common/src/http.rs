@@ -95,6 +95,10 @@ pub struct HttpConn {
     /// Local TCP port (host order), from the socket-layer hooks; else 0.
     pub lport: u16,
     pub _pad2: [u8; 6],
+    /// Task name of the thread that created the entry, copied into every
+    /// event of the connection: one `bpf_get_current_comm` per connection
+    /// instead of one per event.
+    pub comm: [u8; crate::COMM_LEN],
     pub prefix: [u8; HTTP_PREFIX_LEN],
 }
 
@@ -109,7 +113,7 @@ pub const CONN_FROM_SYSCALL: u8 = 1;
 /// such entries as aborted and deletes them on its next scan.
 pub const CONN_GONE: u8 = 2;
 
-const _: () = assert!(core::mem::size_of::<HttpConn>() == 64 + HTTP_PREFIX_LEN);
+const _: () = assert!(core::mem::size_of::<HttpConn>() == 64 + crate::COMM_LEN + HTTP_PREFIX_LEN);
 
 /// One event to the agent.
 #[repr(C)]
@@ -137,8 +141,9 @@ pub struct HttpEvent {
     /// it (socket-layer hooks); 0: the agent resolves it from /proc.
     pub lport: u16,
     pub _pad1: [u8; 4],
-    /// Task name of the thread that completed the exchange: names the
-    /// service when the process is gone before the agent looks it up.
+    /// Task name of the thread that opened (accepted, connected or first
+    /// used) the connection: names the service when the process is gone
+    /// before the agent looks it up.
     pub comm: [u8; crate::COMM_LEN],
     pub prefix: [u8; HTTP_PREFIX_LEN],
 }
