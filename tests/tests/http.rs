@@ -704,3 +704,58 @@ fn connection_opened_before_the_agent_is_picked_up_by_sniffing() {
         )],
     );
 }
+
+#[test]
+fn after_the_sniff_window_only_connections_made_while_watching_are_tracked() {
+    ensure_fastapi();
+    let port = free_port();
+    let _srv = Workload::spawn(
+        Command::new("python3")
+            .args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--log-level", "warning"])
+            .args(["--timeout-keep-alive", "120"])
+            .current_dir(workloads())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    wait_port(port);
+    let get = |s: &mut TcpStream, path: &str| {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .expect("write");
+        let head = read_response(s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    };
+    // Established before the agent exists, so neither accept nor the
+    // ESTABLISHED transition was seen; with no sniff window its requests
+    // are not read at all (the cheap path for sockets that predate the
+    // agent).
+    let mut old = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    old.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    get(&mut old, "/items/0");
+    let agent = Agent::start("[collectors.http]\nsniff_window = \"0s\"\n");
+    for i in 1..=5 {
+        get(&mut old, &format!("/items/{i}"));
+    }
+    // A connection made while the agent watches is tracked.
+    let mut new = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    new.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    for i in 1..=3 {
+        get(&mut new, &format!("/items/{i}"));
+    }
+    let p = port.to_string();
+    expect_counts(
+        &agent,
+        SERVER,
+        &[(
+            vec![
+                ("server_port", &p),
+                ("http_route", "/items/{id}"),
+                ("http_response_status_code", "200"),
+            ],
+            3.0,
+        )],
+    );
+}
