@@ -775,7 +775,9 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
                 nothing, attached at exactly the probe points and kinds a session uses: \
                 malloc entry, malloc return, free at an emulated instruction), so what the \
                 kernel's uprobe machinery alone costs; and a `sonde alloc` session on the loop \
-                (every allocation tracked with its stack). Tier 1, without an agent and with \
+                (every allocation tracked with its stack). `BPF ns per pair` is the \
+                session's programs' run time per pair from kernel.bpf_stats, in a second \
+                pass (stats add two clock reads per run). Tier 1, without an agent and with \
                 the agent running only the memory collector: CPU ms per `gcc -O2 -g -c` of a \
                 small C file (a real program that maps, grows its heap and faults a lot) and, \
                 as the worst case, CPU µs per round of mmap 1 MiB + 256 page faults + munmap \
@@ -795,7 +797,7 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
         let measure = || run_number(&taskset, &args);
         let mut metrics = alternate(
             ctx.reps,
-            &[("malloc+free", "CPU ns/pair")],
+            &[("malloc+free", "CPU ns/pair"), ("BPF ns per pair", "ns")],
             vec![
                 (
                     "no probes",
@@ -803,11 +805,17 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
                 ),
                 (
                     "empty probes, same points (floor)",
-                    Box::new(|| Ok(vec![("malloc+free", alloc_session(ctx, &bin, &n, true)?)])),
+                    Box::new(|| {
+                        let (cpu, bpf) = alloc_session(ctx, &bin, &n, true)?;
+                        Ok(vec![("malloc+free", cpu), ("BPF ns per pair", bpf)])
+                    }),
                 ),
                 (
                     "sonde alloc session",
-                    Box::new(|| Ok(vec![("malloc+free", alloc_session(ctx, &bin, &n, false)?)])),
+                    Box::new(|| {
+                        let (cpu, bpf) = alloc_session(ctx, &bin, &n, false)?;
+                        Ok(vec![("malloc+free", cpu), ("BPF ns per pair", bpf)])
+                    }),
                 ),
             ],
         )?;
@@ -928,6 +936,9 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
                 "taskset -c LAST_CPU ./a.out {n} wait & sonde alloc --pid $! -d 10m -f json  \
                  (the session ends when the loop exits)"
             ),
+            "sysctl kernel.bpf_stats_enabled=1; bpftool prog show  (run_time_ns of the \
+             session's uprobe programs over a second pass, per pair)"
+                .into(),
             format!(
                 "gcc -O2 xtask/bench/page_churn.c && taskset -c LAST_CPU ./a.out {rounds}  (CPU µs/round), \
                  with SONDE_COLLECTORS__{{PROCESS,SYSCALLS,PROFILE,HTTP}}__ENABLED=false sonde agent"
@@ -957,11 +968,13 @@ fn control_get(socket: &std::path::Path, path: &str) -> Result<String> {
     Ok(body.to_owned())
 }
 
-/// CPU ns per malloc+free pair of `bin`, pinned to the last CPU, while a
-/// `sonde alloc` session tracks it (`empty`: a session of no-op programs at
-/// the same probe points, the floor): the loop waits until the session
-/// reports it is tracking.
-fn alloc_session(ctx: &Ctx, bin: &std::path::Path, n: &str, empty: bool) -> Result<f64> {
+/// (CPU ns, BPF ns) per malloc+free pair of `bin`, pinned to the last CPU,
+/// while a `sonde alloc` session tracks it (`empty`: a session of no-op
+/// programs at the same probe points, the floor). The loop waits until the
+/// session reports it is tracking; the CPU figure is its first pass, with
+/// kernel.bpf_stats off; a second pass with stats on gives the programs'
+/// own run time per pair (which then includes two clock reads per run).
+fn alloc_session(ctx: &Ctx, bin: &std::path::Path, n: &str, empty: bool) -> Result<(f64, f64)> {
     use std::io::{BufRead as _, BufReader, Write as _};
     let a = Agent::start(&ctx.sonde, ctx.work.path(), &[])?;
     // taskset execs the loop: the pid stays the loop's.
@@ -992,8 +1005,17 @@ fn alloc_session(ctx: &Ctx, bin: &std::path::Path, n: &str, empty: bool) -> Resu
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    writeln!(wl.stdin.take().context("workload stdin")?, "go")?;
+    let mut stdin = wl.stdin.take().context("workload stdin")?;
+    writeln!(stdin, "go")?;
     let first = lines.next().context("workload printed nothing")??;
+    let stats = BpfStats::enable()?;
+    let (ns0, _) = bpf_run_stats(a.pid(), "kprobe")?;
+    writeln!(stdin, "go")?;
+    lines.next().context("workload printed nothing")??;
+    let (ns1, _) = bpf_run_stats(a.pid(), "kprobe")?;
+    drop(stats);
+    // End of input ends the loop; the session ends with its target.
+    drop(stdin);
     wl.wait()?;
     signal(cli.id(), 2);
     let out = cli.wait_with_output()?;
@@ -1006,7 +1028,8 @@ fn alloc_session(ctx: &Ctx, bin: &std::path::Path, n: &str, empty: bool) -> Resu
     // Every pair must have been tracked, or the figure would flatter us.
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let allocs = report["counters"]["allocs"].as_u64().unwrap_or(0);
-    let want: u64 = if empty { 0 } else { n.parse()? };
+    let pairs: u64 = n.parse()?;
+    let want = if empty { 0 } else { 2 * pairs };
     anyhow::ensure!(
         allocs >= want,
         "the session saw {allocs} allocations of {want}"
@@ -1015,11 +1038,12 @@ fn alloc_session(ctx: &Ctx, bin: &std::path::Path, n: &str, empty: bool) -> Resu
     let probes = report["probes"].as_array().map_or(0, Vec::len);
     anyhow::ensure!(probes >= 2, "the session attached {probes} probes");
     a.stop()?;
-    first
+    let cpu = first
         .rsplit([':', ' '])
         .next()
         .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("workload printed no number: {first:?}"))
+        .with_context(|| format!("workload printed no number: {first:?}"))?;
+    Ok((cpu, ns1.saturating_sub(ns0) as f64 / pairs as f64))
 }
 
 pub fn footprint(ctx: &Ctx) -> ScenarioResult {
