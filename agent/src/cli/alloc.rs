@@ -23,8 +23,8 @@ pub const AFTER: &str = "Examples:
 
 Probes go on the libc the process maps, for this process only, and are
 removed when the session ends (duration, Ctrl-C, target exit, agent stop).
-Each malloc/free costs the process about a microsecond while attached: see
-docs/memory.md. Stacks come from frame pointers (-fno-omit-frame-pointer).";
+Each malloc+free pair costs the process several microseconds while attached
+(mostly the kernel's uprobe traps): see docs/memory.md. Stacks come from frame pointers (-fno-omit-frame-pointer).";
 
 #[derive(Debug, Args)]
 pub struct AllocArgs {
