@@ -127,7 +127,7 @@ impl Default for MemoryConfig {
         Self {
             enabled: true,
             drain_interval: Dur(Duration::from_secs(10)),
-            fault_sample_every: Bounded(64),
+            fault_sample_every: Bounded(512),
             max_rows: Bounded(100_000),
         }
     }

@@ -23,8 +23,8 @@ pub const AFTER: &str = "Examples:
 
 Probes go on the libc the process maps, for this process only, and are
 removed when the session ends (duration, Ctrl-C, target exit, agent stop).
-Each malloc/free costs the process about a microsecond while attached: see
-docs/memory.md. Stacks come from frame pointers (-fno-omit-frame-pointer).";
+Each malloc+free pair costs the process several microseconds while attached
+(mostly the kernel's uprobe traps): see docs/memory.md. Stacks come from frame pointers (-fno-omit-frame-pointer).";
 
 #[derive(Debug, Args)]
 pub struct AllocArgs {
@@ -45,6 +45,10 @@ pub struct AllocArgs {
     /// growth by stack since then.
     #[arg(long)]
     pub diff: bool,
+    /// Benchmarks only: attach no-op programs at the same probe points, to
+    /// measure what the probe hits alone cost (the report counts nothing).
+    #[arg(long, hide = true)]
+    pub empty_probes: bool,
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value_t = AllocFormat::Top)]
     pub format: AllocFormat,
@@ -112,6 +116,9 @@ pub fn request_path(a: &AllocArgs) -> String {
     );
     if a.diff {
         q.push_str("&diff=true");
+    }
+    if a.empty_probes {
+        q.push_str("&empty_probes=true");
     }
     q
 }

@@ -133,7 +133,9 @@ pub enum AllocFn {
     PosixMemalign = 4,
 }
 
-/// An allocation call between its entry and its return, per thread.
+/// A thread's allocation call between its entry and its return. The entry
+/// stays (idle, `depth` 0) after the return, so the thread's next call
+/// updates it in place instead of inserting and deleting a map entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AllocPending {
@@ -143,8 +145,9 @@ pub struct AllocPending {
     pub arg: u64,
     /// An [`AllocFn`].
     pub func: u32,
-    /// Nested allocation calls made by this one (realloc(NULL, n) calls
-    /// malloc): their probes are ignored.
+    /// Allocation calls in flight on the thread: 0 idle, 1 the tracked
+    /// one, more for calls nested in it (realloc(NULL, n) calls malloc),
+    /// whose probes are ignored.
     pub depth: u32,
 }
 

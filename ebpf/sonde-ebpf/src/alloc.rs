@@ -8,12 +8,12 @@
 //! these programs only need the argument registers to be intact there.
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::BPF_F_USER_STACK,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
     },
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, StackTrace},
     programs::{ProbeContext, RetProbeContext, tracing::StackIdContext},
 };
 use sonde_common::memory::{
@@ -27,9 +27,12 @@ use crate::counters::bump;
 #[map]
 static ALLOC_CONTROL: Array<u64> = Array::with_max_entries(ALLOC_CONTROL_ENTRIES, 0);
 
-/// Calls between entry and return, by thread (pid_tgid).
+/// Calls between entry and return, by thread (pid_tgid). Entries stay,
+/// idle, between calls (an in-place update is cheaper than an insert and a
+/// delete per call); LRU so exited threads' entries make room.
 #[map]
-static ALLOC_PENDING: HashMap<u64, AllocPending> = HashMap::with_max_entries(ALLOC_MAX_PENDING, 0);
+static ALLOC_PENDING: LruHashMap<u64, AllocPending> =
+    LruHashMap::with_max_entries(ALLOC_MAX_PENDING, 0);
 
 /// Live allocations by address.
 #[map]
@@ -62,16 +65,26 @@ pub fn enter(func: AllocFn, size: u64, arg: u64) -> u32 {
     if let Some(p) = ALLOC_PENDING.get_ptr_mut(tid) {
         // SAFETY: `p` comes from a successful lookup of this thread's own
         // entry, which only this thread (running this program) updates.
-        unsafe { (*p).depth += 1 };
+        let p = unsafe { &mut *p };
+        if p.depth == 0 {
+            *p = AllocPending {
+                size,
+                arg,
+                func: func as u32,
+                depth: 1,
+            };
+        } else {
+            p.depth += 1;
+        }
         return 0;
     }
     let p = AllocPending {
         size,
         arg,
         func: func as u32,
-        depth: 0,
+        depth: 1,
     };
-    if ALLOC_PENDING.insert(tid, p, BPF_NOEXIST as u64).is_err() {
+    if ALLOC_PENDING.insert(tid, p, 0).is_err() {
         count(AllocCounter::PendingFull);
     }
     0
@@ -123,13 +136,16 @@ pub fn alloc_return(ctx: &RetProbeContext) -> u32 {
     // SAFETY: this thread's own entry from a successful lookup; only this
     // thread updates it.
     let pending = unsafe { &mut *p };
+    if pending.depth == 0 {
+        count(AllocCounter::ReturnWithoutEntry);
+        return 0;
+    }
+    pending.depth -= 1;
     if pending.depth > 0 {
         // The return of a call nested in the one we track.
-        pending.depth -= 1;
         return 0;
     }
     let pending = *pending;
-    let _ = ALLOC_PENDING.remove(tid);
     let ret: u64 = ctx.ret();
     let func = pending.func;
     let ptr = if func == AllocFn::PosixMemalign as u32 {

@@ -160,11 +160,27 @@ pub fn brk(ctx: &TracePointContext) -> u32 {
     bump(&MEM_COUNTERS_MAP, MemCounter::Events as u32);
     let now = field(ctx, 16);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // SAFETY: the value is copied out at once.
-    let before = unsafe { MEM_BRK.get(tgid) }.copied();
-    if before != Some(now) && MEM_BRK.insert(tgid, now, 0).is_err() {
-        bump(&MEM_COUNTERS_MAP, MemCounter::BrkFull as u32);
-    }
+    // Known processes update their entry in place: an LRU map's update
+    // allocates a node and frees the old one, which measured dearer.
+    let before = match MEM_BRK.get_ptr_mut(tgid) {
+        Some(p) => {
+            // SAFETY: a found entry's value, valid for this program's run;
+            // only this process's brk calls write it (a racing brk of
+            // another thread of it leaves one of the two values, as an
+            // update would).
+            unsafe {
+                let b = *p;
+                *p = now;
+                Some(b)
+            }
+        }
+        None => {
+            if MEM_BRK.insert(tgid, now, 0).is_err() {
+                bump(&MEM_COUNTERS_MAP, MemCounter::BrkFull as u32);
+            }
+            None
+        }
+    };
     if let Some(before) = before {
         if now > before {
             account(ctx, MemKind::BrkGrow, now - before, 1, true);

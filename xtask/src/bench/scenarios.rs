@@ -770,39 +770,52 @@ fn table_cost(path: &str) -> Result<Vec<(&'static str, f64)>> {
 
 pub fn alloc(ctx: &Ctx) -> ScenarioResult {
     let name = "alloc";
-    let what = "CPU ns per malloc(64)+free pair in a C loop: no probes, empty libc \
-                malloc/free uprobes (the floor, bpftrace; libc `free` starts with an \
-                instruction the kernel must single-step, which is what makes it high), and a \
-                `sonde alloc` session on the loop (probes at emulated instructions, every \
-                allocation tracked with its stack). Tier 1, without an agent and with the \
-                agent running only the memory collector: CPU ms per `gcc -O2 -g -c` of a small \
-                C file (a real program that maps, grows its heap and faults a lot) and, as the \
-                worst case, CPU µs per round of mmap 1 MiB + 256 page faults + munmap (nothing \
-                but operations the collector hooks).";
+    let what = "CPU ns per malloc(64)+free pair in a C loop pinned to the last CPU: no \
+                probes; the floor, a `sonde alloc --empty-probes` session (programs that do \
+                nothing, attached at exactly the probe points and kinds a session uses: \
+                malloc entry, malloc return, free at an emulated instruction), so what the \
+                kernel's uprobe machinery alone costs; and a `sonde alloc` session on the loop \
+                (every allocation tracked with its stack). `BPF ns per pair` is the \
+                session's programs' run time per pair from kernel.bpf_stats, in a second \
+                pass (stats add two clock reads per run). Tier 1, without an agent and with \
+                the agent running only the memory collector: CPU ms per `gcc -O2 -g -c` of a \
+                small C file (a real program that maps, grows its heap and faults a lot) and, \
+                as the worst case, CPU µs per round of mmap 1 MiB + 256 page faults + munmap \
+                (nothing but operations the collector hooks).";
     let run = || -> Result<ScenarioResult> {
         let bin = build_c("xtask/bench/malloc_loop.c", ctx.work.path())?;
         // Few pairs: with uprobes each costs microseconds.
         let n = if ctx.quick { 20_000 } else { 200_000 }.to_string();
-        let args = vec![n.clone()];
-        let measure = || run_number(&bin, &args);
+        // Pinned to the last CPU, as below.
+        let taskset = std::path::PathBuf::from("taskset");
+        let args = vec![
+            "-c".to_owned(),
+            last_cpu(),
+            bin.display().to_string(),
+            n.clone(),
+        ];
+        let measure = || run_number(&taskset, &args);
         let mut metrics = alternate(
             ctx.reps,
-            &[("malloc+free", "CPU ns/pair")],
+            &[("malloc+free", "CPU ns/pair"), ("BPF ns per pair", "ns")],
             vec![
                 (
                     "no probes",
                     Box::new(|| Ok(vec![("malloc+free", measure()?)])),
                 ),
                 (
-                    "empty uprobes (floor)",
+                    "empty probes, same points (floor)",
                     Box::new(|| {
-                        let _bt = Bpftrace::start(&script("empty_malloc_uprobes.bt"))?;
-                        Ok(vec![("malloc+free", measure()?)])
+                        let (cpu, bpf) = alloc_session(ctx, &bin, &n, true)?;
+                        Ok(vec![("malloc+free", cpu), ("BPF ns per pair", bpf)])
                     }),
                 ),
                 (
                     "sonde alloc session",
-                    Box::new(|| Ok(vec![("malloc+free", alloc_session(ctx, &bin, &n)?)])),
+                    Box::new(|| {
+                        let (cpu, bpf) = alloc_session(ctx, &bin, &n, false)?;
+                        Ok(vec![("malloc+free", cpu), ("BPF ns per pair", bpf)])
+                    }),
                 ),
             ],
         )?;
@@ -818,7 +831,6 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
             churn.display().to_string(),
             rounds.clone(),
         ];
-        let taskset = std::path::PathBuf::from("taskset");
         let per_round = || run_number(&taskset, &pinned).map(|ns| ns / 1000.0);
         let only_memory: Vec<(&str, String)> = [
             "SONDE_COLLECTORS__PROCESS__ENABLED",
@@ -872,11 +884,11 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
             metrics,
             ..Default::default()
         };
-        let floor = r.median("malloc+free", "empty uprobes (floor)");
+        let floor = r.median("malloc+free", "empty probes, same points (floor)");
         let bare = r.median("malloc+free", "no probes");
         let session = r.median("malloc+free", "sonde alloc session");
         r.derive(
-            "floor added",
+            "floor added (probe hits alone)",
             floor.zip(bare).map(|(f, b)| f - b),
             "ns/pair",
             None,
@@ -887,6 +899,12 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
             added,
             "ns/pair",
             added.map(|a| ("≤ 1500", a <= 1500.0)),
+        );
+        r.derive(
+            "sonde alloc above the floor (programs' work)",
+            session.zip(floor).map(|(s, f)| s - f),
+            "ns/pair",
+            None,
         );
         let ratio = |m: &str| {
             r.median(m, "no agent")
@@ -907,11 +925,20 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
             None,
         );
         r.commands = vec![
-            format!("gcc -O2 xtask/bench/malloc_loop.c && ./a.out {n}  (CPU ns/pair)"),
-            "bpftrace xtask/bench/empty_malloc_uprobes.bt".into(),
             format!(
-                "./a.out {n} wait & sonde alloc --pid $! -d 10m -f json  (Ctrl-C after the loop)"
+                "gcc -O2 xtask/bench/malloc_loop.c && taskset -c LAST_CPU ./a.out {n}  (CPU ns/pair)"
             ),
+            format!(
+                "taskset -c LAST_CPU ./a.out {n} wait & sonde alloc --pid $! -d 10m -f json \
+                 --empty-probes  (the floor; the session ends when the loop exits)"
+            ),
+            format!(
+                "taskset -c LAST_CPU ./a.out {n} wait & sonde alloc --pid $! -d 10m -f json  \
+                 (the session ends when the loop exits)"
+            ),
+            "sysctl kernel.bpf_stats_enabled=1; bpftool prog show  (run_time_ns of the \
+             session's uprobe programs over a second pass, per pair)"
+                .into(),
             format!(
                 "gcc -O2 xtask/bench/page_churn.c && taskset -c LAST_CPU ./a.out {rounds}  (CPU µs/round), \
                  with SONDE_COLLECTORS__{{PROCESS,SYSCALLS,PROFILE,HTTP}}__ENABLED=false sonde agent"
@@ -941,12 +968,19 @@ fn control_get(socket: &std::path::Path, path: &str) -> Result<String> {
     Ok(body.to_owned())
 }
 
-/// CPU ns per malloc+free pair of `bin` while a `sonde alloc` session
-/// tracks it: the loop waits until the session reports it is tracking.
-fn alloc_session(ctx: &Ctx, bin: &std::path::Path, n: &str) -> Result<f64> {
+/// (CPU ns, BPF ns) per malloc+free pair of `bin`, pinned to the last CPU,
+/// while a `sonde alloc` session tracks it (`empty`: a session of no-op
+/// programs at the same probe points, the floor). The loop waits until the
+/// session reports it is tracking; the CPU figure is its first pass, with
+/// kernel.bpf_stats off; a second pass with stats on gives the programs'
+/// own run time per pair (which then includes two clock reads per run).
+fn alloc_session(ctx: &Ctx, bin: &std::path::Path, n: &str, empty: bool) -> Result<(f64, f64)> {
     use std::io::{BufRead as _, BufReader, Write as _};
     let a = Agent::start(&ctx.sonde, ctx.work.path(), &[])?;
-    let mut wl = Command::new(bin)
+    // taskset execs the loop: the pid stays the loop's.
+    let mut wl = Command::new("taskset")
+        .args(["-c", &last_cpu()])
+        .arg(bin)
         .args([n, "wait"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -960,6 +994,7 @@ fn alloc_session(ctx: &Ctx, bin: &std::path::Path, n: &str) -> Result<f64> {
             "alloc", "--pid", &pid, "-d", "10m", "-f", "json", "--socket",
         ])
         .arg(&a.socket)
+        .args(empty.then_some("--empty-probes"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -970,8 +1005,17 @@ fn alloc_session(ctx: &Ctx, bin: &std::path::Path, n: &str) -> Result<f64> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    writeln!(wl.stdin.take().context("workload stdin")?, "go")?;
+    let mut stdin = wl.stdin.take().context("workload stdin")?;
+    writeln!(stdin, "go")?;
     let first = lines.next().context("workload printed nothing")??;
+    let stats = BpfStats::enable()?;
+    let (ns0, _) = bpf_run_stats(a.pid(), "kprobe")?;
+    writeln!(stdin, "go")?;
+    lines.next().context("workload printed nothing")??;
+    let (ns1, _) = bpf_run_stats(a.pid(), "kprobe")?;
+    drop(stats);
+    // End of input ends the loop; the session ends with its target.
+    drop(stdin);
     wl.wait()?;
     signal(cli.id(), 2);
     let out = cli.wait_with_output()?;
@@ -984,17 +1028,22 @@ fn alloc_session(ctx: &Ctx, bin: &std::path::Path, n: &str) -> Result<f64> {
     // Every pair must have been tracked, or the figure would flatter us.
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let allocs = report["counters"]["allocs"].as_u64().unwrap_or(0);
-    let want: u64 = n.parse()?;
+    let pairs: u64 = n.parse()?;
+    let want = if empty { 0 } else { 2 * pairs };
     anyhow::ensure!(
         allocs >= want,
         "the session saw {allocs} allocations of {want}"
     );
+    // The floor's probes must have been the real ones, at the same points.
+    let probes = report["probes"].as_array().map_or(0, Vec::len);
+    anyhow::ensure!(probes >= 2, "the session attached {probes} probes");
     a.stop()?;
-    first
+    let cpu = first
         .rsplit([':', ' '])
         .next()
         .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("workload printed no number: {first:?}"))
+        .with_context(|| format!("workload printed no number: {first:?}"))?;
+    Ok((cpu, ns1.saturating_sub(ns0) as f64 / pairs as f64))
 }
 
 pub fn footprint(ctx: &Ctx) -> ScenarioResult {
