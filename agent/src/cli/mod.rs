@@ -118,9 +118,10 @@ Rates are differences of the agent's cumulative counters over the interval
 after another (batch mode, like `top -b`); -n N stops after N frames.")]
     Top(top::TopArgs),
     /// Benchmarks only: attach empty programs to the syscall collector's
-    /// hooks and wait for SIGTERM (the floor of the hook type).
+    /// hooks and wait for SIGTERM (the floor of the hook type), or with
+    /// `--cycle` measure the hot path part by part.
     #[command(hide = true)]
-    BenchFloor,
+    BenchFloor(bench_floor::BenchFloorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -174,7 +175,7 @@ pub fn main() -> i32 {
         Command::Alloc(a) => alloc::run(&a),
         Command::Memory(a) => memory::run(&a),
         Command::Top(a) => top::run(&a),
-        Command::BenchFloor => bench_floor::run(),
+        Command::BenchFloor(a) => bench_floor::run(&a),
     };
     match result {
         Ok(()) => 0,

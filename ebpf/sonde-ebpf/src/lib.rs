@@ -9,6 +9,7 @@ pub mod memory;
 pub mod process;
 pub mod profile;
 pub mod syscalls;
+pub mod syscalls_bench;
 pub mod unwind;
 
 #[cfg(target_arch = "bpf")]

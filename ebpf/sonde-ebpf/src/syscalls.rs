@@ -15,6 +15,10 @@
 //! thread resumes. Context switches are far rarer than syscalls and a call
 //! that blocks is slow anyway.
 //!
+//! That invariant (a slot not cleared belongs to the running thread) also
+//! saves exit its `bpf_get_current_pid_tgid`: the tgid comes from the slot.
+//! The measured cost of each part is in docs/ARCHITECTURE.md.
+//!
 //! A per-thread slot is updated in place and never deleted (exit only
 //! zeroes its timestamp), so the steady state costs no map allocation; slots
 //! of dead threads go away through LRU eviction.
@@ -186,30 +190,36 @@ pub fn try_switch() -> Result<(), SyscallError> {
 }
 
 /// sys_exit: account the call that this thread entered.
+///
+/// The fast path calls no helper but the clock: this CPU's slot, when not
+/// cleared (`tid != 0`), was written by the running thread's own enter, since
+/// every switch-out clears it (see [`try_switch`]) and `sched_switch` is
+/// attached before `sys_enter`. So the slot's tgid is the caller's, with no
+/// `bpf_get_current_pid_tgid` (measured ~11 ns per call here). Only a thread
+/// switched out during its call finds the slot cleared and looks itself up
+/// in the per-thread map.
 #[inline(always)]
 pub fn try_exit(ret: i64) -> Result<(), SyscallError> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    let tgid = (pid_tgid >> 32) as u32;
-    let (start, nr) = match SYSCALL_INFLIGHT.get_ptr_mut(0) {
-        // The slot is this thread's: it was not switched out since its
-        // enter (a switch-out clears the tid). `ts == 0`: not traced.
-        //
-        // SAFETY: this CPU's slot; no other program writes it meanwhile.
-        Some(p) if unsafe { (*p).tid == tid } => {
-            // SAFETY: as above.
-            let v = unsafe { ((*p).ts, (*p).nr) };
-            if v.0 == 0 {
-                return Ok(());
-            }
-            // SAFETY: as above.
-            unsafe { (*p).ts = 0 };
-            v
+    let Some(p) = SYSCALL_INFLIGHT.get_ptr_mut(0) else {
+        return Ok(());
+    };
+    // SAFETY: this CPU's slot; no other program writes it meanwhile.
+    let s = unsafe { &mut *p };
+    let (start, tgid, nr) = if s.tid != 0 {
+        // `ts == 0`: the call was not traced, or its enter was missed.
+        if s.ts == 0 {
+            return Ok(());
         }
-        _ => match from_thread_map(tid, tgid) {
-            Some(v) => v,
+        let v = (s.ts, s.tgid, s.nr);
+        s.ts = 0;
+        v
+    } else {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let tgid = (pid_tgid >> 32) as u32;
+        match from_thread_map(pid_tgid as u32, tgid) {
+            Some((start, nr)) => (start, tgid, nr),
             None => return Ok(()),
-        },
+        }
     };
     // SAFETY: helper with no arguments, allowed in tracing programs.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -234,7 +244,7 @@ fn from_thread_map(tid: u32, tgid: u32) -> Option<(u64, u32)> {
 }
 
 #[inline(always)]
-fn account(tgid: u32, nr: u32, ns: u64, ret: i64) -> Result<(), SyscallError> {
+pub(crate) fn account(tgid: u32, nr: u32, ns: u64, ret: i64) -> Result<(), SyscallError> {
     let key = SyscallKey { tgid, nr };
     let stats = match SYSCALL_STATS.get_ptr_mut(key) {
         Some(p) => p,

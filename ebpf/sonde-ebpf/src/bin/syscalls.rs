@@ -75,3 +75,29 @@ pub fn syscalls_floor_enter(_ctx: RawTracePointContext) -> i32 {
 pub fn syscalls_floor_exit(_ctx: RawTracePointContext) -> i32 {
     0
 }
+
+/// Benchmark-only variants of the hot path (`sonde bench-floor --cycle`):
+/// `bench_<parts>_enter`/`_exit` with `pid` = `bpf_get_current_pid_tgid`,
+/// `kt` = `bpf_ktime_get_ns` at both ends, `arr`/`hash` = accounting into a
+/// per-CPU array / the real per-CPU hash. The agent never attaches them.
+macro_rules! bench_variant {
+    ($en:ident, $ex:ident, $id:literal, $kt:literal, $acc:literal) => {
+        #[raw_tracepoint(tracepoint = "sys_enter")]
+        pub fn $en(ctx: RawTracePointContext) -> i32 {
+            sonde_ebpf::syscalls_bench::enter::<$id, $kt>(ctx.arg::<i64>(1));
+            0
+        }
+        #[raw_tracepoint(tracepoint = "sys_exit")]
+        pub fn $ex(ctx: RawTracePointContext) -> i32 {
+            sonde_ebpf::syscalls_bench::exit::<$id, $kt, $acc>(ctx.arg::<i64>(1));
+            0
+        }
+    };
+}
+bench_variant!(bench_slot_enter, bench_slot_exit, 0, false, 0);
+bench_variant!(bench_pid_enter, bench_pid_exit, 1, false, 0);
+bench_variant!(bench_kt_enter, bench_kt_exit, 0, true, 0);
+bench_variant!(bench_pidkt_enter, bench_pidkt_exit, 1, true, 0);
+bench_variant!(bench_pidktarr_enter, bench_pidktarr_exit, 1, true, 1);
+bench_variant!(bench_pidhash_enter, bench_pidhash_exit, 1, false, 2);
+bench_variant!(bench_pidkthash_enter, bench_pidkthash_exit, 1, true, 2);
