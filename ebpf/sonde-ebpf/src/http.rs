@@ -26,7 +26,10 @@ use sonde_common::http::{
     HttpConnKey, HttpCounter, HttpEvent, HttpEventKind, HttpRole, state,
 };
 
-use crate::counters::bump;
+use crate::{
+    counters::bump,
+    regs::{REG_CS, REG_DI, REG_DX, REG_ORIG_AX, REG_SI, reg},
+};
 
 /// Completed/aborted exchanges. 4 MiB holds ~16000 events (256 B each): more
 /// than 100 ms of a very busy server, the agent's longest poll interval.
@@ -852,24 +855,6 @@ pub mod nr {
     pub const SENDMSG: i64 = 46;
     pub const RECVMSG: i64 = 47;
     pub const ACCEPT4: i64 = 288;
-}
-
-/// x86_64 `struct pt_regs` offsets: the first three syscall arguments and
-/// the syscall number at exit (`orig_ax`).
-const REG_DX: usize = 96;
-const REG_SI: usize = 104;
-const REG_DI: usize = 112;
-const REG_ORIG_AX: usize = 120;
-const REG_CS: usize = 136;
-
-/// One register of the `struct pt_regs *` a tp_btf `sys_enter`/`sys_exit`
-/// program receives.
-#[inline(always)]
-fn reg(regs: *const u8, off: usize) -> u64 {
-    // SAFETY: `regs` is the tracepoint's BTF-typed `struct pt_regs *`; the
-    // verifier checks the load against the BTF layout (off is a field) and
-    // turns it into a fault-safe kernel load.
-    unsafe { core::ptr::read_volatile(regs.add(off) as *const u64) }
 }
 
 /// tp_btf `sys_enter(struct pt_regs *regs, long id)`: every syscall of

@@ -8,6 +8,7 @@ pub mod http;
 pub mod memory;
 pub mod process;
 pub mod profile;
+mod regs;
 pub mod syscalls;
 pub mod syscalls_bench;
 pub mod unwind;

@@ -1,5 +1,6 @@
 //! The `memory` collector (tier 1, always on): mmap/munmap/mremap/brk
-//! syscall tracepoints and a sampling page-fault perf event count bytes by
+//! seen from a tp_btf `sys_exit` program (per-syscall tracepoints where
+//! tp_btf is missing) and a sampling page-fault perf event count bytes by
 //! (process, user stack, kind) in the kernel; a drain thread flips the map
 //! generation, symbolizes the rows into [`MemoryStore`], and keeps the
 //! per-service metrics.
@@ -11,10 +12,10 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
+    Btf, Ebpf,
     maps::{Array, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap},
     programs::{
-        PerfEvent, TracePoint,
+        BtfTracePoint, PerfEvent, TracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
 };
@@ -43,8 +44,9 @@ pub const NAME: &str = "memory";
 /// Most distinct `service_name` label values; the rest go under `other`.
 const MAX_SERVICE_LABELS: usize = 1000;
 
-/// (program, tracepoint category, name). Per-syscall tracepoints fire only
-/// on their syscall, so other syscalls pay nothing.
+/// The fallback hooks, for kernels without tp_btf: (program, tracepoint
+/// category, name). Enabling any per-syscall tracepoint costs every syscall
+/// of every task (see ebpf/sonde-ebpf/src/memory.rs), so they come second.
 const HOOKS: [(&str, &str, &str); 4] = [
     ("mem_mmap", "syscalls", "sys_enter_mmap"),
     ("mem_munmap", "syscalls", "sys_enter_munmap"),
@@ -200,7 +202,8 @@ impl MemoryCollector {
         }
         let health = if failed.is_empty() {
             ComponentHealth::healthy(format!(
-                "mmap/munmap/mremap/brk tracepoints; 1 page fault in {} sampled with its stack",
+                "{}; 1 page fault in {} sampled with its stack",
+                ok.first().map_or("", String::as_str),
                 self.config.fault_sample_every.get()
             ))
         } else {
@@ -250,20 +253,26 @@ impl MemoryCollector {
 fn attach(obj: &mut Ebpf, fault_every: u64) -> (Vec<String>, Vec<String>) {
     let mut ok = Vec::new();
     let mut failed = Vec::new();
-    for (prog, cat, tp) in HOOKS {
-        let r = (|| -> Result<(), String> {
-            let p: &mut TracePoint = obj
-                .program_mut(prog)
-                .ok_or_else(|| format!("{prog} missing from object"))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| chain(&e))?;
-            p.load().map_err(|e| chain(&e))?;
-            p.attach(cat, tp).map_err(|e| chain(&e))?;
-            Ok(())
-        })();
-        match r {
-            Ok(()) => ok.push(format!("{cat}:{tp}")),
-            Err(e) => failed.push(format!("{cat}:{tp}: {e}")),
+    match attach_sys_exit(obj) {
+        Ok(()) => ok.push("tp_btf sys_exit (mmap/munmap/mremap/brk)".to_owned()),
+        Err(why) => {
+            tracing::info!(collector = NAME, %why, "tp_btf sys_exit unusable, using per-syscall tracepoints");
+            for (prog, cat, tp) in HOOKS {
+                let r = (|| -> Result<(), String> {
+                    let p: &mut TracePoint = obj
+                        .program_mut(prog)
+                        .ok_or_else(|| format!("{prog} missing from object"))?
+                        .try_into()
+                        .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+                    p.load().map_err(|e| chain(&e))?;
+                    p.attach(cat, tp).map_err(|e| chain(&e))?;
+                    Ok(())
+                })();
+                match r {
+                    Ok(()) => ok.push(format!("{cat}:{tp}")),
+                    Err(e) => failed.push(format!("{cat}:{tp}: {e} (tp_btf sys_exit: {why})")),
+                }
+            }
         }
     }
     // Page faults: a software perf event per CPU samples one in N.
@@ -299,6 +308,19 @@ fn attach(obj: &mut Ebpf, fault_every: u64) -> (Vec<String>, Vec<String>) {
         Err(e) => failed.push(format!("page-fault perf event: {e}")),
     }
     (ok, failed)
+}
+
+/// The preferred syscall hook: one tp_btf program on the generic `sys_exit`.
+fn attach_sys_exit(obj: &mut Ebpf) -> Result<(), String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+    let p: &mut BtfTracePoint = obj
+        .program_mut("mem_sys_exit")
+        .ok_or("mem_sys_exit missing from object")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+    p.load("sys_exit", &btf).map_err(|e| chain(&e))?;
+    p.attach().map_err(|e| chain(&e))?;
+    Ok(())
 }
 
 fn page_size() -> u64 {

@@ -1,13 +1,20 @@
-//! The memory collector's object: syscall tracepoints for mmap, munmap,
-//! mremap and brk, and a perf_event program sampling page faults.
+//! The memory collector's object: a tp_btf `sys_exit` program for mmap,
+//! munmap, mremap and brk (per-syscall tracepoints as the fallback), and a
+//! perf_event program sampling page faults.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    macros::{perf_event, tracepoint},
-    programs::{PerfEventContext, TracePointContext},
+    macros::{btf_tracepoint, perf_event, tracepoint},
+    programs::{BtfTracePointContext, PerfEventContext, TracePointContext},
 };
 use sonde_ebpf::memory;
+
+/// `sys_exit(struct pt_regs *regs, long ret)`.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn mem_sys_exit(ctx: BtfTracePointContext) -> u32 {
+    memory::sys_exit(&ctx)
+}
 
 #[tracepoint]
 pub fn mem_mmap(ctx: TracePointContext) -> u32 {
