@@ -596,3 +596,58 @@ fn unknown(module: Arc<Module>, offset: u64) -> Arc<[Frame]> {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn marker() -> u64 {
+        std::hint::black_box(42)
+    }
+
+    fn parsed(r: &Resolver) -> usize {
+        r.files.values().filter(|f| f.sym.is_some()).count()
+    }
+
+    #[test]
+    fn parsed_files_are_dropped_after_idle_drains_and_frames_stay_cached() {
+        let pid = std::process::id();
+        let mut r = Resolver::new(
+            Limits {
+                files: 64,
+                symbols: 10_000,
+                processes: 16,
+            },
+            SymbolizeMetrics::unregistered(),
+        )
+        .without_debug_info();
+        r.next_drain();
+        r.see(pid);
+        let addr = marker as *const () as u64;
+        let first = r.user(pid, &[addr]);
+        assert!(
+            first.iter().any(|f| f.function.contains("marker")),
+            "resolved: {first:?}"
+        );
+        assert_eq!(parsed(&r), 1, "the test binary was parsed for the miss");
+        r.release();
+        assert_eq!(parsed(&r), 1, "kept at the end of the drain that missed");
+        for drain in 1..KEEP_PARSED_DRAINS {
+            r.next_drain();
+            r.release();
+            assert_eq!(parsed(&r), 1, "still kept after {drain} idle drain(s)");
+        }
+        r.next_drain();
+        r.release();
+        assert_eq!(
+            parsed(&r),
+            0,
+            "dropped after {KEEP_PARSED_DRAINS} idle drains"
+        );
+        // The cached frames answer without parsing again.
+        r.next_drain();
+        assert_eq!(r.user(pid, &[addr]), first);
+        assert_eq!(parsed(&r), 0, "a cache hit parses nothing");
+    }
+}
