@@ -67,6 +67,7 @@ pub struct SymbolizeMetrics {
     evictions: IntCounterVec,
     symbols_cached: IntGauge,
     files_cached: IntGauge,
+    files_parsed: IntGauge,
     processes_mapped: IntGauge,
 }
 
@@ -103,6 +104,10 @@ impl SymbolizeMetrics {
                 "sonde_profile_files_cached",
                 "ELF files held open for symbolization.",
             ),
+            files_parsed: t.gauge(
+                "sonde_profile_files_parsed",
+                "Open files whose parsed symbols are held (a miss in the last few drains).",
+            ),
             processes_mapped: t.gauge(
                 "sonde_profile_processes_mapped",
                 "Processes whose memory maps the profiler remembers.",
@@ -122,6 +127,7 @@ impl SymbolizeMetrics {
             evictions: vec("evictions", "cache"),
             symbols_cached: gauge("symbols"),
             files_cached: gauge("files"),
+            files_parsed: gauge("parsed"),
             processes_mapped: gauge("processes"),
         }
     }
@@ -213,6 +219,9 @@ impl Resolver {
         if freed {
             crate::heap::trim();
         }
+        self.metrics
+            .files_parsed
+            .set(self.files.values().filter(|f| f.sym.is_some()).count() as i64);
     }
 
     /// Captures the maps of `pid` if nothing did yet. Later changes are
