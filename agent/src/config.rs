@@ -269,9 +269,8 @@ pub struct ProfileConfig {
     pub window: Dur<1, 3600>,
     /// How often the agent drains the kernel's sample counts.
     pub drain_interval: Dur<1, 60>,
-    /// Most ELF files kept open and parsed for symbolization. Parsed DWARF
-    /// dominates the agent's memory: 32 files kept RSS at 63 MiB on a busy
-    /// build machine, 64 at 73 MiB, 512 at ~250 MiB (docs/profiling.md).
+    /// Most ELF files kept open for symbolization (what blazesym parses of
+    /// them is dropped after each drain: docs/profiling.md).
     pub max_cached_files: Bounded<8, 65_536>,
     /// Most resolved addresses remembered (per file and kernel).
     pub max_cached_symbols: Bounded<1024, 16_777_216>,

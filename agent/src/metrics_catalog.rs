@@ -65,6 +65,7 @@ pub const KNOWN: &[&str] = &[
     "sonde_profile_drains_total",
     "sonde_profile_errors_total",
     "sonde_profile_files_cached",
+    "sonde_profile_files_parsed",
     "sonde_profile_kernel_stack_absent_total",
     "sonde_profile_processes_mapped",
     "sonde_profile_symbol_cache_entries",

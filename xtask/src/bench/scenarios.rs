@@ -585,10 +585,11 @@ impl Drop for Busy {
     }
 }
 
-/// Run time per sample of bpftrace's equivalent of the profiler's program
-/// (count per pid, comm, user stack and kernel stack), over `secs`.
-fn peer_profile_cost(secs: u64) -> Result<Vec<(&'static str, f64)>> {
-    let bt = Bpftrace::start(&script("profile_peer.bt"))?;
+/// Run time per sample of a bpftrace program on the profiler's event over
+/// `secs`: the peer (`profile_peer.bt`, the equivalent of sonde's program:
+/// count per pid, comm, user stack and kernel stack) or a floor.
+fn peer_profile_cost(file: &str, secs: u64) -> Result<Vec<(&'static str, f64)>> {
+    let bt = Bpftrace::start(&script(file))?;
     let stats = BpfStats::enable()?;
     let (ns0, n0) = bpf_run_stats(bt.pid(), "perf_event")?;
     std::thread::sleep(Duration::from_secs(secs));
@@ -614,30 +615,40 @@ fn agent_cost(ctx: &Ctx, env: &[(&str, String)], secs: u64) -> Result<Vec<(&'sta
     let (ns0, n0) = bpf_run_stats(a.pid(), "perf_event")?;
     let c0 = cpu_seconds(a.pid())?;
     let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(secs));
+    // RSS once a second over the whole window: the median is the steady
+    // state (not one lucky or unlucky reading), the peak shows drains.
+    let mut rss = Vec::new();
+    while t0.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(1));
+        rss.push(status_mib(a.pid(), "VmRSS:")?);
+    }
     let cpu = (cpu_seconds(a.pid())? - c0) / t0.elapsed().as_secs_f64() * 100.0;
     let (ns1, n1) = bpf_run_stats(a.pid(), "perf_event")?;
     drop(stats);
-    let rss = status_mib(a.pid(), "VmRSS:")?;
     a.stop()?;
+    rss.sort_by(f64::total_cmp);
+    let rss_median = rss[rss.len() / 2];
+    let rss_peak = rss[rss.len() - 1];
     if n1 <= n0 {
         bail!("the profiler's perf_event program never ran (is the profile collector attached?)");
     }
     let per_sample_us = (ns1 - ns0) as f64 / (n1 - n0) as f64 / 1000.0;
     Ok(vec![
         ("agent CPU", cpu),
-        ("agent RSS", rss),
+        ("agent RSS", rss_median),
+        ("agent RSS peak", rss_peak),
         ("BPF time per sample", per_sample_us),
     ])
 }
 
 pub fn profiler(ctx: &Ctx) -> ScenarioResult {
     let name = "profiler";
-    let what = "The agent's own CPU (% of one core, from /proc/PID/stat) and RSS with the CPU \
-                profiler sampling at 19 Hz and 99 Hz, on an idle machine and with every CPU busy, \
-                and the kernel's run time per sample of the profiler's perf_event program \
-                (kernel.bpf_stats_enabled, read through bpftool) next to bpftrace's equivalent \
-                program (the peer).";
+    let what = "The agent's own CPU (% of one core, from /proc/PID/stat) and RSS (median and peak \
+                of VmRSS read every second) with the CPU profiler sampling at 19 Hz and 99 Hz, on \
+                an idle machine and with every CPU busy, and the kernel's run time per sample of \
+                the profiler's perf_event program (kernel.bpf_stats_enabled, read through bpftool) \
+                next to bpftrace's equivalent program (the peer) and two floors on the same event \
+                and load: an empty program, and one that only captures and counts the user stack.";
     let secs = if ctx.quick { 4 } else { 30 };
     let run = || -> Result<ScenarioResult> {
         let hz = |f: u32| vec![("SONDE_COLLECTORS__PROFILE__FREQUENCY_HZ", f.to_string())];
@@ -655,6 +666,7 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
             &[
                 ("agent CPU", "% of one core"),
                 ("agent RSS", "MiB"),
+                ("agent RSS peak", "MiB"),
                 ("BPF time per sample", "µs"),
             ],
             vec![
@@ -678,7 +690,21 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
                     "bpftrace 19 Hz busy (peer)",
                     Box::new(|| {
                         let _b = Busy::start()?;
-                        peer_profile_cost(secs)
+                        peer_profile_cost("profile_peer.bt", secs)
+                    }),
+                ),
+                (
+                    "empty program 19 Hz busy (floor)",
+                    Box::new(|| {
+                        let _b = Busy::start()?;
+                        peer_profile_cost("profile_floor_empty.bt", secs)
+                    }),
+                ),
+                (
+                    "user stack only 19 Hz busy (floor)",
+                    Box::new(|| {
+                        let _b = Busy::start()?;
+                        peer_profile_cost("profile_floor_ustack.bt", secs)
                     }),
                 ),
                 (
@@ -751,6 +777,22 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
             "×",
             None,
         );
+        // What capturing a user stack costs by itself on this machine: a
+        // per-sample target below it cannot be met by any stack profiler.
+        let floor = r.median("BPF time per sample", "user stack only 19 Hz busy (floor)");
+        r.derive(
+            "BPF time per sample / user-stack-only floor, busy",
+            bpf.zip(floor).map(|(b, f)| b / f),
+            "×",
+            None,
+        );
+        let empty = r.median("BPF time per sample", "empty program 19 Hz busy (floor)");
+        r.derive(
+            "BPF time per sample above the empty program, busy",
+            bpf.zip(empty).map(|(b, e)| b - e),
+            "µs",
+            None,
+        );
         let rss = r.median("agent RSS", "99 Hz busy");
         r.derive(
             "RSS at 99 Hz, busy",
@@ -761,10 +803,13 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
         r.commands = vec![
             format!(
                 "SONDE_COLLECTORS__PROFILE__FREQUENCY_HZ=19|99 [SONDE_COLLECTORS__PROFILE__UNWIND=false] \
-                 sonde agent; CPU from /proc/PID/stat over {secs} s after a warm-up; busy = `sh -c 'while :; do :; done'` \
+                 sonde agent; CPU from /proc/PID/stat over {secs} s after a warm-up, RSS = median \
+                 (and peak) of VmRSS read once a second over the same {secs} s; busy = `sh -c 'while :; do :; done'` \
                  or tests/workloads/unwind_chain.c (-O2 -fomit-frame-pointer) per CPU"
             ),
-            "bpftrace xtask/bench/profile_peer.bt".into(),
+            "bpftrace xtask/bench/profile_peer.bt (peer), profile_floor_empty.bt and \
+             profile_floor_ustack.bt (floors), with the same busy load"
+                .into(),
             "table build: sonde_unwind_table::build(file) in xtask (opt-level 3), memory = rows x 16 B"
                 .into(),
         ];

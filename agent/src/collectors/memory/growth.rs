@@ -399,6 +399,8 @@ impl Drainer {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
             self.drain(&mut resolver);
+            // Parsed files live for one drain (see `Resolver::release`).
+            resolver.release();
             if let Some(r) = reply {
                 let _ = r.send(());
             }

@@ -244,6 +244,7 @@ impl Symbolizing {
             self.samples.with_label_values(&[label]).inc_by(s.count);
         }
         self.store.push(Batch { at, samples });
+        self.resolver.release();
     }
 
     fn sample(&mut self, k: &StackKey, count: u64, traces: &HashMap<i32, Vec<u64>>) -> Sample {

@@ -3,6 +3,16 @@
 //! are kept open from the moment a process is first seen (so stacks of
 //! processes that have exited since still resolve, containers included via
 //! `/proc/PID/root`), and every cache is bounded.
+//!
+//! What blazesym parses to answer a miss (ELF symbol tables, DWARF units,
+//! the file mapped whole) is by far the biggest part of the agent's memory,
+//! and it is only needed while new addresses come in. So each open file
+//! has its own blazesym symbolizer, and [`Resolver::release`] drops the
+//! parsed state of every file (and of the kernel's symbol table) that had
+//! no miss for [`KEEP_PARSED_DRAINS`] drains, then returns the freed heap
+//! to the kernel. Resolved frames stay cached, so a steady workload holds
+//! no parsed files at all, while a burst of new addresses parses each file
+//! once, not once per drain.
 
 use std::{
     collections::HashMap,
@@ -24,6 +34,10 @@ use super::{
 };
 use crate::telemetry::Telemetry;
 
+/// Drains without a miss after which a file's (or the kernel's) parsed
+/// symbols are dropped.
+pub const KEEP_PARSED_DRAINS: u64 = 3;
+
 struct OpenFile {
     /// Held open so the path below stays valid after the process exits.
     _file: File,
@@ -31,6 +45,10 @@ struct OpenFile {
     fd_path: PathBuf,
     module: Arc<Module>,
     last_used: u64,
+    /// What blazesym parsed of this file, while misses keep coming.
+    sym: Option<Symbolizer>,
+    /// Drain (`tick`) of the last miss.
+    last_miss: u64,
 }
 
 struct ProcEntry {
@@ -49,6 +67,7 @@ pub struct SymbolizeMetrics {
     evictions: IntCounterVec,
     symbols_cached: IntGauge,
     files_cached: IntGauge,
+    files_parsed: IntGauge,
     processes_mapped: IntGauge,
 }
 
@@ -85,6 +104,10 @@ impl SymbolizeMetrics {
                 "sonde_profile_files_cached",
                 "ELF files held open for symbolization.",
             ),
+            files_parsed: t.gauge(
+                "sonde_profile_files_parsed",
+                "Open files whose parsed symbols are held (a miss in the last few drains).",
+            ),
             processes_mapped: t.gauge(
                 "sonde_profile_processes_mapped",
                 "Processes whose memory maps the profiler remembers.",
@@ -104,6 +127,7 @@ impl SymbolizeMetrics {
             evictions: vec("evictions", "cache"),
             symbols_cached: gauge("symbols"),
             files_cached: gauge("files"),
+            files_parsed: gauge("parsed"),
             processes_mapped: gauge("processes"),
         }
     }
@@ -120,7 +144,11 @@ pub struct Limits {
 }
 
 pub struct Resolver {
-    sym: Symbolizer,
+    /// Parses the kernel's symbols; dropped after [`KEEP_PARSED_DRAINS`]
+    /// drains without a kernel miss.
+    ksym: Option<Symbolizer>,
+    /// Drain (`tick`) of the last kernel miss.
+    ksym_used: u64,
     procs: HashMap<u32, ProcEntry>,
     files: HashMap<FileKey, OpenFile>,
     user_cache: HashMap<(FileKey, u64), Arc<[Frame]>>,
@@ -137,7 +165,8 @@ pub struct Resolver {
 impl Resolver {
     pub fn new(limits: Limits, metrics: SymbolizeMetrics) -> Self {
         Self {
-            sym: Symbolizer::new(),
+            ksym: None,
+            ksym_used: 0,
             procs: HashMap::new(),
             files: HashMap::new(),
             user_cache: HashMap::new(),
@@ -169,6 +198,30 @@ impl Resolver {
             .set((self.user_cache.len() + self.kernel_cache.len()) as i64);
         self.metrics.files_cached.set(self.files.len() as i64);
         self.metrics.processes_mapped.set(self.procs.len() as i64);
+    }
+
+    /// Ends a drain: drops what blazesym parsed of files (and of the
+    /// kernel) that had no miss for [`KEEP_PARSED_DRAINS`] drains, and
+    /// returns the freed heap to the kernel.
+    pub fn release(&mut self) {
+        let idle = |last: u64| self.tick >= last + KEEP_PARSED_DRAINS;
+        let mut freed = false;
+        for f in self.files.values_mut() {
+            if f.sym.is_some() && idle(f.last_miss) {
+                f.sym = None;
+                freed = true;
+            }
+        }
+        if self.ksym.is_some() && idle(self.ksym_used) {
+            self.ksym = None;
+            freed = true;
+        }
+        if freed {
+            crate::heap::trim();
+        }
+        self.metrics
+            .files_parsed
+            .set(self.files.values().filter(|f| f.sym.is_some()).count() as i64);
     }
 
     /// Captures the maps of `pid` if nothing did yet. Later changes are
@@ -234,6 +287,8 @@ impl Resolver {
                     build_id,
                 }),
                 last_used: self.tick,
+                sym: None,
+                last_miss: self.tick,
             },
         );
     }
@@ -252,7 +307,15 @@ impl Resolver {
 
     fn user_one(&mut self, pid: u32, addr: u64) -> Arc<[Frame]> {
         let mut found = self.locate(pid, addr);
-        if found.is_none() && self.refresh(pid) {
+        // No mapping holds it (a dlopen since), or its file was evicted
+        // while the process lives (a busy host churns through more files
+        // than the bound): re-capture the maps, which reopens the files.
+        let stale = match &found {
+            None => true,
+            Some(Located::File { key, .. }) => !self.files.contains_key(key),
+            _ => false,
+        };
+        if stale && self.refresh(pid) {
             found = self.locate(pid, addr);
         }
         match found {
@@ -342,6 +405,11 @@ impl Resolver {
     }
 
     fn file_frames(&mut self, key: FileKey, offset: u64) -> Arc<[Frame]> {
+        // A hit uses the file too: without this a hot, fully cached file
+        // looked idle and was the first evicted.
+        if let Some(f) = self.files.get_mut(&key) {
+            f.last_used = self.tick;
+        }
         if let Some(f) = self.user_cache.get(&(key, offset)) {
             self.metrics.result("cached").inc();
             return f.clone();
@@ -360,8 +428,9 @@ impl Resolver {
         let mut elf = Elf::new(file.fd_path.clone());
         elf.debug_syms = self.debug_syms;
         let src = Source::Elf(elf);
-        let frames: Arc<[Frame]> = match self.sym.symbolize_single(&src, Input::FileOffset(offset))
-        {
+        file.last_miss = self.tick;
+        let sym = file.sym.get_or_insert_with(Symbolizer::new);
+        let frames: Arc<[Frame]> = match sym.symbolize_single(&src, Input::FileOffset(offset)) {
             Ok(Symbolized::Sym(sym)) => {
                 self.metrics.result("resolved").inc();
                 frames_of(&sym, &module, offset, FrameKind::User).into()
@@ -384,8 +453,10 @@ impl Resolver {
             .collect();
         if !missing.is_empty() {
             let src = Source::Kernel(Kernel::default());
+            self.ksym_used = self.tick;
             let results = self
-                .sym
+                .ksym
+                .get_or_insert_with(Symbolizer::new)
                 .symbolize(&src, Input::AbsAddr(&missing))
                 .unwrap_or_default();
             for (i, &ip) in missing.iter().enumerate() {
@@ -415,9 +486,9 @@ impl Resolver {
             .collect()
     }
 
-    /// Keeps every cache within its bound. Evicting a file also resets
-    /// blazesym's own per-path cache, because its `/proc/self/fd/N` path may
-    /// be reused by the next file we open.
+    /// Keeps every cache within its bound. An evicted file takes its own
+    /// blazesym symbolizer with it, so a reused `/proc/self/fd/N` path
+    /// never meets a stale parse.
     fn evict(&mut self) {
         if self.procs.len() > self.limits.processes {
             let n = evict_lru(&mut self.procs, self.limits.processes, |p| p.last_used);
@@ -434,7 +505,6 @@ impl Resolver {
                 .inc_by(n);
             self.user_cache
                 .retain(|(k, _), _| self.files.contains_key(k));
-            self.sym = Symbolizer::new();
         }
         // Resolved addresses are cheap to recompute: drop them wholesale.
         let symbols = self.user_cache.len() + self.kernel_cache.len();
@@ -534,4 +604,59 @@ fn unknown(module: Arc<Module>, offset: u64) -> Arc<[Frame]> {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[inline(never)]
+    fn marker() -> u64 {
+        std::hint::black_box(42)
+    }
+
+    fn parsed(r: &Resolver) -> usize {
+        r.files.values().filter(|f| f.sym.is_some()).count()
+    }
+
+    #[test]
+    fn parsed_files_are_dropped_after_idle_drains_and_frames_stay_cached() {
+        let pid = std::process::id();
+        let mut r = Resolver::new(
+            Limits {
+                files: 64,
+                symbols: 10_000,
+                processes: 16,
+            },
+            SymbolizeMetrics::unregistered(),
+        )
+        .without_debug_info();
+        r.next_drain();
+        r.see(pid);
+        let addr = marker as *const () as u64;
+        let first = r.user(pid, &[addr]);
+        assert!(
+            first.iter().any(|f| f.function.contains("marker")),
+            "resolved: {first:?}"
+        );
+        assert_eq!(parsed(&r), 1, "the test binary was parsed for the miss");
+        r.release();
+        assert_eq!(parsed(&r), 1, "kept at the end of the drain that missed");
+        for drain in 1..KEEP_PARSED_DRAINS {
+            r.next_drain();
+            r.release();
+            assert_eq!(parsed(&r), 1, "still kept after {drain} idle drain(s)");
+        }
+        r.next_drain();
+        r.release();
+        assert_eq!(
+            parsed(&r),
+            0,
+            "dropped after {KEEP_PARSED_DRAINS} idle drains"
+        );
+        // The cached frames answer without parsing again.
+        r.next_drain();
+        assert_eq!(r.user(pid, &[addr]), first);
+        assert_eq!(parsed(&r), 0, "a cache hit parses nothing");
+    }
 }
