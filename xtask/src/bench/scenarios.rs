@@ -284,7 +284,7 @@ fn syscalls_inner(ctx: &Ctx) -> Result<ScenarioResult> {
         "sonde added / bpftrace added",
         ratio,
         "×",
-        ratio.map(|x| ("≤ 0.33", x <= 1.0 / 3.0)),
+        ratio.map(|x| ("≤ 1/3", x <= 1.0 / 3.0)),
     );
     r.commands = vec![
         format!(
