@@ -657,38 +657,51 @@ fn read_response(s: &mut TcpStream) -> String {
     }
 }
 
-#[test]
-fn connection_opened_before_the_agent_is_picked_up_by_sniffing() {
+/// The FastAPI app under uvicorn with a long keep-alive: the connections
+/// these tests open idle while an agent starts (seconds on a loaded
+/// machine), and uvicorn's default 5 s would close them.
+fn keepalive_fastapi() -> (Workload, u16) {
     ensure_fastapi();
     let port = free_port();
-    let _srv = Workload::spawn(
+    let srv = Workload::spawn(
         Command::new("python3")
             .args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .args(["--log-level", "warning"])
-            // The connection idles while the agent starts (seconds on a
-            // loaded machine): uvicorn's default 5 s would close it.
             .args(["--timeout-keep-alive", "120"])
             .current_dir(workloads())
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
     wait_port(port);
-    // Accepted before the agent exists: no accept/connect was seen.
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    (srv, port)
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    // One write per request, as real clients do (a request line split over
-    // several segments is only seen up to the first one: docs/http.md).
-    s.write_all(b"GET /items/0 HTTP/1.1\r\nHost: x\r\n\r\n")
+    s
+}
+
+/// One GET in one write, as real clients do (a request line split over
+/// several segments is only seen up to the first one: docs/http.md).
+fn get_ok(s: &mut TcpStream, path: &str) {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .expect("write");
-    read_response(&mut s);
+    let head = read_response(s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[test]
+fn connection_opened_before_the_agent_is_picked_up_by_sniffing() {
+    let (_srv, port) = keepalive_fastapi();
+    // Accepted before the agent exists: no accept/connect was seen.
+    let mut s = connect(port);
+    get_ok(&mut s, "/items/0");
     let agent = Agent::start("");
     for i in 1..=12 {
-        s.write_all(format!("GET /items/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .expect("write");
-        let head = read_response(&mut s);
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        get_ok(&mut s, &format!("/items/{i}"));
     }
     let p = port.to_string();
     expect_counts(
@@ -707,43 +720,21 @@ fn connection_opened_before_the_agent_is_picked_up_by_sniffing() {
 
 #[test]
 fn after_the_sniff_window_only_connections_made_while_watching_are_tracked() {
-    ensure_fastapi();
-    let port = free_port();
-    let _srv = Workload::spawn(
-        Command::new("python3")
-            .args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port"])
-            .arg(port.to_string())
-            .args(["--log-level", "warning"])
-            .args(["--timeout-keep-alive", "120"])
-            .current_dir(workloads())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    );
-    wait_port(port);
-    let get = |s: &mut TcpStream, path: &str| {
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-            .expect("write");
-        let head = read_response(s);
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    };
+    let (_srv, port) = keepalive_fastapi();
     // Established before the agent exists, so neither accept nor the
     // ESTABLISHED transition was seen; with no sniff window its requests
     // are not read at all (the cheap path for sockets that predate the
     // agent).
-    let mut old = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    old.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    get(&mut old, "/items/0");
+    let mut old = connect(port);
+    get_ok(&mut old, "/items/0");
     let agent = Agent::start("[collectors.http]\nsniff_window = \"0s\"\n");
     for i in 1..=5 {
-        get(&mut old, &format!("/items/{i}"));
+        get_ok(&mut old, &format!("/items/{i}"));
     }
     // A connection made while the agent watches is tracked.
-    let mut new = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    new.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut new = connect(port);
     for i in 1..=3 {
-        get(&mut new, &format!("/items/{i}"));
+        get_ok(&mut new, &format!("/items/{i}"));
     }
     let p = port.to_string();
     expect_counts(

@@ -261,23 +261,26 @@ pub(crate) fn account(tgid: u32, nr: u32, ns: u64, ret: i64) -> Result<(), Sysca
                 .ok_or(SyscallError::StatsMapFull)?
         }
     };
-    let b = hist_bucket(ns);
     // SAFETY: per-CPU value from a successful lookup; programs of this type
     // do not preempt each other on one CPU, so no other writer exists.
-    unsafe {
-        (*stats).count += 1;
-        (*stats).total_ns += ns;
-        if let Some(h) = (*stats).hist.get_mut(b) {
-            *h = h.wrapping_add(1);
-        }
-        if ret < 0 {
-            (*stats).errors += 1;
-        }
-    }
+    add_call(unsafe { &mut *stats }, ns, ret);
     if ret < 0 {
         count_errno(tgid, nr, (-ret) as u32);
     }
     Ok(())
+}
+
+/// One call into this CPU's accumulator.
+#[inline(always)]
+pub(crate) fn add_call(stats: &mut SyscallStats, ns: u64, ret: i64) {
+    stats.count += 1;
+    stats.total_ns += ns;
+    if let Some(h) = stats.hist.get_mut(hist_bucket(ns)) {
+        *h = h.wrapping_add(1);
+    }
+    if ret < 0 {
+        stats.errors += 1;
+    }
 }
 
 /// Rare path: a failed call, counted per errno.

@@ -13,7 +13,7 @@ use aya_ebpf::{
     macros::map,
     maps::PerCpuArray,
 };
-use sonde_common::syscalls::{MAX_SYSCALL_NR, SyscallInflight, SyscallStats, hist_bucket};
+use sonde_common::syscalls::{MAX_SYSCALL_NR, SyscallInflight, SyscallStats};
 
 #[map]
 static BENCH_SLOT: PerCpuArray<SyscallInflight> = PerCpuArray::with_max_entries(1, 0);
@@ -77,18 +77,8 @@ pub fn exit<const ID: u8, const KT: bool, const ACC: u8>(ret: i64) {
     match ACC {
         1 => {
             if let Some(p) = BENCH_ACC.get_ptr_mut(nr) {
-                let b = hist_bucket(ns);
                 // SAFETY: this CPU's value from a successful lookup.
-                unsafe {
-                    (*p).count += 1;
-                    (*p).total_ns += ns;
-                    if let Some(h) = (*p).hist.get_mut(b) {
-                        *h = h.wrapping_add(1);
-                    }
-                    if ret < 0 {
-                        (*p).errors += 1;
-                    }
-                }
+                crate::syscalls::add_call(unsafe { &mut *p }, ns, ret);
             }
         }
         2 => {
