@@ -693,6 +693,23 @@ fn get_ok(s: &mut TcpStream, path: &str) {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
+/// The server on `port` answered `n` `GET /items/{id}` with 200, says the agent.
+fn expect_items_ok(agent: &Agent, port: u16, n: f64) {
+    let p = port.to_string();
+    expect_counts(
+        agent,
+        SERVER,
+        &[(
+            vec![
+                ("server_port", &p),
+                ("http_route", "/items/{id}"),
+                ("http_response_status_code", "200"),
+            ],
+            n,
+        )],
+    );
+}
+
 #[test]
 fn connection_opened_before_the_agent_is_picked_up_by_sniffing() {
     let (_srv, port) = keepalive_fastapi();
@@ -703,19 +720,7 @@ fn connection_opened_before_the_agent_is_picked_up_by_sniffing() {
     for i in 1..=12 {
         get_ok(&mut s, &format!("/items/{i}"));
     }
-    let p = port.to_string();
-    expect_counts(
-        &agent,
-        SERVER,
-        &[(
-            vec![
-                ("server_port", &p),
-                ("http_route", "/items/{id}"),
-                ("http_response_status_code", "200"),
-            ],
-            12.0,
-        )],
-    );
+    expect_items_ok(&agent, port, 12.0);
 }
 
 #[test]
@@ -736,17 +741,5 @@ fn after_the_sniff_window_only_connections_made_while_watching_are_tracked() {
     for i in 1..=3 {
         get_ok(&mut new, &format!("/items/{i}"));
     }
-    let p = port.to_string();
-    expect_counts(
-        &agent,
-        SERVER,
-        &[(
-            vec![
-                ("server_port", &p),
-                ("http_route", "/items/{id}"),
-                ("http_response_status_code", "200"),
-            ],
-            3.0,
-        )],
-    );
+    expect_items_ok(&agent, port, 3.0);
 }
