@@ -164,12 +164,7 @@ pub fn run(a: &AllocArgs) -> anyhow::Result<()> {
         }
         r
     })?
-    .map_err(|e| match e.downcast::<client::ApiStatusError>() {
-        Ok(api) if api.status == hyper::StatusCode::BAD_REQUEST => UsageError(api.message).into(),
-        Ok(api) if api.status == hyper::StatusCode::CONFLICT => anyhow::anyhow!(api.message),
-        Ok(api) => anyhow::Error::from(api),
-        Err(e) => e,
-    })?;
+    .map_err(client::refusal)?;
     super::output::write_body(a.output.as_deref(), &body)
 }
 

@@ -29,6 +29,21 @@ pub struct ApiStatusError {
     pub message: String,
 }
 
+/// What the CLI reports when the agent refuses a request: a 400 is the
+/// user's bad input ([`super::UsageError`], exit 2) and a 409 a conflict
+/// (e.g. a session already running), both with the agent's own message;
+/// anything else unchanged.
+pub fn refusal(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<ApiStatusError>() {
+        Ok(api) if api.status == hyper::StatusCode::BAD_REQUEST => {
+            super::UsageError(api.message).into()
+        }
+        Ok(api) if api.status == hyper::StatusCode::CONFLICT => anyhow!(api.message),
+        Ok(api) => api.into(),
+        Err(e) => e,
+    }
+}
+
 /// GETs `path_and_query` from the agent and returns the raw body of a
 /// successful reply; other replies become an [`ApiStatusError`].
 pub async fn get_bytes(socket: &Path, path_and_query: &str) -> anyhow::Result<Bytes> {

@@ -99,15 +99,8 @@ pub fn run(a: &MemoryArgs) -> anyhow::Result<()> {
         )
         .into());
     }
-    let body = client::block_on(client::get_bytes(&a.socket, &request_path(a)))?.map_err(|e| {
-        match e.downcast::<client::ApiStatusError>() {
-            Ok(api) if api.status == hyper::StatusCode::BAD_REQUEST => {
-                UsageError(api.message).into()
-            }
-            Ok(api) => anyhow::Error::from(api),
-            Err(e) => e,
-        }
-    })?;
+    let body = client::block_on(client::get_bytes(&a.socket, &request_path(a)))?
+        .map_err(client::refusal)?;
     super::output::write_body(a.output.as_deref(), &body)
 }
 

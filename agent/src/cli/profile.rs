@@ -135,13 +135,7 @@ pub fn run(a: &ProfileArgs) -> anyhow::Result<()> {
         }
         r
     })?
-    .map_err(|e| match e.downcast::<client::ApiStatusError>() {
-        Ok(api) if api.status == hyper::StatusCode::BAD_REQUEST => {
-            UsageError(api.to_string()).into()
-        }
-        Ok(api) => anyhow::Error::from(api),
-        Err(e) => e,
-    })?;
+    .map_err(client::refusal)?;
     super::output::write_body(a.output.as_deref(), &body)
 }
 
