@@ -756,13 +756,17 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
             "µs",
             dwarf.map(|t| ("≤ 5 µs", t <= 5.0)),
         );
-        let cpu = r.median("agent CPU", "19 Hz busy");
-        r.derive(
-            "CPU at 19 Hz, busy",
-            cpu,
-            "% of one core",
-            cpu.map(|c| ("≤ 0.5 %", c <= 0.5)),
-        );
+        // The target holds for both: an agent that is cheap only while
+        // others keep the CPUs busy is not cheap.
+        for variant in ["19 Hz idle", "19 Hz busy"] {
+            let cpu = r.median("agent CPU", variant);
+            r.derive(
+                &format!("CPU at {variant}"),
+                cpu,
+                "% of one core",
+                cpu.map(|c| ("≤ 0.5 %", c <= 0.5)),
+            );
+        }
         let bpf = r.median("BPF time per sample", "19 Hz busy");
         r.derive(
             "BPF time per sample, busy",

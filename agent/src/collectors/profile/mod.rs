@@ -52,6 +52,9 @@ const MAX_KNOWN: usize = 65_536;
 
 /// How often newly onlined CPUs are looked for.
 const HOTPLUG_CHECK: Duration = Duration::from_secs(30);
+/// How long the symbolizer keeps a file's parsed symbols after its last
+/// miss (see `Resolver::keep_parsed_for`).
+const KEEP_PARSED: Duration = Duration::from_secs(60);
 
 pub struct ProfileCollector {
     config: ProfileConfig,
@@ -322,7 +325,8 @@ impl ProfileCollector {
         std::thread::Builder::new()
             .name("sonde-prof-sym".into())
             .spawn(move || {
-                let resolver = Resolver::new(limits, sym_metrics);
+                let resolver =
+                    Resolver::new(limits, sym_metrics).keep_parsed_for(KEEP_PARSED, interval);
                 run_symbolize(Symbolizing::new(resolver, store, table, samples), sym_rx);
             })?;
         tokio::spawn(forward_new_pids(
