@@ -56,13 +56,33 @@ pub fn exclusive() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A free TCP port on loopback (bound then released).
+/// A free TCP port on loopback, taken from below the kernel's ephemeral
+/// range.
+///
+/// Binding `:0` and releasing it hands out an *ephemeral* port, which any
+/// outgoing connection (a scrape, a health poll) may grab as its source port
+/// before the agent binds it: CI once failed on exactly that ("Address
+/// already in use"). Ports below `ip_local_port_range` are never handed out
+/// implicitly, so only another listener could take them; a per-process
+/// cursor (seeded by pid) keeps parallel tests apart.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind :0")
-        .local_addr()
-        .expect("addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_low.max(10_001));
+    let span = high - low;
+    let seed = std::process::id().wrapping_mul(7919);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + seed.wrapping_add(n) % span;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port in {low}..{high} on 127.0.0.1");
 }
 
 /// A running `sonde agent` on a free port and a private socket.
