@@ -18,7 +18,7 @@ use clap::Args;
 #[derive(Debug, Args)]
 pub struct BenchFloorArgs {
     /// Comma-separated variants to alternate, e.g.
-    /// `bare,floor,slot,pid,kt,pidkt,pidktarr,pidkthash,syscalls`.
+    /// `bare,floor,slot,pid,kt,boot,tai,pidkt,pidktarr,pidkthash,pidktcache,syscalls`.
     #[arg(long, requires = "command")]
     pub cycle: Option<String>,
     /// Repetitions of the whole cycle.
@@ -30,7 +30,11 @@ pub struct BenchFloorArgs {
     pub command: Vec<String>,
 }
 
-const SWITCH: &str = "syscalls_switch_raw";
+/// Hooks the `syscalls` variant attaches first, as the agent does.
+const FLUSH_HOOKS: [(&str, &str); 2] = [
+    ("syscalls_switch_raw", "sched_switch"),
+    ("syscalls_task_exit_raw", "sched_process_exit"),
+];
 
 fn programs(variant: &str) -> [String; 2] {
     match variant {
@@ -71,18 +75,20 @@ pub fn run(args: &BenchFloorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `syscalls` variant also attaches the collector's `sched_switch`
-/// hook (first, as the agent does): its exit trusts that every switch-out
-/// clears the per-CPU slot.
+/// The `syscalls` variant also attaches the collector's `sched_switch` and
+/// `sched_process_exit` hooks (first, as the agent does): its exit trusts
+/// that every switch-out clears the per-CPU slot and flushes the call cache.
 fn cycle(obj: &mut aya::Ebpf, list: &str, reps: usize, command: &[String]) -> anyhow::Result<()> {
     let Some((prog, prog_args)) = command.split_first() else {
         bail!("--cycle needs a command after --");
     };
     let variants: Vec<&str> = list.split(',').map(str::trim).collect();
     if variants.contains(&"syscalls") {
-        raw_tp(obj, SWITCH)?
-            .load()
-            .context("loading the sched_switch hook")?;
+        for (name, tp) in FLUSH_HOOKS {
+            raw_tp(obj, name)?
+                .load()
+                .with_context(|| format!("loading the {tp} hook"))?;
+        }
     }
     for v in variants.iter().filter(|v| **v != "bare") {
         for name in programs(v) {
@@ -95,10 +101,12 @@ fn cycle(obj: &mut aya::Ebpf, list: &str, reps: usize, command: &[String]) -> an
         for v in &variants {
             let mut links = Vec::new();
             if *v == "syscalls" {
-                let link = raw_tp(obj, SWITCH)?
-                    .attach("sched_switch")
-                    .context("attaching the sched_switch hook")?;
-                links.push((SWITCH.to_owned(), link));
+                for (name, tp) in FLUSH_HOOKS {
+                    let link = raw_tp(obj, name)?
+                        .attach(tp)
+                        .with_context(|| format!("attaching the {tp} hook"))?;
+                    links.push((name.to_owned(), link));
+                }
             }
             if *v != "bare" {
                 for (name, tp) in programs(v).into_iter().zip(["sys_enter", "sys_exit"]) {

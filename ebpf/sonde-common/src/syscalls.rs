@@ -145,18 +145,18 @@ const _: () = assert!(core::mem::size_of::<SyscallStart>() == 16);
 /// The call in flight on one CPU: sys_enter writes this CPU's slot, sys_exit
 /// of the same thread consumes it. A thread that is switched out inside a
 /// syscall has its slot moved to the per-thread map by the `sched_switch`
-/// hook, so the slot always belongs to the thread running on that CPU.
+/// hook, which also disarms the slot, so an armed slot always belongs to
+/// the thread running on that CPU (and needs no thread id).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallInflight {
-    /// `bpf_ktime_get_ns()` at enter; 0 when the slot is empty.
+    /// `bpf_ktime_get_ns()` at enter; 0 when no call is being timed.
     pub ts: u64,
-    pub tid: u32,
-    pub tgid: u32,
     pub nr: u32,
-    pub _pad: u32,
+    /// 1 from the running thread's sys_enter until its switch-out.
+    pub armed: u32,
 }
-const _: () = assert!(core::mem::size_of::<SyscallInflight>() == 24);
+const _: () = assert!(core::mem::size_of::<SyscallInflight>() == 16);
 
 /// Indexes into the syscall collector's per-CPU counter array. Values are
 /// part of the ABI; never reuse one.

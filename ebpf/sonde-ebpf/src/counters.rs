@@ -13,3 +13,12 @@ pub fn bump(map: &PerCpuArray<u64>, idx: u32) {
         unsafe { *slot += 1 };
     }
 }
+
+/// Adds `n` to slot `idx` of `map` (a drop of several counted events).
+#[inline(always)]
+pub fn bump_by(map: &PerCpuArray<u64>, idx: u32, n: u64) {
+    if let Some(slot) = map.get_ptr_mut(idx) {
+        // SAFETY: as in `bump`.
+        unsafe { *slot += n };
+    }
+}

@@ -22,6 +22,32 @@
 //! A per-thread slot is updated in place and never deleted (exit only
 //! zeroes its timestamp), so the steady state costs no map allocation; slots
 //! of dead threads go away through LRU eviction.
+//!
+//! Where the counts go (the other hash operation the hot path used to pay):
+//! a call is first added to a per-CPU *call cache* ([`SYSCALL_CACHE`], an
+//! array with one entry per syscall number, inlined lookups) and reaches the
+//! per-(tgid, nr) stats hash [`SYSCALL_STATS`] — the only map the agent
+//! reads — in a *flush*. The invariant that makes this exact: **a CPU's
+//! cache only holds calls of the thread running on that CPU, and is flushed
+//! before that thread is switched out or exits.** Flushes happen
+//! - in `sched_switch`, while the outgoing thread is still `current`;
+//! - in `sched_process_exit`, in the exiting thread, before its exit is
+//!   visible to anyone (the process collector's event, /proc): so an
+//!   exited process has all its counts in the hash when the agent reads it
+//!   for the last time, and nothing of it is flushed after the agent has
+//!   deleted its keys;
+//! - in sys_exit, when the oldest pending call is older than
+//!   [`FLUSH_AFTER_NS`] (so a thread that makes syscalls without being
+//!   switched out still shows up in every drain), when a slot is needed by
+//!   another syscall number (only numbers 512 apart share one), or when
+//!   the list of pending slots is full.
+//!
+//! All writers of a CPU's cache are programs on that CPU that cannot
+//! interleave: the syscall hooks run with preemption disabled and never in
+//! interrupt context, and `sched_switch` runs with interrupts off, between
+//! two threads. The agent never reads the cache, so it never races with
+//! it: the hash values it reads are updated in place per CPU exactly as
+//! before, only less often (see docs/ARCHITECTURE.md, "Syscall hot path").
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -29,11 +55,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use sonde_common::syscalls::{
-    ErrnoKey, MAX_SYSCALL_NR, SYSCALL_COUNTERS, SyscallCounter, SyscallInflight, SyscallKey,
-    SyscallStart, SyscallStats, hist_bucket,
+    ErrnoKey, HIST_BUCKETS, MAX_SYSCALL_NR, SYSCALL_COUNTERS, SyscallCounter, SyscallInflight,
+    SyscallKey, SyscallStart, SyscallStats, hist_bucket,
 };
 
-use crate::counters::bump;
+use crate::counters::{bump, bump_by};
 
 /// x86_64 syscalls that never return: counted at enter, with no latency,
 /// and no start slot is left behind.
@@ -43,6 +69,52 @@ const NR_EXIT_GROUP: u32 = 231;
 /// The call in flight on each CPU (see the module docs).
 #[map]
 static SYSCALL_INFLIGHT: PerCpuArray<SyscallInflight> = PerCpuArray::with_max_entries(1, 0);
+
+/// Slots of the per-CPU call cache: one per x86_64 syscall number (all
+/// are below 512); numbers 512 apart share a slot, which flushes on a
+/// change of number.
+pub const CACHE_SLOTS: u32 = 512;
+
+/// Most slots pending in one CPU's cache; one more flushes them all first.
+/// A thread rarely makes more distinct syscalls between two switches.
+const DIRTY_MAX: usize = 32;
+
+/// A thread that keeps making syscalls without being switched out flushes
+/// its cache at its first sys_exit this long after the oldest pending call
+/// (2^24 ns, ~17 ms: small against any drain interval).
+pub const FLUSH_AFTER_NS: u64 = 1 << 24;
+
+/// Calls of one syscall number not yet in [`SYSCALL_STATS`].
+#[repr(C)]
+pub struct CacheSlot {
+    /// Syscall number the pending calls belong to (valid when
+    /// `stats.count != 0`).
+    nr: u32,
+    _pad: u32,
+    stats: SyscallStats,
+}
+
+/// Which slots of this CPU's cache hold calls, and of which process.
+#[repr(C)]
+pub struct CacheHead {
+    /// `bpf_ktime_get_ns()` of the oldest pending call (0 if accounted at
+    /// sys_enter: flushed at the next chance).
+    since: u64,
+    /// The running thread's process, once known (0 = not yet read since
+    /// it was switched in); every pending call is its.
+    tgid: u32,
+    /// Entries used in `dirty`.
+    n: u32,
+    /// Indexes of the slots holding calls (each at most once).
+    dirty: [u16; DIRTY_MAX],
+}
+
+/// This CPU's pending calls, by syscall number (see the module docs).
+#[map]
+static SYSCALL_CACHE: PerCpuArray<CacheSlot> = PerCpuArray::with_max_entries(CACHE_SLOTS, 0);
+
+#[map]
+static SYSCALL_CACHE_HEAD: PerCpuArray<CacheHead> = PerCpuArray::with_max_entries(1, 0);
 
 /// Start slots of threads switched out inside a syscall (tid -> enter time,
 /// nr). Size set by the agent.
@@ -95,41 +167,52 @@ fn flag(f: &u8) -> bool {
     unsafe { core::ptr::read_volatile(f) != 0 }
 }
 
+/// Whether to trace this call. Reads the caller's tgid only when the pid
+/// filter is on (returned so the caller need not read it again; 0 = not
+/// read).
 #[inline(always)]
-fn wanted(tgid: u32, nr: u32) -> bool {
-    if flag(&SYSCALL_FILTER_PIDS_ON) && SYSCALL_FILTER_TGIDS.get_ptr(tgid).is_none() {
-        return false;
-    }
+fn wanted(nr: u32) -> Option<u32> {
     if flag(&SYSCALL_FILTER_NRS_ON) {
         match SYSCALL_FILTER_NRS.get(nr) {
             Some(v) if *v != 0 => {}
-            _ => return false,
+            _ => return None,
         }
     }
-    true
+    if flag(&SYSCALL_FILTER_PIDS_ON) {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        SYSCALL_FILTER_TGIDS.get_ptr(tgid)?;
+        return Some(tgid);
+    }
+    Some(0)
 }
 
 /// sys_enter: remember when and which syscall this thread entered.
+///
+/// No thread id is read (measured ~13 ns per `bpf_get_current_pid_tgid`
+/// here): the armed slot belongs to the running thread until its switch-out
+/// (see [`try_switch`]), which reads the id itself in the rare case a call
+/// is in flight then.
 #[inline(always)]
 pub fn try_enter(nr: i64) -> Result<(), SyscallError> {
     let Some(slot) = SYSCALL_INFLIGHT.get_ptr_mut(0) else {
         return Ok(());
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
-    let tgid = (pid_tgid >> 32) as u32;
     let mut ts = 0;
     let mut nr32 = 0;
-    if nr >= 0 && nr < MAX_SYSCALL_NR as i64 && wanted(tgid, nr as u32) {
+    if nr >= 0
+        && nr < MAX_SYSCALL_NR as i64
+        && let Some(tgid) = wanted(nr as u32)
+    {
         nr32 = nr as u32;
         if nr32 == NR_EXIT || nr32 == NR_EXIT_GROUP {
-            return account(tgid, nr32, 0, 0);
+            account(tgid, nr32, 0, 0, 0);
+            return Ok(());
         }
         // SAFETY: helper with no arguments, allowed in tracing programs.
         ts = unsafe { bpf_ktime_get_ns() };
     }
-    // An untraced call leaves `ts == 0` with this thread's tid, which tells
-    // its exit "nothing to account" without a hash lookup.
+    // An untraced call leaves `ts == 0` in an armed slot, which tells its
+    // exit "nothing to account" without a hash lookup.
     //
     // SAFETY: this CPU's slot from a successful lookup; programs on one CPU
     // do not preempt each other, so nothing else writes it meanwhile. A
@@ -139,41 +222,42 @@ pub fn try_enter(nr: i64) -> Result<(), SyscallError> {
     unsafe {
         *slot = SyscallInflight {
             ts,
-            tid,
-            tgid,
             nr: nr32,
-            _pad: 0,
+            armed: 1,
         };
     }
     Ok(())
 }
 
-/// sched_switch, while the outgoing thread is still `current`: the slot of
-/// this CPU belongs to it (or is empty); a call in flight (it blocked or was
-/// preempted inside the syscall) moves to the per-thread map for its exit to
-/// find, and the slot is cleared.
+/// sched_switch, while the outgoing thread is still `current`: its pending
+/// calls go to the stats hash, and the in-flight slot of this CPU (which
+/// belongs to it, or is disarmed) is disarmed; a call in flight (it blocked
+/// or was preempted inside the syscall) moves to the per-thread map for its
+/// exit to find.
 #[inline(always)]
 pub fn try_switch() -> Result<(), SyscallError> {
+    flush_cache();
     let Some(slot) = SYSCALL_INFLIGHT.get_ptr_mut(0) else {
         return Ok(());
     };
     // SAFETY: this CPU's slot; no other program writes it meanwhile.
     let s = unsafe { &mut *slot };
-    if s.tid == 0 {
+    if s.armed == 0 {
         return Ok(());
     }
-    // Whatever happens below, the slot matches no thread afterwards (tid 0
-    // is the idle task, which makes no syscalls): the outgoing thread's next
-    // exit, on whichever CPU, must not take a stale slot for its own.
-    let tid = s.tid;
-    s.tid = 0;
+    // Whatever happens below, the slot belongs to no thread afterwards: the
+    // outgoing thread's next exit, on whichever CPU, must not take a stale
+    // slot for its own.
+    s.armed = 0;
     if s.ts == 0 {
         return Ok(());
     }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
     let start = SyscallStart {
         ts: s.ts,
         nr: s.nr,
-        tgid: s.tgid,
+        tgid: (pid_tgid >> 32) as u32,
     };
     s.ts = 0;
     match SYSCALL_START.get_ptr_mut(tid) {
@@ -191,13 +275,12 @@ pub fn try_switch() -> Result<(), SyscallError> {
 
 /// sys_exit: account the call that this thread entered.
 ///
-/// The fast path calls no helper but the clock: this CPU's slot, when not
-/// cleared (`tid != 0`), was written by the running thread's own enter, since
-/// every switch-out clears it (see [`try_switch`]) and `sched_switch` is
-/// attached before `sys_enter`. So the slot's tgid is the caller's, with no
-/// `bpf_get_current_pid_tgid` (measured ~11 ns per call here). Only a thread
-/// switched out during its call finds the slot cleared and looks itself up
-/// in the per-thread map.
+/// The fast path calls no helper but the clock: this CPU's slot, when armed,
+/// was written by the running thread's own enter, since every switch-out
+/// disarms it (see [`try_switch`]) and `sched_switch` is attached before
+/// `sys_enter`. Only a thread switched out during its call finds the slot
+/// disarmed and looks itself up in the per-thread map. The caller's tgid
+/// comes from the call cache (see [`account`]).
 #[inline(always)]
 pub fn try_exit(ret: i64) -> Result<(), SyscallError> {
     let Some(p) = SYSCALL_INFLIGHT.get_ptr_mut(0) else {
@@ -205,12 +288,12 @@ pub fn try_exit(ret: i64) -> Result<(), SyscallError> {
     };
     // SAFETY: this CPU's slot; no other program writes it meanwhile.
     let s = unsafe { &mut *p };
-    let (start, tgid, nr) = if s.tid != 0 {
+    let (start, tgid, nr) = if s.armed != 0 {
         // `ts == 0`: the call was not traced, or its enter was missed.
         if s.ts == 0 {
             return Ok(());
         }
-        let v = (s.ts, s.tgid, s.nr);
+        let v = (s.ts, 0, s.nr);
         s.ts = 0;
         v
     } else {
@@ -223,7 +306,16 @@ pub fn try_exit(ret: i64) -> Result<(), SyscallError> {
     };
     // SAFETY: helper with no arguments, allowed in tracing programs.
     let now = unsafe { bpf_ktime_get_ns() };
-    account(tgid, nr, now.saturating_sub(start), ret)
+    account(tgid, nr, now.saturating_sub(start), ret, now);
+    Ok(())
+}
+
+/// sched_process_exit, in the exiting thread: its pending calls go to the
+/// stats hash before anyone can see it exit (see the module docs).
+#[inline(always)]
+pub fn try_task_exit() -> Result<(), SyscallError> {
+    flush_cache();
+    Ok(())
 }
 
 /// Slow path of exit: the thread was switched out during the call.
@@ -243,31 +335,145 @@ fn from_thread_map(tid: u32, tgid: u32) -> Option<(u64, u32)> {
     Some((start, nr))
 }
 
+/// One call of the running thread into this CPU's cache. `tgid` is the
+/// caller's process when already known, else 0; `now` is the exit time (0
+/// when accounted at sys_enter).
+///
+/// The cache head remembers the running thread's tgid from its first call
+/// after it was switched in (switch-out and exit forget it), so a thread
+/// reads its id once per time slice instead of once per syscall.
 #[inline(always)]
-pub(crate) fn account(tgid: u32, nr: u32, ns: u64, ret: i64) -> Result<(), SyscallError> {
-    let key = SyscallKey { tgid, nr };
-    let stats = match SYSCALL_STATS.get_ptr_mut(key) {
-        Some(p) => p,
-        None => {
-            let zero = SYSCALL_ZERO.get_ptr(0).ok_or(SyscallError::StatsMapFull)?;
-            // SAFETY: `zero` is this CPU's slot of a one-entry array that
-            // nothing ever writes, so it is a valid all-zero value.
-            let zero = unsafe { &*zero };
-            // BPF_NOEXIST: another CPU may have created it meanwhile; that is
-            // fine, the lookup below finds whichever won.
-            let _ = SYSCALL_STATS.insert(key, zero, 1);
-            SYSCALL_STATS
-                .get_ptr_mut(key)
-                .ok_or(SyscallError::StatsMapFull)?
-        }
+pub(crate) fn account(tgid: u32, nr: u32, ns: u64, ret: i64, now: u64) {
+    let (Some(head), Some(slot)) = (
+        SYSCALL_CACHE_HEAD.get_ptr_mut(0),
+        SYSCALL_CACHE.get_ptr_mut(nr & (CACHE_SLOTS - 1)),
+    ) else {
+        return;
     };
-    // SAFETY: per-CPU value from a successful lookup; programs of this type
-    // do not preempt each other on one CPU, so no other writer exists.
-    add_call(unsafe { &mut *stats }, ns, ret);
-    if ret < 0 {
-        count_errno(tgid, nr, (-ret) as u32);
+    // SAFETY: this CPU's entries from successful lookups; the programs that
+    // write them cannot interleave on one CPU (module docs).
+    let (h, e) = unsafe { (&mut *head, &mut *slot) };
+    if h.n != 0 && now.wrapping_sub(h.since) > FLUSH_AFTER_NS {
+        flush_all(h);
     }
-    Ok(())
+    if h.tgid == 0 {
+        h.tgid = if tgid != 0 {
+            tgid
+        } else {
+            (bpf_get_current_pid_tgid() >> 32) as u32
+        };
+    }
+    if ret < 0 {
+        count_errno(h.tgid, nr, (-ret) as u32);
+    }
+    if e.stats.count == 0 {
+        if h.n as usize >= DIRTY_MAX {
+            flush_all(h);
+        }
+        if h.n == 0 {
+            h.since = now;
+        }
+        if let Some(d) = h.dirty.get_mut(h.n as usize) {
+            *d = (nr & (CACHE_SLOTS - 1)) as u16;
+            h.n += 1;
+        }
+        e.nr = nr;
+    } else if e.nr != nr {
+        flush_slot(h.tgid, e);
+        e.nr = nr;
+    }
+    add_call(&mut e.stats, ns, ret);
+}
+
+/// Flushes this CPU's cache and forgets whose it was (sched_switch,
+/// sched_process_exit: the running thread is leaving).
+#[inline(always)]
+fn flush_cache() {
+    if let Some(head) = SYSCALL_CACHE_HEAD.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry; no other writer can run meanwhile.
+        let h = unsafe { &mut *head };
+        if h.n != 0 {
+            flush_all(h);
+        }
+        h.tgid = 0;
+    }
+}
+
+/// Moves every pending slot into the stats hash and empties the list. Not
+/// inlined: it is off the hot path, and one copy serves every caller.
+#[inline(never)]
+fn flush_all(h: &mut CacheHead) {
+    for i in 0..DIRTY_MAX {
+        if i >= h.n as usize {
+            break;
+        }
+        let Some(slot) = h
+            .dirty
+            .get(i)
+            .and_then(|d| SYSCALL_CACHE.get_ptr_mut(*d as u32))
+        else {
+            continue;
+        };
+        // SAFETY: this CPU's slot; no other writer can run meanwhile.
+        let e = unsafe { &mut *slot };
+        if e.stats.count != 0 {
+            flush_slot(h.tgid, e);
+        }
+    }
+    h.n = 0;
+}
+
+/// Adds one slot's pending calls to (tgid, slot nr) in the stats hash and
+/// zeroes the slot. A full hash drops them, counted per call.
+#[inline(always)]
+fn flush_slot(tgid: u32, e: &mut CacheSlot) {
+    let src = &mut e.stats;
+    match stats_of(SyscallKey { tgid, nr: e.nr }) {
+        Ok(p) => {
+            // SAFETY: per-CPU value from a successful lookup; no other
+            // writer can run on this CPU meanwhile.
+            let dst = unsafe { &mut *p };
+            dst.count += src.count;
+            dst.errors += src.errors;
+            dst.total_ns += src.total_ns;
+            // Field by field: no 448-byte copies on the 512-byte BPF stack.
+            for b in 0..HIST_BUCKETS {
+                dst.hist[b] = dst.hist[b].wrapping_add(src.hist[b]);
+                src.hist[b] = 0;
+            }
+        }
+        Err(_) => {
+            bump_by(
+                &SYSCALL_COUNTERS_MAP,
+                SyscallCounter::StatsMapFull as u32,
+                src.count,
+            );
+            for b in 0..HIST_BUCKETS {
+                src.hist[b] = 0;
+            }
+        }
+    }
+    src.count = 0;
+    src.errors = 0;
+    src.total_ns = 0;
+}
+
+/// This CPU's stats value of `key`, created (zeroed) if missing.
+#[inline(always)]
+pub(crate) fn stats_of(key: SyscallKey) -> Result<*mut SyscallStats, SyscallError> {
+    if let Some(p) = SYSCALL_STATS.get_ptr_mut(key) {
+        return Ok(p);
+    }
+    let zero = SYSCALL_ZERO.get_ptr(0).ok_or(SyscallError::StatsMapFull)?;
+    // SAFETY: `zero` is this CPU's slot of a one-entry array that nothing
+    // ever writes, so it is a valid all-zero value.
+    let zero = unsafe { &*zero };
+    // BPF_NOEXIST: another CPU may have created it meanwhile; that is fine,
+    // the lookup below finds whichever won.
+    let _ = SYSCALL_STATS.insert(key, zero, 1);
+    SYSCALL_STATS
+        .get_ptr_mut(key)
+        .ok_or(SyscallError::StatsMapFull)
 }
 
 /// One call into this CPU's accumulator.

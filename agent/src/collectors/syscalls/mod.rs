@@ -151,12 +151,12 @@ fn attach(obj: &mut Ebpf, ctx: &StartContext<'_>) -> Result<&'static str, Collec
         ctx.features,
         (
             "raw_tracepoint",
-            "raw_tracepoint sys_enter/sys_exit/sched_switch",
+            "raw_tracepoint sys_enter/sys_exit/sched_switch/sched_process_exit",
             attach_raw,
         ),
         (
             "tracepoint",
-            "tracepoint raw_syscalls:sys_enter/sys_exit, sched:sched_switch",
+            "tracepoint raw_syscalls:sys_enter/sys_exit, sched:sched_switch/sched_process_exit",
             attach_tp,
         ),
     )
@@ -175,11 +175,13 @@ where
         })
 }
 
-/// sched_switch first: enter may park a call in the per-CPU slot only once
-/// a switch-out is sure to move it to the per-thread map.
+/// sched_switch and sched_process_exit first: enter may park a call in the
+/// per-CPU slot, and exit a call in the per-CPU call cache, only once a
+/// switch-out (or exit) is sure to move it on.
 fn attach_raw(obj: &mut Ebpf) -> Result<(), CollectorError> {
     for (name, tp) in [
         ("syscalls_switch_raw", "sched_switch"),
+        ("syscalls_task_exit_raw", "sched_process_exit"),
         ("syscalls_exit_raw", "sys_exit"),
         ("syscalls_enter_raw", "sys_enter"),
     ] {
@@ -197,6 +199,7 @@ fn attach_raw(obj: &mut Ebpf) -> Result<(), CollectorError> {
 fn attach_tp(obj: &mut Ebpf) -> Result<(), CollectorError> {
     for (name, cat, tp) in [
         ("syscalls_switch_tp", "sched", "sched_switch"),
+        ("syscalls_task_exit_tp", "sched", "sched_process_exit"),
         ("syscalls_exit_tp", "raw_syscalls", "sys_exit"),
         ("syscalls_enter_tp", "raw_syscalls", "sys_enter"),
     ] {

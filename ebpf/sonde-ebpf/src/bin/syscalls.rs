@@ -1,6 +1,6 @@
-//! The syscall collector's object: raw tracepoints `sys_enter`/`sys_exit`
-//! and `sched_switch` (no tracefs, cheapest), with the classic
-//! `raw_syscalls` and `sched` tracepoints as a fallback. The agent attaches
+//! The syscall collector's object: raw tracepoints `sys_enter`/`sys_exit`,
+//! `sched_switch` and `sched_process_exit` (no tracefs, cheapest), with the
+//! classic `raw_syscalls` and `sched` tracepoints as a fallback. The agent attaches
 //! whichever set loads.
 #![no_std]
 #![no_main]
@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use sonde_ebpf::syscalls::{count_error, try_enter, try_exit, try_switch};
+use sonde_ebpf::syscalls::{count_error, try_enter, try_exit, try_switch, try_task_exit};
 
 /// `sys_enter(struct pt_regs *regs, long id)`.
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -36,6 +36,20 @@ pub fn syscalls_switch_raw(_ctx: RawTracePointContext) -> i32 {
 #[tracepoint]
 pub fn syscalls_switch_tp(_ctx: TracePointContext) -> u32 {
     count_error(try_switch());
+    0
+}
+
+/// `sched_process_exit(struct task_struct *p)`, run by the exiting thread:
+/// flushes this CPU's call cache before the exit is visible.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn syscalls_task_exit_raw(_ctx: RawTracePointContext) -> i32 {
+    count_error(try_task_exit());
+    0
+}
+
+#[tracepoint]
+pub fn syscalls_task_exit_tp(_ctx: TracePointContext) -> u32 {
+    count_error(try_task_exit());
     0
 }
 
@@ -78,8 +92,10 @@ pub fn syscalls_floor_exit(_ctx: RawTracePointContext) -> i32 {
 
 /// Benchmark-only variants of the hot path (`sonde bench-floor --cycle`):
 /// `bench_<parts>_enter`/`_exit` with `pid` = `bpf_get_current_pid_tgid`,
-/// `kt` = `bpf_ktime_get_ns` at both ends, `arr`/`hash` = accounting into a
-/// per-CPU array / the real per-CPU hash. The agent never attaches them.
+/// `kt` = `bpf_ktime_get_ns` at both ends (`boot`/`tai`: the boot-time and
+/// TAI clocks instead), `arr`/`hash`/`cache` = accounting into a
+/// per-CPU array / straight into the per-CPU hash / the collector's call
+/// cache. The agent never attaches them.
 macro_rules! bench_variant {
     ($en:ident, $ex:ident, $id:literal, $kt:literal, $acc:literal) => {
         #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -94,10 +110,13 @@ macro_rules! bench_variant {
         }
     };
 }
-bench_variant!(bench_slot_enter, bench_slot_exit, 0, false, 0);
-bench_variant!(bench_pid_enter, bench_pid_exit, 1, false, 0);
-bench_variant!(bench_kt_enter, bench_kt_exit, 0, true, 0);
-bench_variant!(bench_pidkt_enter, bench_pidkt_exit, 1, true, 0);
-bench_variant!(bench_pidktarr_enter, bench_pidktarr_exit, 1, true, 1);
-bench_variant!(bench_pidhash_enter, bench_pidhash_exit, 1, false, 2);
-bench_variant!(bench_pidkthash_enter, bench_pidkthash_exit, 1, true, 2);
+bench_variant!(bench_slot_enter, bench_slot_exit, 0, 0, 0);
+bench_variant!(bench_pid_enter, bench_pid_exit, 1, 0, 0);
+bench_variant!(bench_kt_enter, bench_kt_exit, 0, 1, 0);
+bench_variant!(bench_boot_enter, bench_boot_exit, 0, 2, 0);
+bench_variant!(bench_tai_enter, bench_tai_exit, 0, 3, 0);
+bench_variant!(bench_pidkt_enter, bench_pidkt_exit, 1, 1, 0);
+bench_variant!(bench_pidktarr_enter, bench_pidktarr_exit, 1, 1, 1);
+bench_variant!(bench_pidhash_enter, bench_pidhash_exit, 1, 0, 2);
+bench_variant!(bench_pidkthash_enter, bench_pidkthash_exit, 1, 1, 2);
+bench_variant!(bench_pidktcache_enter, bench_pidktcache_exit, 1, 1, 3);
