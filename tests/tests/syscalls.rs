@@ -390,3 +390,91 @@ fn config_filters_trim_processes_and_syscalls_in_the_kernel() {
     assert_eq!(c["status"], "unhealthy", "{c}");
     assert!(c["reason"].as_str().unwrap().contains("getppidd"), "{c}");
 }
+
+/// The kernel side keeps each CPU's calls in a cache and moves them to the
+/// map the agent reads at switch-out, thread exit, after ~17 ms, when a
+/// cache slot is wanted by another syscall number, and when its list of
+/// pending slots is full. Every one of those paths runs here (threads >
+/// CPUs, sched_yield, CPU moves, 38 distinct calls per round, syscall
+/// numbers 512/513 sharing slots with read/write) and the counts must stay
+/// exact.
+#[test]
+fn call_cache_flushes_keep_counts_exact() {
+    let _x = exclusive();
+    let agent = Agent::start(CONFIG);
+    let bin = named_copy(
+        &agent,
+        &build_c("syscall_cache_stress", &["-O2", "-pthread"]),
+        "sonde_sc_cache",
+    );
+    let (threads, rounds) = (3u64, 10_000u64);
+    let mut w = Mix::spawn(Command::new(&bin).args([threads.to_string(), rounds.to_string()]));
+    let pid = w.child.id();
+    w.run();
+    let n = threads * rounds;
+    let r = report_with(&agent, pid, "getppid", n);
+    // Calls libc and the thread library never make on their own: exact.
+    for name in [
+        "getppid",
+        "getuid",
+        "getgid",
+        "geteuid",
+        "getegid",
+        "getpgrp",
+        "getsid",
+        "getpgid",
+        "umask",
+        "sched_getscheduler",
+        "sched_get_priority_max",
+        "sched_get_priority_min",
+        "sched_rr_get_interval",
+        "times",
+        "sysinfo",
+        "uname",
+        "getrusage",
+        "getresuid",
+        "getresgid",
+        "getcwd",
+        "getgroups",
+        "personality",
+        "getitimer",
+        "alarm",
+        "time",
+        "gettimeofday",
+        "clock_getres",
+        "getcpu",
+        "getpriority",
+        "ioprio_get",
+        "lseek",
+        "dup",
+        "sys_512",
+        "sys_513",
+    ] {
+        assert_eq!(calls(&r, name), n, "{name}\n{r:#}");
+    }
+    for name in ["lseek", "dup"] {
+        let x = row(&r, name).unwrap();
+        assert_eq!(x["errors"], n, "{x}");
+        assert_eq!(x["errnos"]["EBADF"], n, "{x}");
+    }
+    assert_eq!(row(&r, "sys_512").unwrap()["errnos"]["ENOSYS"], n, "{r:#}");
+    assert_eq!(calls(&r, "sched_yield"), threads * (rounds / 16), "{r:#}");
+    assert_eq!(
+        calls(&r, "sched_setaffinity"),
+        threads * (rounds / 64),
+        "{r:#}"
+    );
+    // libc start-up and stdio add a few of these.
+    for name in ["read", "write", "fcntl"] {
+        let got = calls(&r, name);
+        assert!((n..=n + 20).contains(&got), "{name}: {got}\n{r:#}");
+    }
+    assert_eq!(
+        metric_value(
+            &agent.metrics(),
+            "sonde_syscalls_map_full_total{map=\"stats\"}"
+        ),
+        Some(0.0)
+    );
+    w.finish();
+}
