@@ -469,11 +469,33 @@ fn call_cache_flushes_keep_counts_exact() {
         let got = calls(&r, name);
         assert!((n..=n + 20).contains(&got), "{name}: {got}\n{r:#}");
     }
+    // Every call in exactly one histogram bucket, after any mix of flushes
+    // that merge a few buckets or the whole histogram: in every series of
+    // the service (syscalls past the label cap fold into `other`), the
+    // highest finite bucket's cumulative count equals the call count.
+    let m = agent.metrics();
+    let prefix = "sonde_syscall_duration_seconds_count{service_name=\"sonde_sc_cache\",";
+    let mut series = 0;
+    for line in m.lines().filter(|l| l.starts_with(prefix)) {
+        let (labels, count) = line[prefix.len()..].rsplit_once("} ").expect("sample");
+        let count: f64 = count.parse().expect("count");
+        let buckets = format!(
+            "sonde_syscall_duration_seconds_bucket{{service_name=\"sonde_sc_cache\",{labels},"
+        );
+        let top = m
+            .lines()
+            .filter(|l| l.starts_with(&buckets) && !l.contains("le=\"+Inf\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .fold(0.0, f64::max);
+        assert_eq!(top, count, "{labels}: buckets vs count\n{m}");
+        series += 1;
+    }
+    assert!(series >= 10, "{m}");
+    let getppid = "sonde_syscall_duration_seconds_count{service_name=\"sonde_sc_cache\",\
+                   syscall=\"getppid\"}";
+    assert_eq!(metric_value(&m, getppid), Some(n as f64), "{m}");
     assert_eq!(
-        metric_value(
-            &agent.metrics(),
-            "sonde_syscalls_map_full_total{map=\"stats\"}"
-        ),
+        metric_value(&m, "sonde_syscalls_map_full_total{map=\"stats\"}"),
         Some(0.0)
     );
     w.finish();

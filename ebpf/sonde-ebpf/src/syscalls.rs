@@ -75,8 +75,9 @@ static SYSCALL_INFLIGHT: PerCpuArray<SyscallInflight> = PerCpuArray::with_max_en
 /// change of number.
 pub const CACHE_SLOTS: u32 = 512;
 
-/// Most slots pending in one CPU's cache; one more flushes them all first.
-/// A thread rarely makes more distinct syscalls between two switches.
+/// Most slots pending in one CPU's cache; calls of further syscall numbers
+/// go straight to the stats hash until the next flush. A thread rarely
+/// makes more distinct syscalls between two switches.
 const DIRTY_MAX: usize = 32;
 
 /// A thread that keeps making syscalls without being switched out flushes
@@ -90,7 +91,13 @@ pub struct CacheSlot {
     /// Syscall number the pending calls belong to (valid when
     /// `stats.count != 0`).
     nr: u32,
-    _pad: u32,
+    /// Lowest and highest histogram bucket the pending calls touched: a
+    /// flush merges only those (a whole histogram is 106 buckets, ~150 ns
+    /// to merge, which a thread that blocks after a call or two would pay
+    /// at every switch).
+    lo: u8,
+    hi: u8,
+    _pad: u16,
     stats: SyscallStats,
 }
 
@@ -210,6 +217,7 @@ pub fn try_enter(nr: i64) -> Result<(), SyscallError> {
         }
         // SAFETY: helper with no arguments, allowed in tracing programs.
         ts = unsafe { bpf_ktime_get_ns() };
+        flush_if_stale(ts);
     }
     // An untraced call leaves `ts == 0` in an armed slot, which tells its
     // exit "nothing to account" without a hash lookup.
@@ -353,9 +361,6 @@ pub(crate) fn account(tgid: u32, nr: u32, ns: u64, ret: i64, now: u64) {
     // SAFETY: this CPU's entries from successful lookups; the programs that
     // write them cannot interleave on one CPU (module docs).
     let (h, e) = unsafe { (&mut *head, &mut *slot) };
-    if h.n != 0 && now.wrapping_sub(h.since) > FLUSH_AFTER_NS {
-        flush_all(h);
-    }
     if h.tgid == 0 {
         h.tgid = if tgid != 0 {
             tgid
@@ -366,9 +371,19 @@ pub(crate) fn account(tgid: u32, nr: u32, ns: u64, ret: i64, now: u64) {
     if ret < 0 {
         count_errno(h.tgid, nr, (-ret) as u32);
     }
+    let b = hist_bucket(ns);
     if e.stats.count == 0 {
         if h.n as usize >= DIRTY_MAX {
-            flush_all(h);
+            // More distinct syscalls pending than the list holds: this one
+            // goes straight to the hash, as every call did before the cache.
+            // (No flush of the whole cache here: sys_exit has no call site
+            // of `flush_all`, which keeps it within the verifier's budget.)
+            match stats_of(SyscallKey { tgid: h.tgid, nr }) {
+                // SAFETY: this CPU's value from a successful lookup.
+                Ok(p) => add_call(unsafe { &mut *p }, ns, ret),
+                Err(_) => bump(&SYSCALL_COUNTERS_MAP, SyscallCounter::StatsMapFull as u32),
+            }
+            return;
         }
         if h.n == 0 {
             h.since = now;
@@ -377,12 +392,39 @@ pub(crate) fn account(tgid: u32, nr: u32, ns: u64, ret: i64, now: u64) {
             *d = (nr & (CACHE_SLOTS - 1)) as u16;
             h.n += 1;
         }
-        e.nr = nr;
+        (e.nr, e.lo, e.hi) = (nr, b as u8, b as u8);
     } else if e.nr != nr {
+        // Still listed as pending: it stays so with the new number.
         flush_slot(h.tgid, e);
-        e.nr = nr;
+        (e.nr, e.lo, e.hi) = (nr, b as u8, b as u8);
+    } else if (b as u8) < e.lo {
+        e.lo = b as u8;
+    } else if (b as u8) > e.hi {
+        e.hi = b as u8;
     }
-    add_call(&mut e.stats, ns, ret);
+    let st = &mut e.stats;
+    st.count += 1;
+    st.total_ns += ns;
+    if let Some(h) = st.hist.get_mut(b) {
+        *h = h.wrapping_add(1);
+    }
+    if ret < 0 {
+        st.errors += 1;
+    }
+}
+
+/// A thread that keeps making syscalls without being switched out flushes
+/// its pending calls once the oldest is [`FLUSH_AFTER_NS`] old, so that
+/// every drain sees it. Checked at sys_enter, which has the clock already.
+#[inline(always)]
+fn flush_if_stale(now: u64) {
+    if let Some(head) = SYSCALL_CACHE_HEAD.get_ptr_mut(0) {
+        // SAFETY: this CPU's entry; no other writer can run meanwhile.
+        let h = unsafe { &mut *head };
+        if h.n != 0 && now.wrapping_sub(h.since) > FLUSH_AFTER_NS {
+            flush_all(h);
+        }
+    }
 }
 
 /// Flushes this CPU's cache and forgets whose it was (sched_switch,
@@ -427,19 +469,30 @@ fn flush_all(h: &mut CacheHead) {
 /// zeroes the slot. A full hash drops them, counted per call.
 #[inline(always)]
 fn flush_slot(tgid: u32, e: &mut CacheSlot) {
+    let (lo, hi) = (e.lo as usize, e.hi as usize);
     let src = &mut e.stats;
     match stats_of(SyscallKey { tgid, nr: e.nr }) {
         Ok(p) => {
-            // SAFETY: per-CPU value from a successful lookup; no other
+            // SAFETY: this CPU's value from a successful lookup; no other
             // writer can run on this CPU meanwhile.
             let dst = unsafe { &mut *p };
             dst.count += src.count;
             dst.errors += src.errors;
             dst.total_ns += src.total_ns;
-            // Field by field: no 448-byte copies on the 512-byte BPF stack.
-            for b in 0..HIST_BUCKETS {
-                dst.hist[b] = dst.hist[b].wrapping_add(src.hist[b]);
-                src.hist[b] = 0;
+            // Only the touched buckets when they are few. Field by field
+            // (no 448-byte copies on the 512-byte BPF stack) and unrolled
+            // (a loop here is walked by the verifier at every flush site,
+            // for every pending slot, and exhausts its budget).
+            if hi.wrapping_sub(lo) < 8 {
+                merge_window!(dst, src, lo, hi; 0 1 2 3 4 5 6 7);
+            } else {
+                merge_buckets!(dst, src;
+                    0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22
+                    23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42
+                    43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62
+                    63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82
+                    83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101
+                    102 103 104 105);
             }
         }
         Err(_) => {
@@ -448,14 +501,70 @@ fn flush_slot(tgid: u32, e: &mut CacheSlot) {
                 SyscallCounter::StatsMapFull as u32,
                 src.count,
             );
-            for b in 0..HIST_BUCKETS {
-                src.hist[b] = 0;
-            }
+            zero_buckets!(src;
+                0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22
+                23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42
+                43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62
+                63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82
+                83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101
+                102 103 104 105);
         }
     }
-    src.count = 0;
-    src.errors = 0;
-    src.total_ns = 0;
+    zero(&mut src.count);
+    zero(&mut src.errors);
+    zero(&mut src.total_ns);
+}
+
+/// `dst.hist[i] += src.hist[i]; src.hist[i] = 0` for each listed `i`.
+macro_rules! merge_buckets {
+    ($d:ident, $s:ident; $($i:literal)*) => {
+        $(
+            $d.hist[$i] = $d.hist[$i].wrapping_add($s.hist[$i]);
+            zero(&mut $s.hist[$i]);
+        )*
+    };
+}
+use merge_buckets;
+
+/// `src.hist[i] = 0` for each listed `i`.
+macro_rules! zero_buckets {
+    ($s:ident; $($i:literal)*) => {
+        $( zero(&mut $s.hist[$i]); )*
+    };
+}
+use zero_buckets;
+
+/// [`merge_buckets!`] for buckets `lo + k`, each listed `k`, up to `hi`.
+macro_rules! merge_window {
+    ($d:ident, $s:ident, $lo:ident, $hi:ident; $($k:literal)*) => {
+        $(
+            let b = opaque($lo + $k);
+            if b <= $hi && b < HIST_BUCKETS {
+                $d.hist[b] = $d.hist[b].wrapping_add($s.hist[b]);
+                zero(&mut $s.hist[b]);
+            }
+        )*
+    };
+}
+use merge_window;
+const _: () = assert!(HIST_BUCKETS == 106, "update the bucket lists");
+
+/// `*x = 0` as a volatile store: LLVM turns runs of plain zero stores into
+/// a `memset` call, which aya-ebpf implements as a byte loop that the
+/// verifier then walks byte by byte at every flush.
+#[inline(always)]
+fn zero<T: Default>(x: &mut T) {
+    // SAFETY: writing through a valid exclusive reference.
+    unsafe { core::ptr::write_volatile(x, T::default()) }
+}
+
+/// `x`, through memory, so the compiler cannot fold the bound check that
+/// follows into another register than the one used to index (the verifier
+/// tracks the bound on the register it was checked on).
+#[inline(always)]
+fn opaque(x: usize) -> usize {
+    // SAFETY: reading a local through a valid pointer.
+    unsafe { core::ptr::read_volatile(&x) }
 }
 
 /// This CPU's stats value of `key`, created (zeroed) if missing.
