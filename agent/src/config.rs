@@ -120,6 +120,19 @@ pub struct MemoryConfig {
     pub fault_sample_every: Bounded<1, 65_536>,
     /// Most (process, kind, stack) rows kept for `sonde memory`.
     pub max_rows: Bounded<1024, 10_000_000>,
+    /// "auto" (tp_btf `sys_exit`, else the per-syscall tracepoints; the
+    /// page-fault perf event). "floor" is a benchmark aid: empty programs on
+    /// the same hooks (tp_btf `sys_exit` and the page-fault event with the
+    /// same period), nothing collected.
+    pub hook: MemoryHook,
+}
+
+/// `collectors.memory.hook`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryHook {
+    Auto,
+    Floor,
 }
 
 impl Default for MemoryConfig {
@@ -129,6 +142,7 @@ impl Default for MemoryConfig {
             drain_interval: Dur(Duration::from_secs(10)),
             fault_sample_every: Bounded(512),
             max_rows: Bounded(100_000),
+            hook: MemoryHook::Auto,
         }
     }
 }
@@ -565,6 +579,17 @@ mod tests {
         }
         assert_eq!(Config::default().collectors.http.hook, HttpHook::Auto);
         let err = parse("[collectors.http]\nhook = \"kprobe\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("kprobe"), "{err}");
+    }
+
+    #[test]
+    fn memory_hook_choices_parse() {
+        assert_eq!(Config::default().collectors.memory.hook, MemoryHook::Auto);
+        let c = parse("[collectors.memory]\nhook = \"floor\"\n").unwrap();
+        assert_eq!(c.collectors.memory.hook, MemoryHook::Floor);
+        let err = parse("[collectors.memory]\nhook = \"kprobe\"\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2") && err.contains("kprobe"), "{err}");

@@ -862,7 +862,8 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
                 the agent running only the memory collector: CPU ms per `gcc -O2 -g -c` of a \
                 small C file (a real program that maps, grows its heap and faults a lot) and, \
                 as the worst case, CPU µs per round of mmap 1 MiB + 256 page faults + munmap \
-                (nothing but operations the collector hooks).";
+                (nothing but operations the collector hooks); and the tier-1 floor, the agent \
+                with empty programs on the same hooks (`collectors.memory.hook = \"floor\"`).";
     let run = || -> Result<ScenarioResult> {
         let bin = build_c("xtask/bench/malloc_loop.c", ctx.work.path())?;
         // Few pairs: with uprobes each costs microseconds.
@@ -922,6 +923,8 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
         .into_iter()
         .map(|k| (k, "false".to_owned()))
         .collect();
+        let mut memory_floor = only_memory.clone();
+        memory_floor.push(("SONDE_COLLECTORS__MEMORY__HOOK", "floor".to_owned()));
         let gcc_loop = build_c("xtask/bench/gcc_loop.c", ctx.work.path())?;
         let src = crate::cmd::workspace_root().join("tests/workloads/leak_churn.c");
         let compiles = if ctx.quick { 5 } else { 30 }.to_string();
@@ -947,6 +950,16 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
                             ("mmap+faults+munmap", per_round()?),
                             ("gcc -O2 -g -c", per_compile()?),
                         ])
+                    }),
+                ),
+                (
+                    "empty hooks, same points (floor)",
+                    Box::new(|| {
+                        let a = Agent::start(&ctx.sonde, ctx.work.path(), &memory_floor)?;
+                        let v = per_round()?;
+                        let g = per_compile()?;
+                        a.stop()?;
+                        Ok(vec![("mmap+faults+munmap", v), ("gcc -O2 -g -c", g)])
                     }),
                 ),
                 (
@@ -1005,6 +1018,27 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
             "×",
             None,
         );
+        let floor_ratio = |m: &str| {
+            r.median(m, "no agent")
+                .zip(r.median(m, "empty hooks, same points (floor)"))
+                .map(|(b, w)| b / w)
+        };
+        let (gcc_floor, worst_floor) = (
+            floor_ratio("gcc -O2 -g -c"),
+            floor_ratio("mmap+faults+munmap"),
+        );
+        r.derive(
+            "tier-1 floor throughput ratio (gcc, empty hooks)",
+            gcc_floor,
+            "×",
+            gcc_floor.map(|x| ("> 0.98, else ≥ 0.98 is blocked by the hooks", x > 0.98)),
+        );
+        r.derive(
+            "tier-1 floor throughput ratio (fault loop, empty hooks)",
+            worst_floor,
+            "×",
+            None,
+        );
         r.commands = vec![
             format!(
                 "gcc -O2 xtask/bench/malloc_loop.c && taskset -c LAST_CPU ./a.out {n}  (CPU ns/pair)"
@@ -1028,6 +1062,9 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
                 "gcc -O2 xtask/bench/gcc_loop.c && taskset -c LAST_CPU ./a.out {compiles} \
                  tests/workloads/leak_churn.c  (CPU ms/compile of all children), same agents"
             ),
+            "SONDE_COLLECTORS__MEMORY__HOOK=floor: empty programs on tp_btf sys_exit and the \
+             page-fault perf event (same period), the tier-1 floor"
+                .into(),
         ];
         Ok(r)
     };

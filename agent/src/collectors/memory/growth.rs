@@ -34,7 +34,7 @@ use crate::{
         profile::symbolize::{Limits, Resolver, SymbolizeMetrics},
         take_map,
     },
-    config::MemoryConfig,
+    config::{MemoryConfig, MemoryHook},
     ebpf,
     process_table::ProcessTable,
 };
@@ -193,14 +193,20 @@ impl MemoryCollector {
                 0,
             )
             .map_err(|e| map_err("MEM_CONTROL", e))?;
-        let (ok, failed) = attach(&mut obj, self.config.fault_sample_every.get());
+        let floor = self.config.hook == MemoryHook::Floor;
+        let (ok, failed) = attach(&mut obj, self.config.fault_sample_every.get(), floor);
         if ok.is_empty() {
             return Err(CollectorError::NoHook(format!(
                 "no memory hook attached: {}",
                 failed.join("; ")
             )));
         }
-        let health = if failed.is_empty() {
+        let health = if failed.is_empty() && floor {
+            ComponentHealth::healthy(format!(
+                "{} (benchmark floor: nothing collected)",
+                ok.join(", ")
+            ))
+        } else if failed.is_empty() {
             ComponentHealth::healthy(format!(
                 "{}; 1 page fault in {} sampled with its stack",
                 ok.first().map_or("", String::as_str),
@@ -250,11 +256,19 @@ impl MemoryCollector {
 }
 
 /// Loads and attaches each hook; returns (attached, failures with why).
-fn attach(obj: &mut Ebpf, fault_every: u64) -> (Vec<String>, Vec<String>) {
+/// `floor` attaches the empty benchmark programs instead, with no fallback.
+fn attach(obj: &mut Ebpf, fault_every: u64, floor: bool) -> (Vec<String>, Vec<String>) {
     let mut ok = Vec::new();
     let mut failed = Vec::new();
-    match attach_sys_exit(obj) {
+    let (exit_prog, fault_prog) = if floor {
+        ("mem_floor_sys_exit", "mem_floor_fault")
+    } else {
+        ("mem_sys_exit", "mem_fault")
+    };
+    match attach_sys_exit(obj, exit_prog) {
+        Ok(()) if floor => ok.push("empty tp_btf sys_exit (floor)".to_owned()),
         Ok(()) => ok.push("tp_btf sys_exit (mmap/munmap/mremap/brk)".to_owned()),
+        Err(why) if floor => failed.push(format!("empty tp_btf sys_exit (floor): {why}")),
         Err(why) => {
             tracing::info!(collector = NAME, %why, "tp_btf sys_exit unusable, using per-syscall tracepoints");
             for (prog, cat, tp) in HOOKS {
@@ -280,8 +294,8 @@ fn attach(obj: &mut Ebpf, fault_every: u64) -> (Vec<String>, Vec<String>) {
     let r = (|| -> Result<usize, String> {
         let cpus = aya::util::online_cpus().map_err(|(path, e)| format!("reading {path}: {e}"))?;
         let p: &mut PerfEvent = obj
-            .program_mut("mem_fault")
-            .ok_or("mem_fault missing from object")?
+            .program_mut(fault_prog)
+            .ok_or_else(|| format!("{fault_prog} missing from object"))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| chain(&e))?;
         p.load().map_err(|e| chain(&e))?;
@@ -311,11 +325,11 @@ fn attach(obj: &mut Ebpf, fault_every: u64) -> (Vec<String>, Vec<String>) {
 }
 
 /// The preferred syscall hook: one tp_btf program on the generic `sys_exit`.
-fn attach_sys_exit(obj: &mut Ebpf) -> Result<(), String> {
+fn attach_sys_exit(obj: &mut Ebpf, prog: &str) -> Result<(), String> {
     let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
     let p: &mut BtfTracePoint = obj
-        .program_mut("mem_sys_exit")
-        .ok_or("mem_sys_exit missing from object")?
+        .program_mut(prog)
+        .ok_or_else(|| format!("{prog} missing from object"))?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| chain(&e))?;
     p.load("sys_exit", &btf).map_err(|e| chain(&e))?;

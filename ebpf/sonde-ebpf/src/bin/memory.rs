@@ -40,3 +40,15 @@ pub fn mem_brk(ctx: TracePointContext) -> u32 {
 pub fn mem_fault(ctx: PerfEventContext) -> u32 {
     memory::fault_sample(&ctx)
 }
+
+/// Empty programs on the same hooks (`collectors.memory.hook = "floor"`):
+/// what the hooks alone cost, for the benchmark.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn mem_floor_sys_exit(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[perf_event]
+pub fn mem_floor_fault(_ctx: PerfEventContext) -> u32 {
+    0
+}
