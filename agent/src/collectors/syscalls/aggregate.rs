@@ -20,31 +20,47 @@ pub const OTHER: &str = "other";
 
 /// One key's cumulative counters, summed over CPUs. Histogram sums wrap at
 /// 2^32 like the kernel's buckets; deltas are taken with wrapping arithmetic.
+///
+/// The histogram is kept sparse: the tracker holds one reading per live
+/// (process, syscall) pair, and a host that forks short-lived processes
+/// has thousands of pairs with a handful of non-empty buckets each. Dense
+/// (106 buckets, 448 bytes a pair) the readings, their deltas and the
+/// per-drain maps held ~20 MiB transiently at ~5,000 pairs; sparse they
+/// take a few hundred KiB.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reading {
     pub count: u64,
     pub errors: u64,
     pub total_ns: u64,
-    pub hist: [u32; HIST_BUCKETS],
+    /// (bucket, calls) of the non-zero buckets, in bucket order.
+    pub hist: Box<[(u8, u32)]>,
 }
+
+const _: () = assert!(HIST_BUCKETS <= u8::MAX as usize + 1);
 
 impl Reading {
     pub fn sum_cpus(values: &[SyscallStats]) -> Self {
-        let mut r = Self {
-            count: 0,
-            errors: 0,
-            total_ns: 0,
-            hist: [0; HIST_BUCKETS],
-        };
+        let (mut count, mut errors, mut total_ns) = (0u64, 0u64, 0u64);
+        let mut dense = [0u32; HIST_BUCKETS];
         for v in values {
-            r.count = r.count.wrapping_add(v.count);
-            r.errors = r.errors.wrapping_add(v.errors);
-            r.total_ns = r.total_ns.wrapping_add(v.total_ns);
-            for (a, b) in r.hist.iter_mut().zip(v.hist.iter()) {
+            count = count.wrapping_add(v.count);
+            errors = errors.wrapping_add(v.errors);
+            total_ns = total_ns.wrapping_add(v.total_ns);
+            for (a, b) in dense.iter_mut().zip(v.hist.iter()) {
                 *a = a.wrapping_add(*b);
             }
         }
-        r
+        Self {
+            count,
+            errors,
+            total_ns,
+            hist: dense
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n != 0)
+                .map(|(i, n)| (i as u8, *n))
+                .collect(),
+        }
     }
 }
 
@@ -54,31 +70,49 @@ pub struct Delta {
     pub count: u64,
     pub errors: u64,
     pub total_ns: u64,
-    /// Calls per histogram bucket (see sonde_common::syscalls).
+    /// Calls per histogram bucket (see sonde_common::syscalls), up to the
+    /// last non-empty one (shorter vectors are zero beyond their end).
     pub hist: Vec<u64>,
 }
 
 impl Delta {
     fn between(now: &Reading, last: Option<&Reading>) -> Self {
+        let len = |r: &Reading| r.hist.last().map_or(0, |(i, _)| *i as usize + 1);
         match last {
             // A key recreated after deletion starts again from zero.
-            Some(l) if now.count >= l.count => Self {
-                count: now.count - l.count,
-                errors: now.errors.saturating_sub(l.errors),
-                total_ns: now.total_ns.saturating_sub(l.total_ns),
-                hist: now
-                    .hist
-                    .iter()
-                    .zip(l.hist.iter())
-                    .map(|(a, b)| u64::from(a.wrapping_sub(*b)))
-                    .collect(),
-            },
-            _ => Self {
-                count: now.count,
-                errors: now.errors,
-                total_ns: now.total_ns,
-                hist: now.hist.iter().map(|&v| u64::from(v)).collect(),
-            },
+            Some(l) if now.count >= l.count => {
+                // Same arithmetic as on dense arrays: a bucket missing on
+                // one side is zero there (a bucket can wrap to exactly 0).
+                let mut hist = vec![0u32; len(now).max(len(l))];
+                for (i, n) in now.hist.iter() {
+                    hist[*i as usize] = *n;
+                }
+                for (i, n) in l.hist.iter() {
+                    hist[*i as usize] = hist[*i as usize].wrapping_sub(*n);
+                }
+                let mut hist: Vec<u64> = hist.into_iter().map(u64::from).collect();
+                while hist.last() == Some(&0) {
+                    hist.pop();
+                }
+                Self {
+                    count: now.count - l.count,
+                    errors: now.errors.saturating_sub(l.errors),
+                    total_ns: now.total_ns.saturating_sub(l.total_ns),
+                    hist,
+                }
+            }
+            _ => {
+                let mut hist = vec![0u64; len(now)];
+                for (i, n) in now.hist.iter() {
+                    hist[*i as usize] = u64::from(*n);
+                }
+                Self {
+                    count: now.count,
+                    errors: now.errors,
+                    total_ns: now.total_ns,
+                    hist,
+                }
+            }
         }
     }
 
@@ -615,8 +649,9 @@ mod tests {
         let mut a = stats(10, 1000, 1);
         a.count = 10 + 7;
         a.hist[hist_bucket(1000)] = 3u32.wrapping_sub(0); // 10 + 7 + (2^32 - 10) wrapped
-        let mut prev = Reading::sum_cpus(&[stats(10, 1000, 1)]);
-        prev.hist[hist_bucket(1000)] = u32::MAX - 3;
+        let mut p = stats(10, 1000, 1);
+        p.hist[hist_bucket(1000)] = u32::MAX - 3;
+        let prev = Reading::sum_cpus(&[p]);
         let mut t = Tracker::default();
         t.update(HashMap::from([(key(1, 0), prev)]), HashMap::new(), &none);
         let (d, _) = t.update(
@@ -626,6 +661,50 @@ mod tests {
         );
         assert_eq!(d[0].1.count, 7);
         assert_eq!(d[0].1.hist[hist_bucket(1000)], 7);
+    }
+
+    #[test]
+    fn sparse_deltas_match_dense_arithmetic() {
+        // Buckets only in the new reading, only in the old one (wrapped to
+        // exactly zero), in both, and a key recreated with fewer calls.
+        let mut old = SyscallStats::ZERO;
+        old.count = 10;
+        old.hist[3] = 4;
+        old.hist[40] = 6;
+        let mut new = SyscallStats::ZERO;
+        new.count = 10 + 9;
+        new.hist[3] = 5;
+        new.hist[7] = 8;
+        new.hist[40] = 6u32.wrapping_add(u32::MAX).wrapping_add(1); // wrapped to 6
+        let mut t = Tracker::default();
+        let none = HashSet::new();
+        let k = || HashMap::from([(key(1, 0), Reading::sum_cpus(&[old]))]);
+        t.update(k(), HashMap::new(), &none);
+        let (d, _) = t.update(
+            HashMap::from([(key(1, 0), Reading::sum_cpus(&[new]))]),
+            HashMap::new(),
+            &none,
+        );
+        assert_eq!(d[0].1.hist, vec![0, 0, 0, 1, 0, 0, 0, 8]);
+        let mut gone_to_zero = new;
+        gone_to_zero.hist[40] = 0; // 6 + (2^32 - 6) calls: wrapped to 0
+        let mut t = Tracker::default();
+        t.update(k(), HashMap::new(), &none);
+        let (d, _) = t.update(
+            HashMap::from([(key(1, 0), Reading::sum_cpus(&[gone_to_zero]))]),
+            HashMap::new(),
+            &none,
+        );
+        assert_eq!(d[0].1.hist[40], u64::from(u32::MAX - 5));
+        let mut fewer = SyscallStats::ZERO;
+        fewer.count = 2;
+        fewer.hist[5] = 2;
+        let (d, _) = t.update(
+            HashMap::from([(key(1, 0), Reading::sum_cpus(&[fewer]))]),
+            HashMap::new(),
+            &none,
+        );
+        assert_eq!(d[0].1.hist, vec![0, 0, 0, 0, 0, 2]);
     }
 
     #[test]
