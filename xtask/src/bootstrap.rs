@@ -150,8 +150,10 @@ fn llvm_major(lib: &Path) -> Option<u32> {
         .ok()
 }
 
-/// Debian packages the benchmarks use (peers and load generators).
+/// Debian packages the benchmarks use (peers, load generators, and
+/// bpftool, which reads the kernel's per-program run time).
 const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("bpftool", "bpftool"),
     ("bpftrace", "bpftrace"),
     ("gcc", "gcc"),
     ("nginx", "nginx"),

@@ -87,17 +87,29 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (Which::Alloc, scenarios::alloc),
         (Which::Footprint, scenarios::footprint),
     ];
-    for (w, f) in list {
-        if want(w) {
-            eprintln!("bench: {w:?} ...");
-            let r = f(&ctx);
-            eprintln!("{}", report::summary_line(&r));
-            results.push(r);
-        }
-    }
     let out = args
         .out
         .unwrap_or_else(|| crate::cmd::workspace_root().join("docs"));
+    // Scenarios not run this time keep their earlier figures (with their
+    // own run time), so `bench alloc` updates one section, not the file.
+    let mut earlier = if all || args.quick {
+        Vec::new()
+    } else {
+        report::previous(&out)
+    };
+    for (w, f) in list {
+        let name = format!("{w:?}").to_lowercase();
+        if want(w) {
+            eprintln!("bench: {w:?} ...");
+            let t = Instant::now();
+            let mut r = f(&ctx);
+            r.ran = Some(report::Ran::now(&ctx, t.elapsed()));
+            eprintln!("{}", report::summary_line(&r));
+            results.push(r);
+        } else if let Some(i) = earlier.iter().position(|r| r.name == name) {
+            results.push(earlier.swap_remove(i));
+        }
+    }
     report::write(&out, &results, &ctx, started.elapsed())?;
     eprintln!(
         "bench: wrote {}/benchmarks.md and benchmarks.json in {:.0?}",

@@ -863,7 +863,9 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
                 small C file (a real program that maps, grows its heap and faults a lot) and, \
                 as the worst case, CPU µs per round of mmap 1 MiB + 256 page faults + munmap \
                 (nothing but operations the collector hooks); and the tier-1 floor, the agent \
-                with empty programs on the same hooks (`collectors.memory.hook = \"floor\"`).";
+                with empty programs on the same hooks (`collectors.memory.hook = \"floor\"`). \
+                The agent's own CPU during the compiles (it runs on the other core) is added \
+                to the compilers' for the tier-1 target.";
     let run = || -> Result<ScenarioResult> {
         let bin = build_c("xtask/bench/malloc_loop.c", ctx.work.path())?;
         // Few pairs: with uprobes each costs microseconds.
@@ -936,11 +938,13 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
             src.display().to_string(),
         ];
         let per_compile = || run_number(&taskset, &gcc_args);
+        let n_compiles: f64 = compiles.parse().expect("a number");
         metrics.extend(alternate(
             ctx.reps,
             &[
                 ("mmap+faults+munmap", "CPU µs/round"),
                 ("gcc -O2 -g -c", "CPU ms/compile"),
+                ("agent CPU during the compiles", "CPU ms/compile"),
             ],
             vec![
                 (
@@ -967,9 +971,18 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
                     Box::new(|| {
                         let a = Agent::start(&ctx.sonde, ctx.work.path(), &only_memory)?;
                         let v = per_round()?;
+                        // The agent's own CPU while the compiles run (it
+                        // drains, reads maps and symbolizes on another
+                        // core): the compilers' CPU alone would hide it.
+                        let c0 = cpu_seconds(a.pid())?;
                         let g = per_compile()?;
+                        let agent_ms = (cpu_seconds(a.pid())? - c0) * 1000.0 / n_compiles;
                         a.stop()?;
-                        Ok(vec![("mmap+faults+munmap", v), ("gcc -O2 -g -c", g)])
+                        Ok(vec![
+                            ("mmap+faults+munmap", v),
+                            ("gcc -O2 -g -c", g),
+                            ("agent CPU during the compiles", agent_ms),
+                        ])
                     }),
                 ),
             ],
@@ -1007,16 +1020,27 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
         };
         let (gcc, worst) = (ratio("gcc -O2 -g -c"), ratio("mmap+faults+munmap"));
         r.derive(
-            "tier-1 throughput ratio (gcc)",
+            "tier-1 throughput ratio (gcc, compilers' CPU only)",
             gcc,
             "×",
-            gcc.map(|x| ("≥ 0.98", x >= 0.98)),
+            None,
         );
         r.derive(
             "tier-1 throughput ratio (fault loop, worst case)",
             worst,
             "×",
             None,
+        );
+        let with_agent = r
+            .median("gcc -O2 -g -c", "no agent")
+            .zip(r.median("gcc -O2 -g -c", "memory collector"))
+            .zip(r.median("agent CPU during the compiles", "memory collector"))
+            .map(|((b, w), a)| b / (w + a));
+        r.derive(
+            "tier-1 throughput ratio (gcc, the agent's CPU included)",
+            with_agent,
+            "×",
+            with_agent.map(|x| ("≥ 0.98", x >= 0.98)),
         );
         let floor_ratio = |m: &str| {
             r.median(m, "no agent")
@@ -1060,7 +1084,8 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
             ),
             format!(
                 "gcc -O2 xtask/bench/gcc_loop.c && taskset -c LAST_CPU ./a.out {compiles} \
-                 tests/workloads/leak_churn.c  (CPU ms/compile of all children), same agents"
+                 tests/workloads/leak_churn.c  (CPU ms/compile of all children), same agents; \
+                 the agent's CPU from /proc/PID/stat over the compiles, per compile"
             ),
             "SONDE_COLLECTORS__MEMORY__HOOK=floor: empty programs on tp_btf sys_exit and the \
              page-fault perf event (same period), the tier-1 floor"

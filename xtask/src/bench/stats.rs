@@ -1,11 +1,11 @@
 //! Medians and spreads.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Spread above which a figure is labelled noisy: (max - min) / median.
 pub const NOISY_SPREAD: f64 = 0.10;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub median: f64,
     pub min: f64,

@@ -476,6 +476,10 @@ impl Drainer {
 
         let mut updates = Vec::new();
         let mut active: HashSet<u32> = HashSet::new();
+        // Processes whose maps were looked at this drain: once each, since
+        // for a process that is gone every `see` retries /proc/PID/maps,
+        // and it can have many rows.
+        let mut seen: HashSet<u32> = HashSet::new();
         for (k, bytes, n) in rows {
             let pid = k.tgid;
             active.insert(pid);
@@ -510,7 +514,9 @@ impl Drainer {
                     .with_label_values(&[&*label, op])
                     .inc_by(bytes);
             }
-            resolver.see(pid);
+            if seen.insert(pid) {
+                resolver.see(pid);
+            }
             let stack = traces
                 .get(&k.user_stack_id)
                 .map(|ips| resolver.user(pid, ips))
