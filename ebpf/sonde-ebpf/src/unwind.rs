@@ -70,6 +70,38 @@ pub struct Walk {
     /// frame a signal interrupted), 0 when it is a return address (then
     /// `pc - 1` is looked up: the call may be a function's last bytes).
     exact: u32,
+    search: Search,
+}
+
+/// The bounds of a binary search, kept in map memory between steps (see
+/// [`Search::forget`]).
+#[repr(C)]
+struct Search {
+    lo: u32,
+    hi: u32,
+}
+
+impl Search {
+    /// Stores the bounds and reads them back through volatile loads from
+    /// map memory, which the verifier does not track: it then knows only
+    /// that they are u32s. Kept in registers, each step's comparison left
+    /// the two branches with different exact bounds, no state could prune
+    /// another, and the 27-step row search multiplied the paths past the
+    /// verifier's 1M-instruction limit (seen on a 6.18 stable kernel; an
+    /// earlier build of the same version happened to prune them).
+    #[inline(always)]
+    fn forget(&mut self, lo: u32, hi: u32) -> (u32, u32) {
+        // SAFETY: `self` is a valid, aligned field of this CPU's scratch
+        // slot; volatile only keeps the compiler from eliding the round trip.
+        unsafe {
+            core::ptr::write_volatile(&mut self.lo, lo);
+            core::ptr::write_volatile(&mut self.hi, hi);
+            (
+                core::ptr::read_volatile(&self.lo),
+                core::ptr::read_volatile(&self.hi),
+            )
+        }
+    }
 }
 
 #[map]
@@ -106,34 +138,36 @@ fn read_user(addr: u64) -> Option<u64> {
 
 /// The process's mapping holding `pc`.
 #[inline(always)]
-fn find_mapping(p: &UnwindProc, pc: u64) -> Option<&UnwindMapping> {
-    let mut lo = 0usize;
-    let mut hi = p.len as usize;
-    if hi > UNWIND_MAX_MAPPINGS {
-        hi = UNWIND_MAX_MAPPINGS;
-    }
+fn find_mapping<'a>(p: &'a UnwindProc, pc: u64, s: &mut Search) -> Option<&'a UnwindMapping> {
+    let mut lo = 0u32;
+    let mut hi = p.len.min(UNWIND_MAX_MAPPINGS as u32);
     for _ in 0..UNWIND_MAP_SEARCH_STEPS {
+        (lo, hi) = s.forget(lo, hi);
         if lo >= hi {
             break;
         }
-        let mid = (lo + hi) / 2;
-        let m = p.maps.get(mid)?;
+        let mid = lo + (hi - lo) / 2;
+        let m = p.maps.get(mid as usize)?;
         if m.start <= pc {
             lo = mid + 1;
         } else {
             hi = mid;
         }
     }
-    let m = p.maps.get(lo.checked_sub(1)?)?;
+    // Through map memory too: LLVM otherwise re-derives the index from
+    // `lo` after the bounds check, on a register the check did not bound.
+    let (i, _) = s.forget(lo.checked_sub(1)?, 0);
+    let m = p.maps.get(i as usize)?;
     (pc < m.end).then_some(m)
 }
 
 /// The last row of `f` starting at or before `pc`.
 #[inline(always)]
-fn find_row(f: &UnwindFile, pc: u32) -> Option<&'static UnwindRow> {
+fn find_row(f: &UnwindFile, pc: u32, s: &mut Search) -> Option<&'static UnwindRow> {
     let mut lo = 0u32;
     let mut hi = f.rows;
     for _ in 0..UNWIND_ROW_SEARCH_STEPS {
+        (lo, hi) = s.forget(lo, hi);
         if lo >= hi {
             break;
         }
@@ -205,13 +239,13 @@ fn signal_step(w: &mut Walk) -> i64 {
 
 /// The row for the current pc, counting why there is none.
 #[inline(always)]
-fn row_for(w: &Walk) -> Option<&'static UnwindRow> {
+fn row_for(w: &mut Walk) -> Option<&'static UnwindRow> {
     let p = UNWIND_PROCS.get_ptr(w.tgid)?;
     // SAFETY: a successful lookup's value stays valid for this program run
     // (the agent may rewrite it concurrently: at worst a wrong frame).
     let p = unsafe { &*p };
     let pc = if w.exact != 0 { w.pc } else { w.pc - 1 };
-    let Some(m) = find_mapping(p, pc) else {
+    let Some(m) = find_mapping(p, pc, &mut w.search) else {
         count(UnwindCounter::NoMapping);
         return None;
     };
@@ -226,7 +260,7 @@ fn row_for(w: &Walk) -> Option<&'static UnwindRow> {
     let r = if rel > u32::MAX as u64 {
         None
     } else {
-        find_row(f, rel as u32)
+        find_row(f, rel as u32, &mut w.search)
     };
     match r {
         Some(r) if r.cfa_kind != cfa::NONE => Some(r),

@@ -265,6 +265,12 @@ impl ProfileCollector {
             what: PROGRAM.into(),
             source,
         })?;
+        // How close the unwinder is to the verifier's 1M-instruction limit:
+        // the figure that moved when a kernel build stopped pruning it.
+        let verified_insns = prog
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count());
         let mut att = Attached::default();
         attach_cpus(&mut obj, hz, &mut att)?;
         if att.ok.is_empty() {
@@ -281,7 +287,7 @@ impl ProfileCollector {
         let (dm, cpus) = metrics(ctx.telemetry);
         cpus.set(att.ok.len() as i64);
         self.health.set(att.describe(hz));
-        tracing::info!(collector = NAME, hz, cpus = ?att.ok, failed = att.failed.len(), "profiler attached");
+        tracing::info!(collector = NAME, hz, cpus = ?att.ok, failed = att.failed.len(), ?verified_insns, "profiler attached");
 
         let limits = Limits {
             files: self.config.max_cached_files.get() as usize,
