@@ -9,7 +9,10 @@ use std::{
     collections::HashMap,
     fs,
     path::Path,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -148,6 +151,22 @@ struct Entry {
 struct Inner {
     map: HashMap<u32, Entry>,
     next_seq: u64,
+    /// Entries not yet exited, kept in step with `map` so the gauge costs
+    /// O(1) per event: a fork storm fills the table with exited entries,
+    /// and counting them on every event made the event consumer fall behind.
+    live: usize,
+}
+
+/// How far the process collector's event consumer has got, so a collector
+/// meeting an unknown pid can tell "exec event not applied yet" from
+/// "never coming".
+#[derive(Default)]
+struct EventProgress {
+    /// Set when the consumer wakes with events to apply, cleared once the
+    /// ring buffer is empty.
+    busy: AtomicBool,
+    /// When the consumer last emptied the ring buffer.
+    drained_at: Mutex<Option<Instant>>,
 }
 
 #[derive(Clone)]
@@ -166,6 +185,7 @@ pub struct ProcessTable {
     grace: Duration,
     metrics: Metrics,
     identity: IdentityCache,
+    events: Arc<EventProgress>,
 }
 
 impl ProcessTable {
@@ -177,10 +197,12 @@ impl ProcessTable {
             inner: Arc::new(RwLock::new(Inner {
                 map: HashMap::new(),
                 next_seq: 0,
+                live: 0,
             })),
             max: max.max(1),
             grace,
             identity: IdentityCache::default(),
+            events: Arc::default(),
             metrics: Metrics {
                 tracked: telemetry.gauge(
                     "sonde_processes_tracked",
@@ -248,15 +270,46 @@ impl ProcessTable {
 
     pub fn on_exit(&self, pid: u32) {
         self.metrics.exits.inc();
-        let mut inner = self.write();
+        let mut guard = self.write();
+        let inner = &mut *guard;
         if let Some(e) = inner.map.get_mut(&pid)
             && e.exited_at.is_none()
         {
             e.exited_at = Some(Instant::now());
             e.info.exited = true;
+            inner.live -= 1;
         }
-        drop(inner);
-        self.refresh_gauge();
+        self.metrics.tracked.set(inner.live as i64);
+    }
+
+    /// The event consumer woke with events to apply.
+    pub fn events_arriving(&self) {
+        self.events.busy.store(true, Ordering::Release);
+    }
+
+    /// The event consumer emptied its ring buffer.
+    pub fn events_drained(&self) {
+        *self
+            .events
+            .drained_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.events.busy.store(false, Ordering::Release);
+    }
+
+    /// Whether every exec/exit event emitted before `t` has been applied:
+    /// the consumer is idle, or emptied the ring buffer after `t`. True when
+    /// no process collector runs (nothing to wait for). An idle consumer
+    /// with a wake-up still in flight reads as caught up, so callers keep a
+    /// short minimum wait of their own.
+    pub fn events_applied_since(&self, t: Instant) -> bool {
+        !self.events.busy.load(Ordering::Acquire)
+            || self
+                .events
+                .drained_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_some_and(|d| d >= t)
     }
 
     /// Container id -> Kubernetes identity, filled by `identity::spawn`.
@@ -284,13 +337,14 @@ impl ProcessTable {
             let k = self.identity.lookup(&info.container_id);
             info.set_k8s(k);
         }
-        let mut inner = self.write();
+        let mut guard = self.write();
+        let inner = &mut *guard;
         if inner.map.len() >= self.max && !inner.map.contains_key(&info.pid) {
-            self.evict(&mut inner);
+            self.evict(inner);
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
-        inner.map.insert(
+        let old = inner.map.insert(
             info.pid,
             Entry {
                 info,
@@ -298,8 +352,10 @@ impl ProcessTable {
                 exited_at: None,
             },
         );
-        drop(inner);
-        self.refresh_gauge();
+        if old.is_none_or(|o| o.exited_at.is_some()) {
+            inner.live += 1;
+        }
+        self.metrics.tracked.set(inner.live as i64);
     }
 
     /// Frees 1/16 of the table (at least one entry): exited entries first,
@@ -312,29 +368,20 @@ impl ProcessTable {
             .map(|(pid, e)| (e.exited_at.is_none(), e.seq, *pid))
             .collect();
         victims.sort_unstable();
-        for (_, _, pid) in victims.into_iter().take(want) {
+        for (live, _, pid) in victims.into_iter().take(want) {
             inner.map.remove(&pid);
+            inner.live -= usize::from(live);
             self.metrics.evictions.inc();
         }
     }
 
-    /// Drops exited processes whose grace period is over.
+    /// Drops exited processes whose grace period is over (live entries, and
+    /// so the live count, are untouched).
     pub fn gc(&self) {
         let grace = self.grace;
         self.write()
             .map
             .retain(|_, e| e.exited_at.is_none_or(|t| t.elapsed() < grace));
-        self.refresh_gauge();
-    }
-
-    fn refresh_gauge(&self) {
-        let live = self
-            .read()
-            .map
-            .values()
-            .filter(|e| e.exited_at.is_none())
-            .count();
-        self.metrics.tracked.set(live as i64);
     }
 
     /// The process, from the table or else from /proc (then remembered).
@@ -478,6 +525,49 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         t.gc();
         assert!(!t.read().map.contains_key(&5));
+    }
+
+    #[test]
+    fn live_gauge_follows_exec_exit_eviction_and_reuse() {
+        let t = table(16, Duration::from_secs(60));
+        for pid in 1..=10 {
+            t.insert(fake(pid));
+        }
+        t.on_exit(3);
+        t.on_exit(3); // a repeated exit changes nothing
+        t.on_exit(77); // unknown pid
+        assert_eq!(t.metrics.tracked.get(), 9);
+        t.insert(fake(3)); // pid reused by a new exec
+        t.insert(fake(4)); // re-exec of a live pid
+        assert_eq!(t.metrics.tracked.get(), 10);
+        for pid in 100..110 {
+            t.insert(fake(pid));
+        }
+        let live = t
+            .read()
+            .map
+            .values()
+            .filter(|e| e.exited_at.is_none())
+            .count();
+        assert_eq!(t.metrics.tracked.get(), live as i64);
+        assert_eq!(t.read().live, live);
+    }
+
+    #[test]
+    fn event_progress_tells_pending_from_applied() {
+        let t = table(16, Duration::from_secs(60));
+        let before = Instant::now();
+        // No consumer yet: nothing to wait for.
+        assert!(t.events_applied_since(before));
+        t.events_arriving();
+        assert!(!t.events_applied_since(before));
+        t.events_drained();
+        assert!(t.events_applied_since(before));
+        // Busy again: caught up as of the last drain, not after it.
+        t.events_arriving();
+        let later = Instant::now() + Duration::from_millis(1);
+        assert!(t.events_applied_since(before));
+        assert!(!t.events_applied_since(later));
     }
 
     #[test]

@@ -178,6 +178,7 @@ async fn drain_events(
                 }
             },
         };
+        table.events_arriving();
         let rb = guard.get_inner_mut();
         while let Some(item) = rb.next() {
             match decode(&item) {
@@ -186,6 +187,7 @@ async fn drain_events(
             }
         }
         guard.clear_ready();
+        table.events_drained();
     }
 }
 

@@ -393,6 +393,10 @@ struct Drain {
 
 /// Drains to wait for the process table to name a process (see drain_once).
 const UNNAMED_RETRIES: u32 = 2;
+/// ... and at most this many while the process collector is still applying
+/// exec events from before the read (a fork storm on a busy machine), so a
+/// lost exec event cannot hold a process's counts back for long.
+const UNNAMED_MAX_RETRIES: u32 = 30;
 
 impl Drain {
     async fn run(
@@ -439,11 +443,14 @@ impl Drain {
             .into_iter()
             .filter(|t| !alive(&self.table, *t))
             .collect();
+        let read_at = Instant::now();
         let (cur, cur_err) = self.read_maps();
+        let lagging = !self.table.events_applied_since(read_at);
         // Name every process now. One the process table does not know and
         // /proc no longer has is usually a short-lived child whose exec
         // event the process collector has not handled yet: leave its counts
-        // in the kernel for up to UNNAMED_RETRIES drains before calling it
+        // in the kernel for up to UNNAMED_RETRIES drains, or longer while
+        // that collector is still behind the read, before calling it
         // `unknown`.
         let mut names: HashMap<u32, (Arc<str>, Arc<str>)> = HashMap::new();
         let mut deferred = HashSet::new();
@@ -455,7 +462,7 @@ impl Drain {
                 None => {
                     let tries = self.unnamed.entry(tgid).or_insert(0);
                     *tries += 1;
-                    if *tries <= UNNAMED_RETRIES {
+                    if *tries <= UNNAMED_RETRIES || (lagging && *tries <= UNNAMED_MAX_RETRIES) {
                         deferred.insert(tgid);
                     } else {
                         names.insert(tgid, ("?".into(), "unknown".into()));
