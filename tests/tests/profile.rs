@@ -536,3 +536,27 @@ mod pprof {
         }
     }
 }
+
+/// A kernel build that stopped pruning the unwinder's searches pushed this
+/// program to the verifier's 1M-instruction limit (profiler down, every
+/// agent start 40 s late). Keep a wide margin so the next drift shows here
+/// first, not as a collector that fails to load.
+#[test]
+fn profiler_program_stays_well_inside_the_verifier_budget() {
+    let agent = Agent::start("");
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("profiler attached"))
+        .unwrap_or_else(|| panic!("no 'profiler attached' line:\n{log}"));
+    let n: u64 = line
+        .split("\"verified_insns\":\"Some(")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no verified_insns count in: {line}"));
+    assert!(
+        n <= 250_000,
+        "profile_cpu took {n} verified instructions (limit 1,000,000; 63,084 on 6.18.44)"
+    );
+}
