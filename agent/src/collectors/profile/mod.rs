@@ -266,11 +266,13 @@ impl ProfileCollector {
             source,
         })?;
         // How close the unwinder is to the verifier's 1M-instruction limit:
-        // the figure that moved when a kernel build stopped pruning it.
+        // the figure that moved when a kernel build stopped pruning it
+        // (0 when the kernel does not report it, before 5.16).
         let verified_insns = prog
             .info()
             .ok()
-            .and_then(|i| i.verified_instruction_count());
+            .and_then(|i| i.verified_instruction_count())
+            .unwrap_or(0);
         let mut att = Attached::default();
         attach_cpus(&mut obj, hz, &mut att)?;
         if att.ok.is_empty() {
@@ -287,7 +289,7 @@ impl ProfileCollector {
         let (dm, cpus) = metrics(ctx.telemetry);
         cpus.set(att.ok.len() as i64);
         self.health.set(att.describe(hz));
-        tracing::info!(collector = NAME, hz, cpus = ?att.ok, failed = att.failed.len(), ?verified_insns, "profiler attached");
+        tracing::info!(collector = NAME, hz, cpus = ?att.ok, failed = att.failed.len(), verified_insns, "profiler attached");
 
         let limits = Limits {
             files: self.config.max_cached_files.get() as usize,
