@@ -120,10 +120,12 @@ pub struct MemoryConfig {
     pub fault_sample_every: Bounded<1, 65_536>,
     /// Most (process, kind, stack) rows kept for `sonde memory`.
     pub max_rows: Bounded<1024, 10_000_000>,
-    /// "auto" (tp_btf `sys_exit`, else the per-syscall tracepoints; the
-    /// page-fault perf event). "floor" is a benchmark aid: empty programs on
-    /// the same hooks (tp_btf `sys_exit` and the page-fault event with the
-    /// same period), nothing collected.
+    /// "auto": tp_btf on the mmap lock (`mmap_lock_acquire_returned`/
+    /// `_released`) and on `page_fault_user`, which leave every other
+    /// syscall alone; where the kernel lacks them, the "syscall" hooks.
+    /// "syscall": tp_btf `sys_exit` (else the per-syscall tracepoints) and
+    /// a page-fault perf event with the same period. "floor" is a benchmark
+    /// aid: empty programs on the "auto" hooks, nothing collected.
     pub hook: MemoryHook,
 }
 
@@ -132,6 +134,7 @@ pub struct MemoryConfig {
 #[serde(rename_all = "lowercase")]
 pub enum MemoryHook {
     Auto,
+    Syscall,
     Floor,
 }
 

@@ -1,9 +1,10 @@
 //! Memory ABI, two tiers.
 //!
-//! Tier 1 (the always-on `memory` collector): syscall tracepoints for
-//! `mmap`, `munmap`, `mremap`, `brk` and a perf event sampling page faults
-//! count bytes and faults per (process, user stack, kind) in the kernel, in two map generations the agent flips and drains like the CPU
-//! profiler's.
+//! Tier 1 (the always-on `memory` collector): the address-space changes of
+//! `mmap`, `munmap`, `mremap` and `brk` (seen where they take the mmap lock
+//! for writing) and sampled user page faults count bytes and faults per
+//! (process, user stack, kind) in the kernel, in two map generations the
+//! agent flips and drains like the CPU profiler's.
 //!
 //! Tier 2 (`sonde alloc`, on demand): malloc-family uprobes on one process
 //! track each live allocation (address -> size, stack, time) and per-stack
@@ -15,9 +16,11 @@ use crate::COMM_LEN;
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemKind {
-    /// `mmap` lengths requested (bytes).
+    /// Bytes `mmap` added to the address space (on the mmap_lock hooks: the
+    /// growth of `total_vm`, so a mapping placed over an old one counts
+    /// only what it added; on the syscall hooks: the length requested).
     Mmap = 0,
-    /// `munmap` lengths (bytes).
+    /// Bytes `munmap` removed (the length asked, on the syscall hooks).
     Munmap = 1,
     /// `brk` growth of the heap (bytes).
     BrkGrow = 2,
@@ -88,7 +91,10 @@ pub const MEM_GEN_SLOT: u32 = 0;
 pub const MEM_FAULT_SAMPLE_SLOT: u32 = 1;
 /// Page size in bytes, written by the agent.
 pub const MEM_PAGE_SIZE_SLOT: u32 = 2;
-pub const MEM_CONTROL_ENTRIES: u32 = 3;
+/// Byte offset of `total_vm` in the kernel's `struct mm_struct`, from the
+/// kernel's BTF (0: unknown, the mmap_lock hooks count nothing).
+pub const MEM_TOTAL_VM_OFF_SLOT: u32 = 3;
+pub const MEM_CONTROL_ENTRIES: u32 = 4;
 
 pub const MEM_MAX_KEYS: u32 = 16_384;
 pub const MEM_MAX_STACKS: u32 = 8_192;
@@ -107,9 +113,12 @@ pub enum MemCounter {
     StackMissing = 2,
     /// The brk map was full (a process's growth was not measured once).
     BrkFull = 3,
+    /// Two threads in an mmap-family call at once hashed to one pending
+    /// slot of the mmap_lock hooks: the earlier call was not counted.
+    SlotCollision = 4,
 }
 
-pub const MEM_COUNTERS: u32 = 4;
+pub const MEM_COUNTERS: u32 = 5;
 
 impl MemCounter {
     pub const ALL: [MemCounter; MEM_COUNTERS as usize] = [
@@ -117,6 +126,7 @@ impl MemCounter {
         Self::CountsFull,
         Self::StackMissing,
         Self::BrkFull,
+        Self::SlotCollision,
     ];
 }
 

@@ -1,24 +1,33 @@
 //! Tier-1 memory growth (the `memory` collector): bytes mapped and unmapped
 //! through `mmap`, `munmap`, `mremap` and `brk`, and user page faults,
-//! counted per (process, user stack, kind) in the kernel; one page fault in
-//! N (per CPU) is sampled with its stack through a perf event.
+//! counted per (process, user stack, kind) in the kernel.
 //!
-//! The syscalls are seen from one tp_btf `sys_exit` program, which reads the
-//! call's arguments from the saved registers and leaves after one compare
-//! for every other syscall. The per-syscall tracepoints
-//! (`syscalls:sys_enter_mmap`, ...) look cheaper, since only their syscall
-//! runs them, but enabling any of them hooks the kernel's perf syscall
-//! handler into every syscall of every task: measured +113 ns per
-//! `getppid` here, against a few tens of ns for one more program on the
-//! generic hook (docs/memory.md). They remain the fallback for kernels
-//! without tp_btf.
+//! Preferred hooks (tp_btf, no syscall hook at all):
+//! - `mmap_lock_acquire_returned` / `mmap_lock_released`: those four calls
+//!   take the mmap lock for writing, and what they changed is the growth of
+//!   `mm->total_vm` between taking and releasing it. The lock is taken
+//!   only by calls that change the address space (page faults use per-VMA
+//!   locks), so the rest of the system's syscalls run no program and stay
+//!   off the kernel's syscall-tracing slow path.
+//! - `page_fault_user`: one fault in N (per CPU) is sampled with its stack
+//!   by a countdown in the program; each sample stands for N faults.
+//!
+//! Fallbacks, for kernels without those: a tp_btf `sys_exit` program that
+//! reads the four calls' arguments from the saved registers (every syscall
+//! then runs it: measured ~100 ns each here), or the per-syscall
+//! tracepoints (`syscalls:sys_enter_mmap`, ...), which hook the kernel's
+//! perf syscall handler into every syscall of every task (+113 ns per
+//! `getppid`, docs/memory.md); and a software perf event sampling faults.
 //!
 //! Two generations of counts and stacks, flipped by the agent, as in the
 //! CPU profiler (see profile.rs).
 
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
     macros::map,
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, StackTrace},
     programs::{
@@ -29,14 +38,14 @@ use sonde_common::{
     COMM_LEN,
     memory::{
         MEM_CONTROL_ENTRIES, MEM_COUNTERS, MEM_FAULT_SAMPLE_SLOT, MEM_GEN_SLOT, MEM_MAX_BRK,
-        MEM_MAX_KEYS, MEM_MAX_STACKS, MEM_NO_STACK, MEM_PAGE_SIZE_SLOT, MemCounter, MemKey,
-        MemKind, MemValue,
+        MEM_MAX_KEYS, MEM_MAX_STACKS, MEM_NO_STACK, MEM_PAGE_SIZE_SLOT, MEM_TOTAL_VM_OFF_SLOT,
+        MemCounter, MemKey, MemKind, MemValue,
     },
 };
 
 use crate::{
     counters::bump,
-    regs::{REG_DX, REG_ORIG_AX, REG_SI, reg},
+    regs::{REG_CS, REG_DX, REG_ORIG_AX, REG_SI, reg},
 };
 
 #[map]
@@ -60,6 +69,33 @@ static MEM_BRK: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MEM_MAX_BRK,
 
 #[map]
 static MEM_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(MEM_COUNTERS, 0);
+
+/// A thread inside an mmap-family call, between taking the mmap lock for
+/// writing and releasing it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LockPending {
+    /// pid_tgid of the thread that owns the slot (0: free).
+    pub id: u64,
+    /// The `struct mm_struct *` locked.
+    pub mm: u64,
+    /// Its `total_vm` (pages) when the lock was taken.
+    pub total_vm: u64,
+    /// The syscall number.
+    pub nr: u64,
+}
+
+/// One slot per thread id modulo LOCK_SLOTS: an array lookup is inlined
+/// where a hash lookup is a helper call. A collision (two threads with the
+/// same slot inside such a call at once) loses the earlier call, counted.
+#[map]
+static MEM_LOCK_PENDING: Array<LockPending> = Array::with_max_entries(LOCK_SLOTS, 0);
+const LOCK_SLOTS: u32 = 1 << 12;
+
+/// Faults seen on this CPU since the last sample (the page_fault_user
+/// hook's countdown).
+#[map]
+static MEM_FAULT_TICK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 const EEXIST: i32 = 17;
 
@@ -252,6 +288,134 @@ pub fn sys_exit(ctx: &BtfTracePointContext) -> u32 {
 pub fn fault_sample(ctx: &PerfEventContext) -> u32 {
     bump(&MEM_COUNTERS_MAP, MemCounter::Events as u32);
     let every = control(MEM_FAULT_SAMPLE_SLOT).max(1);
+    let page = control(MEM_PAGE_SIZE_SLOT);
+    account(ctx, MemKind::FaultSampled, page * every, every, true);
+    0
+}
+
+#[inline(always)]
+fn is_memory_call(nr: u64) -> bool {
+    nr == NR_MMAP || nr == NR_MUNMAP || nr == NR_BRK || nr == NR_MREMAP
+}
+
+/// `mm->total_vm` (pages), 0 when unreadable.
+#[inline(always)]
+fn total_vm(mm: u64, off: u64) -> u64 {
+    // SAFETY: a fault-safe kernel read of 8 bytes at the offset the agent
+    // took from the kernel's BTF for `struct mm_struct`.
+    unsafe { bpf_probe_read_kernel((mm + off) as *const u64) }.unwrap_or(0)
+}
+
+/// tp_btf `mmap_lock_acquire_returned(struct mm_struct *mm, bool write,
+/// bool success)`: an mmap-family call from user space took the lock for
+/// writing; remember the size of the address space.
+#[inline(always)]
+pub fn lock_acquired(ctx: &BtfTracePointContext) -> u32 {
+    let mm: u64 = ctx.arg(0);
+    let write: u64 = ctx.arg(1);
+    let success: u64 = ctx.arg(2);
+    if write & 0xff == 0 || success & 0xff == 0 {
+        return 0;
+    }
+    // SAFETY: helpers; the task pointer is the verifier-trusted current
+    // task and the returned registers are a BTF-typed `struct pt_regs *`.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    // Only a syscall from user mode (not the kernel's own users of the
+    // lock: exec, exit, khugepaged).
+    if reg(regs, REG_CS) & 3 != 3 {
+        return 0;
+    }
+    let nr = reg(regs, REG_ORIG_AX);
+    if !is_memory_call(nr) {
+        return 0;
+    }
+    let off = control(MEM_TOTAL_VM_OFF_SLOT);
+    if off == 0 {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let Some(slot) = MEM_LOCK_PENDING.get_ptr_mut(id as u32 & (LOCK_SLOTS - 1)) else {
+        return 0;
+    };
+    // SAFETY: a slot of our own array map; only the thread whose id hashes
+    // here writes it, so a race needs a collision, which is counted.
+    unsafe {
+        if (*slot).id != 0 && (*slot).id != id {
+            bump(&MEM_COUNTERS_MAP, MemCounter::SlotCollision as u32);
+        }
+        (*slot).id = id;
+        (*slot).mm = mm;
+        (*slot).nr = nr;
+        // Through the map: read back, the pointer is a plain number, which
+        // the verifier lets us add an offset to (not so the BTF pointer).
+        (*slot).total_vm = total_vm(core::ptr::read_volatile(&(*slot).mm), off);
+    }
+    0
+}
+
+/// tp_btf `mmap_lock_released(struct mm_struct *mm, bool write)`: the call
+/// remembered at acquire is done with the address space (munmap and brk
+/// downgrade to a read lock first, so this may be a read release); count
+/// how much it grew or shrank.
+#[inline(always)]
+pub fn lock_released(ctx: &BtfTracePointContext) -> u32 {
+    let mm: u64 = ctx.arg(0);
+    let id = bpf_get_current_pid_tgid();
+    let Some(slot) = MEM_LOCK_PENDING.get_ptr_mut(id as u32 & (LOCK_SLOTS - 1)) else {
+        return 0;
+    };
+    // SAFETY: as in `lock_acquired`.
+    let (before, nr, mm) = unsafe {
+        if (*slot).id != id || (*slot).mm != mm {
+            return 0;
+        }
+        (*slot).id = 0;
+        // Volatile: after the compare above the compiler would use the BTF
+        // pointer instead (see `lock_acquired`).
+        (
+            (*slot).total_vm,
+            (*slot).nr,
+            core::ptr::read_volatile(&(*slot).mm),
+        )
+    };
+    let now = total_vm(mm, control(MEM_TOTAL_VM_OFF_SLOT));
+    if now == before {
+        return 0;
+    }
+    bump(&MEM_COUNTERS_MAP, MemCounter::Events as u32);
+    let page = control(MEM_PAGE_SIZE_SLOT);
+    let grew = now > before;
+    let bytes = if grew { now - before } else { before - now } * page;
+    let kind = match (nr, grew) {
+        (NR_BRK, true) => MemKind::BrkGrow,
+        (NR_BRK, false) => MemKind::BrkShrink,
+        (NR_MREMAP, true) => MemKind::MremapGrow,
+        (NR_MREMAP, false) => MemKind::MremapShrink,
+        (_, true) => MemKind::Mmap,
+        (_, false) => MemKind::Munmap,
+    };
+    account(ctx, kind, bytes, 1, true);
+    0
+}
+
+/// tp_btf `page_fault_user(unsigned long address, struct pt_regs *regs,
+/// unsigned long error_code)`: one fault in N per CPU is sampled with its
+/// stack; the rest cost an increment and a compare.
+#[inline(always)]
+pub fn fault_tick(ctx: &BtfTracePointContext) -> u32 {
+    let Some(t) = MEM_FAULT_TICK.get_ptr_mut(0) else {
+        return 0;
+    };
+    let every = control(MEM_FAULT_SAMPLE_SLOT).max(1);
+    // SAFETY: this CPU's own slot; programs on one CPU do not interleave.
+    unsafe {
+        *t += 1;
+        if *t < every {
+            return 0;
+        }
+        *t = 0;
+    }
+    bump(&MEM_COUNTERS_MAP, MemCounter::Events as u32);
     let page = control(MEM_PAGE_SIZE_SLOT);
     account(ctx, MemKind::FaultSampled, page * every, every, true);
     0

@@ -1,6 +1,6 @@
 //! The `memory` collector (tier 1, always on): mmap/munmap/mremap/brk
-//! seen from a tp_btf `sys_exit` program (per-syscall tracepoints where
-//! tp_btf is missing) and a sampling page-fault perf event count bytes by
+//! seen where they take the mmap lock (tp_btf; the syscall exit where the
+//! kernel lacks those tracepoints) and sampled page faults count bytes by
 //! (process, user stack, kind) in the kernel; a drain thread flips the map
 //! generation, symbolizes the rows into [`MemoryStore`], and keeps the
 //! per-service metrics.
@@ -21,13 +21,16 @@ use aya::{
 };
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
 use sonde_common::memory::{
-    MEM_COUNTERS, MEM_FAULT_SAMPLE_SLOT, MEM_GEN_SLOT, MEM_PAGE_SIZE_SLOT, MemCounter, MemKey,
-    MemKind, MemValue,
+    MEM_COUNTERS, MEM_FAULT_SAMPLE_SLOT, MEM_GEN_SLOT, MEM_PAGE_SIZE_SLOT, MEM_TOTAL_VM_OFF_SLOT,
+    MemCounter, MemKey, MemKind, MemValue,
 };
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{Group, MemoryStore, Update};
+use super::{
+    kernel_layout,
+    store::{Group, MemoryStore, Update},
+};
 use crate::{
     collectors::{
         Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain,
@@ -117,7 +120,7 @@ impl Metrics {
             errors: counter(
                 "sonde_memory_errors_total",
                 "Memory collector drops, by reason: counts_map_full (event not counted), \
-                 stack_missing (counted without a stack), brk_map_full, store_full.",
+                 stack_missing (counted without a stack), brk_map_full, slot_collision (an mmap-family call not counted: two threads shared a pending slot), store_full.",
                 &["reason"],
             ),
             drains: t.register(
@@ -193,8 +196,22 @@ impl MemoryCollector {
                 0,
             )
             .map_err(|e| map_err("MEM_CONTROL", e))?;
+        // Where `mm->total_vm` is on this kernel, for the mmap-lock hooks.
+        let total_vm_off = kernel_layout::field_offset("mm_struct", "total_vm")
+            .map_err(|e| e.to_string())
+            .and_then(|off| {
+                k.control
+                    .set(MEM_TOTAL_VM_OFF_SLOT, off, 0)
+                    .map(|()| off)
+                    .map_err(|e| format!("MEM_CONTROL: {e}"))
+            });
         let floor = self.config.hook == MemoryHook::Floor;
-        let (ok, failed) = attach(&mut obj, self.config.fault_sample_every.get(), floor);
+        let (ok, failed) = attach(
+            &mut obj,
+            self.config.fault_sample_every.get(),
+            self.config.hook,
+            total_vm_off,
+        );
         if ok.is_empty() {
             return Err(CollectorError::NoHook(format!(
                 "no memory hook attached: {}",
@@ -209,7 +226,7 @@ impl MemoryCollector {
         } else if failed.is_empty() {
             ComponentHealth::healthy(format!(
                 "{}; 1 page fault in {} sampled with its stack",
-                ok.first().map_or("", String::as_str),
+                ok.join(", "),
                 self.config.fault_sample_every.get()
             ))
         } else {
@@ -256,85 +273,175 @@ impl MemoryCollector {
 }
 
 /// Loads and attaches each hook; returns (attached, failures with why).
-/// `floor` attaches the empty benchmark programs instead, with no fallback.
-fn attach(obj: &mut Ebpf, fault_every: u64, floor: bool) -> (Vec<String>, Vec<String>) {
+/// `total_vm_off` is where `mm->total_vm` is (None: the mmap-lock hooks
+/// cannot measure, the syscall hooks are used). `floor` attaches the empty
+/// benchmark programs on the preferred hooks, with no fallback.
+fn attach(
+    obj: &mut Ebpf,
+    fault_every: u64,
+    hook: MemoryHook,
+    total_vm_off: Result<u64, String>,
+) -> (Vec<String>, Vec<String>) {
     let mut ok = Vec::new();
     let mut failed = Vec::new();
-    let (exit_prog, fault_prog) = if floor {
-        ("mem_floor_sys_exit", "mem_floor_fault")
+    let floor = hook == MemoryHook::Floor;
+    let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"));
+    // Address-space changes: the mmap lock, else the syscall exit.
+    let lock = if hook == MemoryHook::Syscall {
+        Err("collectors.memory.hook = \"syscall\"".to_owned())
     } else {
-        ("mem_sys_exit", "mem_fault")
+        let progs: &[(&str, &str)] = if floor {
+            &[
+                ("mem_floor_lock_acquired", "mmap_lock_acquire_returned"),
+                ("mem_floor_lock_released", "mmap_lock_released"),
+            ]
+        } else {
+            &[
+                ("mem_lock_acquired", "mmap_lock_acquire_returned"),
+                ("mem_lock_released", "mmap_lock_released"),
+            ]
+        };
+        total_vm_off
+            .map_err(|e| format!("mm_struct.total_vm: {e}"))
+            .and_then(|_| attach_btf_all(obj, btf.as_ref(), progs))
     };
-    match attach_sys_exit(obj, exit_prog) {
-        Ok(()) if floor => ok.push("empty tp_btf sys_exit (floor)".to_owned()),
-        Ok(()) => ok.push("tp_btf sys_exit (mmap/munmap/mremap/brk)".to_owned()),
-        Err(why) if floor => failed.push(format!("empty tp_btf sys_exit (floor): {why}")),
-        Err(why) => {
-            tracing::info!(collector = NAME, %why, "tp_btf sys_exit unusable, using per-syscall tracepoints");
-            for (prog, cat, tp) in HOOKS {
-                let r = (|| -> Result<(), String> {
-                    let p: &mut TracePoint = obj
-                        .program_mut(prog)
-                        .ok_or_else(|| format!("{prog} missing from object"))?
-                        .try_into()
-                        .map_err(|e: aya::programs::ProgramError| chain(&e))?;
-                    p.load().map_err(|e| chain(&e))?;
-                    p.attach(cat, tp).map_err(|e| chain(&e))?;
-                    Ok(())
-                })();
-                match r {
-                    Ok(()) => ok.push(format!("{cat}:{tp}")),
-                    Err(e) => failed.push(format!("{cat}:{tp}: {e} (tp_btf sys_exit: {why})")),
-                }
-            }
-        }
+    match lock {
+        Ok(()) if floor => ok.push("empty tp_btf mmap_lock (floor)".to_owned()),
+        Ok(()) => ok.push("tp_btf mmap_lock (mmap/munmap/mremap/brk)".to_owned()),
+        Err(why) if floor => failed.push(format!("empty tp_btf mmap_lock (floor): {why}")),
+        Err(why) => attach_syscall_hooks(obj, btf.as_ref(), &why, &mut ok, &mut failed),
     }
-    // Page faults: a software perf event per CPU samples one in N.
-    let every = fault_every;
-    let r = (|| -> Result<usize, String> {
-        let cpus = aya::util::online_cpus().map_err(|(path, e)| format!("reading {path}: {e}"))?;
-        let p: &mut PerfEvent = obj
-            .program_mut(fault_prog)
-            .ok_or_else(|| format!("{fault_prog} missing from object"))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| chain(&e))?;
-        p.load().map_err(|e| chain(&e))?;
-        let mut n = 0;
-        let mut errs = Vec::new();
-        for cpu in cpus {
-            match p.attach(
-                PerfEventConfig::Software(SoftwareEvent::PageFaults),
-                PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Period(every),
-                false,
-            ) {
-                Ok(_) => n += 1,
-                Err(e) => errs.push(format!("cpu{cpu}: {}", chain(&e))),
+    // Page faults: tp_btf page_fault_user with an in-kernel countdown, else
+    // a software perf event per CPU with the same period.
+    let fault_btf = if hook == MemoryHook::Syscall {
+        Err("collectors.memory.hook = \"syscall\"".to_owned())
+    } else {
+        let prog = if floor {
+            "mem_floor_fault_btf"
+        } else {
+            "mem_fault_btf"
+        };
+        attach_btf_all(obj, btf.as_ref(), &[(prog, "page_fault_user")])
+    };
+    match fault_btf {
+        Ok(()) if floor => ok.push("empty tp_btf page_fault_user (floor)".to_owned()),
+        Ok(()) => ok.push("tp_btf page_fault_user".to_owned()),
+        Err(why) if floor => failed.push(format!("empty tp_btf page_fault_user (floor): {why}")),
+        Err(why) => {
+            if hook != MemoryHook::Syscall {
+                tracing::info!(collector = NAME, %why, "tp_btf page_fault_user unusable, sampling faults with a perf event");
+            }
+            match attach_fault_event(obj, fault_every) {
+                Ok(n) => ok.push(format!("page-fault perf event on {n} CPU(s)")),
+                Err(e) => failed.push(format!("page-fault perf event: {e} (tp_btf: {why})")),
             }
         }
-        if n == 0 {
-            return Err(errs.join("; "));
-        }
-        Ok(n)
-    })();
-    match r {
-        Ok(n) => ok.push(format!("page-fault sampling on {n} CPU(s)")),
-        Err(e) => failed.push(format!("page-fault perf event: {e}")),
     }
     (ok, failed)
 }
 
-/// The preferred syscall hook: one tp_btf program on the generic `sys_exit`.
-fn attach_sys_exit(obj: &mut Ebpf, prog: &str) -> Result<(), String> {
-    let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
-    let p: &mut BtfTracePoint = obj
-        .program_mut(prog)
-        .ok_or_else(|| format!("{prog} missing from object"))?
+/// tp_btf `sys_exit`, else the per-syscall tracepoints. `why` says why the
+/// mmap-lock hooks are not used.
+fn attach_syscall_hooks(
+    obj: &mut Ebpf,
+    btf: Result<&Btf, &String>,
+    why: &str,
+    ok: &mut Vec<String>,
+    failed: &mut Vec<String>,
+) {
+    tracing::info!(collector = NAME, %why, "mmap_lock hooks unusable, using the syscall exit");
+    let exit = attach_btf_all(obj, btf, &[("mem_sys_exit", "sys_exit")]);
+    let Err(exit_why) = exit else {
+        ok.push("tp_btf sys_exit (mmap/munmap/mremap/brk)".to_owned());
+        return;
+    };
+    tracing::info!(collector = NAME, why = %exit_why, "tp_btf sys_exit unusable, using per-syscall tracepoints");
+    for (prog, cat, tp) in HOOKS {
+        let r = (|| -> Result<(), String> {
+            let p: &mut TracePoint = obj
+                .program_mut(prog)
+                .ok_or_else(|| format!("{prog} missing from object"))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+            p.load().map_err(|e| chain(&e))?;
+            p.attach(cat, tp).map_err(|e| chain(&e))?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => ok.push(format!("{cat}:{tp}")),
+            Err(e) => failed.push(format!(
+                "{cat}:{tp}: {e} (mmap_lock: {why}; tp_btf sys_exit: {exit_why})"
+            )),
+        }
+    }
+}
+
+/// Loads and attaches tp_btf programs, all or none: (program, tracepoint).
+fn attach_btf_all(
+    obj: &mut Ebpf,
+    btf: Result<&Btf, &String>,
+    progs: &[(&str, &str)],
+) -> Result<(), String> {
+    let btf = btf.map_err(|e| e.clone())?;
+    let mut links = Vec::new();
+    for (prog, tp) in progs {
+        let r = (|| -> Result<_, String> {
+            let p: &mut BtfTracePoint = obj
+                .program_mut(prog)
+                .ok_or_else(|| format!("{prog} missing from object"))?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+            p.load(tp, btf)
+                .map_err(|e| format!("{tp}: {}", chain(&e)))?;
+            let link = p.attach().map_err(|e| format!("{tp}: {}", chain(&e)))?;
+            Ok((*prog, link))
+        })();
+        match r {
+            Ok(l) => links.push(l),
+            Err(e) => {
+                // Half a pair would count nothing (or leave slots behind):
+                // detach what was attached.
+                for (prog, link) in links {
+                    if let Some(p) = obj.program_mut(prog)
+                        && let Ok(p) = <&mut BtfTracePoint>::try_from(p)
+                    {
+                        let _ = p.detach(link);
+                    }
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The fallback fault sampler: a software perf event per CPU that runs
+/// the program on every N-th fault.
+fn attach_fault_event(obj: &mut Ebpf, every: u64) -> Result<usize, String> {
+    let cpus = aya::util::online_cpus().map_err(|(path, e)| format!("reading {path}: {e}"))?;
+    let p: &mut PerfEvent = obj
+        .program_mut("mem_fault")
+        .ok_or("mem_fault missing from object")?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| chain(&e))?;
-    p.load("sys_exit", &btf).map_err(|e| chain(&e))?;
-    p.attach().map_err(|e| chain(&e))?;
-    Ok(())
+    p.load().map_err(|e| chain(&e))?;
+    let mut n = 0;
+    let mut errs = Vec::new();
+    for cpu in cpus {
+        match p.attach(
+            PerfEventConfig::Software(SoftwareEvent::PageFaults),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Period(every),
+            false,
+        ) {
+            Ok(_) => n += 1,
+            Err(e) => errs.push(format!("cpu{cpu}: {}", chain(&e))),
+        }
+    }
+    if n == 0 {
+        return Err(errs.join("; "));
+    }
+    Ok(n)
 }
 
 fn page_size() -> u64 {
@@ -622,6 +729,7 @@ impl Drainer {
                 }
                 MemCounter::StackMissing => "stack_missing",
                 MemCounter::BrkFull => "brk_map_full",
+                MemCounter::SlotCollision => "slot_collision",
             };
             self.metrics
                 .errors

@@ -1,6 +1,7 @@
-//! The memory collector's object: a tp_btf `sys_exit` program for mmap,
-//! munmap, mremap and brk (per-syscall tracepoints as the fallback), and a
-//! perf_event program sampling page faults.
+//! The memory collector's object: tp_btf programs on the mmap lock for
+//! mmap, munmap, mremap and brk (a tp_btf `sys_exit` program, then
+//! per-syscall tracepoints, as fallbacks) and on `page_fault_user` for
+//! sampled faults (a perf_event program as the fallback).
 #![no_std]
 #![no_main]
 
@@ -9,6 +10,21 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, PerfEventContext, TracePointContext},
 };
 use sonde_ebpf::memory;
+
+#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
+pub fn mem_lock_acquired(ctx: BtfTracePointContext) -> u32 {
+    memory::lock_acquired(&ctx)
+}
+
+#[btf_tracepoint(function = "mmap_lock_released")]
+pub fn mem_lock_released(ctx: BtfTracePointContext) -> u32 {
+    memory::lock_released(&ctx)
+}
+
+#[btf_tracepoint(function = "page_fault_user")]
+pub fn mem_fault_btf(ctx: BtfTracePointContext) -> u32 {
+    memory::fault_tick(&ctx)
+}
 
 /// `sys_exit(struct pt_regs *regs, long ret)`.
 #[btf_tracepoint(function = "sys_exit")]
@@ -50,5 +66,20 @@ pub fn mem_floor_sys_exit(_ctx: BtfTracePointContext) -> u32 {
 
 #[perf_event]
 pub fn mem_floor_fault(_ctx: PerfEventContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
+pub fn mem_floor_lock_acquired(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "mmap_lock_released")]
+pub fn mem_floor_lock_released(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "page_fault_user")]
+pub fn mem_floor_fault_btf(_ctx: BtfTracePointContext) -> u32 {
     0
 }
