@@ -5,10 +5,12 @@
 //! Preferred hooks (tp_btf, no syscall hook at all):
 //! - `mmap_lock_acquire_returned` / `mmap_lock_released`: those four calls
 //!   take the mmap lock for writing, and what they changed is the growth of
-//!   `mm->total_vm` between taking and releasing it. The lock is taken
-//!   only by calls that change the address space (page faults use per-VMA
-//!   locks), so the rest of the system's syscalls run no program and stay
-//!   off the kernel's syscall-tracing slow path.
+//!   `mm->total_vm` between taking and releasing it. Only code that takes
+//!   the mmap lock runs these programs: mostly calls that change mappings
+//!   (mprotect and madvise leave after the syscall-number test), and read
+//!   locks (page faults that miss the per-VMA lock, /proc readers) leave
+//!   after one test. The rest of the system's syscalls run no program and
+//!   stay off the kernel's syscall-tracing slow path.
 //! - `page_fault_user`: one fault in N (per CPU) is sampled with its stack
 //!   by a countdown in the program; each sample stands for N faults.
 //!
