@@ -72,6 +72,9 @@ pub fn previous(dir: &Path) -> Vec<ScenarioResult> {
         .unwrap_or_default()
 }
 
+/// A target for a derived figure: its text and the test of a value.
+pub type Target = (&'static str, fn(f64) -> bool);
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Derived {
     pub name: String,
@@ -79,6 +82,9 @@ pub struct Derived {
     pub unit: String,
     pub target: Option<String>,
     pub met: Option<bool>,
+    /// For a ratio of paired runs: the lowest and highest pair.
+    #[serde(default)]
+    pub range: Option<(f64, f64)>,
 }
 
 impl ScenarioResult {
@@ -99,6 +105,47 @@ impl ScenarioResult {
             .map(|(_, s)| s.median)
     }
 
+    /// The ratio `num / den` of `metric` taken run by run (the runs of one
+    /// repetition ran back to back, so slow drifts of a shared machine
+    /// cancel): (median, lowest, highest) over the repetitions.
+    pub fn paired_ratio(&self, metric: &str, num: &str, den: &str) -> Option<(f64, f64, f64)> {
+        let m = self.metrics.iter().find(|m| m.metric == metric)?;
+        let samples = |v: &str| {
+            m.variants
+                .iter()
+                .find(|(name, _)| name == v)
+                .map(|(_, s)| s.samples.clone())
+        };
+        let (a, b) = (samples(num)?, samples(den)?);
+        if a.len() != b.len() || a.is_empty() {
+            return None;
+        }
+        let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
+        let s = super::stats::summarize(&ratios);
+        Some((s.median, s.min, s.max))
+    }
+
+    /// `derive` for a paired ratio: the median, with the pairs' range.
+    pub fn derive_paired(
+        &mut self,
+        name: &str,
+        ratio: Option<(f64, f64, f64)>,
+        target: Option<Target>,
+    ) {
+        let Some((median, lo, hi)) = ratio else {
+            return;
+        };
+        self.derive(
+            name,
+            Some(median),
+            "×",
+            target.map(|(t, ok)| (t, ok(median))),
+        );
+        if let Some(d) = self.derived.last_mut() {
+            d.range = Some((lo, hi));
+        }
+    }
+
     pub fn derive(
         &mut self,
         name: &str,
@@ -113,6 +160,7 @@ impl ScenarioResult {
                 unit: unit.into(),
                 target: target.map(|(t, _)| t.to_owned()),
                 met: target.map(|(_, ok)| ok),
+                range: None,
             });
         }
     }
@@ -187,7 +235,9 @@ pub fn write(dir: &Path, results: &[ScenarioResult], ctx: &Ctx, took: Duration) 
          the others' earlier figures, and each section says when it ran). Machine: {}. Each \
          variant ran several times, alternating with the others; figures are medians with \
          min–max. A figure whose spread exceeds {:.0} % of its median is marked **noisy**: treat \
-         it with care. A scenario with a failed run is not reported.\n",
+         it with care. A ratio shown with \"pairs\" is the median of the ratios of runs made \
+         back to back in one repetition (which cancels the slow drifts of a shared machine), \
+         with the lowest and highest pair. A scenario with a failed run is not reported.\n",
         if ctx.quick { " --quick" } else { "" },
         took,
         machine(),
@@ -237,9 +287,13 @@ pub fn write(dir: &Path, results: &[ScenarioResult], ctx: &Ctx, took: Duration) 
         if !r.derived.is_empty() {
             writeln!(md, "| derived | value | target | met |\n|---|---:|---|---|")?;
             for d in &r.derived {
+                let range = d
+                    .range
+                    .map(|(lo, hi)| format!(" (pairs {lo:.3}–{hi:.3})"))
+                    .unwrap_or_default();
                 writeln!(
                     md,
-                    "| {} | {:.3} {} | {} | {} |",
+                    "| {} | {:.3} {}{range} | {} | {} |",
                     d.name,
                     d.value,
                     d.unit,
@@ -266,4 +320,38 @@ pub fn write(dir: &Path, results: &[ScenarioResult], ctx: &Ctx, took: Duration) 
     }
     std::fs::write(dir.join("benchmarks.md"), md)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::stats::summarize;
+
+    /// Pairs are taken run by run: a drift that slows both runs of a
+    /// repetition cancels, where a ratio of medians would not see pairs.
+    #[test]
+    fn paired_ratio_pairs_runs_of_one_repetition() {
+        let r = ScenarioResult {
+            metrics: vec![MetricResult {
+                metric: "t".into(),
+                unit: "x".into(),
+                variants: vec![
+                    ("base".into(), summarize(&[100.0, 50.0, 200.0])),
+                    ("with".into(), summarize(&[90.0, 49.0, 150.0])),
+                ],
+            }],
+            ..Default::default()
+        };
+        let (median, lo, hi) = r.paired_ratio("t", "with", "base").unwrap();
+        assert_eq!((median, lo, hi), (0.9, 0.75, 0.98));
+        assert!(r.paired_ratio("t", "with", "missing").is_none());
+        let mut r = r;
+        r.derive_paired(
+            "ratio",
+            Some((median, lo, hi)),
+            Some(("≥ 0.95", |x| x >= 0.95)),
+        );
+        let d = r.derived.last().unwrap();
+        assert_eq!((d.met, d.range), (Some(false), Some((0.75, 0.98))));
+    }
 }

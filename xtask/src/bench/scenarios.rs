@@ -15,7 +15,7 @@ use super::{
         Agent, BpfStats, Bpftrace, bpf_run_stats, build_c, cpu_seconds, run_number, signal,
         status_mib,
     },
-    report::{MetricResult, ScenarioResult},
+    report::{MetricResult, ScenarioResult, Target},
     stats::summarize,
 };
 
@@ -419,7 +419,7 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
     let run = || -> Result<ScenarioResult> {
         let nginx = Nginx::start(ctx.work.path())?;
         let pp = build_c("tests/workloads/http_pingpong.c", ctx.work.path())?;
-        let secs = if ctx.quick { 2 } else { 10 };
+        let secs = if ctx.quick { 2 } else { 5 };
         let exchanges = if ctx.quick { 20_000 } else { 100_000 };
         let cpu = last_cpu();
         let pp_args = vec![
@@ -497,15 +497,10 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
             metrics,
             ..Default::default()
         };
-        let ratio = |r: &ScenarioResult, m: &str, v: &str| {
-            r.median(m, v)
-                .zip(r.median(m, "no agent"))
-                .map(|(s, b)| s / b)
-        };
-        let t = ratio(&r, "throughput", "sonde (default collectors)");
-        let p = ratio(&r, "p99 latency", "sonde (default collectors)");
-        r.derive("throughput ratio", t, "×", t.map(|x| ("≥ 0.98", x >= 0.98)));
-        r.derive("p99 ratio", p, "×", p.map(|x| ("≤ 1.10", x <= 1.10)));
+        let t = r.paired_ratio("throughput", "sonde (default collectors)", "no agent");
+        let p = r.paired_ratio("p99 latency", "sonde (default collectors)", "no agent");
+        r.derive_paired("throughput ratio", t, Some(("≥ 0.98", |x| x >= 0.98)));
+        r.derive_paired("p99 ratio", p, Some(("≤ 1.10", |x| x <= 1.10)));
         for (label, v) in [
             ("http only", "sonde (http only)"),
             (
@@ -520,10 +515,16 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
             ("default collectors", "sonde (default collectors)"),
         ] {
             if v != "sonde (default collectors)" {
-                let t = ratio(&r, "throughput", v);
-                r.derive(&format!("throughput ratio ({label})"), t, "×", None);
-                let p = ratio(&r, "p99 latency", v);
-                r.derive(&format!("p99 ratio ({label})"), p, "×", None);
+                // The HTTP collector's own figure gets the target too: the
+                // default agent's also carries the syscalls collector.
+                let target: Option<Target> =
+                    (v == "sonde (http only)").then_some(("≥ 0.98", |x| x >= 0.98));
+                let t = r.paired_ratio("throughput", v, "no agent");
+                r.derive_paired(&format!("throughput ratio ({label})"), t, target);
+                let target: Option<Target> =
+                    (v == "sonde (http only)").then_some(("≤ 1.10", |x| x <= 1.10));
+                let p = r.paired_ratio("p99 latency", v, "no agent");
+                r.derive_paired(&format!("p99 ratio ({label})"), p, target);
             }
             let added = r
                 .median("exchange CPU", v)
@@ -1038,22 +1039,17 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
             "ns/pair",
             None,
         );
-        let ratio = |m: &str| {
-            r.median(m, "no agent")
-                .zip(r.median(m, "memory collector"))
-                .map(|(b, w)| b / w)
-        };
-        let (gcc, worst) = (ratio("gcc -O2 -g -c"), ratio("mmap+faults+munmap"));
-        r.derive(
+        // Times, so no agent over the variant: a throughput ratio.
+        let gcc = r.paired_ratio("gcc -O2 -g -c", "no agent", "memory collector");
+        r.derive_paired(
             "tier-1 throughput ratio (gcc, compilers' CPU only)",
             gcc,
-            "×",
             None,
         );
-        r.derive(
+        let worst = r.paired_ratio("mmap+faults+munmap", "no agent", "memory collector");
+        r.derive_paired(
             "tier-1 throughput ratio (fault loop, worst case)",
             worst,
-            "×",
             None,
         );
         let with_agent = r
@@ -1062,50 +1058,27 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
             .zip(r.median("agent CPU during the compiles", "memory collector"))
             .map(|((b, w), a)| b / (w + a));
         r.derive(
-            "tier-1 throughput ratio (gcc, the agent's CPU included)",
+            "tier-1 throughput ratio (gcc, the agent's CPU included, medians)",
             with_agent,
             "×",
             with_agent.map(|x| ("≥ 0.98", x >= 0.98)),
         );
-        let floor_ratio = |m: &str| {
-            r.median(m, "no agent")
-                .zip(r.median(m, "empty hooks, same points (floor)"))
-                .map(|(b, w)| b / w)
-        };
-        let (gcc_floor, worst_floor) = (
-            floor_ratio("gcc -O2 -g -c"),
-            floor_ratio("mmap+faults+munmap"),
-        );
-        r.derive(
-            "tier-1 floor throughput ratio (gcc, empty hooks)",
-            gcc_floor,
-            "×",
-            gcc_floor.map(|x| ("> 0.98, else ≥ 0.98 is blocked by the hooks", x > 0.98)),
-        );
-        r.derive(
-            "tier-1 floor throughput ratio (fault loop, empty hooks)",
-            worst_floor,
-            "×",
-            None,
-        );
-        let before = |m: &str| {
-            r.median(m, "no agent")
-                .zip(r.median(m, "memory collector, syscall hooks (before)"))
-                .map(|(b, w)| b / w)
-        };
-        let (gcc_before, worst_before) = (before("gcc -O2 -g -c"), before("mmap+faults+munmap"));
-        r.derive(
-            "tier-1 throughput ratio on the syscall hooks (gcc, compilers' CPU only)",
-            gcc_before,
-            "×",
-            None,
-        );
-        r.derive(
-            "tier-1 throughput ratio on the syscall hooks (fault loop)",
-            worst_before,
-            "×",
-            None,
-        );
+        for (label, v) in [
+            ("floor", "empty hooks, same points (floor)"),
+            (
+                "on the syscall hooks",
+                "memory collector, syscall hooks (before)",
+            ),
+        ] {
+            let gcc = r.paired_ratio("gcc -O2 -g -c", "no agent", v);
+            r.derive_paired(&format!("tier-1 {label} throughput ratio (gcc)"), gcc, None);
+            let worst = r.paired_ratio("mmap+faults+munmap", "no agent", v);
+            r.derive_paired(
+                &format!("tier-1 {label} throughput ratio (fault loop)"),
+                worst,
+                None,
+            );
+        }
         for (label, v) in [
             ("memory collector", "memory collector"),
             ("syscall hooks", "memory collector, syscall hooks (before)"),
