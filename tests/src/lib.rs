@@ -102,9 +102,40 @@ impl Agent {
     }
 
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Agent {
+        // `free_port` only says the port was free when it looked; a
+        // listener of another process can take it before the agent binds
+        // (CI saw "Address already in use" once). That is the harness's
+        // race, not the agent's failure: try another port, twice at most.
+        for _ in 0..2 {
+            let mut agent = Self::spawn(config, env);
+            if !agent.exited_because_port_taken(Duration::from_secs(30)) {
+                agent.wait_ready(Duration::from_secs(30));
+                return agent;
+            }
+        }
         let agent = Self::spawn(config, env);
         agent.wait_ready(Duration::from_secs(30));
         agent
+    }
+
+    /// Waits until the agent is ready or has exited; true when it exited
+    /// because its API port was taken.
+    fn exited_because_port_taken(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                return self.log().contains("Address already in use");
+            }
+            if http_get(self.addr, "/health/ready").is_ok_and(|(code, _)| code == 200) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
     }
 
     /// Starts the agent without waiting for readiness.
