@@ -4,11 +4,18 @@
 #![no_std]
 #![no_main]
 
+#[allow(dead_code)]
+#[path = "../alloc.rs"]
+mod alloc;
+#[allow(dead_code)]
+#[path = "../counters.rs"]
+mod counters;
+
 use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use sonde_ebpf::alloc;
+use sonde_ebpf as _; // Its panic handler: the library holds nothing else.
 
 #[uprobe]
 pub fn alloc_malloc(ctx: ProbeContext) -> u32 {

@@ -10,11 +10,23 @@
 #![no_std]
 #![no_main]
 
+#[allow(dead_code)]
+#[path = "../counters.rs"]
+mod counters;
+#[allow(dead_code)]
+#[path = "../http.rs"]
+mod http;
+#[allow(dead_code)]
+#[path = "../regs.rs"]
+mod regs;
+
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use sonde_ebpf::http::{
+use sonde_ebpf as _; // Its panic handler: the library holds nothing else.
+
+use crate::http::{
     Op, btf_enter, btf_exit, on_accept_exit, on_close, on_enter, on_exit, sock_io, sock_state,
     tp_arg, tp_ret,
 };

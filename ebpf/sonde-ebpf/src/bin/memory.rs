@@ -5,11 +5,21 @@
 #![no_std]
 #![no_main]
 
+#[allow(dead_code)]
+#[path = "../counters.rs"]
+mod counters;
+#[allow(dead_code)]
+#[path = "../memory.rs"]
+mod memory;
+#[allow(dead_code)]
+#[path = "../regs.rs"]
+mod regs;
+
 use aya_ebpf::{
     macros::{btf_tracepoint, perf_event, tracepoint},
     programs::{BtfTracePointContext, PerfEventContext, TracePointContext},
 };
-use sonde_ebpf::memory;
+use sonde_ebpf as _; // Its panic handler: the library holds nothing else.
 
 #[btf_tracepoint(function = "mmap_lock_acquire_returned")]
 pub fn mem_lock_acquired(ctx: BtfTracePointContext) -> u32 {

@@ -4,12 +4,21 @@
 #![no_std]
 #![no_main]
 
+#[allow(dead_code)]
+#[path = "../counters.rs"]
+mod counters;
+#[allow(dead_code)]
+#[path = "../process.rs"]
+mod process;
+
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use sonde_common::process::ProcessEventKind;
-use sonde_ebpf::process::emit;
+use sonde_ebpf as _; // Its panic handler: the library holds nothing else.
+
+use crate::process::emit;
 
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn process_exec_btf(ctx: BtfTracePointContext) -> i32 {

@@ -3,9 +3,20 @@
 #![no_std]
 #![no_main]
 
+#[allow(dead_code)]
+#[path = "../counters.rs"]
+mod counters;
+#[allow(dead_code)]
+#[path = "../profile.rs"]
+mod profile;
+#[allow(dead_code)]
+#[path = "../unwind.rs"]
+mod unwind;
+
 use aya_ebpf::{macros::perf_event, programs::PerfEventContext};
+use sonde_ebpf as _; // Its panic handler: the library holds nothing else.
 
 #[perf_event]
 pub fn profile_cpu(ctx: PerfEventContext) -> u32 {
-    sonde_ebpf::profile::sample(&ctx)
+    crate::profile::sample(&ctx)
 }

@@ -5,11 +5,23 @@
 #![no_std]
 #![no_main]
 
+#[allow(dead_code)]
+#[path = "../counters.rs"]
+mod counters;
+#[allow(dead_code)]
+#[path = "../syscalls.rs"]
+mod syscalls;
+#[allow(dead_code)]
+#[path = "../syscalls_bench.rs"]
+mod syscalls_bench;
+
 use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
     programs::{RawTracePointContext, TracePointContext},
 };
-use sonde_ebpf::syscalls::{count_error, try_enter, try_exit, try_switch, try_task_exit};
+use sonde_ebpf as _; // Its panic handler: the library holds nothing else.
+
+use crate::syscalls::{count_error, try_enter, try_exit, try_switch, try_task_exit};
 
 /// `sys_enter(struct pt_regs *regs, long id)`.
 #[raw_tracepoint(tracepoint = "sys_enter")]
@@ -100,12 +112,12 @@ macro_rules! bench_variant {
     ($en:ident, $ex:ident, $id:literal, $kt:literal, $acc:literal) => {
         #[raw_tracepoint(tracepoint = "sys_enter")]
         pub fn $en(ctx: RawTracePointContext) -> i32 {
-            sonde_ebpf::syscalls_bench::enter::<$id, $kt>(ctx.arg::<i64>(1));
+            crate::syscalls_bench::enter::<$id, $kt>(ctx.arg::<i64>(1));
             0
         }
         #[raw_tracepoint(tracepoint = "sys_exit")]
         pub fn $ex(ctx: RawTracePointContext) -> i32 {
-            sonde_ebpf::syscalls_bench::exit::<$id, $kt, $acc>(ctx.arg::<i64>(1));
+            crate::syscalls_bench::exit::<$id, $kt, $acc>(ctx.arg::<i64>(1));
             0
         }
     };
