@@ -44,7 +44,16 @@ pub fn try_emit<C: EbpfContext>(ctx: &C, kind: ProcessEventKind) -> Result<(), P
     bump(&PROCESS_COUNTERS_MAP, ProcessCounter::Seen as u32);
     // Compiled in, but gated by AYA_LOG_LEVEL, which the agent patches to 0
     // unless its own log filter asks for debug: one global load by default.
-    debug!(ctx, "process event kind={} tgid={}", kind as u32, tgid);
+    // The target users filter on (RUST_LOG=sonde_ebpf=debug); the default,
+    // the module path, is the object's crate since each object includes
+    // this file (see lib.rs).
+    debug!(
+        ctx,
+        target: "sonde_ebpf::process",
+        "process event kind={} tgid={}",
+        kind as u32,
+        tgid
+    );
     let Some(mut entry) = PROCESS_EVENTS.reserve::<ProcessEvent>(0) else {
         return Err(ProcessError::RingbufFull);
     };
