@@ -97,6 +97,15 @@ impl ScenarioResult {
         }
     }
 
+    /// The runs of `variant` for `metric`, in the order they ran.
+    pub fn samples(&self, metric: &str, variant: &str) -> Option<&[f64]> {
+        let m = self.metrics.iter().find(|m| m.metric == metric)?;
+        m.variants
+            .iter()
+            .find(|(v, _)| v == variant)
+            .map(|(_, s)| s.samples.as_slice())
+    }
+
     pub fn median(&self, metric: &str, variant: &str) -> Option<f64> {
         let m = self.metrics.iter().find(|m| m.metric == metric)?;
         m.variants
@@ -109,18 +118,11 @@ impl ScenarioResult {
     /// repetition ran back to back, so slow drifts of a shared machine
     /// cancel): (median, lowest, highest) over the repetitions.
     pub fn paired_ratio(&self, metric: &str, num: &str, den: &str) -> Option<(f64, f64, f64)> {
-        let m = self.metrics.iter().find(|m| m.metric == metric)?;
-        let samples = |v: &str| {
-            m.variants
-                .iter()
-                .find(|(name, _)| name == v)
-                .map(|(_, s)| s.samples.clone())
-        };
-        let (a, b) = (samples(num)?, samples(den)?);
+        let (a, b) = (self.samples(metric, num)?, self.samples(metric, den)?);
         if a.len() != b.len() || a.is_empty() {
             return None;
         }
-        let ratios: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x / y).collect();
+        let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
         let s = super::stats::summarize(&ratios);
         Some((s.median, s.min, s.max))
     }

@@ -1053,18 +1053,10 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
             None,
         );
         // The target: per repetition, no agent over (compilers + agent).
-        let samples = |m: &str, v: &str| {
-            r.metrics
-                .iter()
-                .find(|x| x.metric == m)?
-                .variants
-                .iter()
-                .find(|(name, _)| name == v)
-                .map(|(_, s)| s.samples.clone())
-        };
-        let with_agent = samples("gcc -O2 -g -c", "no agent")
-            .zip(samples("gcc -O2 -g -c", "memory collector"))
-            .zip(samples("agent CPU during the compiles", "memory collector"))
+        let with_agent = r
+            .samples("gcc -O2 -g -c", "no agent")
+            .zip(r.samples("gcc -O2 -g -c", "memory collector"))
+            .zip(r.samples("agent CPU during the compiles", "memory collector"))
             .filter(|((b, w), a)| b.len() == w.len() && w.len() == a.len() && !b.is_empty())
             .map(|((b, w), a)| {
                 let ratios: Vec<f64> = (0..b.len()).map(|i| b[i] / (w[i] + a[i])).collect();
