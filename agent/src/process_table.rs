@@ -167,6 +167,21 @@ struct EventProgress {
     busy: AtomicBool,
     /// When the consumer last emptied the ring buffer.
     drained_at: Mutex<Option<Instant>>,
+    /// Requests to the consumer to apply what its ring buffer holds now
+    /// (see [`ProcessTable::catch_up`]); set once a consumer serves them.
+    catch_up: Mutex<Option<tokio::sync::mpsc::Sender<CatchUp>>>,
+}
+
+/// A request, handed to the event consumer, to apply every event already
+/// in its ring buffer and then call [`CatchUp::done`].
+pub struct CatchUp(std::sync::mpsc::SyncSender<()>);
+
+impl CatchUp {
+    /// Everything that was in the ring buffer when the request arrived has
+    /// been applied.
+    pub fn done(self) {
+        let _ = self.0.send(());
+    }
 }
 
 #[derive(Clone)]
@@ -297,6 +312,48 @@ impl ProcessTable {
         self.events.busy.store(false, Ordering::Release);
     }
 
+    /// Makes the caller the event consumer's: returns the requests of
+    /// [`Self::catch_up`] for it to serve.
+    pub fn serve_catch_up(&self) -> tokio::sync::mpsc::Receiver<CatchUp> {
+        // A few requests in flight at most: one per draining collector.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        *self
+            .events
+            .catch_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Blocks (for at most `timeout`) until the event consumer has applied
+    /// every exec/exit event submitted before this call. A collector that
+    /// has just read its kernel maps calls this before naming processes:
+    /// an exec is submitted before the execve returns, so every count it
+    /// read belongs to a process whose exec is now in the table, never to
+    /// the name it had before. (Watching the consumer's progress alone
+    /// cannot tell an event not yet woken for from no event at all.)
+    ///
+    /// True when caught up or when no consumer runs (nothing to wait for);
+    /// false on timeout. Not for async tasks: it blocks the thread.
+    pub fn catch_up(&self, timeout: Duration) -> bool {
+        let tx = self
+            .events
+            .catch_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(tx) = tx else {
+            return true;
+        };
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        match tx.try_send(CatchUp(done_tx)) {
+            Ok(()) => done_rx.recv_timeout(timeout).is_ok(),
+            // The consumer stopped: no events will be applied by waiting.
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => true,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => false,
+        }
+    }
+
     /// Whether every exec/exit event emitted before `t` has been applied:
     /// the consumer is idle, or emptied the ring buffer after `t`. True when
     /// no process collector runs (nothing to wait for). An idle consumer
@@ -332,13 +389,22 @@ impl ProcessTable {
         }
     }
 
-    fn insert(&self, mut info: ProcessInfo) {
+    fn insert(&self, info: ProcessInfo) {
+        self.insert_with(info, true);
+    }
+
+    /// Adds `info`, replacing an entry of the same pid only if `replace`;
+    /// returns the entry the table holds afterwards.
+    fn insert_with(&self, mut info: ProcessInfo, replace: bool) -> ProcessInfo {
         if info.k8s.is_none() {
             let k = self.identity.lookup(&info.container_id);
             info.set_k8s(k);
         }
         let mut guard = self.write();
         let inner = &mut *guard;
+        if !replace && let Some(e) = inner.map.get(&info.pid) {
+            return e.info.clone();
+        }
         if inner.map.len() >= self.max && !inner.map.contains_key(&info.pid) {
             self.evict(inner);
         }
@@ -347,7 +413,7 @@ impl ProcessTable {
         let old = inner.map.insert(
             info.pid,
             Entry {
-                info,
+                info: info.clone(),
                 seq,
                 exited_at: None,
             },
@@ -356,6 +422,7 @@ impl ProcessTable {
             inner.live += 1;
         }
         self.metrics.tracked.set(inner.live as i64);
+        info
     }
 
     /// Frees 1/16 of the table (at least one entry): exited entries first,
@@ -390,8 +457,9 @@ impl ProcessTable {
             return Some(e.info.clone());
         }
         let info = ProcessInfo::from_proc(pid)?;
-        self.insert(info.clone());
-        Some(info)
+        // An exec event applied while /proc was read is newer than what we
+        // read (which may predate the exec): it wins.
+        Some(self.insert_with(info, false))
     }
 
     /// Every entry, live and recently exited, sorted by pid.
@@ -568,6 +636,45 @@ mod tests {
         let later = Instant::now() + Duration::from_millis(1);
         assert!(t.events_applied_since(before));
         assert!(!t.events_applied_since(later));
+    }
+
+    #[test]
+    fn proc_fallback_never_replaces_an_exec_applied_meanwhile() {
+        let t = table(16, Duration::from_secs(60));
+        let me = std::process::id();
+        let read_before_exec = ProcessInfo::from_proc(me).unwrap();
+        // The exec event lands while a lookup is still reading /proc ...
+        t.on_exec(me, "whatever");
+        let mut after_exec = t.get(me).unwrap();
+        after_exec.comm = "after-exec".into();
+        t.insert(after_exec);
+        // ... and the lookup's older reading must not overwrite it.
+        let kept = t.insert_with(read_before_exec, false);
+        assert_eq!(kept.comm, "after-exec");
+        assert_eq!(t.get(me).unwrap().comm, "after-exec");
+    }
+
+    #[test]
+    fn catch_up_waits_for_the_consumer() {
+        let t = table(16, Duration::from_secs(60));
+        // No consumer: nothing to wait for.
+        assert!(t.catch_up(Duration::ZERO));
+        let mut rx = t.serve_catch_up();
+        // A consumer that does not answer: the wait ends at the timeout.
+        let start = Instant::now();
+        assert!(!t.catch_up(Duration::from_millis(50)));
+        assert!(start.elapsed() >= Duration::from_millis(50));
+        let _unanswered = rx.try_recv().expect("request delivered");
+        // One that answers.
+        let server = std::thread::spawn(move || {
+            let r = rx.blocking_recv().expect("request");
+            r.done();
+            rx
+        });
+        assert!(t.catch_up(Duration::from_secs(10)));
+        // A consumer that stopped: waiting would not help.
+        drop(server.join().unwrap());
+        assert!(t.catch_up(Duration::from_secs(10)));
     }
 
     #[test]

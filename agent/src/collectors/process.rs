@@ -13,11 +13,16 @@ use aya::{
 };
 use prometheus::IntCounter;
 use sonde_common::process::{PROCESS_COUNTERS, ProcessCounter, ProcessEvent, ProcessEventKind};
-use tokio::io::unix::AsyncFd;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
-use crate::{collectors::take_map, config::ProcessConfig, ebpf, process_table::ProcessTable};
+use crate::{
+    collectors::take_map,
+    config::ProcessConfig,
+    ebpf,
+    process_table::{CatchUp, ProcessTable},
+};
 
 pub const NAME: &str = "process";
 
@@ -132,7 +137,13 @@ impl Collector for ProcessCollector {
         let lost = ctx.telemetry.events_lost.with_label_values(&[NAME]);
         let token = ctx.shutdown.child_token();
         let fd = ebpf::async_fd(events)?;
-        tokio::spawn(drain_events(fd, self.table.clone(), token.clone()));
+        let catch_up = self.table.serve_catch_up();
+        tokio::spawn(drain_events(
+            fd,
+            self.table.clone(),
+            catch_up,
+            token.clone(),
+        ));
         tokio::spawn(housekeeping(
             counters,
             lost,
@@ -161,33 +172,51 @@ impl Collector for ProcessCollector {
     }
 }
 
-/// Reads exec/exit events as they arrive.
+/// Reads exec/exit events as they arrive, and whenever another collector
+/// asks to catch up (see `ProcessTable::catch_up`): the ring buffer may hold
+/// events it has not woken us for yet.
 async fn drain_events(
     mut fd: AsyncFd<RingBuf<MapData>>,
     table: ProcessTable,
+    mut catch_up: mpsc::Receiver<CatchUp>,
     token: CancellationToken,
 ) {
+    let mut requests_open = true;
     loop {
-        let mut guard = tokio::select! {
+        tokio::select! {
             _ = token.cancelled() => return,
+            r = catch_up.recv(), if requests_open => match r {
+                Some(r) => {
+                    table.events_arriving();
+                    apply_all(fd.get_mut(), &table);
+                    table.events_drained();
+                    r.done();
+                }
+                None => requests_open = false,
+            },
             g = fd.readable_mut() => match g {
-                Ok(g) => g,
+                Ok(mut guard) => {
+                    table.events_arriving();
+                    apply_all(guard.get_inner_mut(), &table);
+                    guard.clear_ready();
+                    table.events_drained();
+                }
                 Err(e) => {
                     tracing::error!(collector = NAME, "ring buffer poll failed: {e}");
                     return;
                 }
             },
-        };
-        table.events_arriving();
-        let rb = guard.get_inner_mut();
-        while let Some(item) = rb.next() {
-            match decode(&item) {
-                Some(ev) => apply(&table, &ev),
-                None => tracing::debug!(collector = NAME, len = item.len(), "short process event"),
-            }
         }
-        guard.clear_ready();
-        table.events_drained();
+    }
+}
+
+/// Applies every event the ring buffer holds.
+fn apply_all(rb: &mut RingBuf<MapData>, table: &ProcessTable) {
+    while let Some(item) = rb.next() {
+        match decode(&item) {
+            Some(ev) => apply(table, &ev),
+            None => tracing::debug!(collector = NAME, len = item.len(), "short process event"),
+        }
     }
 }
 

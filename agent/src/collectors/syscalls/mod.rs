@@ -391,6 +391,10 @@ struct Drain {
     unnamed: HashMap<u32, u32>,
 }
 
+/// Longest wait for the process collector to apply the exec events that
+/// preceded a read; past it, names come from the table as it is.
+const CATCH_UP_WAIT: Duration = Duration::from_millis(250);
+
 /// Drains to wait for the process table to name a process (see drain_once).
 const UNNAMED_RETRIES: u32 = 2;
 /// ... and at most this many while the process collector is still applying
@@ -445,7 +449,11 @@ impl Drain {
             .collect();
         let read_at = Instant::now();
         let (cur, cur_err) = self.read_maps();
-        let lagging = !self.table.events_applied_since(read_at);
+        // Every exec before the read into the table, so that a process's
+        // first counts after its exec are not named after the program it
+        // replaced (see ProcessTable::catch_up).
+        let lagging =
+            !self.table.catch_up(CATCH_UP_WAIT) && !self.table.events_applied_since(read_at);
         // Name every process now. One the process table does not know and
         // /proc no longer has is usually a short-lived child whose exec
         // event the process collector has not handled yet: leave its counts
