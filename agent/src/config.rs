@@ -170,8 +170,10 @@ pub struct HttpConfig {
     /// `sock_send_length`/`sock_recv_length`, where the kernel has them and
     /// on x86_64; else tp_btf `sys_enter`/`sys_exit`; else the per-syscall
     /// tracepoints), "syscall" (skip the socket layer), "tracepoint"
-    /// (always the per-syscall tracepoints). "floor" is a benchmark aid:
-    /// empty programs on the socket-layer hooks, no metrics.
+    /// (always the per-syscall tracepoints). "floor" and "floor_read" are
+    /// benchmark aids, no metrics: empty programs on the socket-layer
+    /// hooks, and programs there that only find and read the first 16
+    /// bytes of each message.
     pub hook: HttpHook,
 }
 
@@ -183,6 +185,8 @@ pub enum HttpHook {
     Syscall,
     Tracepoint,
     Floor,
+    #[serde(rename = "floor_read")]
+    FloorRead,
 }
 
 impl Default for HttpConfig {
@@ -576,6 +580,7 @@ mod tests {
             ("syscall", HttpHook::Syscall),
             ("tracepoint", HttpHook::Tracepoint),
             ("floor", HttpHook::Floor),
+            ("floor_read", HttpHook::FloorRead),
         ] {
             let c = parse(&format!("[collectors.http]\nhook = \"{text}\"\n")).unwrap();
             assert_eq!(c.collectors.http.hook, want);

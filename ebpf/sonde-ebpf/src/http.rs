@@ -965,6 +965,46 @@ fn try_sock_io(sk: *const u8, ret: i32, flags: i32, incoming: bool) -> Result<()
     on_data(&key, dir, op, arg, n, sk as u64, sk_port(sk))
 }
 
+/// `collectors.http.hook = "floor_read"` (a benchmark aid): the work that
+/// any tracer of HTTP content on these hooks does for every message, and
+/// nothing else — find the syscall's buffer in the saved registers, read
+/// its first 16 bytes from user memory, classify them. No connection
+/// state, no clock, no event: a lower bound for the real programs.
+#[inline(always)]
+pub fn floor_read(ret: i32, incoming: bool) -> u32 {
+    if ret <= 0 {
+        return 0;
+    }
+    // SAFETY: as in try_sock_io.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    if reg(regs, REG_CS) & 3 != 3 {
+        return 0;
+    }
+    let op = match (reg(regs, REG_ORIG_AX) as i64, incoming) {
+        (nr::READ | nr::RECVFROM, true) => Op::ReadBuf,
+        (nr::READV, true) => Op::ReadIov,
+        (nr::RECVMSG, true) => Op::ReadMsg,
+        (nr::WRITE | nr::SENDTO, false) => Op::WriteBuf,
+        (nr::WRITEV, false) => Op::WriteIov,
+        (nr::SENDMSG, false) => Op::WriteMsg,
+        _ => return 0,
+    };
+    let Ok(buf) = data_ptr(op, reg(regs, REG_SI)) else {
+        return 0;
+    };
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let head = Head16::zeroed_in(&mut slot);
+    // SAFETY: helper read of user memory into the 16-byte stack buffer.
+    let r =
+        unsafe { generated::bpf_probe_read_user(head.0.as_mut_ptr().cast(), 16, buf as *const _) };
+    // Counted so that the read and the classification are not optimized
+    // away.
+    if r == 0 && classify(&head.0) == Head::Request {
+        bump(&HTTP_COUNTERS_MAP, HttpCounter::Started as u32);
+    }
+    0
+}
+
 /// `sk->__sk_common.skc_num`: the local port, host order (offset 14 of
 /// `struct sock_common` on every kernel since 2.6).
 #[inline(always)]

@@ -411,7 +411,10 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
                 sock_send_length/sock_recv_length + inet_sock_set_state); the same on its \
                 fallbacks (tp_btf sys_enter/sys_exit; per-syscall tracepoints); and the floor of \
                 the default hooks: empty programs on sock_send_length/sock_recv_length \
-                (`collectors.http.hook = \"floor\"`). Each run also measures CPU ns per HTTP \
+                (`collectors.http.hook = \"floor\"`), and the floor of any tracer of HTTP \
+                content there: programs on those hooks that only find each message's buffer and \
+                read its first 16 bytes (`hook = \"floor_read\"`; no state, clock or event). \
+                Each run also measures CPU ns per HTTP \
                 exchange (client and server in one thread pinned to the last CPU: \
                 tests/workloads/http_pingpong.c), the per-request cost without the 2-core \
                 contention of wrk + nginx + agent; and the agent's own CPU during wrk. Nothing \
@@ -483,6 +486,10 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
             "empty socket-layer hooks (floor)",
             Box::new(|| with_agent(http_only("floor"))),
         ));
+        variants.push((
+            "16-byte read per message (floor_read)",
+            Box::new(|| with_agent(http_only("floor_read"))),
+        ));
         let metrics = alternate(
             ctx.reps,
             &[
@@ -512,13 +519,17 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
                 "sonde (http only, tracepoint hooks)",
             ),
             ("floor", "empty socket-layer hooks (floor)"),
+            ("floor_read", "16-byte read per message (floor_read)"),
             ("default collectors", "sonde (default collectors)"),
         ] {
             if v != "sonde (default collectors)" {
                 // The HTTP collector's own figure gets the target too: the
-                // default agent's also carries the syscalls collector.
-                let target: Option<Target> =
-                    (v == "sonde (http only)").then_some(("≥ 0.98", |x| x >= 0.98));
+                // default agent's also carries the syscalls collector. So
+                // does the content-read floor: below 0.98 there, no
+                // program that reads what it classifies can reach it.
+                let target: Option<Target> = (v == "sonde (http only)"
+                    || v == "16-byte read per message (floor_read)")
+                    .then_some(("≥ 0.98", |x| x >= 0.98));
                 let t = r.paired_ratio("throughput", v, "no agent");
                 r.derive_paired(&format!("throughput ratio ({label})"), t, target);
                 let target: Option<Target> =
@@ -544,7 +555,7 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
             ),
             "SONDE_COLLECTORS__SYSCALLS__ENABLED=false SONDE_COLLECTORS__PROFILE__ENABLED=false \
              SONDE_COLLECTORS__MEMORY__ENABLED=false \
-             SONDE_COLLECTORS__HTTP__HOOK=auto|syscall|tracepoint|floor sonde agent"
+             SONDE_COLLECTORS__HTTP__HOOK=auto|syscall|tracepoint|floor|floor_read sonde agent"
                 .into(),
         ];
         Ok(r)

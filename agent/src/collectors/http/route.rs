@@ -29,10 +29,16 @@ pub fn parse_request_line(prefix: &[u8]) -> Option<(&'static str, &str)> {
         .position(|&b| b == b' ' || b == b'?' || b == b'#' || b == b'\r' || b == b'\n')
         .unwrap_or(rest.len());
     let path = std::str::from_utf8(&rest[..end]).ok()?;
-    // Absolute-form targets (proxies): keep only the path.
-    let path = match path.find("://") {
-        Some(i) => path[i + 3..].find('/').map_or("/", |j| &path[i + 3 + j..]),
-        None => path,
+    // Absolute-form targets (proxies): keep only the path. (Checked only
+    // when the target is not a path already: the substring search cost ~5 %
+    // of the drain's CPU when done for every request.)
+    let path = if path.starts_with('/') {
+        path
+    } else {
+        match path.find("://") {
+            Some(i) => path[i + 3..].find('/').map_or("/", |j| &path[i + 3 + j..]),
+            None => path,
+        }
     };
     if !path.starts_with('/') && path != "*" {
         return None;

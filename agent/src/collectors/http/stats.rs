@@ -249,8 +249,8 @@ pub struct RouteRow {
 /// Builds the rows for a query: merges per-pid stats by (role, service,
 /// method, route).
 pub fn rows(
-    stats: &HashMap<StatKey, RouteStats>,
-    inflight: &HashMap<StatKey, u64>,
+    stats: &super::FastMap<StatKey, RouteStats>,
+    inflight: &super::FastMap<StatKey, u64>,
     keep: impl Fn(&StatKey) -> bool,
 ) -> Vec<RouteRow> {
     let now = now_secs();
