@@ -114,6 +114,11 @@ impl ScenarioResult {
             .map(|(_, s)| s.median)
     }
 
+    /// What `variant` adds to `base` in `metric`: the difference of medians.
+    pub fn median_added(&self, metric: &str, variant: &str, base: &str) -> Option<f64> {
+        Some(self.median(metric, variant)? - self.median(metric, base)?)
+    }
+
     /// The ratio `num / den` of `metric` taken run by run (the runs of one
     /// repetition ran back to back, so slow drifts of a shared machine
     /// cancel): (median, lowest, highest) over the repetitions.

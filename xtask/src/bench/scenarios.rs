@@ -537,10 +537,7 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
                 let p = r.paired_ratio("p99 latency", v, "no agent");
                 r.derive_paired(&format!("p99 ratio ({label})"), p, target);
             }
-            let added = r
-                .median("exchange CPU", v)
-                .zip(r.median("exchange CPU", "no agent"))
-                .map(|(s, b)| s - b);
+            let added = r.median_added("exchange CPU", v, "no agent");
             r.derive(
                 &format!("exchange CPU added ({label})"),
                 added,
@@ -1099,10 +1096,7 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
             ("memory collector", "memory collector"),
             ("syscall hooks", "memory collector, syscall hooks (before)"),
         ] {
-            let added = r
-                .median("getppid", v)
-                .zip(r.median("getppid", "no agent"))
-                .map(|(w, b)| w - b);
+            let added = r.median_added("getppid", v, "no agent");
             r.derive(
                 &format!("getppid CPU added ({label})"),
                 added,
