@@ -5,6 +5,9 @@
 //! all variants alike. A scenario with any failed run is reported as failed,
 //! with the reason, and no figures. A figure whose min–max spread exceeds
 //! 10 % of its median is labelled noisy.
+//!
+//! The floors' programs are benchmark-only: the loader xtask/bench-probes
+//! (built here, see probes.rs) attaches them; the shipped agent has none.
 
 mod agent;
 mod probes;
