@@ -51,7 +51,9 @@ fn main() -> Result<()> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     for name in OBJECTS {
         let path = out_dir.join(name);
-        if path.exists() {
+        // Empty: a placeholder left by an earlier AYA_BUILD_SKIP=1 build
+        // (a real object never is), which must not hide a missing object.
+        if fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
             continue;
         }
         if !skipped {
