@@ -3,10 +3,12 @@
 //! With `AYA_BUILD_SKIP=1` no object is built (for `cargo check`, clippy on
 //! machines without bpf-linker, docs); we then write empty placeholders so the
 //! agent still compiles, and it refuses at run time with a clear message.
+//! Otherwise an object missing after the build (a name in `OBJECTS` that is
+//! no `[[bin]]` of sonde-ebpf) fails the build, naming it.
 
 use std::{env, fs, path::PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 /// The objects the agent embeds; each is a `[[bin]]` of sonde-ebpf.
 const OBJECTS: &[&str] = &[
@@ -43,12 +45,21 @@ fn main() -> Result<()> {
         "building the eBPF objects failed; run `cargo xtask setup` to install the toolchain",
     )?;
 
+    // The same test aya-build makes.
+    let skipped =
+        env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     for name in OBJECTS {
         let path = out_dir.join(name);
-        if !path.exists() {
-            fs::write(&path, b"").with_context(|| format!("writing {}", path.display()))?;
+        // Empty: a placeholder left by an earlier AYA_BUILD_SKIP=1 build
+        // (a real object never is), which must not hide a missing object.
+        if fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
+            continue;
         }
+        if !skipped {
+            bail!("eBPF object {name} was not built: is it a [[bin]] of ebpf/sonde-ebpf?");
+        }
+        fs::write(&path, b"").with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -124,8 +124,7 @@ pub struct MemoryConfig {
     /// `_released`) and on `page_fault_user`, which leave every other
     /// syscall alone; where the kernel lacks them, the "syscall" hooks.
     /// "syscall": tp_btf `sys_exit` (else the per-syscall tracepoints) and
-    /// a page-fault perf event with the same period. "floor" is a benchmark
-    /// aid: empty programs on the "auto" hooks, nothing collected.
+    /// a page-fault perf event with the same period.
     pub hook: MemoryHook,
 }
 
@@ -135,7 +134,6 @@ pub struct MemoryConfig {
 pub enum MemoryHook {
     Auto,
     Syscall,
-    Floor,
 }
 
 impl Default for MemoryConfig {
@@ -170,10 +168,7 @@ pub struct HttpConfig {
     /// `sock_send_length`/`sock_recv_length`, where the kernel has them and
     /// on x86_64; else tp_btf `sys_enter`/`sys_exit`; else the per-syscall
     /// tracepoints), "syscall" (skip the socket layer), "tracepoint"
-    /// (always the per-syscall tracepoints). "floor" and "floor_read" are
-    /// benchmark aids, no metrics: empty programs on the socket-layer
-    /// hooks, and programs there that only find and read the first 16
-    /// bytes of each message.
+    /// (always the per-syscall tracepoints).
     pub hook: HttpHook,
 }
 
@@ -184,9 +179,6 @@ pub enum HttpHook {
     Auto,
     Syscall,
     Tracepoint,
-    Floor,
-    #[serde(rename = "floor_read")]
-    FloorRead,
 }
 
 impl Default for HttpConfig {
@@ -579,28 +571,31 @@ mod tests {
             ("auto", HttpHook::Auto),
             ("syscall", HttpHook::Syscall),
             ("tracepoint", HttpHook::Tracepoint),
-            ("floor", HttpHook::Floor),
-            ("floor_read", HttpHook::FloorRead),
         ] {
             let c = parse(&format!("[collectors.http]\nhook = \"{text}\"\n")).unwrap();
             assert_eq!(c.collectors.http.hook, want);
         }
         assert_eq!(Config::default().collectors.http.hook, HttpHook::Auto);
-        let err = parse("[collectors.http]\nhook = \"kprobe\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("line 2") && err.contains("kprobe"), "{err}");
+        // Benchmark modes live in xtask/bench-probes, not in the agent.
+        for bad in ["kprobe", "floor", "floor_read"] {
+            let err = parse(&format!("[collectors.http]\nhook = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("line 2") && err.contains(bad), "{err}");
+        }
     }
 
     #[test]
     fn memory_hook_choices_parse() {
         assert_eq!(Config::default().collectors.memory.hook, MemoryHook::Auto);
-        let c = parse("[collectors.memory]\nhook = \"floor\"\n").unwrap();
-        assert_eq!(c.collectors.memory.hook, MemoryHook::Floor);
-        let err = parse("[collectors.memory]\nhook = \"kprobe\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("line 2") && err.contains("kprobe"), "{err}");
+        let c = parse("[collectors.memory]\nhook = \"syscall\"\n").unwrap();
+        assert_eq!(c.collectors.memory.hook, MemoryHook::Syscall);
+        for bad in ["kprobe", "floor"] {
+            let err = parse(&format!("[collectors.memory]\nhook = \"{bad}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("line 2") && err.contains(bad), "{err}");
+        }
     }
 
     #[test]

@@ -40,11 +40,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The whole test suite: setup, test dependencies, fmt, clippy, unit and
-    /// privileged integration tests. This is what CI runs.
     /// Overhead and footprint benchmarks, side by side with peers; writes
     /// docs/benchmarks.md and docs/benchmarks.json. Not part of `test`.
+    /// The floors come from a benchmark-only loader (xtask/bench-probes),
+    /// built here: the shipped agent carries no benchmark program.
     Bench(bench::BenchArgs),
+    /// The whole test suite: setup, test dependencies, fmt, clippy, unit and
+    /// privileged integration tests. This is what CI runs.
     Test {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
@@ -140,12 +142,18 @@ fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
     // Build the binary the integration tests drive, then run everything.
     cmd::cargo(&["build", "--package", "sonde"])?;
     let bin = cmd::workspace_root().join("target/debug/sonde");
-    // sonde-ebpf only builds for the BPF target (agent/build.rs does that).
+    // The kernel crates only build for the BPF target (agent/build.rs and
+    // xtask/bench-probes/build.rs do that); the benchmark loader has no
+    // tests of its own, and the bench harness test builds it when it runs.
     let mut args = vec![
         "test",
         "--workspace",
         "--exclude",
         "sonde-ebpf",
+        "--exclude",
+        "sonde-bench-ebpf",
+        "--exclude",
+        "sonde-bench-probes",
         "--no-fail-fast",
     ];
     if let Some(f) = filter.as_deref() {

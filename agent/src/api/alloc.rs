@@ -37,9 +37,6 @@ pub struct AllocQuery {
     pub min_age: Option<String>,
     #[serde(default)]
     pub diff: bool,
-    /// Benchmarks only: no-op programs at the same probe points (the floor).
-    #[serde(default)]
-    pub empty_probes: bool,
     /// top (default), folded, pprof, json.
     pub format: Option<String>,
     /// For folded: in_use (default), allocated, leak, growth.
@@ -91,7 +88,6 @@ fn parse_request(q: &AllocQuery) -> Result<Request, Box<Response>> {
         sample_bytes,
         min_age,
         diff: q.diff,
-        empty_probes: q.empty_probes,
     })
 }
 

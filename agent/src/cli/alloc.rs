@@ -45,10 +45,6 @@ pub struct AllocArgs {
     /// growth by stack since then.
     #[arg(long)]
     pub diff: bool,
-    /// Benchmarks only: attach no-op programs at the same probe points, to
-    /// measure what the probe hits alone cost (the report counts nothing).
-    #[arg(long, hide = true)]
-    pub empty_probes: bool,
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value_t = AllocFormat::Top)]
     pub format: AllocFormat,
@@ -116,9 +112,6 @@ pub fn request_path(a: &AllocArgs) -> String {
     );
     if a.diff {
         q.push_str("&diff=true");
-    }
-    if a.empty_probes {
-        q.push_str("&empty_probes=true");
     }
     q
 }

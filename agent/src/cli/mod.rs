@@ -4,7 +4,6 @@
 
 pub mod alerts;
 pub mod alloc;
-pub mod bench_floor;
 pub mod client;
 pub mod http;
 pub mod memory;
@@ -117,11 +116,6 @@ Rates are differences of the agent's cumulative counters over the interval
 (agent-side clock). When stdout is not a terminal, frames are printed one
 after another (batch mode, like `top -b`); -n N stops after N frames.")]
     Top(top::TopArgs),
-    /// Benchmarks only: attach empty programs to the syscall collector's
-    /// hooks and wait for SIGTERM (the floor of the hook type), or with
-    /// `--cycle` measure the hot path part by part.
-    #[command(hide = true)]
-    BenchFloor(bench_floor::BenchFloorArgs),
 }
 
 #[derive(Debug, Args)]
@@ -175,7 +169,6 @@ pub fn main() -> i32 {
         Command::Alloc(a) => alloc::run(&a),
         Command::Memory(a) => memory::run(&a),
         Command::Top(a) => top::run(&a),
-        Command::BenchFloor(a) => bench_floor::run(&a),
     };
     match result {
         Ok(()) => 0,

@@ -46,7 +46,8 @@ const WAKEUP_BYTES: u64 = 256 * 1024;
 const EVENT_SLOT: u64 = 8 + core::mem::size_of::<HttpEvent>() as u64;
 
 #[map]
-static HTTP_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(HTTP_COUNTERS, 0);
+pub(crate) static HTTP_COUNTERS_MAP: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(HTTP_COUNTERS, 0);
 
 /// Per-connection state. LRU: connections whose close we missed age out.
 #[map]
@@ -327,7 +328,7 @@ fn try_exit(n: i64) -> Result<(), HttpError> {
 /// read for readv/writev, two for recvmsg/sendmsg, none otherwise. Called
 /// only once the message is known to matter (each read costs ~100-200 ns).
 #[inline(always)]
-fn data_ptr(op: Op, arg: u64) -> Result<u64, HttpError> {
+pub(crate) fn data_ptr(op: Op, arg: u64) -> Result<u64, HttpError> {
     match op {
         Op::ReadBuf | Op::WriteBuf => Ok(arg),
         Op::ReadIov | Op::WriteIov => iov_base(arg),
@@ -357,7 +358,7 @@ fn iov_base(iov: u64) -> Result<u64, HttpError> {
 /// zeroing it is two stores: unaligned, the compiler calls a byte-wise
 /// `memset` subprogram.
 #[repr(C, align(8))]
-struct Head16([u8; 16]);
+pub(crate) struct Head16(pub(crate) [u8; 16]);
 
 impl Head16 {
     /// Zeroed in place with two volatile stores. Returned by value (as it
@@ -365,7 +366,7 @@ impl Head16 {
     /// byte-wise `memset` subprogram on every message (16 iterations); so
     /// did `[0; 16]`.
     #[inline(always)]
-    fn zeroed_in(slot: &mut core::mem::MaybeUninit<Head16>) -> &mut Head16 {
+    pub(crate) fn zeroed_in(slot: &mut core::mem::MaybeUninit<Head16>) -> &mut Head16 {
         let p = slot.as_mut_ptr() as *mut u64;
         // SAFETY: two aligned 8-byte stores cover the 16-byte value, which
         // is then fully initialized.
@@ -379,7 +380,7 @@ impl Head16 {
 
 /// What the first bytes of a message are.
 #[derive(PartialEq, Eq)]
-enum Head {
+pub(crate) enum Head {
     Request,
     /// Status line with this code.
     Response(u16),
@@ -389,7 +390,7 @@ enum Head {
 }
 
 #[inline(always)]
-fn classify(h: &[u8; 16]) -> Head {
+pub(crate) fn classify(h: &[u8; 16]) -> Head {
     if &h[..5] == b"HTTP/" {
         if h[5] == b'1'
             && h[6] == b'.'
@@ -963,46 +964,6 @@ fn try_sock_io(sk: *const u8, ret: i32, flags: i32, incoming: bool) -> Result<()
     // SAFETY: a read of a local.
     let n = unsafe { core::ptr::read_volatile(&n) };
     on_data(&key, dir, op, arg, n, sk as u64, sk_port(sk))
-}
-
-/// `collectors.http.hook = "floor_read"` (a benchmark aid): the work that
-/// any tracer of HTTP content on these hooks does for every message, and
-/// nothing else — find the syscall's buffer in the saved registers, read
-/// its first 16 bytes from user memory, classify them. No connection
-/// state, no clock, no event: a lower bound for the real programs.
-#[inline(always)]
-pub fn floor_read(ret: i32, incoming: bool) -> u32 {
-    if ret <= 0 {
-        return 0;
-    }
-    // SAFETY: as in try_sock_io.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-    if reg(regs, REG_CS) & 3 != 3 {
-        return 0;
-    }
-    let op = match (reg(regs, REG_ORIG_AX) as i64, incoming) {
-        (nr::READ | nr::RECVFROM, true) => Op::ReadBuf,
-        (nr::READV, true) => Op::ReadIov,
-        (nr::RECVMSG, true) => Op::ReadMsg,
-        (nr::WRITE | nr::SENDTO, false) => Op::WriteBuf,
-        (nr::WRITEV, false) => Op::WriteIov,
-        (nr::SENDMSG, false) => Op::WriteMsg,
-        _ => return 0,
-    };
-    let Ok(buf) = data_ptr(op, reg(regs, REG_SI)) else {
-        return 0;
-    };
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let head = Head16::zeroed_in(&mut slot);
-    // SAFETY: helper read of user memory into the 16-byte stack buffer.
-    let r =
-        unsafe { generated::bpf_probe_read_user(head.0.as_mut_ptr().cast(), 16, buf as *const _) };
-    // Counted so that the read and the classification are not optimized
-    // away.
-    if r == 0 && classify(&head.0) == Head::Request {
-        bump(&HTTP_COUNTERS_MAP, HttpCounter::Started as u32);
-    }
-    0
 }
 
 /// `sk->__sk_common.skc_num`: the local port, host order (offset 14 of

@@ -5,8 +5,12 @@
 //! all variants alike. A scenario with any failed run is reported as failed,
 //! with the reason, and no figures. A figure whose min–max spread exceeds
 //! 10 % of its median is labelled noisy.
+//!
+//! The floors' programs are benchmark-only: the loader xtask/bench-probes
+//! (built here, see probes.rs) attaches them; the shipped agent has none.
 
 mod agent;
+mod probes;
 mod report;
 mod scenarios;
 mod stats;
@@ -51,6 +55,8 @@ pub struct Ctx {
     pub quick: bool,
     pub reps: usize,
     pub sonde: PathBuf,
+    /// The benchmark-only loader of floors and variants (see probes.rs).
+    pub probes: PathBuf,
     pub work: tempfile::TempDir,
 }
 
@@ -59,6 +65,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         crate::cmd::is_root(),
         "benchmarks load eBPF programs: run as root"
     );
+    let release = args.bin.is_none();
     let sonde = match args.bin {
         Some(b) => b,
         None => {
@@ -66,10 +73,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             crate::cmd::workspace_root().join("target/release/sonde")
         }
     };
+    let probes = probes::build(release)?;
     let ctx = Ctx {
         quick: args.quick,
         reps: args.reps.unwrap_or(if args.quick { 3 } else { 5 }).max(1),
         sonde,
+        probes,
         work: tempfile::tempdir()?,
     };
     // Left on by an earlier tool, run-time accounting would inflate every

@@ -58,19 +58,6 @@ const SOCK_HOOKS: &[(&str, &str)] = &[
     ("http_sock_state", "inet_sock_set_state"),
 ];
 
-/// `hook = "floor"`: empty programs on the socket-layer data hooks.
-const FLOOR_HOOKS: &[(&str, &str)] = &[
-    ("http_floor_send", "sock_send_length"),
-    ("http_floor_recv", "sock_recv_length"),
-];
-
-/// `hook = "floor_read"`: programs that only find and read each message's
-/// first bytes.
-const FLOOR_READ_HOOKS: &[(&str, &str)] = &[
-    ("http_floor_read_send", "sock_send_length"),
-    ("http_floor_read_recv", "sock_recv_length"),
-];
-
 /// Fallback: (program, tracepoints it attaches to), all in the `syscalls`
 /// category.
 const HOOKS: &[(&str, &[&str])] = &[
@@ -227,24 +214,6 @@ fn attach(
     features: &Features,
 ) -> Result<(String, Vec<String>), CollectorError> {
     let mut why = Vec::new();
-    if hook == HttpHook::Floor {
-        attach_btf(obj, FLOOR_HOOKS)?;
-        return Ok((
-            "hook = \"floor\": empty programs on tp_btf sock_send_length/sock_recv_length \
-             (benchmark aid; no HTTP metrics)"
-                .to_owned(),
-            vec!["HTTP tracing (floor mode)".to_owned()],
-        ));
-    }
-    if hook == HttpHook::FloorRead {
-        attach_btf(obj, FLOOR_READ_HOOKS)?;
-        return Ok((
-            "hook = \"floor_read\": tp_btf sock_send_length/sock_recv_length programs that \
-             only read each message's first 16 bytes (benchmark aid; no HTTP metrics)"
-                .to_owned(),
-            vec!["HTTP tracing (floor_read mode)".to_owned()],
-        ));
-    }
     let btf_ok = if !cfg!(target_arch = "x86_64") {
         why.push("tp_btf hooks: syscall arguments are read as x86_64 registers".to_owned());
         false

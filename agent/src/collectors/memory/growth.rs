@@ -205,7 +205,6 @@ impl MemoryCollector {
                     .map(|()| off)
                     .map_err(|e| format!("MEM_CONTROL: {e}"))
             });
-        let floor = self.config.hook == MemoryHook::Floor;
         let (ok, failed) = attach(
             &mut obj,
             self.config.fault_sample_every.get(),
@@ -218,12 +217,7 @@ impl MemoryCollector {
                 failed.join("; ")
             )));
         }
-        let health = if failed.is_empty() && floor {
-            ComponentHealth::healthy(format!(
-                "{} (benchmark floor: nothing collected)",
-                ok.join(", ")
-            ))
-        } else if failed.is_empty() {
+        let health = if failed.is_empty() {
             ComponentHealth::healthy(format!(
                 "{}; 1 page fault in {} sampled with its stack",
                 ok.join(", "),
@@ -274,8 +268,7 @@ impl MemoryCollector {
 
 /// Loads and attaches each hook; returns (attached, failures with why).
 /// `total_vm_off` is where `mm->total_vm` is (None: the mmap-lock hooks
-/// cannot measure, the syscall hooks are used). `floor` attaches the empty
-/// benchmark programs on the preferred hooks, with no fallback.
+/// cannot measure, the syscall hooks are used).
 fn attach(
     obj: &mut Ebpf,
     fault_every: u64,
@@ -284,31 +277,21 @@ fn attach(
 ) -> (Vec<String>, Vec<String>) {
     let mut ok = Vec::new();
     let mut failed = Vec::new();
-    let floor = hook == MemoryHook::Floor;
     let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"));
     // Address-space changes: the mmap lock, else the syscall exit.
     let lock = if hook == MemoryHook::Syscall {
         Err("collectors.memory.hook = \"syscall\"".to_owned())
     } else {
-        let progs: &[(&str, &str)] = if floor {
-            &[
-                ("mem_floor_lock_acquired", "mmap_lock_acquire_returned"),
-                ("mem_floor_lock_released", "mmap_lock_released"),
-            ]
-        } else {
-            &[
-                ("mem_lock_acquired", "mmap_lock_acquire_returned"),
-                ("mem_lock_released", "mmap_lock_released"),
-            ]
-        };
+        let progs: &[(&str, &str)] = &[
+            ("mem_lock_acquired", "mmap_lock_acquire_returned"),
+            ("mem_lock_released", "mmap_lock_released"),
+        ];
         total_vm_off
             .map_err(|e| format!("mm_struct.total_vm: {e}"))
             .and_then(|_| attach_btf_all(obj, btf.as_ref(), progs))
     };
     match lock {
-        Ok(()) if floor => ok.push("empty tp_btf mmap_lock (floor)".to_owned()),
         Ok(()) => ok.push("tp_btf mmap_lock (mmap/munmap/mremap/brk)".to_owned()),
-        Err(why) if floor => failed.push(format!("empty tp_btf mmap_lock (floor): {why}")),
         Err(why) => attach_syscall_hooks(obj, btf.as_ref(), &why, &mut ok, &mut failed),
     }
     // Page faults: tp_btf page_fault_user with an in-kernel countdown, else
@@ -316,17 +299,10 @@ fn attach(
     let fault_btf = if hook == MemoryHook::Syscall {
         Err("collectors.memory.hook = \"syscall\"".to_owned())
     } else {
-        let prog = if floor {
-            "mem_floor_fault_btf"
-        } else {
-            "mem_fault_btf"
-        };
-        attach_btf_all(obj, btf.as_ref(), &[(prog, "page_fault_user")])
+        attach_btf_all(obj, btf.as_ref(), &[("mem_fault_btf", "page_fault_user")])
     };
     match fault_btf {
-        Ok(()) if floor => ok.push("empty tp_btf page_fault_user (floor)".to_owned()),
         Ok(()) => ok.push("tp_btf page_fault_user".to_owned()),
-        Err(why) if floor => failed.push(format!("empty tp_btf page_fault_user (floor): {why}")),
         Err(why) => {
             if hook != MemoryHook::Syscall {
                 tracing::info!(collector = NAME, %why, "tp_btf page_fault_user unusable, sampling faults with a perf event");

@@ -52,10 +52,6 @@ pub struct Request {
     pub min_age: Duration,
     /// Also snapshot live bytes early and report growth since.
     pub diff: bool,
-    /// Benchmarks only: attach programs that do nothing, at exactly the
-    /// probe points and kinds of a real session, to measure the floor (the
-    /// probe hits alone). The report then counts nothing.
-    pub empty_probes: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -306,7 +302,6 @@ fn attach(req: &Request) -> Result<Attached, SessionError> {
     // Entry programs by function; every allocation function shares the
     // return program.
     let entry_prog = |f: &str| match f {
-        _ if req.empty_probes => "alloc_noop",
         "malloc" => "alloc_malloc",
         "calloc" => "alloc_calloc",
         "realloc" => "alloc_realloc",
@@ -321,8 +316,6 @@ fn attach(req: &Request) -> Result<Attached, SessionError> {
         "alloc_posix_memalign",
         "alloc_return",
         "alloc_free",
-        "alloc_noop",
-        "alloc_noop_return",
     ] {
         let p: &mut UProbe = obj
             .program_mut(name)
@@ -351,23 +344,17 @@ fn attach(req: &Request) -> Result<Attached, SessionError> {
     };
     // Return probes first: an entry seen without its return probe would
     // leave a pending call behind.
-    let (ret_prog, free_prog) = if req.empty_probes {
-        ("alloc_noop_return", "alloc_noop")
-    } else {
-        ("alloc_return", "alloc_free")
-    };
     for t in &libc.allocs {
-        attach_one(ret_prog, t)?;
+        attach_one("alloc_return", t)?;
     }
     for t in &libc.allocs {
         attach_one(entry_prog(t.function), t)?;
     }
-    attach_one(free_prog, &libc.free)?;
+    attach_one("alloc_free", &libc.free)?;
     tracing::info!(
         pid,
         libc = %libc.path,
         probes = libc.allocs.len() + 1,
-        empty = req.empty_probes,
         "alloc session attached"
     );
     // Record from now on: every probe is in place.

@@ -51,17 +51,3 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 pub fn alloc_free(ctx: ProbeContext) -> u32 {
     alloc::free_enter(&ctx)
 }
-
-/// Does nothing: attached instead of the programs above at the very same
-/// probe points by an `empty_probes` session, so benchmarks can measure
-/// the floor (the kernel's cost of the probe hits alone).
-#[uprobe]
-pub fn alloc_noop(_ctx: ProbeContext) -> u32 {
-    0
-}
-
-/// The return-probe counterpart of `alloc_noop`.
-#[uretprobe]
-pub fn alloc_noop_return(_ctx: RetProbeContext) -> u32 {
-    0
-}

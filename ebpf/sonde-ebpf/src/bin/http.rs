@@ -27,8 +27,8 @@ use aya_ebpf::{
 use sonde_ebpf as _; // Its panic handler: the library holds nothing else.
 
 use crate::http::{
-    Op, btf_enter, btf_exit, floor_read, on_accept_exit, on_close, on_enter, on_exit, sock_io,
-    sock_state, tp_arg, tp_ret,
+    Op, btf_enter, btf_exit, on_accept_exit, on_close, on_enter, on_exit, sock_io, sock_state,
+    tp_arg, tp_ret,
 };
 
 /// `sock_send_length(struct sock *sk, int ret, int flags)`.
@@ -59,30 +59,6 @@ pub fn http_sys_enter(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sys_exit")]
 pub fn http_sys_exit(ctx: BtfTracePointContext) -> i32 {
     btf_exit(ctx.arg(0), ctx.arg(1)) as i32
-}
-
-/// Empty programs on the socket-layer hooks (`collectors.http.hook =
-/// "floor"`): what the hooks alone cost, for the benchmark.
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn http_floor_send(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-
-#[btf_tracepoint(function = "sock_recv_length")]
-pub fn http_floor_recv(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-
-/// The minimum per-message work on the socket-layer hooks
-/// (`collectors.http.hook = "floor_read"`): for the benchmark.
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn http_floor_read_send(ctx: BtfTracePointContext) -> i32 {
-    floor_read(ctx.arg(1), false) as i32
-}
-
-#[btf_tracepoint(function = "sock_recv_length")]
-pub fn http_floor_read_recv(ctx: BtfTracePointContext) -> i32 {
-    floor_read(ctx.arg(1), true) as i32
 }
 
 macro_rules! enter {

@@ -66,30 +66,3 @@ pub fn mem_brk(ctx: TracePointContext) -> u32 {
 pub fn mem_fault(ctx: PerfEventContext) -> u32 {
     memory::fault_sample(&ctx)
 }
-
-/// Empty programs on the same hooks (`collectors.memory.hook = "floor"`):
-/// what the hooks alone cost, for the benchmark.
-#[btf_tracepoint(function = "sys_exit")]
-pub fn mem_floor_sys_exit(_ctx: BtfTracePointContext) -> u32 {
-    0
-}
-
-#[perf_event]
-pub fn mem_floor_fault(_ctx: PerfEventContext) -> u32 {
-    0
-}
-
-#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
-pub fn mem_floor_lock_acquired(_ctx: BtfTracePointContext) -> u32 {
-    0
-}
-
-#[btf_tracepoint(function = "mmap_lock_released")]
-pub fn mem_floor_lock_released(_ctx: BtfTracePointContext) -> u32 {
-    0
-}
-
-#[btf_tracepoint(function = "page_fault_user")]
-pub fn mem_floor_fault_btf(_ctx: BtfTracePointContext) -> u32 {
-    0
-}

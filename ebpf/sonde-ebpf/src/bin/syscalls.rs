@@ -11,9 +11,6 @@ mod counters;
 #[allow(dead_code)]
 #[path = "../syscalls.rs"]
 mod syscalls;
-#[allow(dead_code)]
-#[path = "../syscalls_bench.rs"]
-mod syscalls_bench;
 
 use aya_ebpf::{
     macros::{raw_tracepoint, tracepoint},
@@ -88,47 +85,3 @@ pub fn syscalls_exit_tp(ctx: TracePointContext) -> u32 {
     }
     0
 }
-
-/// Empty programs on the same hooks: `sonde bench-floor syscalls` attaches
-/// them so benchmarks can show what the hook type itself costs (the floor
-/// any syscall tracer with this hook pays). The agent never attaches them.
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn syscalls_floor_enter(_ctx: RawTracePointContext) -> i32 {
-    0
-}
-
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn syscalls_floor_exit(_ctx: RawTracePointContext) -> i32 {
-    0
-}
-
-/// Benchmark-only variants of the hot path (`sonde bench-floor --cycle`):
-/// `bench_<parts>_enter`/`_exit` with `pid` = `bpf_get_current_pid_tgid`,
-/// `kt` = `bpf_ktime_get_ns` at both ends (`boot`/`tai`: the boot-time and
-/// TAI clocks instead), `arr`/`hash`/`cache` = accounting into a
-/// per-CPU array / straight into the per-CPU hash / the collector's call
-/// cache. The agent never attaches them.
-macro_rules! bench_variant {
-    ($en:ident, $ex:ident, $id:literal, $kt:literal, $acc:literal) => {
-        #[raw_tracepoint(tracepoint = "sys_enter")]
-        pub fn $en(ctx: RawTracePointContext) -> i32 {
-            crate::syscalls_bench::enter::<$id, $kt>(ctx.arg::<i64>(1));
-            0
-        }
-        #[raw_tracepoint(tracepoint = "sys_exit")]
-        pub fn $ex(ctx: RawTracePointContext) -> i32 {
-            crate::syscalls_bench::exit::<$id, $kt, $acc>(ctx.arg::<i64>(1));
-            0
-        }
-    };
-}
-bench_variant!(bench_slot_enter, bench_slot_exit, 0, 0, 0);
-bench_variant!(bench_pid_enter, bench_pid_exit, 1, 0, 0);
-bench_variant!(bench_kt_enter, bench_kt_exit, 0, 1, 0);
-bench_variant!(bench_boot_enter, bench_boot_exit, 0, 2, 0);
-bench_variant!(bench_tai_enter, bench_tai_exit, 0, 3, 0);
-bench_variant!(bench_pidkt_enter, bench_pidkt_exit, 1, 1, 0);
-bench_variant!(bench_pidktarr_enter, bench_pidktarr_exit, 1, 1, 1);
-bench_variant!(bench_pidhash_enter, bench_pidhash_exit, 1, 0, 2);
-bench_variant!(bench_pidkthash_enter, bench_pidkthash_exit, 1, 1, 2);
-bench_variant!(bench_pidktcache_enter, bench_pidktcache_exit, 1, 1, 3);

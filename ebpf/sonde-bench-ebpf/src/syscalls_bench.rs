@@ -1,5 +1,5 @@
 //! Benchmark-only variants of the syscall hot path, to measure what each
-//! part of it costs (`sonde bench-floor --cycle`, see `docs/benchmarks.md`).
+//! part of it costs (`sonde-bench-probes cycle`, see `docs/benchmarks.md`).
 //! The agent never attaches them. Each variant is an enter/exit pair built
 //! from the same steps as [`crate::syscalls`], with one part left out:
 //! - `ID`: 0 no thread id, 1 `bpf_get_current_pid_tgid`;

@@ -1,0 +1,70 @@
+//! `footprint`: the agent's RSS with every default collector on.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+
+use super::{Busy, alternate, finish};
+use crate::bench::{
+    Ctx,
+    agent::{Agent, build_c, run_number, status_mib},
+    report::ScenarioResult,
+    stats::summarize,
+};
+
+pub fn footprint(ctx: &Ctx) -> ScenarioResult {
+    let name = "footprint";
+    let what = "The agent's RSS with every default collector on: peak during start-up (VmHWM \
+                after readiness) and steady state (median VmRSS over the run) while a mixed \
+                workload runs (a syscall loop, short-lived processes, a busy CPU).";
+    let secs = if ctx.quick { 8 } else { 60 };
+    let run = || -> Result<ScenarioResult> {
+        let loop_bin = build_c("tests/workloads/getppid_loop.c", ctx.work.path())?;
+        let metrics = alternate(
+            if ctx.quick { 2 } else { ctx.reps.min(3) },
+            &[("startup peak RSS", "MiB"), ("steady RSS", "MiB")],
+            vec![(
+                "all collectors",
+                Box::new(|| {
+                    let a = Agent::start(&ctx.sonde, ctx.work.path(), &[])?;
+                    let peak = status_mib(a.pid(), "VmHWM:")?;
+                    let _busy = Busy::start()?;
+                    let mut rss = Vec::new();
+                    let t0 = Instant::now();
+                    while t0.elapsed() < Duration::from_secs(secs) {
+                        run_number(&loop_bin, &["100000".into()])?;
+                        for _ in 0..20 {
+                            Command::new("true").status()?;
+                        }
+                        rss.push(status_mib(a.pid(), "VmRSS:")?);
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    a.stop()?;
+                    Ok(vec![
+                        ("startup peak RSS", peak),
+                        ("steady RSS", summarize(&rss).median),
+                    ])
+                }),
+            )],
+        )?;
+        let mut r = ScenarioResult {
+            metrics,
+            ..Default::default()
+        };
+        let steady = r.median("steady RSS", "all collectors");
+        r.derive(
+            "steady RSS",
+            steady,
+            "MiB",
+            steady.map(|m| ("≤ 64 MiB", m <= 64.0)),
+        );
+        r.commands = vec![format!(
+            "sonde agent (default config) for {secs} s under a mixed workload"
+        )];
+        Ok(r)
+    };
+    finish(name, what, run())
+}
