@@ -130,10 +130,30 @@ fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
     if !no_lint {
         // Nightly rustfmt: rustfmt.toml groups imports, an unstable option.
         cmd::cargo(&["+nightly", "fmt", "--all", "--check"])?;
+        // Lints the kernel crates too, compiled for the host (the
+        // `sonde-common/user` feature the agent turns on gives them std).
         cmd::cargo(&[
             "clippy",
             "--workspace",
             "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+        // And as their objects are built, for the BPF target, which alone
+        // sees `cfg(target_arch = "bpf")` code.
+        cmd::cargo(&[
+            "+nightly",
+            "clippy",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--package",
+            "sonde-ebpf",
+            "--package",
+            "sonde-bench-ebpf",
+            "--bins",
             "--",
             "-D",
             "warnings",

@@ -1,17 +1,17 @@
 //! The content-read floor on the HTTP collector's socket-layer hooks: the
 //! work any tracer of HTTP content there does for every message, built
-//! from the real programs' own steps (sonde-ebpf's `http.rs`).
+//! from the real programs' own steps (sonde-ebpf's `http/` and `arch/`).
 
-use aya_ebpf::helpers::{
-    generated,
-    generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
-};
-use sonde_common::http::HttpCounter;
+use aya_ebpf::helpers::generated::{bpf_get_current_task_btf, bpf_task_pt_regs};
+use sonde_common::http::{HttpCounter, parse::Head};
 
 use crate::{
+    arch::{REG_ARG2, REG_CS, REG_ORIG_AX, nr, reg, user_mode},
     counters::bump,
-    http::{HTTP_COUNTERS_MAP, Head, Head16, Op, classify, data_ptr, nr},
-    regs::{REG_CS, REG_ORIG_AX, REG_SI, reg},
+    http::{
+        maps::HTTP_COUNTERS_MAP,
+        msg::{Head16, Op, data_ptr},
+    },
 };
 
 /// Finds the syscall's buffer in the saved registers, reads its first 16
@@ -25,7 +25,7 @@ pub fn floor_read(ret: i32, incoming: bool) -> u32 {
     // SAFETY: helpers; the task pointer is the verifier-trusted current
     // task and the returned registers are a BTF-typed `struct pt_regs *`.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
-    if reg(regs, REG_CS) & 3 != 3 {
+    if !user_mode(reg(regs, REG_CS)) {
         return 0;
     }
     let op = match (reg(regs, REG_ORIG_AX) as i64, incoming) {
@@ -37,17 +37,14 @@ pub fn floor_read(ret: i32, incoming: bool) -> u32 {
         (nr::SENDMSG, false) => Op::WriteMsg,
         _ => return 0,
     };
-    let Ok(buf) = data_ptr(op, reg(regs, REG_SI)) else {
+    let Ok(buf) = data_ptr(op, reg(regs, REG_ARG2)) else {
         return 0;
     };
     let mut slot = core::mem::MaybeUninit::uninit();
     let head = Head16::zeroed_in(&mut slot);
-    // SAFETY: helper read of user memory into the 16-byte stack buffer.
-    let r =
-        unsafe { generated::bpf_probe_read_user(head.0.as_mut_ptr().cast(), 16, buf as *const _) };
     // Counted so that the read and the classification are not optimized
     // away.
-    if r == 0 && classify(&head.0) == Head::Request {
+    if head.read_user(buf, 16).is_ok() && matches!(head.classify(), Head::Request(_)) {
         bump(&HTTP_COUNTERS_MAP, HttpCounter::Started as u32);
     }
     0

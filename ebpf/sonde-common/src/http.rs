@@ -1,5 +1,8 @@
-//! HTTP/1.x request events, built in the kernel from socket syscalls and sent
-//! through a ring buffer. See docs/http.md for the state machine.
+//! HTTP/1.x request events, built in the kernel from socket I/O and sent
+//! through a ring buffer (see docs/http.md for the state machine), and the
+//! wire-format recognition both sides share ([`parse`]).
+
+pub mod parse;
 
 /// Bytes of each request (server: read; client: written) kept for the agent:
 /// enough for the method and a path; the agent strips the query string and

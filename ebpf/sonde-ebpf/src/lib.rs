@@ -1,6 +1,7 @@
 //! sonde's eBPF objects: one per collector, each a binary under `src/bin/`.
-//! Each hook family lives in its own file here (`http.rs`, `memory.rs`,
-//! ...), and each binary includes, with `#[path]`, only the files it uses.
+//! Each hook family lives in its own file or directory here (`http/`,
+//! `memory.rs`, ...), the traced machine's ABI facts in `arch/`, and each
+//! binary includes, with `#[path]`, only the files it uses.
 //!
 //! Why not modules of this library: a `#[map]` static is kept in every
 //! object that links the crate defining it, whether its programs use it or

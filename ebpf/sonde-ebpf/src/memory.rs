@@ -46,8 +46,8 @@ use sonde_common::{
 };
 
 use crate::{
+    arch::{REG_ARG2, REG_ARG3, REG_CS, REG_ORIG_AX, nr, reg, user_mode},
     counters::bump,
-    regs::{REG_CS, REG_DX, REG_ORIG_AX, REG_SI, reg},
 };
 
 #[map]
@@ -251,11 +251,12 @@ fn on_brk<C: StackIdContext>(ctx: &C, now: u64) {
     }
 }
 
-/// x86_64 syscall numbers of the calls this collector counts.
-const NR_MMAP: u64 = 9;
-const NR_MUNMAP: u64 = 11;
-const NR_BRK: u64 = 12;
-const NR_MREMAP: u64 = 25;
+/// Syscall numbers of the calls this collector counts, as the registers
+/// hold them.
+const NR_MMAP: u64 = nr::MMAP as u64;
+const NR_MUNMAP: u64 = nr::MUNMAP as u64;
+const NR_BRK: u64 = nr::BRK as u64;
+const NR_MREMAP: u64 = nr::MREMAP as u64;
 
 /// tp_btf `sys_exit(struct pt_regs *regs, long ret)`: every syscall of
 /// every task comes here; all but the four memory calls leave after the
@@ -274,10 +275,10 @@ pub fn sys_exit(ctx: &BtfTracePointContext) -> u32 {
         NR_BRK => on_brk(ctx, ret as u64),
         _ if ret < 0 => {}
         // mmap(addr, len, ...), munmap(addr, len)
-        NR_MMAP => account(ctx, MemKind::Mmap, reg(regs, REG_SI), 1, true),
-        NR_MUNMAP => account(ctx, MemKind::Munmap, reg(regs, REG_SI), 1, true),
+        NR_MMAP => account(ctx, MemKind::Mmap, reg(regs, REG_ARG2), 1, true),
+        NR_MUNMAP => account(ctx, MemKind::Munmap, reg(regs, REG_ARG2), 1, true),
         // mremap(old_addr, old_len, new_len, ...)
-        _ => on_mremap(ctx, reg(regs, REG_SI), reg(regs, REG_DX)),
+        _ => on_mremap(ctx, reg(regs, REG_ARG2), reg(regs, REG_ARG3)),
     }
     0
 }
@@ -324,7 +325,7 @@ pub fn lock_acquired(ctx: &BtfTracePointContext) -> u32 {
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
     // Only a syscall from user mode (not the kernel's own users of the
     // lock: exec, exit, khugepaged).
-    if reg(regs, REG_CS) & 3 != 3 {
+    if !user_mode(reg(regs, REG_CS)) {
         return 0;
     }
     let nr = reg(regs, REG_ORIG_AX);

@@ -59,12 +59,15 @@ use sonde_common::syscalls::{
     SyscallKey, SyscallStart, SyscallStats, hist_bucket,
 };
 
-use crate::counters::{bump, bump_by};
+use crate::{
+    arch::nr,
+    counters::{bump, bump_by},
+};
 
-/// x86_64 syscalls that never return: counted at enter, with no latency,
-/// and no start slot is left behind.
-const NR_EXIT: u32 = 60;
-const NR_EXIT_GROUP: u32 = 231;
+/// Syscalls that never return: counted at enter, with no latency, and no
+/// start slot is left behind.
+const NR_EXIT: u32 = nr::EXIT as u32;
+const NR_EXIT_GROUP: u32 = nr::EXIT_GROUP as u32;
 
 /// The call in flight on each CPU (see the module docs).
 #[map]

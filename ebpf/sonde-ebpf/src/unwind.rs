@@ -33,7 +33,10 @@ use sonde_common::{
     },
 };
 
-use crate::counters::bump;
+use crate::{
+    arch::{REG_BP, REG_CS, REG_IP, REG_SP, UC_RBP, UC_RIP, UC_RSP, user_mode},
+    counters::bump,
+};
 
 /// Every loaded file's rows; sized from the memory budget by the agent at
 /// load time, and written by the agent through `mmap`.
@@ -106,18 +109,6 @@ impl Search {
 
 #[map]
 static UNWIND_WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
-
-// Offsets in `struct pt_regs` (x86_64).
-const REG_BP: usize = 32;
-const REG_IP: usize = 128;
-const REG_CS: usize = 136;
-const REG_SP: usize = 152;
-
-// Offsets in the `ucontext_t` a signal trampoline's rsp points at
-// (uc_mcontext.gregs[REG_RBP / REG_RSP / REG_RIP]).
-const UC_RBP: u64 = 120;
-const UC_RSP: u64 = 160;
-const UC_RIP: u64 = 168;
 
 const EEXIST: i32 = 17;
 
@@ -333,7 +324,7 @@ pub fn in_user_mode(ctx: &PerfEventContext) -> bool {
     // SAFETY: the context of a perf_event program starts with the
     // interrupted `pt_regs`; the verifier checks this fixed-offset read.
     let cs = unsafe { *(regs.add(REG_CS) as *const u64) };
-    cs & 3 == 3
+    user_mode(cs)
 }
 
 /// The sampled task's user registers (ip, sp, bp): the interrupted ones

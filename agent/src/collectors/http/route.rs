@@ -8,10 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-/// Methods we label; anything else is `_OTHER` (OTel semconv).
-const METHODS: &[&str] = &[
-    "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE",
-];
+use sonde_common::http::parse;
 
 /// Label value for routes beyond the per-service cap.
 pub const OVERFLOW_ROUTE: &str = "other";
@@ -19,31 +16,10 @@ pub const OVERFLOW_ROUTE: &str = "other";
 pub const UNPARSED_ROUTE: &str = "unparsed";
 
 /// Method and raw path (without query) of a request line, if it is one.
+/// The recognition is sonde-common's, the very code the kernel programs
+/// classify messages with.
 pub fn parse_request_line(prefix: &[u8]) -> Option<(&'static str, &str)> {
-    let sp = prefix.iter().position(|&b| b == b' ')?;
-    let method = std::str::from_utf8(&prefix[..sp]).ok()?;
-    let method = METHODS.iter().find(|m| **m == method).copied()?;
-    let rest = &prefix[sp + 1..];
-    let end = rest
-        .iter()
-        .position(|&b| b == b' ' || b == b'?' || b == b'#' || b == b'\r' || b == b'\n')
-        .unwrap_or(rest.len());
-    let path = std::str::from_utf8(&rest[..end]).ok()?;
-    // Absolute-form targets (proxies): keep only the path. (Checked only
-    // when the target is not a path already: the substring search cost ~5 %
-    // of the drain's CPU when done for every request.)
-    let path = if path.starts_with('/') {
-        path
-    } else {
-        match path.find("://") {
-            Some(i) => path[i + 3..].find('/').map_or("/", |j| &path[i + 3 + j..]),
-            None => path,
-        }
-    };
-    if !path.starts_with('/') && path != "*" {
-        return None;
-    }
-    Some((method, path))
+    parse::parse_request_line(prefix).map(|(method, path)| (method.as_str(), path))
 }
 
 /// A configured route pattern such as `/items/{id}/parts/{part}`.

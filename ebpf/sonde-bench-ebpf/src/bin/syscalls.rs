@@ -10,13 +10,16 @@
 #![no_std]
 #![no_main]
 
-#[allow(dead_code)]
+#[allow(
+    dead_code,
+    reason = "shared by every object; each uses a few of these facts"
+)]
+#[path = "../../../sonde-ebpf/src/arch/mod.rs"]
+mod arch;
 #[path = "../../../sonde-ebpf/src/counters.rs"]
 mod counters;
-#[allow(dead_code)]
 #[path = "../../../sonde-ebpf/src/syscalls.rs"]
 mod syscalls;
-#[allow(dead_code)]
 #[path = "../syscalls_bench.rs"]
 mod syscalls_bench;
 

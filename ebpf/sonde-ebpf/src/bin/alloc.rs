@@ -4,10 +4,9 @@
 #![no_std]
 #![no_main]
 
-#[allow(dead_code)]
 #[path = "../alloc.rs"]
 mod alloc;
-#[allow(dead_code)]
+#[allow(dead_code, reason = "shared by every object; not all use `bump_by`")]
 #[path = "../counters.rs"]
 mod counters;
 

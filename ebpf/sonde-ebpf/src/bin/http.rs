@@ -1,5 +1,6 @@
-//! The HTTP collector's object, three hook sets (the agent attaches the
-//! first that works):
+//! The HTTP collector's object (the state machine and front-ends are in
+//! ../http/): three hook sets, of which the agent attaches the first that
+//! works:
 //! 1. socket layer: tp_btf `sock_send_length`/`sock_recv_length` (Linux
 //!    6.3+) plus `inet_sock_set_state` for closes: only socket I/O runs a
 //!    program, no syscall hook at all (x86_64: the syscall's arguments are
@@ -10,15 +11,17 @@
 #![no_std]
 #![no_main]
 
-#[allow(dead_code)]
+#[allow(
+    dead_code,
+    reason = "shared by every object; each uses a few of these facts"
+)]
+#[path = "../arch/mod.rs"]
+mod arch;
+#[allow(dead_code, reason = "shared by every object; not all use `bump_by`")]
 #[path = "../counters.rs"]
 mod counters;
-#[allow(dead_code)]
-#[path = "../http.rs"]
+#[path = "../http/mod.rs"]
 mod http;
-#[allow(dead_code)]
-#[path = "../regs.rs"]
-mod regs;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
@@ -27,8 +30,10 @@ use aya_ebpf::{
 use sonde_ebpf as _; // Its panic handler: the library holds nothing else.
 
 use crate::http::{
-    Op, btf_enter, btf_exit, on_accept_exit, on_close, on_enter, on_exit, sock_io, sock_state,
-    tp_arg, tp_ret,
+    msg::Op,
+    sock::{sock_io, sock_state},
+    sys_btf::{btf_enter, btf_exit},
+    syscall::{on_accept_exit, on_close, on_enter, on_exit, tp_arg, tp_ret},
 };
 
 /// `sock_send_length(struct sock *sk, int ret, int flags)`.

@@ -5,15 +5,17 @@
 #![no_std]
 #![no_main]
 
-#[allow(dead_code)]
+#[allow(
+    dead_code,
+    reason = "shared by every object; each uses a few of these facts"
+)]
+#[path = "../arch/mod.rs"]
+mod arch;
+#[allow(dead_code, reason = "shared by every object; not all use `bump_by`")]
 #[path = "../counters.rs"]
 mod counters;
-#[allow(dead_code)]
 #[path = "../memory.rs"]
 mod memory;
-#[allow(dead_code)]
-#[path = "../regs.rs"]
-mod regs;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, perf_event, tracepoint},

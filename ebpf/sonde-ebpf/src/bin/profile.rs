@@ -3,13 +3,17 @@
 #![no_std]
 #![no_main]
 
-#[allow(dead_code)]
+#[allow(
+    dead_code,
+    reason = "shared by every object; each uses a few of these facts"
+)]
+#[path = "../arch/mod.rs"]
+mod arch;
+#[allow(dead_code, reason = "shared by every object; not all use `bump_by`")]
 #[path = "../counters.rs"]
 mod counters;
-#[allow(dead_code)]
 #[path = "../profile.rs"]
 mod profile;
-#[allow(dead_code)]
 #[path = "../unwind.rs"]
 mod unwind;
 

@@ -5,10 +5,14 @@
 #![no_std]
 #![no_main]
 
-#[allow(dead_code)]
+#[allow(
+    dead_code,
+    reason = "shared by every object; each uses a few of these facts"
+)]
+#[path = "../arch/mod.rs"]
+mod arch;
 #[path = "../counters.rs"]
 mod counters;
-#[allow(dead_code)]
 #[path = "../syscalls.rs"]
 mod syscalls;
 
