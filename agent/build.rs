@@ -8,16 +8,24 @@ use std::{env, fs, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 
-/// The objects the agent embeds; each is a `[[bin]]` of sonde-ebpf.
-const OBJECTS: &[&str] = &[
-    "sonde-process",
-    "sonde-probe",
-    "sonde-syscalls",
-    "sonde-profile",
-    "sonde-http",
-    "sonde-memory",
-    "sonde-alloc",
-];
+/// The objects the agent embeds: the `[[bin]]` targets of sonde-ebpf, by
+/// name, read from its manifest so that a new object is declared there
+/// only.
+fn objects(manifest: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_bin = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if in_bin
+            && let Some(v) = line.strip_prefix("name")
+            && let Some(v) = v.trim_start().strip_prefix('=')
+        {
+            out.push(v.trim().trim_matches('"').to_owned());
+        }
+    }
+    out
+}
 
 fn main() -> Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
@@ -43,8 +51,11 @@ fn main() -> Result<()> {
         "building the eBPF objects failed; run `cargo xtask setup` to install the toolchain",
     )?;
 
+    let manifest = ebpf_dir.join("Cargo.toml");
+    let manifest =
+        fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    for name in OBJECTS {
+    for name in objects(&manifest) {
         let path = out_dir.join(name);
         if !path.exists() {
             fs::write(&path, b"").with_context(|| format!("writing {}", path.display()))?;

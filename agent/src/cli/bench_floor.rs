@@ -52,7 +52,8 @@ fn raw_tp<'a>(obj: &'a mut aya::Ebpf, name: &str) -> anyhow::Result<&'a mut RawT
 }
 
 pub fn run(args: &BenchFloorArgs) -> anyhow::Result<()> {
-    let mut obj = crate::ebpf::load(crate::ebpf::SYSCALLS, 0).context("loading sonde-syscalls")?;
+    let mut obj = crate::ebpf::load(crate::collectors::syscalls::OBJECT, 0)
+        .context("loading sonde-syscalls")?;
     if let Some(list) = &args.cycle {
         return cycle(&mut obj, list, args.reps, &args.command);
     }
