@@ -73,7 +73,7 @@ impl Collector for ProcessCollector {
     fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
         let mut obj = ebpf::load(OBJECT, ctx.kernel_log_level)?;
         ebpf::spawn_kernel_logger(&mut obj, OBJECT.name);
-        let events = Ring::<ProcessEvent>::new(NAME, take_map(&mut obj, "PROCESS_EVENTS")?);
+        let events = Ring::<ProcessEvent>::new(NAME, take_map(&mut obj, "PROCESS_EVENTS")?)?;
         let counters = KernelCounters::new(take_map(&mut obj, "PROCESS_COUNTERS_MAP")?);
         let hook = attach_first(
             &mut obj,

@@ -266,7 +266,7 @@ impl Collector for HttpCollector {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| CollectorError::Config(format!("collectors.http.routes: {e}")))?;
         let mut obj = ebpf::load(OBJECT, ctx.kernel_log_level)?;
-        let events = Ring::<HttpEvent>::new(NAME, take_map(&mut obj, "HTTP_EVENTS")?)
+        let events = Ring::<HttpEvent>::new(NAME, take_map(&mut obj, "HTTP_EVENTS")?)?
             // The kernel wakes us only when a lot is queued (see
             // WAKEUP_BYTES in the kernel side), so we also poll.
             .poll_every(Duration::from_millis(100));

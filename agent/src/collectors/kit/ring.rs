@@ -11,7 +11,7 @@
 use std::{marker::PhantomData, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::sync::mpsc;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use super::decode;
 use crate::ebpf;
@@ -43,20 +43,22 @@ impl<T: aya::Pod> Iterator for Events<'_, T> {
 
 /// A ring buffer of `T` records.
 pub struct Ring<T> {
-    rb: RingBuf<MapData>,
+    fd: AsyncFd<RingBuf<MapData>>,
     collector: &'static str,
     poll: Option<Duration>,
     _event: PhantomData<T>,
 }
 
 impl<T: aya::Pod> Ring<T> {
-    pub fn new(collector: &'static str, rb: RingBuf<MapData>) -> Self {
-        Self {
-            rb,
+    /// Registers the ring buffer with the runtime (so a failure is a
+    /// start-up error, not a silent worker).
+    pub fn new(collector: &'static str, rb: RingBuf<MapData>) -> std::io::Result<Self> {
+        Ok(Self {
+            fd: ebpf::async_fd(rb)?,
             collector,
             poll: None,
             _event: PhantomData,
-        }
+        })
     }
 
     /// Also drain every `every`, for producers that do not wake us for each
@@ -84,13 +86,7 @@ impl<T: aya::Pod> Ring<T> {
         mut apply: impl FnMut(&mut Events<'_, T>) + Send,
     ) {
         let collector = self.collector;
-        let mut fd = match ebpf::async_fd(self.rb) {
-            Ok(fd) => fd,
-            Err(e) => {
-                tracing::error!(collector, "cannot poll the ring buffer: {e}");
-                return;
-            }
-        };
+        let mut fd = self.fd;
         let mut tick = tokio::time::interval(self.poll.unwrap_or(Duration::from_secs(3600)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let polling = self.poll.is_some();

@@ -220,7 +220,7 @@ impl Collector for ProfileCollector {
             procs: take_map(&mut obj, "UNWIND_PROCS")?,
             counters: KernelCounters::new(take_map(&mut obj, "UNWIND_COUNTERS_MAP")?),
         };
-        let new_pids = Ring::<u32>::new(NAME, take_map(&mut obj, "PROFILE_NEW_PIDS")?);
+        let new_pids = Ring::<u32>::new(NAME, take_map(&mut obj, "PROFILE_NEW_PIDS")?)?;
         let prog: &mut PerfEvent = program(&mut obj, PROGRAM)?;
         prog.load().map_err(|source| CollectorError::Program {
             what: PROGRAM.into(),
