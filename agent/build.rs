@@ -3,23 +3,32 @@
 //! With `AYA_BUILD_SKIP=1` no object is built (for `cargo check`, clippy on
 //! machines without bpf-linker, docs); we then write empty placeholders so the
 //! agent still compiles, and it refuses at run time with a clear message.
-//! Otherwise an object missing after the build (a name in `OBJECTS` that is
-//! no `[[bin]]` of sonde-ebpf) fails the build, naming it.
+//! Otherwise an object missing after the build (a `[[bin]]` of sonde-ebpf
+//! that produced nothing) fails the build, naming it; a collector naming an
+//! object that is no `[[bin]]` fails to compile (`include_bytes!`).
 
 use std::{env, fs, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 
-/// The objects the agent embeds; each is a `[[bin]]` of sonde-ebpf.
-const OBJECTS: &[&str] = &[
-    "sonde-process",
-    "sonde-probe",
-    "sonde-syscalls",
-    "sonde-profile",
-    "sonde-http",
-    "sonde-memory",
-    "sonde-alloc",
-];
+/// The objects the agent embeds: the `[[bin]]` targets of sonde-ebpf, by
+/// name, read from its manifest so that a new object is declared there
+/// only.
+fn objects(manifest: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_bin = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if in_bin
+            && let Some(v) = line.strip_prefix("name")
+            && let Some(v) = v.trim_start().strip_prefix('=')
+        {
+            out.push(v.trim().trim_matches('"').to_owned());
+        }
+    }
+    out
+}
 
 fn main() -> Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
@@ -48,8 +57,11 @@ fn main() -> Result<()> {
     // The same test aya-build makes.
     let skipped =
         env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let manifest = ebpf_dir.join("Cargo.toml");
+    let manifest =
+        fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    for name in OBJECTS {
+    for name in objects(&manifest) {
         let path = out_dir.join(name);
         // Empty: a placeholder left by an earlier AYA_BUILD_SKIP=1 build
         // (a real object never is), which must not hide a missing object.

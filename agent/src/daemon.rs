@@ -15,14 +15,14 @@ use crate::{
     alerts::AlertEngine,
     api::{self, AppState},
     collectors::{
-        Collector, StartContext, chain,
-        http::{HttpCollector, HttpQuery},
-        process::ProcessCollector,
-        profile::ProfileCollector,
+        Collector, ComponentHealth, Deps, StartContext, http::HttpCollector, kit::Handles,
+        memory::growth::MemoryCollector, process::ProcessCollector, profile::ProfileCollector,
         syscalls::SyscallsCollector,
     },
     config::Config,
-    ebpf, features, heap, identity, logging,
+    ebpf::{self, KernelBtf},
+    error::chain,
+    features, heap, identity, logging,
     process_table::ProcessTable,
     telemetry::Telemetry,
 };
@@ -79,7 +79,6 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         pc.exited_grace.get(),
         &telemetry,
     );
-    let profiles = ProfileCollector::store_for(&config.collectors.profile);
     let shutdown = CancellationToken::new();
     let alerts = if config.alerts.enabled {
         // Already validated by Config::load; compile again to build the engine.
@@ -95,16 +94,19 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         features: Default::default(),
         collectors: Arc::new(Mutex::new(Vec::new())),
         processes: processes.clone(),
-        profiles: profiles.clone(),
-        http: HttpQuery::default(),
+        handles: Handles::default(),
         startup_done: Arc::new(AtomicBool::new(false)),
         alerts: alerts.clone(),
-        syscalls: Default::default(),
         alloc: crate::collectors::memory::session::Sessions::new(shutdown.clone()),
-        memory: crate::collectors::memory::store::MemoryStore::new(
-            config.collectors.memory.max_rows.get() as usize,
-        ),
     };
+    let deps = Deps {
+        processes: processes.clone(),
+        telemetry: telemetry.clone(),
+        handles: state.handles.clone(),
+    };
+    // Collectors register their query handles as they are built, before
+    // the API serves.
+    let collectors = build_collectors(&config, &deps);
 
     // Pod identities: a background refresh; lookups only read its cache.
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
@@ -133,9 +135,12 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
     ));
     tracing::info!(listen = %config.api.listen, socket = %config.api.socket.display(), "serving");
 
-    let found = tokio::task::spawn_blocking({
+    let (found, btf) = tokio::task::spawn_blocking({
         let mount = config.agent.mount_tracefs;
-        move || features::probe(mount)
+        move || {
+            let btf = KernelBtf::read();
+            (features::probe(mount, &btf), btf)
+        }
     })
     .await
     .context("feature probe panicked")?;
@@ -149,11 +154,12 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
     *state.features.lock().unwrap_or_else(|e| e.into_inner()) = found.clone();
 
     let log_level = ebpf::kernel_log_level(kernel_debug);
-    for mut c in build_collectors(&config, &telemetry, &state) {
+    for mut c in collectors {
         let up = telemetry.collector_up.with_label_values(&[c.name()]);
         let ctx = StartContext {
             features: &found,
             telemetry: &telemetry,
+            btf: &btf,
             shutdown: shutdown.clone(),
             kernel_log_level: log_level,
         };
@@ -161,11 +167,9 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
             Ok(()) => up.set(1),
             Err(e) => {
                 up.set(0);
-                tracing::error!(
-                    collector = c.name(),
-                    "collector failed to start: {}",
-                    chain(&e)
-                );
+                let why = chain(&e);
+                tracing::error!(collector = c.name(), "collector failed to start: {why}");
+                c.base().set_health(ComponentHealth::unhealthy(why));
             }
         }
         state
@@ -174,6 +178,8 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
             .unwrap_or_else(|e| e.into_inner())
             .push(c);
     }
+    // Only start-up needs the kernel's BTF.
+    drop(btf);
     if let Some(a) = &alerts {
         a.spawn(&config.alerts, shutdown.clone());
     }
@@ -202,47 +208,25 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every enabled collector. Query handles go into `state` for the API.
-fn build_collectors(
-    config: &Config,
-    telemetry: &Telemetry,
-    state: &AppState,
-) -> Vec<Box<dyn Collector>> {
-    let processes = &state.processes;
+/// Every enabled collector, in start order (the process table first: the
+/// others name processes with it).
+fn build_collectors(config: &Config, deps: &Deps) -> Vec<Box<dyn Collector>> {
+    let c = &config.collectors;
     let mut v: Vec<Box<dyn Collector>> = Vec::new();
-    if config.collectors.process.enabled {
-        v.push(Box::new(ProcessCollector::new(
-            &config.collectors.process,
-            processes.clone(),
-        )));
+    if c.process.enabled {
+        v.push(Box::new(ProcessCollector::new(&c.process, deps)));
     }
-    if config.collectors.syscalls.enabled {
-        let c = SyscallsCollector::new(&config.collectors.syscalls, processes.clone(), telemetry);
-        *state.syscalls.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.handle());
-        v.push(Box::new(c));
+    if c.syscalls.enabled {
+        v.push(Box::new(SyscallsCollector::new(&c.syscalls, deps)));
     }
-    if config.collectors.profile.enabled {
-        v.push(Box::new(ProfileCollector::new(
-            &config.collectors.profile,
-            state.profiles.clone(),
-            processes.clone(),
-        )));
+    if c.profile.enabled {
+        v.push(Box::new(ProfileCollector::new(&c.profile, deps)));
     }
-    if config.collectors.http.enabled {
-        v.push(Box::new(HttpCollector::new(
-            &config.collectors.http,
-            processes.clone(),
-            state.http.clone(),
-        )));
+    if c.http.enabled {
+        v.push(Box::new(HttpCollector::new(&c.http, deps)));
     }
-    if config.collectors.memory.enabled {
-        v.push(Box::new(
-            crate::collectors::memory::growth::MemoryCollector::new(
-                &config.collectors.memory,
-                state.memory.clone(),
-                processes.clone(),
-            ),
-        ));
+    if c.memory.enabled {
+        v.push(Box::new(MemoryCollector::new(&c.memory, deps)));
     }
     v
 }

@@ -1,9 +1,13 @@
 //! The eBPF objects embedded in the binary, and how they are loaded.
 //!
 //! There is one object per collector (see docs/ARCHITECTURE.md): a map or
-//! program that one kernel rejects then costs only that collector.
+//! program that one kernel rejects then costs only that collector. Each
+//! collector names its object in its own module with [`object!`]; the ones
+//! used outside a collector are here.
 
-use aya::{Ebpf, EbpfLoader};
+use std::sync::OnceLock;
+
+use aya::{Btf, Ebpf, EbpfLoader};
 
 /// An object built by agent/build.rs from a `[[bin]]` of ebpf/sonde-ebpf.
 #[derive(Clone, Copy, Debug)]
@@ -12,22 +16,25 @@ pub struct Object {
     bytes: &'static [u8],
 }
 
-macro_rules! object {
-    ($name:literal) => {
-        Object {
-            name: $name,
-            bytes: aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/", $name)),
-        }
-    };
+impl Object {
+    pub const fn new(name: &'static str, bytes: &'static [u8]) -> Self {
+        Self { name, bytes }
+    }
 }
 
-pub const PROCESS: Object = object!("sonde-process");
+/// The object built from the `[[bin]]` of ebpf/sonde-ebpf named `$name`
+/// (agent/build.rs builds every one of them).
+macro_rules! object {
+    ($name:literal) => {
+        $crate::ebpf::Object::new(
+            $name,
+            aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/", $name)),
+        )
+    };
+}
+pub(crate) use object;
+
 pub const PROBE: Object = object!("sonde-probe");
-pub const SYSCALLS: Object = object!("sonde-syscalls");
-pub const PROFILE: Object = object!("sonde-profile");
-pub const HTTP: Object = object!("sonde-http");
-pub const MEMORY: Object = object!("sonde-memory");
-pub const ALLOC: Object = object!("sonde-alloc");
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -113,4 +120,41 @@ pub fn async_fd<T: std::os::fd::AsRawFd>(inner: T) -> std::io::Result<tokio::io:
         tokio::io::unix::AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE)
     }
     .map_err(std::io::Error::from)
+}
+
+/// The kernel's BTF (/sys/kernel/btf/vmlinux), read once at start-up and
+/// lent to the feature probe and every collector: aya's parse for tp_btf loads (made on first
+/// use), the raw bytes for scans of struct layouts. The daemon drops it
+/// once every collector has started.
+pub struct KernelBtf {
+    raw: Result<Vec<u8>, String>,
+    parsed: OnceLock<Result<Btf, String>>,
+}
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+impl KernelBtf {
+    pub fn read() -> Self {
+        Self {
+            raw: std::fs::read(VMLINUX_BTF).map_err(|e| format!("reading {VMLINUX_BTF}: {e}")),
+            parsed: OnceLock::new(),
+        }
+    }
+
+    /// The raw BTF blob, or why it could not be read.
+    pub fn raw(&self) -> Result<&[u8], &str> {
+        self.raw.as_deref().map_err(String::as_str)
+    }
+
+    /// aya's parse, for `BtfTracePoint::load`, or why there is none.
+    pub fn aya(&self) -> Result<&Btf, &str> {
+        self.parsed
+            .get_or_init(|| {
+                let raw = self.raw.as_deref().map_err(|e| e.clone())?;
+                Btf::parse(raw, aya::Endianness::default())
+                    .map_err(|e| format!("cannot parse kernel BTF: {e}"))
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
 }

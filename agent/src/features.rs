@@ -67,12 +67,12 @@ pub extern "C" fn sonde_uprobe_probe_target() -> u64 {
 
 /// Probes everything. Mounts tracefs first when asked and allowed, since
 /// classic tracepoints need it.
-pub fn probe(mount_tracefs: bool) -> Features {
+pub fn probe(mount_tracefs: bool, btf: &ebpf::KernelBtf) -> Features {
     let mut f = Features {
         kernel: kernel_release(),
         ..Default::default()
     };
-    f.push("btf", probe_btf());
+    f.push("btf", probe_btf(btf));
     f.push("tracefs", ensure_tracefs(mount_tracefs));
     f.push(
         "ringbuf",
@@ -100,11 +100,11 @@ pub fn probe(mount_tracefs: bool) -> Features {
             return f;
         }
     };
-    let btf = Btf::from_sys_fs().ok();
-    f.push("tp_btf", probe_tp_btf(&mut obj, btf.as_ref()));
+    let btf = btf.aya().ok();
+    f.push("tp_btf", probe_tp_btf(&mut obj, btf));
     f.push("raw_tracepoint", probe_raw_tp(&mut obj));
     f.push("tracepoint", probe_tracepoint(&mut obj));
-    f.push("fentry", probe_fentry(&mut obj, btf.as_ref()));
+    f.push("fentry", probe_fentry(&mut obj, btf));
     f.push("kprobe", probe_kprobe(&mut obj));
     f.push("uprobe", probe_uprobe(&mut obj));
     f.push("perf_event", probe_perf_event(&mut obj));
@@ -118,16 +118,16 @@ fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-fn probe_btf() -> Result<String, String> {
+fn probe_btf(btf: &ebpf::KernelBtf) -> Result<String, String> {
     let path = Path::new("/sys/kernel/btf/vmlinux");
     if !path.exists() {
         return Err(
             "/sys/kernel/btf/vmlinux missing (kernel built without CONFIG_DEBUG_INFO_BTF)".into(),
         );
     }
-    Btf::from_sys_fs()
+    btf.aya()
         .map(|_| "/sys/kernel/btf/vmlinux".into())
-        .map_err(|e| format!("cannot parse kernel BTF: {e}"))
+        .map_err(str::to_owned)
 }
 
 /// Finds tracefs, mounting it at /sys/kernel/tracing when allowed.
@@ -172,7 +172,7 @@ fn tracefs_path() -> Option<PathBuf> {
 fn err<E: std::error::Error + 'static>(e: E) -> String {
     // The whole source chain: aya's errors carry the verifier log and the
     // errno in their sources.
-    crate::collectors::chain(&e)
+    crate::error::chain(&e)
 }
 
 fn probe_tp_btf(obj: &mut Ebpf, btf: Option<&Btf>) -> Result<String, String> {

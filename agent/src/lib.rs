@@ -8,6 +8,7 @@ pub mod collectors;
 pub mod config;
 pub mod daemon;
 pub mod ebpf;
+pub mod error;
 pub mod features;
 pub mod heap;
 pub mod identity;

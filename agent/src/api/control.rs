@@ -175,7 +175,9 @@ struct SyscallsQuery {
 
 /// `sonde syscalls`: an `strace -c` table for the last window.
 async fn syscalls(State(s): State<AppState>, Query(q): Query<SyscallsQuery>) -> Response {
-    let handle = s.syscalls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let handle = s
+        .handles
+        .get::<crate::collectors::syscalls::SyscallsHandle>();
     let Some(handle) = handle else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -194,7 +196,9 @@ async fn syscalls(State(s): State<AppState>, Query(q): Query<SyscallsQuery>) -> 
 
 /// `sonde top`: cumulative per-process syscall totals (drained now).
 async fn syscall_totals(State(s): State<AppState>) -> Response {
-    let handle = s.syscalls.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let handle = s
+        .handles
+        .get::<crate::collectors::syscalls::SyscallsHandle>();
     let Some(handle) = handle else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

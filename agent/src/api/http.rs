@@ -25,7 +25,11 @@ pub async fn http(State(s): State<AppState>, Query(q): Query<HttpParams>) -> Res
         name: q.name,
         client: q.client,
     };
-    match s.http.rows(&f, &s.processes) {
+    let rows = s
+        .handles
+        .get::<crate::collectors::http::HttpQuery>()
+        .and_then(|q| q.rows(&f, &s.processes));
+    match rows {
         Some(rows) => Json(rows).into_response(),
         None => error(
             StatusCode::SERVICE_UNAVAILABLE,

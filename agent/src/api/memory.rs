@@ -60,16 +60,25 @@ pub async fn memory(State(s): State<AppState>, Query(q): Query<MemoryQuery>) -> 
             "format must be one of top, folded, pprof, json",
         );
     }
+    let Some(memory) = s
+        .handles
+        .get::<crate::collectors::memory::store::MemoryStore>()
+    else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the memory collector is disabled (collectors.memory.enabled = false)",
+        );
+    };
     if let Some(pid) = q.pid
         && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !s.memory.has_pid(pid)
+        && !memory.has_pid(pid)
     {
         return error(
             StatusCode::BAD_REQUEST,
             format!("no process with pid {pid}, and no memory rows of it"),
         );
     }
-    if let Err(e) = s.memory.flush().await {
+    if let Err(e) = memory.flush().await {
         return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
     }
     let filter = Filter {
@@ -77,7 +86,7 @@ pub async fn memory(State(s): State<AppState>, Query(q): Query<MemoryQuery>) -> 
         name: q.name.clone(),
         service: None,
     };
-    let (p, events) = s.memory.profile(group, &filter);
+    let (p, events) = memory.profile(group, &filter);
     let mut order: Vec<usize> = (0..p.samples.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(p.samples[i].count));
     let text = "text/plain; charset=utf-8";

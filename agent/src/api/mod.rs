@@ -36,20 +36,16 @@ pub struct AppState {
     pub features: Arc<Mutex<Features>>,
     pub collectors: Arc<Mutex<Vec<Box<dyn Collector>>>>,
     pub processes: ProcessTable,
-    /// The CPU profiler's rolling window (empty when it is disabled).
-    pub profiles: crate::collectors::profile::store::ProfileStore,
-    /// HTTP RED summaries for `sonde http`.
-    pub http: crate::collectors::http::HttpQuery,
+    /// The collectors' query handles (`ProfileStore`, `HttpQuery`,
+    /// `SyscallsHandle`, `MemoryStore`); absent when a collector is
+    /// disabled.
+    pub handles: crate::collectors::kit::Handles,
     /// Set once every enabled collector has been started (or has failed).
     pub startup_done: Arc<AtomicBool>,
     /// The alert rule engine, when `alerts.enabled`.
     pub alerts: Option<crate::alerts::AlertEngine>,
-    /// Query handle of the syscall collector, when it is enabled.
-    pub syscalls: Arc<Mutex<Option<crate::collectors::syscalls::SyscallsHandle>>>,
     /// `sonde alloc` sessions (one per pid).
     pub alloc: crate::collectors::memory::session::Sessions,
-    /// The memory collector's growth-by-stack store for `sonde memory`.
-    pub memory: crate::collectors::memory::store::MemoryStore,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -80,7 +80,15 @@ pub async fn profile(State(s): State<AppState>, Query(q): Query<ProfileQuery>) -
             ),
         );
     }
-    let store = s.profiles.clone();
+    let Some(store) = s
+        .handles
+        .get::<crate::collectors::profile::store::ProfileStore>()
+    else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the profile collector is disabled (collectors.profile.enabled = false)",
+        );
+    };
     if let Some(pid) = q.pid
         && !std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !store.has_pid(pid)

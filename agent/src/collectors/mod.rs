@@ -1,13 +1,15 @@
-//! Collectors: one module per hook family, each behind [`Collector`].
+//! Collectors: one module per hook family, each behind [`Collector`], built
+//! from the [`kit`].
 //!
 //! A collector owns its eBPF object, its kernel maps and its user-side
 //! workers. The daemon starts each one independently; a collector that cannot
 //! attach reports why through [`Collector::health`] and leaves the rest alone.
-//! Query data (process table, profiles, ...) is exposed through typed handles
-//! the collector hands to the API at construction, not through this trait:
-//! every collector's data has a different shape.
+//! Query data (profiles, HTTP summaries, ...) is exposed through typed
+//! handles the collector registers with [`kit::Handles`] at construction,
+//! not through this trait: every collector's data has a different shape.
 
 pub mod http;
+pub mod kit;
 pub mod memory;
 pub mod process;
 pub mod profile;
@@ -18,7 +20,9 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::{features::Features, telemetry::Telemetry};
+pub use self::kit::{Base, Deps};
+pub use crate::error::CollectorError;
+use crate::{ebpf::KernelBtf, features::Features, telemetry::Telemetry};
 
 /// Health of one component, as served by /health and `sonde status`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -79,128 +83,30 @@ impl SharedHealth {
 pub struct StartContext<'a> {
     pub features: &'a Features,
     pub telemetry: &'a Telemetry,
-    /// Cancelled at shutdown; worker tasks must return when it fires.
+    /// The kernel's BTF, read once for every collector.
+    pub btf: &'a KernelBtf,
+    /// Cancelled at shutdown; `Base::begin` derives the collector's token.
     pub shutdown: CancellationToken,
     /// aya-log level to patch into objects (0 = kernel logging off).
     pub kernel_log_level: u8,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum CollectorError {
-    #[error(transparent)]
-    Load(#[from] crate::ebpf::LoadError),
-    #[error("{what}: {source}")]
-    Program {
-        what: String,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("{what}: {source}")]
-    Map {
-        what: String,
-        #[source]
-        source: aya::maps::MapError,
-    },
-    #[error("no usable hook: {0}")]
-    NoHook(String),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// The one small interface every collector implements.
+/// The one small interface every collector implements. State common to all
+/// of them lives in a [`Base`], which gives `health` and `stop`.
 pub trait Collector: Send {
     /// Stable name used in metrics labels, health and config.
     fn name(&self) -> &'static str;
     /// Loads and attaches the collector's programs and spawns its workers.
+    /// On error the daemon marks the collector unhealthy with the reason.
     fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError>;
+    fn base(&self) -> &Base;
+    fn base_mut(&mut self) -> &mut Base;
     /// Current health; cheap, called on every /health request.
-    fn health(&self) -> ComponentHealth;
+    fn health(&self) -> ComponentHealth {
+        self.base().health()
+    }
     /// Detaches everything. Idempotent; called once at shutdown.
-    fn stop(&mut self);
-}
-
-/// A way to attach a collector: (feature name as probed, label for health
-/// and logs, the attach function).
-pub type Hook = (
-    &'static str,
-    &'static str,
-    fn(&mut aya::Ebpf) -> Result<(), CollectorError>,
-);
-
-/// Attaches with the preferred hook when the kernel has it, else with the
-/// fallback; the error names why each one failed. Returns the label of the
-/// hook that attached, for health and logs.
-pub fn attach_preferred(
-    obj: &mut aya::Ebpf,
-    features: &Features,
-    primary: Hook,
-    fallback: Hook,
-) -> Result<&'static str, CollectorError> {
-    let (feature, label, attach) = primary;
-    let mut why = Vec::new();
-    if features.has(feature) {
-        match attach(obj) {
-            Ok(()) => return Ok(label),
-            Err(e) => why.push(format!("{feature}: {}", chain(&e))),
-        }
-    } else {
-        why.push(format!("{feature}: not available on this kernel"));
+    fn stop(&mut self) {
+        self.base_mut().stop();
     }
-    let (feature, label, attach) = fallback;
-    match attach(obj) {
-        Ok(()) => Ok(label),
-        Err(e) => {
-            why.push(format!("{feature}: {}", chain(&e)));
-            Err(CollectorError::NoHook(why.join("; ")))
-        }
-    }
-}
-
-/// Takes map `name` out of a loaded object as the typed map `T`, with an
-/// error that names the map when the object lacks it or its type differs.
-pub fn take_map<T>(obj: &mut aya::Ebpf, name: &str) -> Result<T, CollectorError>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let map = obj
-        .take_map(name)
-        .ok_or_else(|| CollectorError::NoHook(format!("map {name} missing from object")))?;
-    T::try_from(map).map_err(|source| CollectorError::Map {
-        what: name.to_owned(),
-        source,
-    })
-}
-
-/// Formats an error with its whole source chain on one line, the way the
-/// verifier's reason reaches the user.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
-        }
-        cur = c.source();
-    }
-    s
-}
-
-/// Total of one slot of a per-CPU `u64` counter array (0 when unreadable:
-/// a counter read must never stop a drain).
-pub fn counter_total(map: &aya::maps::PerCpuArray<aya::maps::MapData, u64>, idx: u32) -> u64 {
-    map.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
-}
-
-/// What a per-CPU counter gained since `last`, which it then updates.
-pub fn counter_delta(
-    map: &aya::maps::PerCpuArray<aya::maps::MapData, u64>,
-    idx: u32,
-    last: &mut u64,
-) -> u64 {
-    let now = counter_total(map, idx);
-    let d = now.saturating_sub(*last);
-    *last = now;
-    d
 }

@@ -157,32 +157,29 @@ pub const EVENT_CLOSED: u8 = 1;
 const _: () = assert!(core::mem::size_of::<HttpEvent>() == 72 + crate::COMM_LEN + HTTP_PREFIX_LEN);
 const _: () = assert!(core::mem::align_of::<HttpEvent>() == 8);
 
-/// Indexes into the HTTP collector's per-CPU counter array.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HttpCounter {
-    /// An event was dropped because the ring buffer was full.
-    RingbufFull = 0,
-    /// A read of user memory failed (buffer unmapped, racing munmap).
-    ReadFailed = 1,
-    /// A connection was marked not-HTTP (HTTP/2 preface, non-HTTP bytes
-    /// where a request or status line was expected).
-    NotHttp = 2,
-    /// A second request line arrived before the response (pipelining):
-    /// the exchange is dropped rather than mismatched.
-    Pipelined = 3,
-    /// A response arrived with no request in flight (unparsed).
-    Orphan = 4,
-    /// Two threads (tids congruent modulo the slot count) were in hooked
-    /// syscalls at once and shared an argument slot: one was not traced.
-    ArgsFull = 5,
-    /// The connection map insert failed.
-    ConnFull = 6,
-    /// Requests started (server and client).
-    Started = 7,
+crate::counters! {
+    /// Indexes into the HTTP collector's per-CPU counter array.
+    pub enum HttpCounter [HTTP_COUNTERS] {
+        /// An event was dropped because the ring buffer was full.
+        RingbufFull = 0 => "ringbuf_full",
+        /// A read of user memory failed (buffer unmapped, racing munmap).
+        ReadFailed = 1 => "read_failed",
+        /// A connection was marked not-HTTP (HTTP/2 preface, non-HTTP bytes
+        /// where a request or status line was expected).
+        NotHttp = 2 => "not_http",
+        /// A second request line arrived before the response (pipelining):
+        /// the exchange is dropped rather than mismatched.
+        Pipelined = 3 => "pipelined",
+        /// A response arrived with no request in flight (unparsed).
+        Orphan = 4 => "orphan_response",
+        /// Two threads (tids congruent modulo the slot count) were in hooked
+        /// syscalls at once and shared an argument slot: one was not traced.
+        ArgsFull = 5 => "args_slot_collision",
+        /// The connection map insert failed.
+        ConnFull = 6 => "conn_full",
+        /// Requests started (server and client).
+        Started = 7 => "requests_started",
+    }
 }
-
-/// Number of slots in the HTTP counter array.
-pub const HTTP_COUNTERS: u32 = 8;
 
 crate::user_pod!(HttpConnKey, HttpConn, HttpEvent);

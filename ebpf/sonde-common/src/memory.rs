@@ -101,33 +101,21 @@ pub const MEM_MAX_STACKS: u32 = 8_192;
 /// Processes whose last `brk` is remembered (LRU).
 pub const MEM_MAX_BRK: u32 = 16_384;
 
-/// Tier-1 per-CPU counters. Values are ABI.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MemCounter {
-    /// Events seen (all hooks).
-    Events = 0,
-    /// A row could not be counted: the counts map was full.
-    CountsFull = 1,
-    /// `bpf_get_stackid` failed (no frame pointers, collision, map full).
-    StackMissing = 2,
-    /// The brk map was full (a process's growth was not measured once).
-    BrkFull = 3,
-    /// Two threads in an mmap-family call at once hashed to one pending
-    /// slot of the mmap_lock hooks: the earlier call was not counted.
-    SlotCollision = 4,
-}
-
-pub const MEM_COUNTERS: u32 = 5;
-
-impl MemCounter {
-    pub const ALL: [MemCounter; MEM_COUNTERS as usize] = [
-        Self::Events,
-        Self::CountsFull,
-        Self::StackMissing,
-        Self::BrkFull,
-        Self::SlotCollision,
-    ];
+crate::counters! {
+    /// Tier-1 per-CPU counters. Values are ABI.
+    pub enum MemCounter [MEM_COUNTERS] {
+        /// Events seen (all hooks).
+        Events = 0 => "events",
+        /// A row could not be counted: the counts map was full.
+        CountsFull = 1 => "counts_map_full",
+        /// `bpf_get_stackid` failed (no frame pointers, collision, map full).
+        StackMissing = 2 => "stack_missing",
+        /// The brk map was full (a process's growth was not measured once).
+        BrkFull = 3 => "brk_map_full",
+        /// Two threads in an mmap-family call at once hashed to one pending
+        /// slot of the mmap_lock hooks: the earlier call was not counted.
+        SlotCollision = 4 => "slot_collision",
+    }
 }
 
 // ---------------------------------------------------------------- tier 2
@@ -207,50 +195,32 @@ pub const ALLOC_MAX_LIVE: u32 = 262_144;
 pub const ALLOC_MAX_PENDING: u32 = 16_384;
 pub const ALLOC_MAX_STACKS: u32 = 16_384;
 
-/// Tier-2 per-CPU counters. Values are ABI.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AllocCounter {
-    Allocs = 0,
-    Frees = 1,
-    /// Frees of addresses not tracked (allocated before the session, or
-    /// not sampled).
-    FreeUntracked = 2,
-    /// The live map was full: an allocation went untracked.
-    LiveFull = 3,
-    /// The per-stack totals map was full.
-    TotalsFull = 4,
-    /// No user stack (no frame pointers, collision, map full).
-    StackMissing = 5,
-    /// The pending map was full: a call went untracked.
-    PendingFull = 6,
-    /// A return without its entry (probe attached mid-call).
-    ReturnWithoutEntry = 7,
-    /// Allocations skipped by byte sampling.
-    SampledOut = 8,
-    /// Failed allocations (NULL returned).
-    Failed = 9,
-    /// Allocations returned while the session was not recording (during
-    /// attach or detach).
-    Inactive = 10,
-}
-
-pub const ALLOC_COUNTERS: u32 = 11;
-
-impl AllocCounter {
-    pub const ALL: [AllocCounter; ALLOC_COUNTERS as usize] = [
-        Self::Allocs,
-        Self::Frees,
-        Self::FreeUntracked,
-        Self::LiveFull,
-        Self::TotalsFull,
-        Self::StackMissing,
-        Self::PendingFull,
-        Self::ReturnWithoutEntry,
-        Self::SampledOut,
-        Self::Failed,
-        Self::Inactive,
-    ];
+crate::counters! {
+    /// Tier-2 per-CPU counters. Values are ABI.
+    pub enum AllocCounter [ALLOC_COUNTERS] {
+        Allocs = 0 => "allocs",
+        Frees = 1 => "frees",
+        /// Frees of addresses not tracked (allocated before the session, or
+        /// not sampled).
+        FreeUntracked = 2 => "free_untracked",
+        /// The live map was full: an allocation went untracked.
+        LiveFull = 3 => "live_map_full",
+        /// The per-stack totals map was full.
+        TotalsFull = 4 => "totals_map_full",
+        /// No user stack (no frame pointers, collision, map full).
+        StackMissing = 5 => "stack_missing",
+        /// The pending map was full: a call went untracked.
+        PendingFull = 6 => "pending_map_full",
+        /// A return without its entry (probe attached mid-call).
+        ReturnWithoutEntry = 7 => "return_without_entry",
+        /// Allocations skipped by byte sampling.
+        SampledOut = 8 => "sampled_out",
+        /// Failed allocations (NULL returned).
+        Failed = 9 => "failed",
+        /// Allocations returned while the session was not recording (during
+        /// attach or detach).
+        Inactive = 10 => "outside_session",
+    }
 }
 
 crate::user_pod!(MemKey, MemValue, AllocPending, AllocLive, AllocTotals);

@@ -38,17 +38,14 @@ pub struct ProcessEvent {
 const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 40);
 const _: () = assert!(core::mem::align_of::<ProcessEvent>() == 8);
 
-/// Indexes into the process collector's per-CPU counter array.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProcessCounter {
-    /// The ring buffer was full, so an event was dropped.
-    RingbufFull = 0,
-    /// Events seen, whether or not they were delivered.
-    Seen = 1,
+crate::counters! {
+    /// Indexes into the process collector's per-CPU counter array.
+    pub enum ProcessCounter [PROCESS_COUNTERS] {
+        /// The ring buffer was full, so an event was dropped.
+        RingbufFull = 0 => "ringbuf_full",
+        /// Events seen, whether or not they were delivered.
+        Seen = 1 => "seen",
+    }
 }
-
-/// Number of slots in the process collector's counter array.
-pub const PROCESS_COUNTERS: u32 = 2;
 
 crate::user_pod!(ProcessEvent);

@@ -44,48 +44,32 @@ pub const PROFILE_MAX_STACKS: u32 = 8_192;
 /// Deepest stack captured (the kernel's `PERF_MAX_STACK_DEPTH`).
 pub const PROFILE_STACK_DEPTH: usize = 127;
 
-/// Indexes into the profiler's per-CPU counter array. Values are ABI.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProfileCounter {
-    /// Samples taken of a non-idle task (counted or not).
-    Samples = 0,
-    /// Samples of the idle task, not recorded.
-    Idle = 1,
-    /// `bpf_get_stackid` for the user stack failed (kernel thread, no frame
-    /// pointer, unreadable user memory): the sample is kept without it.
-    UserStackMissing = 2,
-    /// No kernel stack: the sample hit user mode (normal), or the kernel
-    /// stack could not be read.
-    KernelStackAbsent = 3,
-    /// A stack hashed to a bucket holding another stack (-EEXIST).
-    StackCollision = 4,
-    /// The stack trace map had no room (-ENOMEM).
-    StackMapFull = 5,
-    /// The counts map had no room: the sample was dropped.
-    CountsFull = 6,
-    /// A first-seen pid could not be announced (ring buffer full); its maps
-    /// are then read at the next drain instead.
-    NewPidDropped = 7,
+crate::counters! {
+    /// Indexes into the profiler's per-CPU counter array. Values are ABI.
+    pub enum ProfileCounter [PROFILE_COUNTERS] {
+        /// Samples taken of a non-idle task (counted or not).
+        Samples = 0 => "samples",
+        /// Samples of the idle task, not recorded.
+        Idle = 1 => "idle",
+        /// `bpf_get_stackid` for the user stack failed (kernel thread, no frame
+        /// pointer, unreadable user memory): the sample is kept without it.
+        UserStackMissing = 2 => "user_stack_missing",
+        /// No kernel stack: the sample hit user mode (normal), or the kernel
+        /// stack could not be read.
+        KernelStackAbsent = 3 => "kernel_stack_absent",
+        /// A stack hashed to a bucket holding another stack (-EEXIST).
+        StackCollision = 4 => "stack_collision",
+        /// The stack trace map had no room (-ENOMEM).
+        StackMapFull = 5 => "stack_map_full",
+        /// The counts map had no room: the sample was dropped.
+        CountsFull = 6 => "counts_map_full",
+        /// A first-seen pid could not be announced (ring buffer full); its maps
+        /// are then read at the next drain instead.
+        NewPidDropped = 7 => "new_pid_dropped",
+    }
 }
-
-/// Number of slots in the profiler's counter array.
-pub const PROFILE_COUNTERS: u32 = 8;
 
 /// Processes remembered as already announced to the agent (LRU).
 pub const PROFILE_MAX_SEEN: u32 = 16_384;
-
-impl ProfileCounter {
-    pub const ALL: [ProfileCounter; PROFILE_COUNTERS as usize] = [
-        Self::Samples,
-        Self::Idle,
-        Self::UserStackMissing,
-        Self::KernelStackAbsent,
-        Self::StackCollision,
-        Self::StackMapFull,
-        Self::CountsFull,
-        Self::NewPidDropped,
-    ];
-}
 
 crate::user_pod!(StackKey);

@@ -158,21 +158,18 @@ pub struct SyscallInflight {
 }
 const _: () = assert!(core::mem::size_of::<SyscallInflight>() == 16);
 
-/// Indexes into the syscall collector's per-CPU counter array. Values are
-/// part of the ABI; never reuse one.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SyscallCounter {
-    /// The per-thread start map refused an insert (syscall not timed).
-    StartMapFull = 0,
-    /// The stats map was full: a new (tgid, syscall) pair was not counted.
-    StatsMapFull = 1,
-    /// The errno map was full: an error was counted but not its errno.
-    ErrnoMapFull = 2,
+crate::counters! {
+    /// Indexes into the syscall collector's per-CPU counter array. Values are
+    /// part of the ABI; never reuse one.
+    pub enum SyscallCounter [SYSCALL_COUNTERS] {
+        /// The per-thread start map refused an insert (syscall not timed).
+        StartMapFull = 0 => "start",
+        /// The stats map was full: a new (tgid, syscall) pair was not counted.
+        StatsMapFull = 1 => "stats",
+        /// The errno map was full: an error was counted but not its errno.
+        ErrnoMapFull = 2 => "errno",
+    }
 }
-
-/// Number of slots in the counter array.
-pub const SYSCALL_COUNTERS: u32 = 3;
 
 /// Syscall numbers above this are not accounted (the syscall filter array
 /// has this many slots). x86_64 uses fewer than 512.

@@ -131,70 +131,41 @@ pub struct UnwoundStack {
 
 const _: () = assert!(core::mem::size_of::<UnwoundStack>() == 1024);
 
-/// Indexes into the unwinder's per-CPU counter array. Values are ABI.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnwindCounter {
-    /// Samples whose user stack was walked with the tables.
-    Walked = 0,
-    /// A PC in no known mapping (JIT code, a library loaded after the
-    /// process was captured): frame pointers were tried.
-    NoMapping = 1,
-    /// A PC in a mapping whose file has no table loaded (evicted, too big,
-    /// unreadable): frame pointers were tried.
-    NoTable = 2,
-    /// A PC in a gap of the table: frame pointers were tried.
-    NoRow = 3,
-    /// A row with an expression the unwinder cannot evaluate: walk ended.
-    UnsupportedRule = 4,
-    /// A read of the user stack failed: walk ended.
-    ReadFault = 5,
-    /// The walk reached [`UNWIND_MAX_DEPTH`] frames: stack truncated.
-    MaxDepth = 6,
-    /// The computed frame did not move up the stack: walk ended.
-    BadFrame = 7,
-    /// Two different stacks hashed to one id: user stack dropped.
-    StackCollision = 8,
-    /// The unwound-stack map was full: user stack dropped.
-    StackMapFull = 9,
-    /// The user registers of the sampled task could not be read.
-    NoRegisters = 10,
+crate::counters! {
+    /// Indexes into the unwinder's per-CPU counter array. Values are ABI.
+    pub enum UnwindCounter [UNWIND_COUNTERS] {
+        /// Samples whose user stack was walked with the tables.
+        Walked = 0 => "walked",
+        /// A PC in no known mapping (JIT code, a library loaded after the
+        /// process was captured): frame pointers were tried.
+        NoMapping = 1 => "no_mapping",
+        /// A PC in a mapping whose file has no table loaded (evicted, too big,
+        /// unreadable): frame pointers were tried.
+        NoTable = 2 => "no_table",
+        /// A PC in a gap of the table: frame pointers were tried.
+        NoRow = 3 => "no_row",
+        /// A row with an expression the unwinder cannot evaluate: walk ended.
+        UnsupportedRule = 4 => "unsupported_rule",
+        /// A read of the user stack failed: walk ended.
+        ReadFault = 5 => "read_fault",
+        /// The walk reached [`UNWIND_MAX_DEPTH`] frames: stack truncated.
+        MaxDepth = 6 => "max_depth",
+        /// The computed frame did not move up the stack: walk ended.
+        BadFrame = 7 => "bad_frame",
+        /// Two different stacks hashed to one id: user stack dropped.
+        StackCollision = 8 => "stack_collision",
+        /// The unwound-stack map was full: user stack dropped.
+        StackMapFull = 9 => "stack_map_full",
+        /// The user registers of the sampled task could not be read.
+        NoRegisters = 10 => "no_registers",
+    }
 }
 
-/// Number of slots in the unwinder's counter array.
-pub const UNWIND_COUNTERS: u32 = 11;
-
 impl UnwindCounter {
-    pub const ALL: [UnwindCounter; UNWIND_COUNTERS as usize] = [
-        Self::Walked,
-        Self::NoMapping,
-        Self::NoTable,
-        Self::NoRow,
-        Self::UnsupportedRule,
-        Self::ReadFault,
-        Self::MaxDepth,
-        Self::BadFrame,
-        Self::StackCollision,
-        Self::StackMapFull,
-        Self::NoRegisters,
-    ];
-
     /// The `reason` label of `sonde_unwind_errors_total` (None: not an
     /// error).
     pub fn reason(self) -> Option<&'static str> {
-        Some(match self {
-            Self::Walked => return None,
-            Self::NoMapping => "no_mapping",
-            Self::NoTable => "no_table",
-            Self::NoRow => "no_row",
-            Self::UnsupportedRule => "unsupported_rule",
-            Self::ReadFault => "read_fault",
-            Self::MaxDepth => "max_depth",
-            Self::BadFrame => "bad_frame",
-            Self::StackCollision => "stack_collision",
-            Self::StackMapFull => "stack_map_full",
-            Self::NoRegisters => "no_registers",
-        })
+        (self != Self::Walked).then(|| self.label())
     }
 }
 

@@ -16,27 +16,29 @@ use std::{
     time::Duration,
 };
 
-use aya::{
-    Btf, Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
-};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use prometheus::{Histogram, IntCounter};
 use sonde_common::http::{
-    CONN_GONE, EVENT_CLOSED, HTTP_COUNTERS, HttpConn, HttpConnKey, HttpCounter, HttpEvent,
-    HttpEventKind, HttpRole, state,
+    CONN_GONE, EVENT_CLOSED, HttpConn, HttpConnKey, HttpCounter, HttpEvent, HttpEventKind,
+    HttpRole, state,
 };
-use tokio::io::unix::AsyncFd;
-use tokio_util::sync::CancellationToken;
 
 use self::{
     port::PortResolver,
     route::{Pattern, RouteTable, parse_request_line},
     stats::{HttpMetrics, RouteRow, RouteStats, StatKey, now_secs},
 };
-use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
+use super::{
+    Base, Collector, CollectorError, ComponentHealth, Deps, SharedHealth, StartContext,
+    kit::{
+        attach::{Attached, Hook, HookSet, attach_first},
+        comm_str,
+        counters::KernelCounters,
+        ring::{Events, Ring},
+        take_map,
+    },
+};
 use crate::{
-    collectors::take_map,
     config::{HttpConfig, HttpHook},
     ebpf,
     features::Features,
@@ -45,62 +47,66 @@ use crate::{
 
 pub const NAME: &str = "http";
 
-/// The second choice: tp_btf programs on the generic syscall hooks.
-const BTF_HOOKS: &[(&str, &str)] = &[
-    ("http_sys_enter", "sys_enter"),
-    ("http_sys_exit", "sys_exit"),
-];
+/// This collector's eBPF object.
+pub const OBJECT: ebpf::Object = ebpf::object!("sonde-http");
 
 /// The first choice: the socket layer (only socket I/O runs a program).
-const SOCK_HOOKS: &[(&str, &str)] = &[
-    ("http_sock_send", "sock_send_length"),
-    ("http_sock_recv", "sock_recv_length"),
-    ("http_sock_state", "inet_sock_set_state"),
-];
+const SOCK: HookSet = HookSet::new(
+    Some("tp_btf"),
+    "tp_btf sock_send_length/sock_recv_length/inet_sock_set_state",
+    &[
+        Hook::TpBtf("http_sock_send", "sock_send_length"),
+        Hook::TpBtf("http_sock_recv", "sock_recv_length"),
+        Hook::TpBtf("http_sock_state", "inet_sock_set_state"),
+    ],
+);
 
-/// Fallback: (program, tracepoints it attaches to), all in the `syscalls`
-/// category.
-const HOOKS: &[(&str, &[&str])] = &[
-    ("http_enter_read", &["sys_enter_read"]),
-    ("http_enter_recvfrom", &["sys_enter_recvfrom"]),
-    ("http_enter_readv", &["sys_enter_readv"]),
-    ("http_enter_recvmsg", &["sys_enter_recvmsg"]),
-    ("http_enter_write", &["sys_enter_write"]),
-    ("http_enter_sendto", &["sys_enter_sendto"]),
-    ("http_enter_writev", &["sys_enter_writev"]),
-    ("http_enter_sendmsg", &["sys_enter_sendmsg"]),
-    ("http_enter_sendfile", &["sys_enter_sendfile64"]),
-    ("http_enter_connect", &["sys_enter_connect"]),
-    (
-        "http_exit",
-        &[
-            "sys_exit_read",
-            "sys_exit_recvfrom",
-            "sys_exit_readv",
-            "sys_exit_recvmsg",
-            "sys_exit_write",
-            "sys_exit_sendto",
-            "sys_exit_writev",
-            "sys_exit_sendmsg",
-            "sys_exit_sendfile64",
-            "sys_exit_connect",
-        ],
-    ),
-    ("http_accept_exit", &["sys_exit_accept", "sys_exit_accept4"]),
-    ("http_close", &["sys_enter_close"]),
-];
+/// The second choice: tp_btf programs on the generic syscall hooks.
+const SYS_BTF: HookSet = HookSet::new(
+    Some("tp_btf"),
+    "tp_btf sys_enter/sys_exit",
+    &[
+        Hook::TpBtf("http_sys_enter", "sys_enter"),
+        Hook::TpBtf("http_sys_exit", "sys_exit"),
+    ],
+);
 
-/// Kernel counter slots and their `counter` label.
-const KERNEL_COUNTERS: &[(HttpCounter, &str)] = &[
-    (HttpCounter::RingbufFull, "ringbuf_full"),
-    (HttpCounter::ReadFailed, "read_failed"),
-    (HttpCounter::NotHttp, "not_http"),
-    (HttpCounter::Pipelined, "pipelined"),
-    (HttpCounter::Orphan, "orphan_response"),
-    (HttpCounter::ArgsFull, "args_slot_collision"),
-    (HttpCounter::ConnFull, "conn_full"),
-    (HttpCounter::Started, "requests_started"),
-];
+const fn sys(prog: &'static str, tp: &'static str) -> Hook {
+    Hook::Tp(prog, "syscalls", tp)
+}
+
+/// Fallback: the per-syscall tracepoints, each on its own (the collector
+/// runs degraded with those that attach).
+const TRACEPOINTS: HookSet = HookSet::new(
+    None,
+    "socket syscall tracepoints",
+    &[
+        sys("http_enter_read", "sys_enter_read"),
+        sys("http_enter_recvfrom", "sys_enter_recvfrom"),
+        sys("http_enter_readv", "sys_enter_readv"),
+        sys("http_enter_recvmsg", "sys_enter_recvmsg"),
+        sys("http_enter_write", "sys_enter_write"),
+        sys("http_enter_sendto", "sys_enter_sendto"),
+        sys("http_enter_writev", "sys_enter_writev"),
+        sys("http_enter_sendmsg", "sys_enter_sendmsg"),
+        sys("http_enter_sendfile", "sys_enter_sendfile64"),
+        sys("http_enter_connect", "sys_enter_connect"),
+        sys("http_exit", "sys_exit_read"),
+        sys("http_exit", "sys_exit_recvfrom"),
+        sys("http_exit", "sys_exit_readv"),
+        sys("http_exit", "sys_exit_recvmsg"),
+        sys("http_exit", "sys_exit_write"),
+        sys("http_exit", "sys_exit_sendto"),
+        sys("http_exit", "sys_exit_writev"),
+        sys("http_exit", "sys_exit_sendmsg"),
+        sys("http_exit", "sys_exit_sendfile64"),
+        sys("http_exit", "sys_exit_connect"),
+        sys("http_accept_exit", "sys_exit_accept"),
+        sys("http_accept_exit", "sys_exit_accept4"),
+        sys("http_close", "sys_enter_close"),
+    ],
+)
+.partial();
 
 /// Most (role, pid, service, method, route) summaries kept for `sonde http`;
 /// beyond it new keys are not summarized (metrics are unaffected).
@@ -187,154 +193,62 @@ pub struct HttpCollector {
     config: HttpConfig,
     query: HttpQuery,
     processes: ProcessTable,
-    health: SharedHealth,
-    ebpf: Option<Ebpf>,
-    shutdown: Option<CancellationToken>,
+    base: Base,
 }
 
 impl HttpCollector {
-    pub fn new(config: &HttpConfig, processes: ProcessTable, query: HttpQuery) -> Self {
+    /// Registers the [`HttpQuery`] for the control API.
+    pub fn new(config: &HttpConfig, deps: &Deps) -> Self {
+        let query = HttpQuery::default();
+        deps.handles.register(query.clone());
         Self {
             config: config.clone(),
             query,
-            processes,
-            health: SharedHealth::new(ComponentHealth::unhealthy("not started")),
-            ebpf: None,
-            shutdown: None,
+            processes: deps.processes.clone(),
+            base: Base::new(),
         }
     }
 }
 
-/// Attaches the tp_btf pair when allowed and possible, else the
-/// per-syscall tracepoints. Returns a description of the hooks in use and
-/// what failed (with why; empty when everything attached as preferred).
+/// Attaches the socket-layer tp_btf set when allowed and possible, else the
+/// tp_btf syscall set, else the per-syscall tracepoints.
 fn attach(
-    obj: &mut Ebpf,
+    obj: &mut aya::Ebpf,
     hook: HttpHook,
     features: &Features,
-) -> Result<(String, Vec<String>), CollectorError> {
-    let mut why = Vec::new();
-    let btf_ok = if !cfg!(target_arch = "x86_64") {
-        why.push("tp_btf hooks: syscall arguments are read as x86_64 registers".to_owned());
-        false
-    } else if !features.has("tp_btf") {
-        why.push("tp_btf: not available on this kernel".to_owned());
-        false
-    } else {
-        true
-    };
-    let mut tried: Vec<(&[(&str, &str)], &str)> = Vec::new();
-    if btf_ok && hook == HttpHook::Auto {
-        tried.push((
-            SOCK_HOOKS,
-            "tp_btf sock_send_length/sock_recv_length/inet_sock_set_state",
-        ));
-    }
-    if btf_ok && matches!(hook, HttpHook::Auto | HttpHook::Syscall) {
-        tried.push((BTF_HOOKS, "tp_btf sys_enter/sys_exit"));
-    }
-    for (hooks, label) in tried {
-        // Programs of a failed set stay loaded but unattached: harmless.
-        match attach_btf(obj, hooks) {
-            Ok(()) => {
-                if !why.is_empty() {
-                    tracing::info!(collector = NAME, reason = %why.join("; "), "preferred hooks unavailable");
-                }
-                return Ok((format!("attached to {label}"), Vec::new()));
-            }
-            Err(e) => why.push(format!("{label}: {}", chain(&e))),
+    btf: &crate::ebpf::KernelBtf,
+) -> Result<Attached, CollectorError> {
+    let mut notes = Vec::new();
+    let mut sets: Vec<&'static HookSet> = Vec::new();
+    match hook {
+        _ if !cfg!(target_arch = "x86_64") => {
+            notes.push("tp_btf hooks: syscall arguments are read as x86_64 registers".to_owned());
         }
+        HttpHook::Auto => sets.extend([&SOCK, &SYS_BTF]),
+        HttpHook::Syscall => sets.push(&SYS_BTF),
+        HttpHook::Tracepoint => {}
     }
-    let failed = attach_tp(obj)?;
-    let base = "attached to socket syscall tracepoints".to_owned();
-    if !why.is_empty() {
-        // The fallback works fully; say why the preferred hook was not used
-        // only in the log (health stays healthy).
-        tracing::info!(collector = NAME, reason = %why.join("; "), "using the tracepoint fallback");
+    sets.push(&TRACEPOINTS);
+    let a = attach_first(obj, features, btf, &sets, notes)?;
+    if !a.skipped.is_empty() {
+        // Say why the preferred hook was not used only in the log: the
+        // fallback works fully (health stays healthy).
+        tracing::info!(collector = NAME, reason = %a.skipped.join("; "), hooks = a.label, "preferred hooks unavailable");
     }
-    Ok((base, failed))
-}
-
-/// Loads every program of a tp_btf hook set, then attaches them all, or
-/// none: a half-attached set next to the fallback would count twice.
-fn attach_btf(obj: &mut Ebpf, hooks: &[(&str, &str)]) -> Result<(), CollectorError> {
-    let btf = Btf::from_sys_fs().map_err(|e| CollectorError::NoHook(format!("kernel BTF: {e}")))?;
-    let what = |prog: &str, tp: &str| format!("{prog} (tp_btf {tp})");
-    for (prog, tp) in hooks {
-        let p: &mut BtfTracePoint = obj
-            .program_mut(prog)
-            .ok_or_else(|| CollectorError::NoHook(format!("{prog} missing from object")))?
-            .try_into()
-            .map_err(|source| CollectorError::Program {
-                what: what(prog, tp),
-                source,
-            })?;
-        p.load(tp, &btf).map_err(|source| CollectorError::Program {
-            what: what(prog, tp),
-            source,
-        })?;
-    }
-    let mut links = Vec::new();
-    for (prog, tp) in hooks {
-        let p: &mut BtfTracePoint = obj
-            .program_mut(prog)
-            .ok_or_else(|| CollectorError::NoHook(format!("{prog} missing from object")))?
-            .try_into()
-            .map_err(|source| CollectorError::Program {
-                what: what(prog, tp),
-                source,
-            })?;
-        match p.attach() {
-            Ok(link) => links.push((*prog, link)),
-            Err(source) => {
-                for (prog, link) in links {
-                    if let Some(Ok(p)) = obj.program_mut(prog).map(<&mut BtfTracePoint>::try_from) {
-                        let _ = p.detach(link);
-                    }
-                }
-                return Err(CollectorError::Program {
-                    what: what(prog, tp),
-                    source,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Attaches every per-syscall tracepoint; returns those that failed.
-fn attach_tp(obj: &mut Ebpf) -> Result<Vec<String>, CollectorError> {
-    let mut failed = Vec::new();
-    let mut attached = 0;
-    for (prog, tps) in HOOKS {
-        let p: &mut TracePoint = obj
-            .program_mut(prog)
-            .ok_or_else(|| CollectorError::NoHook(format!("{prog} missing from object")))?
-            .try_into()
-            .map_err(|source| CollectorError::Program {
-                what: (*prog).to_owned(),
-                source,
-            })?;
-        p.load().map_err(|source| CollectorError::Program {
-            what: (*prog).to_owned(),
-            source,
-        })?;
-        for tp in *tps {
-            match p.attach("syscalls", tp) {
-                Ok(_) => attached += 1,
-                Err(e) => failed.push(format!("syscalls:{tp}: {}", chain(&e))),
-            }
-        }
-    }
-    if attached == 0 {
-        return Err(CollectorError::NoHook(failed.join("; ")));
-    }
-    Ok(failed)
+    Ok(a)
 }
 
 impl Collector for HttpCollector {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn base(&self) -> &Base {
+        &self.base
+    }
+
+    fn base_mut(&mut self) -> &mut Base {
+        &mut self.base
     }
 
     fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
@@ -344,16 +258,13 @@ impl Collector for HttpCollector {
             .iter()
             .map(|r| Pattern::parse(r))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                let e = CollectorError::NoHook(format!("collectors.http.routes: {e}"));
-                self.health.set(ComponentHealth::unhealthy(chain(&e)));
-                e
-            })?;
-        let mut obj = ebpf::load(ebpf::HTTP, ctx.kernel_log_level).inspect_err(|e| {
-            self.health.set(ComponentHealth::unhealthy(chain(e)));
-        })?;
-        let events: RingBuf<MapData> = take_map(&mut obj, "HTTP_EVENTS")?;
-        let counters: PerCpuArray<MapData, u64> = take_map(&mut obj, "HTTP_COUNTERS_MAP")?;
+            .map_err(|e| CollectorError::Config(format!("collectors.http.routes: {e}")))?;
+        let mut obj = ebpf::load(OBJECT, ctx.kernel_log_level)?;
+        let events = Ring::<HttpEvent>::new(NAME, take_map(&mut obj, "HTTP_EVENTS")?)?
+            // The kernel wakes us only when a lot is queued (see
+            // WAKEUP_BYTES in the kernel side), so we also poll.
+            .poll_every(Duration::from_millis(100));
+        let counters = KernelCounters::new(take_map(&mut obj, "HTTP_COUNTERS_MAP")?);
         let conns: BpfHashMap<MapData, HttpConnKey, HttpConn> = take_map(&mut obj, "HTTP_CONNS")?;
         let mut sniff: Array<MapData, u32> = take_map(&mut obj, "HTTP_SNIFF")?;
         let window = self.config.sniff_window.get();
@@ -363,20 +274,14 @@ impl Collector for HttpCollector {
                 source,
             })?;
         }
-        let (base, failed) = match attach(&mut obj, self.config.hook, ctx.features) {
-            Ok(f) => f,
-            Err(e) => {
-                self.health.set(ComponentHealth::unhealthy(chain(&e)));
-                return Err(e);
-            }
-        };
-        let base = if failed.is_empty() {
-            base
+        let a = attach(&mut obj, self.config.hook, ctx.features, ctx.btf)?;
+        let base = if a.failed.is_empty() {
+            format!("attached to {}", a.label)
         } else {
-            format!("{base}; missing: {}", failed.join("; "))
+            format!("attached to {}; missing: {}", a.label, a.failed.join("; "))
         };
         tracing::info!(collector = NAME, detail = %base, "http collector attached");
-        self.health.set(if failed.is_empty() {
+        self.base.set_health(if a.failed.is_empty() {
             ComponentHealth::healthy(base.clone())
         } else {
             ComponentHealth::degraded(base.clone())
@@ -392,54 +297,37 @@ impl Collector for HttpCollector {
         });
         let metrics = HttpMetrics::new(ctx.telemetry);
         let lost = ctx.telemetry.events_lost.with_label_values(&[NAME]);
-        let token = ctx.shutdown.child_token();
-        let fd = ebpf::async_fd(events)?;
+        self.base.begin(&ctx);
         let w = Worker {
             query: self.query.clone(),
             processes: self.processes.clone(),
             metrics,
         };
-        tokio::spawn(drain(fd, w.clone(), token.clone()));
+        let drain = w.clone();
+        self.base.spawn(events.run(move |evs| drain.drain_all(evs)));
         if !window.is_zero() {
-            let t = token.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = t.cancelled() => {}
-                    _ = tokio::time::sleep(window) => {
-                        match sniff.set(0, 0, 0) {
-                            Ok(()) => tracing::info!(collector = NAME, "content sniffing of unknown fds ended (start-up window over)"),
-                            Err(e) => tracing::warn!(collector = NAME, "cannot end content sniffing: {e}"),
-                        }
-                    }
+            self.base.spawn(async move {
+                tokio::time::sleep(window).await;
+                match sniff.set(0, 0, 0) {
+                    Ok(()) => tracing::info!(
+                        collector = NAME,
+                        "content sniffing of unknown fds ended (start-up window over)"
+                    ),
+                    Err(e) => tracing::warn!(collector = NAME, "cannot end content sniffing: {e}"),
                 }
             });
         }
-        tokio::spawn(housekeeping(
+        self.base.spawn(housekeeping(
             counters,
             conns,
             w,
             lost,
-            self.health.clone(),
+            self.base.shared_health(),
             base,
-            failed.is_empty(),
-            token.clone(),
+            a.failed.is_empty(),
         ));
-        self.ebpf = Some(obj);
-        self.shutdown = Some(token);
+        self.base.keep(obj);
         Ok(())
-    }
-
-    fn health(&self) -> ComponentHealth {
-        self.health.get()
-    }
-
-    fn stop(&mut self) {
-        if let Some(t) = self.shutdown.take() {
-            t.cancel();
-        }
-        if self.ebpf.take().is_some() {
-            self.health.set(ComponentHealth::unhealthy("stopped"));
-        }
     }
 }
 
@@ -450,39 +338,6 @@ struct Worker {
     metrics: HttpMetrics,
 }
 
-/// Copies an event out of ring-buffer bytes after checking the length.
-fn decode(bytes: &[u8]) -> Option<HttpEvent> {
-    if bytes.len() < size_of::<HttpEvent>() {
-        return None;
-    }
-    // SAFETY: the length was checked above, `HttpEvent` is `Pod` (any bit
-    // pattern is valid) and `read_unaligned` imposes no alignment.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<HttpEvent>()) })
-}
-
-/// The kernel wakes us only when a lot is queued (see WAKEUP_BYTES in the
-/// kernel side), so we also poll every 100 ms.
-async fn drain(mut fd: AsyncFd<RingBuf<MapData>>, w: Worker, token: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tick.tick() => w.drain_all(fd.get_mut()),
-            g = fd.readable_mut() => match g {
-                Ok(mut guard) => {
-                    w.drain_all(guard.get_inner_mut());
-                    guard.clear_ready();
-                }
-                Err(e) => {
-                    tracing::error!(collector = NAME, "ring buffer poll failed: {e}");
-                    return;
-                }
-            },
-        }
-    }
-}
-
 fn prefix(ev: &HttpEvent) -> &[u8] {
     &ev.prefix[..(ev.prefix_len as usize).min(ev.prefix.len())]
 }
@@ -490,15 +345,12 @@ fn prefix(ev: &HttpEvent) -> &[u8] {
 impl Worker {
     /// Applies every queued event, under one lock: the API waits for a
     /// batch at most.
-    fn drain_all(&self, rb: &mut RingBuf<MapData>) {
+    fn drain_all(&self, events: &mut Events<'_, HttpEvent>) {
         let mut g = self.query.lock();
         let Some(inner) = g.as_mut() else { return };
         let now = now_secs();
-        while let Some(item) = rb.next() {
-            match decode(&item) {
-                Some(ev) => self.apply(inner, &ev, now),
-                None => tracing::debug!(collector = NAME, len = item.len(), "short event"),
-            }
+        for ev in events {
+            self.apply(inner, &ev, now);
         }
     }
 
@@ -510,10 +362,9 @@ impl Worker {
         let s = if let Some(p) = self.processes.get(tgid) {
             p.service
         } else {
-            let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-            match String::from_utf8_lossy(&comm[..end]) {
+            match comm_str(comm) {
                 c if c.is_empty() => return "unknown".to_owned(),
-                c => c.into_owned(),
+                c => c,
             }
         };
         cache.insert(tgid, s.clone());
@@ -737,37 +588,23 @@ impl Worker {
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "one-off task spawn")]
 async fn housekeeping(
-    counters: PerCpuArray<MapData, u64>,
+    mut counters: KernelCounters<HttpCounter>,
     mut conns: BpfHashMap<MapData, HttpConnKey, HttpConn>,
     w: Worker,
     lost: IntCounter,
     health: SharedHealth,
     base: String,
     fully_attached: bool,
-    token: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last = [0u64; HTTP_COUNTERS as usize];
     let mut ticks = 0u64;
     loop {
-        tokio::select! {
-            _ = token.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let mut dropped = 0;
-        for (c, label) in KERNEL_COUNTERS {
-            let i = *c as usize;
-            let d = crate::collectors::counter_delta(&counters, i as u32, &mut last[i]);
-            if d > 0 {
-                w.metrics.kernel.with_label_values(&[label]).inc_by(d);
-                if *c == HttpCounter::RingbufFull {
-                    lost.inc_by(d);
-                    dropped = d;
-                }
-            }
-        }
+        tick.tick().await;
+        let dropped = counters
+            .export(&w.metrics.kernel, &[])
+            .get(HttpCounter::RingbufFull);
+        lost.inc_by(dropped);
         w.scan_inflight(&mut conns);
         if ticks.is_multiple_of(10) {
             // Pids get reused: re-resolve service names now and then.
@@ -795,11 +632,12 @@ mod tests {
 
     #[test]
     fn decode_checks_length() {
-        assert!(decode(&[0u8; 16]).is_none());
+        use crate::collectors::kit::decode;
+        assert!(decode::<HttpEvent>(&[0u8; 16]).is_none());
         let mut b = vec![0u8; size_of::<HttpEvent>()];
         b[0] = 1;
         b[4..8].copy_from_slice(&42u32.to_ne_bytes());
-        let ev = decode(&b).unwrap();
+        let ev: HttpEvent = decode(&b).unwrap();
         assert_eq!(ev.kind, 1);
         assert_eq!(ev.tgid, 42);
     }

@@ -4,6 +4,11 @@
 //! (process, user stack, kind) in the kernel; a drain thread flips the map
 //! generation, symbolizes the rows into [`MemoryStore`], and keeps the
 //! per-service metrics.
+//!
+//! The drain is a thread, not a tokio task: each drain reads whole maps and
+//! symbolizes with blazesym (not `Send`, and long blocking work that would
+//! stall the two async workers). It ends when the collector's token fires
+//! (its command channel closes).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,20 +17,19 @@ use std::{
 };
 
 use aya::{
-    Btf, Ebpf,
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap},
+    Ebpf,
+    maps::{Array, MapData, PerCpuHashMap, StackTraceMap},
     programs::{
-        BtfTracePoint, PerfEvent, TracePoint,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        PerfEvent,
+        perf_event::{PerfEventConfig, SamplePolicy, SoftwareEvent},
     },
 };
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
 use sonde_common::memory::{
-    MEM_COUNTERS, MEM_FAULT_SAMPLE_SLOT, MEM_GEN_SLOT, MEM_PAGE_SIZE_SLOT, MEM_TOTAL_VM_OFF_SLOT,
-    MemCounter, MemKey, MemKind, MemValue,
+    MEM_FAULT_SAMPLE_SLOT, MEM_GEN_SLOT, MEM_PAGE_SIZE_SLOT, MEM_TOTAL_VM_OFF_SLOT, MemCounter,
+    MemKey, MemKind, MemValue,
 };
 use tokio::sync::oneshot;
-use tokio_util::sync::CancellationToken;
 
 use super::{
     kernel_layout,
@@ -33,46 +37,83 @@ use super::{
 };
 use crate::{
     collectors::{
-        Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain,
+        Base, Collector, CollectorError, ComponentHealth, Deps, SharedHealth, StartContext,
+        kit::{
+            attach::{Hook, HookSet, PerCpu, attach_per_cpu, attach_set},
+            chain, comm_str,
+            counters::KernelCounters,
+            program, take_map,
+        },
         profile::symbolize::{Limits, Resolver, SymbolizeMetrics},
-        take_map,
     },
     config::{MemoryConfig, MemoryHook},
-    ebpf,
+    ebpf::{self, KernelBtf},
     process_table::ProcessTable,
 };
 
 pub const NAME: &str = "memory";
 
+/// This collector's eBPF object.
+pub const OBJECT: ebpf::Object = ebpf::object!("sonde-memory");
+
 /// Most distinct `service_name` label values; the rest go under `other`.
 const MAX_SERVICE_LABELS: usize = 1000;
 
-/// The fallback hooks, for kernels without tp_btf: (program, tracepoint
-/// category, name). Enabling any per-syscall tracepoint costs every syscall
-/// of every task (see ebpf/sonde-ebpf/src/memory.rs), so they come second.
-const HOOKS: [(&str, &str, &str); 4] = [
-    ("mem_mmap", "syscalls", "sys_enter_mmap"),
-    ("mem_munmap", "syscalls", "sys_enter_munmap"),
-    ("mem_mremap", "syscalls", "sys_enter_mremap"),
-    ("mem_brk", "syscalls", "sys_exit_brk"),
-];
+/// Address-space changes where they take the mmap lock (they need the
+/// offset of `mm->total_vm`).
+const LOCK: HookSet = HookSet::new(
+    None,
+    "tp_btf mmap_lock (mmap/munmap/mremap/brk)",
+    &[
+        Hook::TpBtf("mem_lock_acquired", "mmap_lock_acquire_returned"),
+        Hook::TpBtf("mem_lock_released", "mmap_lock_released"),
+    ],
+);
+/// ... else at the syscall exit.
+const SYS_EXIT: HookSet = HookSet::new(
+    None,
+    "tp_btf sys_exit (mmap/munmap/mremap/brk)",
+    &[Hook::TpBtf("mem_sys_exit", "sys_exit")],
+);
+/// ... else on the per-syscall tracepoints, for kernels without tp_btf.
+/// Enabling any of them costs every syscall of every task (see
+/// ebpf/sonde-ebpf/src/memory.rs), so they come last.
+const SYSCALLS: HookSet = HookSet::new(
+    None,
+    "syscall tracepoints",
+    &[
+        Hook::Tp("mem_mmap", "syscalls", "sys_enter_mmap"),
+        Hook::Tp("mem_munmap", "syscalls", "sys_enter_munmap"),
+        Hook::Tp("mem_mremap", "syscalls", "sys_enter_mremap"),
+        Hook::Tp("mem_brk", "syscalls", "sys_exit_brk"),
+    ],
+)
+.partial();
+/// Page faults: tp_btf with an in-kernel countdown, else a software perf
+/// event per CPU (`mem_fault`) with the same period.
+const FAULT: HookSet = HookSet::new(
+    None,
+    "tp_btf page_fault_user",
+    &[Hook::TpBtf("mem_fault_btf", "page_fault_user")],
+);
 
 pub struct MemoryCollector {
     config: MemoryConfig,
     store: MemoryStore,
     table: ProcessTable,
-    health: SharedHealth,
-    shutdown: Option<CancellationToken>,
+    base: Base,
 }
 
 impl MemoryCollector {
-    pub fn new(config: &MemoryConfig, store: MemoryStore, table: ProcessTable) -> Self {
+    /// Registers the [`MemoryStore`] for `sonde memory`.
+    pub fn new(config: &MemoryConfig, deps: &Deps) -> Self {
+        let store = MemoryStore::new(config.max_rows.get() as usize);
+        deps.handles.register(store.clone());
         Self {
             config: config.clone(),
             store,
-            table,
-            health: SharedHealth::new(ComponentHealth::unhealthy("not started")),
-            shutdown: None,
+            table: deps.processes.clone(),
+            base: Base::new(),
         }
     }
 }
@@ -139,24 +180,21 @@ impl Collector for MemoryCollector {
         NAME
     }
 
-    fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
-        let r = self.start_inner(ctx);
-        if let Err(e) = &r {
-            self.health.set(ComponentHealth::unhealthy(chain(e)));
-        }
-        r
+    fn base(&self) -> &Base {
+        &self.base
     }
 
-    fn health(&self) -> ComponentHealth {
-        self.health.get()
+    fn base_mut(&mut self) -> &mut Base {
+        &mut self.base
     }
 
     fn stop(&mut self) {
-        if let Some(t) = self.shutdown.take() {
-            t.cancel();
-            self.store.set_flusher(None);
-            self.health.set(ComponentHealth::unhealthy("stopped"));
-        }
+        self.store.set_flusher(None);
+        self.base.stop();
+    }
+
+    fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
+        self.start_inner(ctx)
     }
 }
 
@@ -164,12 +202,12 @@ struct Kernel {
     control: Array<MapData, u64>,
     counts: [PerCpuHashMap<MapData, MemKey, MemValue>; 2],
     stacks: [StackTraceMap<MapData>; 2],
-    counters: PerCpuArray<MapData, u64>,
+    counters: KernelCounters<MemCounter>,
 }
 
 impl MemoryCollector {
     fn start_inner(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
-        let mut obj = ebpf::load(ebpf::MEMORY, ctx.kernel_log_level)?;
+        let mut obj = ebpf::load(OBJECT, ctx.kernel_log_level)?;
         let mut k = Kernel {
             control: take_map(&mut obj, "MEM_CONTROL")?,
             counts: [
@@ -180,7 +218,7 @@ impl MemoryCollector {
                 take_map(&mut obj, "MEM_STACKS_0")?,
                 take_map(&mut obj, "MEM_STACKS_1")?,
             ],
-            counters: take_map(&mut obj, "MEM_COUNTERS_MAP")?,
+            counters: KernelCounters::new(take_map(&mut obj, "MEM_COUNTERS_MAP")?),
         };
         let map_err = |what: &str, source| CollectorError::Map {
             what: what.into(),
@@ -197,8 +235,14 @@ impl MemoryCollector {
             )
             .map_err(|e| map_err("MEM_CONTROL", e))?;
         // Where `mm->total_vm` is on this kernel, for the mmap-lock hooks.
-        let total_vm_off = kernel_layout::field_offset("mm_struct", "total_vm")
-            .map_err(|e| e.to_string())
+        let total_vm_off = ctx
+            .btf
+            .raw()
+            .map_err(str::to_owned)
+            .and_then(|raw| {
+                kernel_layout::field_offset_in(raw, "mm_struct", "total_vm")
+                    .map_err(|e| e.to_string())
+            })
             .and_then(|off| {
                 k.control
                     .set(MEM_TOTAL_VM_OFF_SLOT, off, 0)
@@ -207,6 +251,7 @@ impl MemoryCollector {
             });
         let (ok, failed) = attach(
             &mut obj,
+            ctx.btf,
             self.config.fault_sample_every.get(),
             self.config.hook,
             total_vm_off,
@@ -230,81 +275,72 @@ impl MemoryCollector {
                 failed.join("; ")
             ))
         };
-        self.health.set(health.clone());
+        self.base.set_health(health.clone());
         tracing::info!(collector = NAME, attached = ?ok, failed = failed.len(), "memory collector attached");
         let metrics = Metrics::new(ctx.telemetry);
         let (tx, rx) = mpsc::channel();
         self.store.set_flusher(Some(tx.clone()));
-        let token = ctx.shutdown.child_token();
+        let token = self.base.begin(&ctx);
         let worker = Drainer {
             k,
             _obj: obj,
             generation: 0,
-            last_counters: [0; MEM_COUNTERS as usize],
             metrics,
             store: self.store.clone(),
             table: self.table.clone(),
             services: HashSet::new(),
             procs: HashMap::new(),
-            health: self.health.clone(),
+            health: self.base.shared_health(),
             base_health: health,
         };
         let interval = self.config.drain_interval.get();
         std::thread::Builder::new()
             .name("sonde-mem-drain".into())
             .spawn(move || worker.run(interval, rx))?;
-        tokio::spawn({
-            let token = token.clone();
-            async move {
-                token.cancelled().await;
-                // Dropping the sender ends the drain thread's wait.
-                drop(tx);
-            }
+        tokio::spawn(async move {
+            token.cancelled().await;
+            // Dropping the sender ends the drain thread's wait.
+            drop(tx);
         });
-        self.shutdown = Some(token);
         Ok(())
     }
 }
 
 /// Loads and attaches each hook; returns (attached, failures with why).
-/// `total_vm_off` is where `mm->total_vm` is (None: the mmap-lock hooks
+/// `total_vm_off` is where `mm->total_vm` is (an error: the mmap-lock hooks
 /// cannot measure, the syscall hooks are used).
 fn attach(
     obj: &mut Ebpf,
+    btf: &KernelBtf,
     fault_every: u64,
     hook: MemoryHook,
     total_vm_off: Result<u64, String>,
 ) -> (Vec<String>, Vec<String>) {
     let mut ok = Vec::new();
     let mut failed = Vec::new();
-    let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"));
+    let syscall_only = hook == MemoryHook::Syscall;
+    let config_says = || "collectors.memory.hook = \"syscall\"".to_owned();
     // Address-space changes: the mmap lock, else the syscall exit.
-    let lock = if hook == MemoryHook::Syscall {
-        Err("collectors.memory.hook = \"syscall\"".to_owned())
+    let lock = if syscall_only {
+        Err(config_says())
     } else {
-        let progs: &[(&str, &str)] = &[
-            ("mem_lock_acquired", "mmap_lock_acquire_returned"),
-            ("mem_lock_released", "mmap_lock_released"),
-        ];
         total_vm_off
             .map_err(|e| format!("mm_struct.total_vm: {e}"))
-            .and_then(|_| attach_btf_all(obj, btf.as_ref(), progs))
+            .and_then(|_| attach_set(obj, btf, &LOCK).map_err(|e| chain(&e)))
     };
     match lock {
-        Ok(()) => ok.push("tp_btf mmap_lock (mmap/munmap/mremap/brk)".to_owned()),
-        Err(why) => attach_syscall_hooks(obj, btf.as_ref(), &why, &mut ok, &mut failed),
+        Ok(_) => ok.push(LOCK.label.to_owned()),
+        Err(why) => attach_syscall_hooks(obj, btf, &why, &mut ok, &mut failed),
     }
-    // Page faults: tp_btf page_fault_user with an in-kernel countdown, else
-    // a software perf event per CPU with the same period.
-    let fault_btf = if hook == MemoryHook::Syscall {
-        Err("collectors.memory.hook = \"syscall\"".to_owned())
+    let fault_btf = if syscall_only {
+        Err(config_says())
     } else {
-        attach_btf_all(obj, btf.as_ref(), &[("mem_fault_btf", "page_fault_user")])
+        attach_set(obj, btf, &FAULT).map_err(|e| chain(&e))
     };
     match fault_btf {
-        Ok(()) => ok.push("tp_btf page_fault_user".to_owned()),
+        Ok(_) => ok.push(FAULT.label.to_owned()),
         Err(why) => {
-            if hook != MemoryHook::Syscall {
+            if !syscall_only {
                 tracing::info!(collector = NAME, %why, "tp_btf page_fault_user unusable, sampling faults with a perf event");
             }
             match attach_fault_event(obj, fault_every) {
@@ -320,104 +356,52 @@ fn attach(
 /// mmap-lock hooks are not used.
 fn attach_syscall_hooks(
     obj: &mut Ebpf,
-    btf: Result<&Btf, &String>,
+    btf: &KernelBtf,
     why: &str,
     ok: &mut Vec<String>,
     failed: &mut Vec<String>,
 ) {
     tracing::info!(collector = NAME, %why, "mmap_lock hooks unusable, using the syscall exit");
-    let exit = attach_btf_all(obj, btf, &[("mem_sys_exit", "sys_exit")]);
-    let Err(exit_why) = exit else {
-        ok.push("tp_btf sys_exit (mmap/munmap/mremap/brk)".to_owned());
-        return;
+    let exit_why = match attach_set(obj, btf, &SYS_EXIT) {
+        Ok(_) => {
+            ok.push(SYS_EXIT.label.to_owned());
+            return;
+        }
+        Err(e) => chain(&e),
     };
     tracing::info!(collector = NAME, why = %exit_why, "tp_btf sys_exit unusable, using per-syscall tracepoints");
-    for (prog, cat, tp) in HOOKS {
-        let r = (|| -> Result<(), String> {
-            let p: &mut TracePoint = obj
-                .program_mut(prog)
-                .ok_or_else(|| format!("{prog} missing from object"))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| chain(&e))?;
-            p.load().map_err(|e| chain(&e))?;
-            p.attach(cat, tp).map_err(|e| chain(&e))?;
-            Ok(())
-        })();
-        match r {
-            Ok(()) => ok.push(format!("{cat}:{tp}")),
-            Err(e) => failed.push(format!(
-                "{cat}:{tp}: {e} (mmap_lock: {why}; tp_btf sys_exit: {exit_why})"
-            )),
-        }
-    }
-}
-
-/// Loads and attaches tp_btf programs, all or none: (program, tracepoint).
-fn attach_btf_all(
-    obj: &mut Ebpf,
-    btf: Result<&Btf, &String>,
-    progs: &[(&str, &str)],
-) -> Result<(), String> {
-    let btf = btf.map_err(|e| e.clone())?;
-    let mut links = Vec::new();
-    for (prog, tp) in progs {
-        let r = (|| -> Result<_, String> {
-            let p: &mut BtfTracePoint = obj
-                .program_mut(prog)
-                .ok_or_else(|| format!("{prog} missing from object"))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| chain(&e))?;
-            p.load(tp, btf)
-                .map_err(|e| format!("{tp}: {}", chain(&e)))?;
-            let link = p.attach().map_err(|e| format!("{tp}: {}", chain(&e)))?;
-            Ok((*prog, link))
-        })();
-        match r {
-            Ok(l) => links.push(l),
-            Err(e) => {
-                // Half a pair would count nothing (or leave slots behind):
-                // detach what was attached.
-                for (prog, link) in links {
-                    if let Some(p) = obj.program_mut(prog)
-                        && let Ok(p) = <&mut BtfTracePoint>::try_from(p)
-                    {
-                        let _ = p.detach(link);
-                    }
+    let context = format!("(mmap_lock: {why}; tp_btf sys_exit: {exit_why})");
+    match attach_set(obj, btf, &SYSCALLS) {
+        Ok(missing) => {
+            for h in SYSCALLS.hooks {
+                let d = h.describe();
+                if !missing.iter().any(|m| m.starts_with(&format!("{d}:"))) {
+                    ok.push(d);
                 }
-                return Err(e);
             }
+            failed.extend(missing.into_iter().map(|m| format!("{m} {context}")));
         }
+        Err(e) => failed.push(format!("{}: {} {context}", SYSCALLS.label, chain(&e))),
     }
-    Ok(())
 }
 
 /// The fallback fault sampler: a software perf event per CPU that runs
 /// the program on every N-th fault.
 fn attach_fault_event(obj: &mut Ebpf, every: u64) -> Result<usize, String> {
-    let cpus = aya::util::online_cpus().map_err(|(path, e)| format!("reading {path}: {e}"))?;
-    let p: &mut PerfEvent = obj
-        .program_mut("mem_fault")
-        .ok_or("mem_fault missing from object")?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| chain(&e))?;
+    let p: &mut PerfEvent = program(obj, "mem_fault").map_err(|e| chain(&e))?;
     p.load().map_err(|e| chain(&e))?;
-    let mut n = 0;
-    let mut errs = Vec::new();
-    for cpu in cpus {
-        match p.attach(
-            PerfEventConfig::Software(SoftwareEvent::PageFaults),
-            PerfEventScope::AllProcessesOneCpu { cpu },
-            SamplePolicy::Period(every),
-            false,
-        ) {
-            Ok(_) => n += 1,
-            Err(e) => errs.push(format!("cpu{cpu}: {}", chain(&e))),
-        }
+    let mut att = PerCpu::default();
+    attach_per_cpu(
+        p,
+        PerfEventConfig::Software(SoftwareEvent::PageFaults),
+        SamplePolicy::Period(every),
+        &mut att,
+    )
+    .map_err(|e| chain(&e))?;
+    if att.ok.is_empty() {
+        return Err(att.failures());
     }
-    if n == 0 {
-        return Err(errs.join("; "));
-    }
-    Ok(n)
+    Ok(att.ok.len())
 }
 
 fn page_size() -> u64 {
@@ -457,7 +441,6 @@ struct Drainer {
     /// Holds the programs attached; dropped (detached) when the thread ends.
     _obj: Ebpf,
     generation: u64,
-    last_counters: [u64; MEM_COUNTERS as usize],
     metrics: Metrics,
     store: MemoryStore,
     table: ProcessTable,
@@ -686,32 +669,11 @@ impl Drainer {
     }
 
     fn export_counters(&mut self) {
-        let mut lost = 0;
-        for c in MemCounter::ALL {
-            let idx = c as u32;
-            let delta = crate::collectors::counter_delta(
-                &self.k.counters,
-                idx,
-                &mut self.last_counters[idx as usize],
-            );
-            if delta == 0 {
-                continue;
-            }
-            let reason = match c {
-                MemCounter::Events => continue,
-                MemCounter::CountsFull => {
-                    lost += delta;
-                    "counts_map_full"
-                }
-                MemCounter::StackMissing => "stack_missing",
-                MemCounter::BrkFull => "brk_map_full",
-                MemCounter::SlotCollision => "slot_collision",
-            };
-            self.metrics
-                .errors
-                .with_label_values(&[reason])
-                .inc_by(delta);
-        }
+        let lost = self
+            .k
+            .counters
+            .export(&self.metrics.errors, &[MemCounter::Events])
+            .get(MemCounter::CountsFull);
         let h = if lost > 0 {
             ComponentHealth::degraded(format!(
                 "{}; {lost} events not counted (counts map full) in the last drain",
@@ -722,9 +684,4 @@ impl Drainer {
         };
         self.health.set(h);
     }
-}
-
-fn comm_str(c: &[u8]) -> String {
-    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
-    String::from_utf8_lossy(&c[..end]).into_owned()
 }

@@ -1,5 +1,6 @@
 //! Field offsets of kernel structures, read from the kernel's BTF
-//! (/sys/kernel/btf/vmlinux), for programs that read a field whose offset
+//! (/sys/kernel/btf/vmlinux, read once at start-up: `kit::KernelBtf`), for
+//! programs that read a field whose offset
 //! depends on the kernel's build (aya's Rust programs carry no CO-RE
 //! relocations, so the agent hands the offset over in a map).
 //!
@@ -28,7 +29,9 @@ pub enum LayoutError {
 
 /// Byte offset of `field` in `struct name` of the running kernel, looking
 /// through anonymous struct/union members (most of `struct mm_struct` sits
-/// inside one).
+/// inside one). The tests read the file themselves; the agent passes the
+/// blob it read once (`field_offset_in`).
+#[cfg(test)]
 pub fn field_offset(name: &str, field: &str) -> Result<u64, LayoutError> {
     field_offset_in(&std::fs::read(VMLINUX)?, name, field)
 }
@@ -176,7 +179,9 @@ impl<'a> Blob<'a> {
     }
 }
 
-fn field_offset_in(data: &[u8], name: &str, field: &str) -> Result<u64, LayoutError> {
+/// Byte offset of `field` in `struct name` of the BTF blob `data` (see
+/// `field_offset`).
+pub fn field_offset_in(data: &[u8], name: &str, field: &str) -> Result<u64, LayoutError> {
     let blob = Blob::parse(data)?;
     for id in 1..=blob.starts.len() as u32 {
         let (start, kind, ..) = blob.header(id)?;

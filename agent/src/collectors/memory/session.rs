@@ -6,6 +6,12 @@
 //! its duration, when cancelled (`DELETE /api/v1/alloc`, which the CLI
 //! sends on Ctrl-C), when the target exits, or at agent shutdown; in every
 //! case the programs are dropped (detached) before the maps are read.
+//!
+//! Not a collector: sessions start on request, so they use the kit's
+//! helpers (programs, maps, counters) but not `Base`. Attaching and the
+//! report run in `spawn_blocking`: reading the libc's symbols, the maps and
+//! symbolizing the stacks are blocking work; the wait between them is an
+//! async task under a child token of the agent's shutdown token.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,7 +22,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap, StackTraceMap},
     programs::{UProbe, uprobe::UProbeScope},
 };
 use sonde_common::memory::{
@@ -27,16 +33,18 @@ use tokio_util::sync::CancellationToken;
 use super::libc::{self, Libc, LibcError, Target};
 use crate::{
     collectors::{
-        chain,
+        kit::{chain, counters::KernelCounters, program, take_map},
         profile::{
             procmaps::Captured,
             store::Frame,
             symbolize::{Limits, Resolver, SymbolizeMetrics},
         },
-        take_map,
     },
     ebpf,
 };
+
+/// The sessions' eBPF object.
+pub const OBJECT: ebpf::Object = ebpf::object!("sonde-alloc");
 
 /// Longest session.
 pub const MAX_DURATION: Duration = Duration::from_secs(600);
@@ -265,7 +273,7 @@ struct Attached {
     live: BpfHashMap<MapData, u64, AllocLive>,
     totals: PerCpuHashMap<MapData, i32, AllocTotals>,
     stacks: StackTraceMap<MapData>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: KernelCounters<AllocCounter>,
     libc: Libc,
     started_ns: u64,
     ended_ns: u64,
@@ -279,6 +287,18 @@ fn attach_err(pid: u32) -> impl Fn(String) -> SessionError {
     move |detail| SessionError::Attach { pid, detail }
 }
 
+/// Every uprobe program of the object, loaded before any is attached (the
+/// attach points are the libc's, found at run time).
+const PROGRAMS: [&str; 7] = [
+    "alloc_malloc",
+    "alloc_calloc",
+    "alloc_realloc",
+    "alloc_memalign",
+    "alloc_posix_memalign",
+    "alloc_return",
+    "alloc_free",
+];
+
 fn attach(req: &Request) -> Result<Attached, SessionError> {
     let pid = req.pid;
     let err = attach_err(pid);
@@ -286,7 +306,7 @@ fn attach(req: &Request) -> Result<Attached, SessionError> {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
-    let mut obj = ebpf::load(ebpf::ALLOC, 0).map_err(|e| err(chain(&e)))?;
+    let mut obj = ebpf::load(OBJECT, 0).map_err(|e| err(chain(&e)))?;
     let mut control: Array<MapData, u64> =
         take_map(&mut obj, "ALLOC_CONTROL").map_err(|e| err(chain(&e)))?;
     control
@@ -295,7 +315,8 @@ fn attach(req: &Request) -> Result<Attached, SessionError> {
     let live = take_map(&mut obj, "ALLOC_LIVE").map_err(|e| err(chain(&e)))?;
     let totals = take_map(&mut obj, "ALLOC_TOTALS").map_err(|e| err(chain(&e)))?;
     let stacks = take_map(&mut obj, "ALLOC_STACKS").map_err(|e| err(chain(&e)))?;
-    let counters = take_map(&mut obj, "ALLOC_COUNTERS_MAP").map_err(|e| err(chain(&e)))?;
+    let counters =
+        KernelCounters::new(take_map(&mut obj, "ALLOC_COUNTERS_MAP").map_err(|e| err(chain(&e)))?);
     let scope = UProbeScope::OneProcess(
         NonZeroU32::new(pid).ok_or_else(|| err("pid 0 is not a process".into()))?,
     );
@@ -308,29 +329,13 @@ fn attach(req: &Request) -> Result<Attached, SessionError> {
         "posix_memalign" => "alloc_posix_memalign",
         _ => "alloc_memalign",
     };
-    for name in [
-        "alloc_malloc",
-        "alloc_calloc",
-        "alloc_realloc",
-        "alloc_memalign",
-        "alloc_posix_memalign",
-        "alloc_return",
-        "alloc_free",
-    ] {
-        let p: &mut UProbe = obj
-            .program_mut(name)
-            .ok_or_else(|| err(format!("{name} missing from object")))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| err(e.to_string()))?;
+    for name in PROGRAMS {
+        let p: &mut UProbe = program(&mut obj, name).map_err(|e| err(chain(&e)))?;
         p.load()
             .map_err(|e| err(format!("loading {name}: {}", chain(&e))))?;
     }
     let mut attach_one = |prog: &str, t: &Target| -> Result<(), SessionError> {
-        let p: &mut UProbe = obj
-            .program_mut(prog)
-            .ok_or_else(|| err(format!("{prog} missing from object")))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| err(e.to_string()))?;
+        let p: &mut UProbe = program(&mut obj, prog).map_err(|e| err(chain(&e)))?;
         p.attach(t.file_offset, &libc.host_path, scope)
             .map_err(|e| {
                 err(format!(
@@ -479,9 +484,8 @@ fn report(
         }
     }
     let mut counters = BTreeMap::new();
-    for c in AllocCounter::ALL {
-        let n = crate::collectors::counter_total(&a.counters, c as u32);
-        counters.insert(counter_name(c).to_owned(), n);
+    for (c, n) in a.counters.totals() {
+        counters.insert(c.label().to_owned(), n);
     }
     let mut resolver = Resolver::new(
         Limits {
@@ -574,22 +578,6 @@ fn stack_error(id: i32) -> &'static str {
         17 => "hash collision",
         12 => "stack map full",
         _ => "not captured",
-    }
-}
-
-pub fn counter_name(c: AllocCounter) -> &'static str {
-    match c {
-        AllocCounter::Allocs => "allocs",
-        AllocCounter::Frees => "frees",
-        AllocCounter::FreeUntracked => "free_untracked",
-        AllocCounter::LiveFull => "live_map_full",
-        AllocCounter::TotalsFull => "totals_map_full",
-        AllocCounter::StackMissing => "stack_missing",
-        AllocCounter::PendingFull => "pending_map_full",
-        AllocCounter::ReturnWithoutEntry => "return_without_entry",
-        AllocCounter::SampledOut => "sampled_out",
-        AllocCounter::Failed => "failed",
-        AllocCounter::Inactive => "outside_session",
     }
 }
 

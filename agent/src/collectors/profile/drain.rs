@@ -12,10 +12,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap, StackTraceMap};
 use prometheus::{IntCounter, IntCounterVec};
 use sonde_common::{
-    profile::{PROFILE_COUNTERS, PROFILE_GEN_SLOT, ProfileCounter, StackKey},
+    profile::{PROFILE_GEN_SLOT, ProfileCounter, StackKey},
     unwind::{UNWIND_STACK_ID_BASE, UnwoundStack},
 };
 
@@ -24,7 +24,10 @@ use super::{
     store::{Batch, Frame, ProfileStore, Sample},
     symbolize::Resolver,
 };
-use crate::process_table::ProcessTable;
+use crate::{
+    collectors::kit::{comm_str, counters::KernelCounters},
+    process_table::ProcessTable,
+};
 
 /// Most distinct `service_name` label values on the samples counter; the
 /// rest are counted under `other`.
@@ -34,7 +37,7 @@ pub struct KernelMaps {
     pub control: Array<MapData, u32>,
     pub counts: [PerCpuHashMap<MapData, StackKey, u64>; 2],
     pub stacks: [StackTraceMap<MapData>; 2],
-    pub counters: PerCpuArray<MapData, u64>,
+    pub counters: KernelCounters<ProfileCounter>,
     /// User stacks walked by the DWARF unwinder (ids >= UNWIND_STACK_ID_BASE).
     pub unwound: [BpfHashMap<MapData, u32, UnwoundStack>; 2],
 }
@@ -63,7 +66,6 @@ pub struct RawDrainer {
     maps: KernelMaps,
     metrics: DrainMetrics,
     generation: u32,
-    last_counters: [u64; PROFILE_COUNTERS as usize],
 }
 
 impl RawDrainer {
@@ -72,7 +74,6 @@ impl RawDrainer {
             maps,
             metrics,
             generation: 0,
-            last_counters: Default::default(),
         }
     }
 
@@ -159,38 +160,15 @@ impl RawDrainer {
     /// Exports the kernel's per-CPU counters as deltas; returns samples
     /// dropped since the last drain.
     fn export_counters(&mut self) -> u64 {
-        let mut dropped = 0;
-        for c in ProfileCounter::ALL {
-            let idx = c as u32;
-            let delta = crate::collectors::counter_delta(
-                &self.maps.counters,
-                idx,
-                &mut self.last_counters[idx as usize],
-            );
-            if delta == 0 {
-                continue;
-            }
-            let reason = match c {
-                ProfileCounter::Samples | ProfileCounter::Idle => continue,
-                ProfileCounter::KernelStackAbsent => {
-                    self.metrics.kernel_stack_absent.inc_by(delta);
-                    continue;
-                }
-                ProfileCounter::UserStackMissing => "user_stack_missing",
-                ProfileCounter::StackCollision => "stack_collision",
-                ProfileCounter::StackMapFull => "stack_map_full",
-                ProfileCounter::CountsFull => {
-                    dropped += delta;
-                    "counts_map_full"
-                }
-                ProfileCounter::NewPidDropped => "new_pid_dropped",
-            };
-            self.metrics
-                .errors
-                .with_label_values(&[reason])
-                .inc_by(delta);
-        }
-        dropped
+        use ProfileCounter::*;
+        let d = self
+            .maps
+            .counters
+            .export(&self.metrics.errors, &[Samples, Idle, KernelStackAbsent]);
+        self.metrics
+            .kernel_stack_absent
+            .inc_by(d.get(KernelStackAbsent));
+        d.get(CountsFull)
     }
 }
 
@@ -314,11 +292,6 @@ fn intern_stack(set: &mut HashSet<Arc<[Frame]>>, stack: Vec<Frame>) -> Arc<[Fram
     let a: Arc<[Frame]> = stack.into();
     set.insert(a.clone());
     a
-}
-
-fn comm_str(c: &[u8]) -> String {
-    let end = c.iter().position(|&b| b == 0).unwrap_or(c.len());
-    String::from_utf8_lossy(&c[..end]).into_owned()
 }
 
 #[cfg(test)]

@@ -6,6 +6,14 @@
 //! Layout: `drain` (kernel maps -> batches), `symbolize` (addresses ->
 //! frames, cached), `procmaps` (/proc/PID/maps, perf maps), `store` (the
 //! window), `pprof` and `render` (output formats).
+//!
+//! Workers: the new-pid announcements are a tokio task under the kit
+//! (`Base::spawn`). The drain, the symbolizer and the unwind-table builder
+//! are threads of their own, not tokio tasks: blazesym's symbolizer is not
+//! `Send` (it must live on one thread), and the drain's map reads and the
+//! table builds are long blocking work that would stall the two async
+//! workers. They stop when the collector's token fires (the drain thread
+//! gets `Cmd::Stop`, the others follow when their senders are gone).
 
 pub mod drain;
 pub mod pprof;
@@ -23,26 +31,37 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{MapData, RingBuf},
     programs::{
         PerfEvent,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        perf_event::{PerfEventConfig, SamplePolicy, SoftwareEvent},
     },
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts};
 use sonde_common::COMM_LEN;
-use tokio::{io::unix::AsyncFd, sync::oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::oneshot;
 
 use self::{
     drain::{DrainMetrics, KernelMaps, RawBatch, RawDrainer, Symbolizing},
     store::ProfileStore,
     symbolize::{Limits, Resolver, SymbolizeMetrics},
 };
-use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
-use crate::{collectors::take_map, config::ProfileConfig, ebpf, process_table::ProcessTable};
+use super::{
+    Base, Collector, CollectorError, ComponentHealth, Deps, SharedHealth, StartContext,
+    kit::{
+        attach::{PerCpu, attach_per_cpu},
+        chain,
+        counters::KernelCounters,
+        program,
+        ring::Ring,
+        take_map,
+    },
+};
+use crate::{config::ProfileConfig, ebpf, process_table::ProcessTable};
 
 pub const NAME: &str = "profile";
+
+/// This collector's eBPF object.
+pub const OBJECT: ebpf::Object = ebpf::object!("sonde-profile");
 
 const PROGRAM: &str = "profile_cpu";
 
@@ -60,85 +79,43 @@ pub struct ProfileCollector {
     config: ProfileConfig,
     store: ProfileStore,
     table: ProcessTable,
-    health: SharedHealth,
-    shutdown: Option<CancellationToken>,
+    base: Base,
 }
 
 impl ProfileCollector {
-    pub fn new(config: &ProfileConfig, store: ProfileStore, table: ProcessTable) -> Self {
+    /// Registers the [`ProfileStore`] profiles are served from.
+    pub fn new(config: &ProfileConfig, deps: &Deps) -> Self {
+        // ~40 rows per second per busy CPU at 19 Hz; a generous cap that
+        // still bounds memory when thousands of stacks are live.
+        let store = ProfileStore::new(config.window.get(), config.frequency_hz.get(), 2_000_000);
+        deps.handles.register(store.clone());
         Self {
             config: config.clone(),
             store,
-            table,
-            health: SharedHealth::new(ComponentHealth::unhealthy("not started")),
-            shutdown: None,
-        }
-    }
-
-    /// The store profiles are served from; created before the collector so
-    /// the API has it even when the profiler is disabled or fails.
-    pub fn store_for(config: &ProfileConfig) -> ProfileStore {
-        // ~40 rows per second per busy CPU at 19 Hz; a generous cap that
-        // still bounds memory when thousands of stacks are live.
-        ProfileStore::new(config.window.get(), config.frequency_hz.get(), 2_000_000)
-    }
-}
-
-/// CPUs the program is attached to, and those it could not be, with why.
-#[derive(Debug, Default)]
-struct Attached {
-    ok: Vec<u32>,
-    failed: Vec<(u32, String)>,
-}
-
-impl Attached {
-    fn describe(&self, hz: u64) -> ComponentHealth {
-        let base = format!(
-            "perf_event cpu-clock at {hz} Hz on {} CPU(s)",
-            self.ok.len()
-        );
-        if self.failed.is_empty() {
-            ComponentHealth::healthy(base)
-        } else {
-            let f: Vec<String> = self
-                .failed
-                .iter()
-                .map(|(c, e)| format!("cpu{c}: {e}"))
-                .collect();
-            ComponentHealth::degraded(format!("{base}; not attached on {}", f.join("; ")))
+            table: deps.processes.clone(),
+            base: Base::new(),
         }
     }
 }
 
-/// Attaches to each online CPU not in `done`. CPUs that fail are reported,
-/// not fatal: the others keep sampling.
-fn attach_cpus(obj: &mut Ebpf, hz: u64, att: &mut Attached) -> Result<(), CollectorError> {
-    let cpus = aya::util::online_cpus()
-        .map_err(|(path, e)| CollectorError::NoHook(format!("reading {path}: {e}")))?;
-    let prog: &mut PerfEvent = obj
-        .program_mut(PROGRAM)
-        .ok_or_else(|| CollectorError::NoHook(format!("{PROGRAM} missing from object")))?
-        .try_into()
-        .map_err(|source| CollectorError::Program {
-            what: PROGRAM.into(),
-            source,
-        })?;
-    att.failed.clear();
-    for cpu in cpus {
-        if att.ok.contains(&cpu) {
-            continue;
-        }
-        match prog.attach(
-            PerfEventConfig::Software(SoftwareEvent::CpuClock),
-            PerfEventScope::AllProcessesOneCpu { cpu },
-            SamplePolicy::Frequency(hz),
-            false,
-        ) {
-            Ok(_) => att.ok.push(cpu),
-            Err(e) => att.failed.push((cpu, chain(&e))),
-        }
+fn describe(att: &PerCpu, hz: u64) -> ComponentHealth {
+    let base = format!("perf_event cpu-clock at {hz} Hz on {} CPU(s)", att.ok.len());
+    if att.failed.is_empty() {
+        ComponentHealth::healthy(base)
+    } else {
+        ComponentHealth::degraded(format!("{base}; not attached on {}", att.failures()))
     }
-    Ok(())
+}
+
+/// Attaches to each online CPU not yet attached. CPUs that fail are
+/// reported, not fatal: the others keep sampling.
+fn attach_cpus(obj: &mut Ebpf, hz: u64, att: &mut PerCpu) -> Result<(), CollectorError> {
+    attach_per_cpu(
+        program::<PerfEvent>(obj, PROGRAM)?,
+        PerfEventConfig::Software(SoftwareEvent::CpuClock),
+        SamplePolicy::Frequency(hz),
+        att,
+    )
 }
 
 fn metrics(t: &crate::telemetry::Telemetry) -> (DrainMetrics, IntGauge) {
@@ -198,35 +175,26 @@ impl Collector for ProfileCollector {
         NAME
     }
 
-    fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
-        let r = self.start_inner(ctx);
-        if let Err(e) = &r {
-            self.health.set(ComponentHealth::unhealthy(chain(e)));
-        }
-        r
+    fn base(&self) -> &Base {
+        &self.base
     }
 
-    fn health(&self) -> ComponentHealth {
-        self.health.get()
+    fn base_mut(&mut self) -> &mut Base {
+        &mut self.base
     }
 
     fn stop(&mut self) {
-        if let Some(t) = self.shutdown.take() {
-            t.cancel();
-            self.store.set_flusher(None);
-            self.health.set(ComponentHealth::unhealthy("stopped"));
-        }
+        self.store.set_flusher(None);
+        self.base.stop();
     }
-}
 
-impl ProfileCollector {
-    fn start_inner(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
+    fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
         let hz = self.config.frequency_hz.get();
         let rows = unwind_rows(&self.config);
-        let mut obj = ebpf::load_with(ebpf::PROFILE, &ctx.kernel_log_level, |l| {
+        let mut obj = ebpf::load_with(OBJECT, &ctx.kernel_log_level, |l| {
             l.map_max_entries("UNWIND_ROWS", rows);
         })?;
-        ebpf::spawn_kernel_logger(&mut obj, ebpf::PROFILE.name);
+        ebpf::spawn_kernel_logger(&mut obj, OBJECT.name);
         let maps = KernelMaps {
             control: take_map(&mut obj, "PROFILE_CONTROL")?,
             counts: [
@@ -237,7 +205,7 @@ impl ProfileCollector {
                 take_map(&mut obj, "PROFILE_STACKS_0")?,
                 take_map(&mut obj, "PROFILE_STACKS_1")?,
             ],
-            counters: take_map(&mut obj, "PROFILE_COUNTERS_MAP")?,
+            counters: KernelCounters::new(take_map(&mut obj, "PROFILE_COUNTERS_MAP")?),
             unwound: [
                 take_map(&mut obj, "UNWIND_STACKS_0")?,
                 take_map(&mut obj, "UNWIND_STACKS_1")?,
@@ -246,21 +214,14 @@ impl ProfileCollector {
         let unwind_maps = unwind::UnwindMaps {
             rows: match obj.take_map("UNWIND_ROWS") {
                 Some(aya::maps::Map::Array(m)) => m,
-                _ => return Err(CollectorError::NoHook("map UNWIND_ROWS missing".into())),
+                _ => return Err(CollectorError::missing_map("UNWIND_ROWS")),
             },
             files: take_map(&mut obj, "UNWIND_FILES")?,
             procs: take_map(&mut obj, "UNWIND_PROCS")?,
-            counters: take_map(&mut obj, "UNWIND_COUNTERS_MAP")?,
+            counters: KernelCounters::new(take_map(&mut obj, "UNWIND_COUNTERS_MAP")?),
         };
-        let new_pids: RingBuf<MapData> = take_map(&mut obj, "PROFILE_NEW_PIDS")?;
-        let prog: &mut PerfEvent = obj
-            .program_mut(PROGRAM)
-            .ok_or_else(|| CollectorError::NoHook(format!("{PROGRAM} missing from object")))?
-            .try_into()
-            .map_err(|source| CollectorError::Program {
-                what: PROGRAM.into(),
-                source,
-            })?;
+        let new_pids = Ring::<u32>::new(NAME, take_map(&mut obj, "PROFILE_NEW_PIDS")?)?;
+        let prog: &mut PerfEvent = program(&mut obj, PROGRAM)?;
         prog.load().map_err(|source| CollectorError::Program {
             what: PROGRAM.into(),
             source,
@@ -273,22 +234,17 @@ impl ProfileCollector {
             .ok()
             .and_then(|i| i.verified_instruction_count())
             .unwrap_or(0);
-        let mut att = Attached::default();
+        let mut att = PerCpu::default();
         attach_cpus(&mut obj, hz, &mut att)?;
         if att.ok.is_empty() {
-            let f: Vec<String> = att
-                .failed
-                .iter()
-                .map(|(c, e)| format!("cpu{c}: {e}"))
-                .collect();
             return Err(CollectorError::NoHook(format!(
                 "perf_event cpu-clock attached on no CPU: {}",
-                f.join("; ")
+                att.failures()
             )));
         }
         let (dm, cpus) = metrics(ctx.telemetry);
         cpus.set(att.ok.len() as i64);
-        self.health.set(att.describe(hz));
+        self.base.set_health(describe(&att, hz));
         tracing::info!(collector = NAME, hz, cpus = ?att.ok, failed = att.failed.len(), verified_insns, "profiler attached");
 
         let limits = Limits {
@@ -311,7 +267,7 @@ impl ProfileCollector {
         let (tx, rx) = mpsc::channel();
         let (sym_tx, sym_rx) = mpsc::channel();
         self.store.set_flusher(Some(tx.clone()));
-        let token = ctx.shutdown.child_token();
+        let token = self.base.begin(&ctx);
         let samples = dm.samples.clone();
         let worker = Worker {
             raw: RawDrainer::new(maps, dm),
@@ -319,7 +275,7 @@ impl ProfileCollector {
             att,
             hz,
             cpus,
-            health: self.health.clone(),
+            health: self.base.shared_health(),
         };
         let interval = self.config.drain_interval.get();
         let drain_out = sym_tx.clone();
@@ -337,22 +293,14 @@ impl ProfileCollector {
                     Resolver::new(limits, sym_metrics).keep_parsed_for(KEEP_PARSED, interval);
                 run_symbolize(Symbolizing::new(resolver, store, table, samples), sym_rx);
             })?;
-        tokio::spawn(forward_new_pids(
-            ebpf::async_fd(new_pids)?,
-            sym_tx,
-            unwind_tx,
-            token.clone(),
-        ));
+        self.base
+            .spawn(new_pids.run(move |pids| forward_new_pids(pids, &sym_tx, unwind_tx.as_ref())));
         // Wake the drain thread at shutdown: it exits on `Stop`, and the
         // symbolizing thread follows when its senders are gone.
-        tokio::spawn({
-            let token = token.clone();
-            async move {
-                token.cancelled().await;
-                let _ = tx.send(Cmd::Stop);
-            }
+        tokio::spawn(async move {
+            token.cancelled().await;
+            let _ = tx.send(Cmd::Stop);
         });
-        self.shutdown = Some(token);
         Ok(())
     }
 }
@@ -370,7 +318,7 @@ fn unwind_rows(c: &ProfileConfig) -> u32 {
 struct Worker {
     raw: RawDrainer,
     obj: Ebpf,
-    att: Attached,
+    att: PerCpu,
     hz: u64,
     cpus: IntGauge,
     health: SharedHealth,
@@ -383,7 +331,7 @@ impl Worker {
         }
         self.cpus.set(self.att.ok.len() as i64);
         let r = self.raw.drain();
-        let mut h = self.att.describe(self.hz);
+        let mut h = describe(&self.att, self.hz);
         if r.dropped > 0 {
             h = ComponentHealth::degraded(format!(
                 "{}; {} samples dropped (counts map full) in the last drain",
@@ -398,45 +346,26 @@ impl Worker {
 /// Passes first-seen pids from the kernel to the symbolizing thread, with
 /// their maps read and files opened here and now: the process may exit any
 /// moment, and the symbolizing thread may be busy.
-async fn forward_new_pids(
-    mut fd: AsyncFd<RingBuf<MapData>>,
-    tx: mpsc::Sender<SymCmd>,
-    unwind: Option<mpsc::Sender<unwind::UnwindCmd>>,
-    token: CancellationToken,
+fn forward_new_pids(
+    pids: &mut dyn Iterator<Item = u32>,
+    tx: &mpsc::Sender<SymCmd>,
+    unwind: Option<&mpsc::Sender<unwind::UnwindCmd>>,
 ) {
-    loop {
-        let mut guard = tokio::select! {
-            _ = token.cancelled() => return,
-            g = fd.readable_mut() => match g {
-                Ok(g) => g,
-                Err(e) => {
-                    tracing::error!(collector = NAME, "new-pid ring buffer poll failed: {e}");
-                    return;
-                }
-            },
-        };
-        let rb = guard.get_inner_mut();
-        while let Some(item) = rb.next() {
-            let Some(b) = item.get(..4) else { continue };
-            let pid = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
-            if let Some(u) = &unwind {
-                let _ = u.send(unwind::UnwindCmd::Seen(pid));
-            }
-            let Some(c) = procmaps::Captured::read(pid) else {
-                tracing::debug!(collector = NAME, pid, "announced process already gone");
-                continue;
-            };
-            tracing::debug!(
-                collector = NAME,
-                pid,
-                maps = c.maps.maps.len(),
-                "process announced"
-            );
-            if tx.send(SymCmd::Seen(c)).is_err() {
-                return;
-            }
+    for pid in pids {
+        if let Some(u) = unwind {
+            let _ = u.send(unwind::UnwindCmd::Seen(pid));
         }
-        guard.clear_ready();
+        let Some(c) = procmaps::Captured::read(pid) else {
+            tracing::debug!(collector = NAME, pid, "announced process already gone");
+            continue;
+        };
+        tracing::debug!(
+            collector = NAME,
+            pid,
+            maps = c.maps.maps.len(),
+            "process announced"
+        );
+        let _ = tx.send(SymCmd::Seen(c));
     }
 }
 

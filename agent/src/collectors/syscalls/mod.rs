@@ -22,25 +22,25 @@ use std::{
 
 use aggregate::{Export, Limits, Reading, ServiceDelta, Tracker, Window, WindowEntry};
 pub use aggregate::{Filter, Report, Row, SortBy};
-use aya::{
-    Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
-    programs::{RawTracePoint, TracePoint},
-};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap};
 use prometheus::{IntCounterVec, IntGauge, Opts};
-use sonde_common::syscalls::{
-    ErrnoKey, MAX_SYSCALL_NR, SYSCALL_COUNTERS, SyscallCounter, SyscallKey, SyscallStats,
-};
+use sonde_common::syscalls::{ErrnoKey, MAX_SYSCALL_NR, SyscallCounter, SyscallKey, SyscallStats};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
-use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
-use crate::{
-    collectors::take_map, config::SyscallsConfig, ebpf, process_table::ProcessTable,
-    telemetry::Telemetry,
+use super::{
+    Base, Collector, CollectorError, ComponentHealth, Deps, SharedHealth, StartContext,
+    kit::{
+        attach::{Hook, HookSet, attach_first},
+        counters::KernelCounters,
+        take_map,
+    },
 };
+use crate::{config::SyscallsConfig, ebpf, process_table::ProcessTable, telemetry::Telemetry};
 
 pub const NAME: &str = "syscalls";
+
+/// This collector's eBPF object.
+pub const OBJECT: ebpf::Object = ebpf::object!("sonde-syscalls");
 
 /// What the control API holds to answer `sonde syscalls`.
 #[derive(Clone)]
@@ -96,36 +96,32 @@ pub struct SyscallsCollector {
     table: ProcessTable,
     handle: SyscallsHandle,
     export: Arc<Mutex<Export>>,
-    health: SharedHealth,
-    ebpf: Option<Ebpf>,
-    shutdown: Option<CancellationToken>,
+    base: Base,
 }
 
 impl SyscallsCollector {
-    pub fn new(config: &SyscallsConfig, table: ProcessTable, telemetry: &Telemetry) -> Self {
+    /// Registers the [`SyscallsHandle`] for the control API.
+    pub fn new(config: &SyscallsConfig, deps: &Deps) -> Self {
+        let telemetry = &deps.telemetry;
         let export = Arc::new(Mutex::new(Export::new(Limits {
             top_syscalls: config.top_syscalls_per_service.get() as usize,
             top_errnos: config.top_errnos_per_syscall.get() as usize,
             max_services: config.max_services.get() as usize,
         })));
         telemetry.register(metrics::SyscallMetrics::new(export.clone()));
+        let handle = SyscallsHandle {
+            window: Arc::new(Mutex::new(Window::new(config.window.get()))),
+            totals: Arc::default(),
+            kick: Arc::new(Mutex::new(None)),
+        };
+        deps.handles.register(handle.clone());
         Self {
             config: config.clone(),
-            table,
-            handle: SyscallsHandle {
-                window: Arc::new(Mutex::new(Window::new(config.window.get()))),
-                totals: Arc::default(),
-                kick: Arc::new(Mutex::new(None)),
-            },
+            table: deps.processes.clone(),
+            handle,
             export,
-            health: SharedHealth::new(ComponentHealth::unhealthy("not started")),
-            ebpf: None,
-            shutdown: None,
+            base: Base::new(),
         }
-    }
-
-    pub fn handle(&self) -> SyscallsHandle {
-        self.handle.clone()
     }
 
     fn syscall_filter(&self) -> Result<Vec<u32>, CollectorError> {
@@ -136,7 +132,7 @@ impl SyscallsCollector {
                 names::syscall_nr(n)
                     .filter(|nr| *nr < MAX_SYSCALL_NR)
                     .ok_or_else(|| {
-                        CollectorError::NoHook(format!(
+                        CollectorError::Config(format!(
                             "collectors.syscalls.syscalls: unknown syscall {n:?} (x86_64 names, e.g. \"openat\")"
                         ))
                     })
@@ -145,105 +141,49 @@ impl SyscallsCollector {
     }
 }
 
-fn attach(obj: &mut Ebpf, ctx: &StartContext<'_>) -> Result<&'static str, CollectorError> {
-    super::attach_preferred(
-        obj,
-        ctx.features,
-        (
-            "raw_tracepoint",
-            "raw_tracepoint sys_enter/sys_exit/sched_switch/sched_process_exit",
-            attach_raw,
-        ),
-        (
-            "tracepoint",
-            "tracepoint raw_syscalls:sys_enter/sys_exit, sched:sched_switch/sched_process_exit",
-            attach_tp,
-        ),
-    )
-}
-
-fn prog<'a, T>(obj: &'a mut Ebpf, name: &str) -> Result<&'a mut T, CollectorError>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    obj.program_mut(name)
-        .ok_or_else(|| CollectorError::NoHook(format!("{name} missing from object")))?
-        .try_into()
-        .map_err(|source| CollectorError::Program {
-            what: name.to_owned(),
-            source,
-        })
-}
-
 /// sched_switch and sched_process_exit first: enter may park a call in the
 /// per-CPU slot, and exit a call in the per-CPU call cache, only once a
 /// switch-out (or exit) is sure to move it on.
-fn attach_raw(obj: &mut Ebpf) -> Result<(), CollectorError> {
-    for (name, tp) in [
-        ("syscalls_switch_raw", "sched_switch"),
-        ("syscalls_task_exit_raw", "sched_process_exit"),
-        ("syscalls_exit_raw", "sys_exit"),
-        ("syscalls_enter_raw", "sys_enter"),
-    ] {
-        let err = |source| CollectorError::Program {
-            what: format!("{name} ({tp})"),
-            source,
-        };
-        let p: &mut RawTracePoint = prog(obj, name)?;
-        p.load().map_err(err)?;
-        p.attach(tp).map_err(err)?;
-    }
-    Ok(())
-}
-
-fn attach_tp(obj: &mut Ebpf) -> Result<(), CollectorError> {
-    for (name, cat, tp) in [
-        ("syscalls_switch_tp", "sched", "sched_switch"),
-        ("syscalls_task_exit_tp", "sched", "sched_process_exit"),
-        ("syscalls_exit_tp", "raw_syscalls", "sys_exit"),
-        ("syscalls_enter_tp", "raw_syscalls", "sys_enter"),
-    ] {
-        let err = |source| CollectorError::Program {
-            what: format!("{name} ({cat}:{tp})"),
-            source,
-        };
-        let p: &mut TracePoint = prog(obj, name)?;
-        p.load().map_err(err)?;
-        p.attach(cat, tp).map_err(err)?;
-    }
-    Ok(())
-}
+const RAW: HookSet = HookSet::new(
+    Some("raw_tracepoint"),
+    "raw_tracepoint sys_enter/sys_exit/sched_switch/sched_process_exit",
+    &[
+        Hook::Raw("syscalls_switch_raw", "sched_switch"),
+        Hook::Raw("syscalls_task_exit_raw", "sched_process_exit"),
+        Hook::Raw("syscalls_exit_raw", "sys_exit"),
+        Hook::Raw("syscalls_enter_raw", "sys_enter"),
+    ],
+);
+const TRACEPOINT: HookSet = HookSet::new(
+    None,
+    "tracepoint raw_syscalls:sys_enter/sys_exit, sched:sched_switch/sched_process_exit",
+    &[
+        Hook::Tp("syscalls_switch_tp", "sched", "sched_switch"),
+        Hook::Tp("syscalls_task_exit_tp", "sched", "sched_process_exit"),
+        Hook::Tp("syscalls_exit_tp", "raw_syscalls", "sys_exit"),
+        Hook::Tp("syscalls_enter_tp", "raw_syscalls", "sys_enter"),
+    ],
+);
 
 impl Collector for SyscallsCollector {
     fn name(&self) -> &'static str {
         NAME
     }
 
-    fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
-        let result = self.start_inner(&ctx);
-        if let Err(e) = &result {
-            self.health.set(ComponentHealth::unhealthy(chain(e)));
-        }
-        result
+    fn base(&self) -> &Base {
+        &self.base
     }
 
-    fn health(&self) -> ComponentHealth {
-        self.health.get()
+    fn base_mut(&mut self) -> &mut Base {
+        &mut self.base
     }
 
     fn stop(&mut self) {
-        if let Some(t) = self.shutdown.take() {
-            t.cancel();
-        }
         *self.handle.kick.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        if self.ebpf.take().is_some() {
-            self.health.set(ComponentHealth::unhealthy("stopped"));
-        }
+        self.base.stop();
     }
-}
 
-impl SyscallsCollector {
-    fn start_inner(&mut self, ctx: &StartContext<'_>) -> Result<(), CollectorError> {
+    fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
         let nrs = self.syscall_filter()?;
         let c = &self.config;
         let pids_on: u8 = u8::from(!c.pids.is_empty() || !c.services.is_empty());
@@ -253,7 +193,7 @@ impl SyscallsCollector {
             c.max_threads.get() as u32,
             c.max_errno_pairs.get() as u32,
         );
-        let mut obj = ebpf::load_with(ebpf::SYSCALLS, &ctx.kernel_log_level, |l| {
+        let mut obj = ebpf::load_with(OBJECT, &ctx.kernel_log_level, |l| {
             l.map_max_entries("SYSCALL_STATS", pairs)
                 .map_max_entries("SYSCALL_START", threads)
                 .map_max_entries("SYSCALL_ERRNO", errnos)
@@ -263,7 +203,7 @@ impl SyscallsCollector {
         let stats: PerCpuHashMap<MapData, SyscallKey, SyscallStats> =
             take_map(&mut obj, "SYSCALL_STATS")?;
         let errno: PerCpuHashMap<MapData, ErrnoKey, u64> = take_map(&mut obj, "SYSCALL_ERRNO")?;
-        let counters: PerCpuArray<MapData, u64> = take_map(&mut obj, "SYSCALL_COUNTERS_MAP")?;
+        let counters = KernelCounters::new(take_map(&mut obj, "SYSCALL_COUNTERS_MAP")?);
         let mut filter_tgids: BpfHashMap<MapData, u32, u8> =
             take_map(&mut obj, "SYSCALL_FILTER_TGIDS")?;
         let mut filter_nrs: Array<MapData, u8> = take_map(&mut obj, "SYSCALL_FILTER_NRS")?;
@@ -283,14 +223,21 @@ impl SyscallsCollector {
                     source,
                 })?;
         }
-        let hook = attach(&mut obj, ctx)?;
+        let hook = attach_first(
+            &mut obj,
+            ctx.features,
+            ctx.btf,
+            &[&RAW, &TRACEPOINT],
+            Vec::new(),
+        )?
+        .label;
         tracing::info!(collector = NAME, hook, "syscall collector attached");
-        self.health
-            .set(ComponentHealth::healthy(format!("attached via {hook}")));
+        self.base
+            .set_health(ComponentHealth::healthy(format!("attached via {hook}")));
 
         let (tx, rx) = mpsc::channel(8);
         *self.handle.kick.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
-        let token = ctx.shutdown.child_token();
+        self.base.begin(&ctx);
         let drain = Drain {
             stats,
             errno,
@@ -303,15 +250,13 @@ impl SyscallsCollector {
             window: self.handle.window.clone(),
             totals: self.handle.totals.clone(),
             epoch: Instant::now(),
-            health: self.health.clone(),
+            health: self.base.shared_health(),
             hook,
             self_metrics: SelfMetrics::new(ctx.telemetry),
-            last_counters: [0; SYSCALL_COUNTERS as usize],
             unnamed: HashMap::new(),
         };
-        tokio::spawn(drain.run(rx, token.clone()));
-        self.ebpf = Some(obj);
-        self.shutdown = Some(token);
+        self.base.spawn(drain.run(rx));
+        self.base.keep(obj);
         Ok(())
     }
 }
@@ -337,8 +282,8 @@ impl SelfMetrics {
             )
             .expect("valid metric"),
         );
-        for m in ["start", "stats", "errno"] {
-            map_full.with_label_values(&[m]);
+        for c in SyscallCounter::ALL {
+            map_full.with_label_values(&[c.label()]);
         }
         Self {
             lost: t.events_lost.with_label_values(&[NAME]),
@@ -372,7 +317,7 @@ impl SelfMetrics {
 struct Drain {
     stats: PerCpuHashMap<MapData, SyscallKey, SyscallStats>,
     errno: PerCpuHashMap<MapData, ErrnoKey, u64>,
-    counters: PerCpuArray<MapData, u64>,
+    counters: KernelCounters<SyscallCounter>,
     /// Set when the service filter must be kept in sync with the process table.
     filter_tgids: Option<BpfHashMap<MapData, u32, u8>>,
     config: SyscallsConfig,
@@ -386,7 +331,6 @@ struct Drain {
     health: SharedHealth,
     hook: &'static str,
     self_metrics: SelfMetrics,
-    last_counters: [u64; SYSCALL_COUNTERS as usize],
     /// Drains so far for which a process could not be named.
     unnamed: HashMap<u32, u32>,
 }
@@ -403,16 +347,11 @@ const UNNAMED_RETRIES: u32 = 2;
 const UNNAMED_MAX_RETRIES: u32 = 30;
 
 impl Drain {
-    async fn run(
-        mut self,
-        mut kicks: mpsc::Receiver<oneshot::Sender<()>>,
-        token: CancellationToken,
-    ) {
+    async fn run(mut self, mut kicks: mpsc::Receiver<oneshot::Sender<()>>) {
         let mut tick = tokio::time::interval(self.config.interval.get());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let reply = tokio::select! {
-                _ = token.cancelled() => return,
                 _ = tick.tick() => None,
                 k = kicks.recv() => k,
             };
@@ -644,26 +583,9 @@ impl Drain {
     }
 
     fn export_counters(&mut self) {
-        let mut lost_now = 0;
-        for (i, label) in [
-            (SyscallCounter::StartMapFull, "start"),
-            (SyscallCounter::StatsMapFull, "stats"),
-            (SyscallCounter::ErrnoMapFull, "errno"),
-        ] {
-            let idx = i as u32;
-            let d = crate::collectors::counter_delta(
-                &self.counters,
-                idx,
-                &mut self.last_counters[idx as usize],
-            );
-            self.self_metrics
-                .map_full
-                .with_label_values(&[label])
-                .inc_by(d);
-            if i != SyscallCounter::ErrnoMapFull {
-                lost_now += d;
-            }
-        }
+        let d = self.counters.export(&self.self_metrics.map_full, &[]);
+        // An errno not recorded still has its call counted.
+        let lost_now = d.get(SyscallCounter::StartMapFull) + d.get(SyscallCounter::StatsMapFull);
         self.self_metrics.lost.inc_by(lost_now);
         if lost_now > 0 {
             self.health.set(ComponentHealth::degraded(format!(

@@ -18,16 +18,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use prometheus::{Counter, IntCounter, IntCounterVec, IntGauge, Opts};
 use sonde_common::unwind::{
-    UNWIND_COUNTERS, UNWIND_MAX_FILES, UNWIND_MAX_MAPPINGS, UNWIND_NO_TABLE, UnwindCounter,
-    UnwindFile, UnwindMapping, UnwindProc, UnwindRow,
+    UNWIND_MAX_FILES, UNWIND_MAX_MAPPINGS, UNWIND_NO_TABLE, UnwindCounter, UnwindFile,
+    UnwindMapping, UnwindProc, UnwindRow,
 };
 use sonde_unwind_table as table;
 
 use self::alloc::Space;
 use super::procmaps::{Captured, FileKey};
+use crate::collectors::kit::counters::KernelCounters;
 
 const NAME: &str = super::NAME;
 
@@ -56,7 +57,7 @@ pub struct UnwindMaps {
     pub rows: MapData,
     pub files: Array<MapData, UnwindFile>,
     pub procs: BpfHashMap<MapData, u32, UnwindProc>,
-    pub counters: PerCpuArray<MapData, u64>,
+    pub counters: KernelCounters<UnwindCounter>,
 }
 
 #[derive(Clone)]
@@ -208,8 +209,7 @@ pub struct Unwinder {
     rows: Rows,
     files: Array<MapData, UnwindFile>,
     procs: BpfHashMap<MapData, u32, UnwindProc>,
-    counters: PerCpuArray<MapData, u64>,
-    last_counters: [u64; UNWIND_COUNTERS as usize],
+    counters: KernelCounters<UnwindCounter>,
     space: Space,
     loaded: HashMap<FileKey, Loaded>,
     failed: HashMap<FileKey, &'static str>,
@@ -228,7 +228,6 @@ impl Unwinder {
             files: maps.files,
             procs: maps.procs,
             counters: maps.counters,
-            last_counters: Default::default(),
             space: Space::new(capacity),
             loaded: HashMap::new(),
             failed: HashMap::new(),
@@ -592,20 +591,9 @@ impl Unwinder {
 
     /// Exports the kernel's per-CPU counters as deltas.
     fn export(&mut self) {
-        for c in UnwindCounter::ALL {
-            let idx = c as u32;
-            let delta = crate::collectors::counter_delta(
-                &self.counters,
-                idx,
-                &mut self.last_counters[idx as usize],
-            );
-            if delta == 0 {
-                continue;
-            }
-            match c.reason() {
-                None => self.metrics.walked.inc_by(delta),
-                Some(r) => self.metrics.errors.with_label_values(&[r]).inc_by(delta),
-            }
-        }
+        let d = self
+            .counters
+            .export(&self.metrics.errors, &[UnwindCounter::Walked]);
+        self.metrics.walked.inc_by(d.get(UnwindCounter::Walked));
     }
 }
