@@ -26,13 +26,14 @@ use sonde_common::http::{
     CONN_GONE, EVENT_CLOSED, HTTP_COUNTERS, HttpConn, HttpConnKey, HttpCounter, HttpEvent,
     HttpEventKind, HttpRole, state,
 };
+use sonde_wire::http::RouteRow;
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
 
 use self::{
     port::PortResolver,
     route::{Pattern, RouteTable, parse_request_line},
-    stats::{HttpMetrics, RouteRow, RouteStats, StatKey, now_secs},
+    stats::{HttpMetrics, RouteStats, StatKey, now_secs},
 };
 use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
 use crate::{

@@ -12,7 +12,6 @@ mod aggregate;
 mod metrics;
 pub mod names;
 mod tables;
-pub mod totals;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,8 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use aggregate::Filter;
 use aggregate::{Export, Limits, Reading, ServiceDelta, Tracker, Window, WindowEntry};
-pub use aggregate::{Filter, Report, Row, SortBy};
 use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap},
@@ -31,6 +30,7 @@ use prometheus::{IntCounterVec, IntGauge, Opts};
 use sonde_common::syscalls::{
     ErrnoKey, MAX_SYSCALL_NR, SYSCALL_COUNTERS, SyscallCounter, SyscallKey, SyscallStats,
 };
+use sonde_wire::syscalls::{ProcessTotal, Report, SortBy, SyscallTotal, Totals};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +46,7 @@ pub const NAME: &str = "syscalls";
 #[derive(Clone)]
 pub struct SyscallsHandle {
     window: Arc<Mutex<Window>>,
-    totals: Arc<Mutex<totals::Totals>>,
+    totals: Arc<Mutex<Totals>>,
     kick: Arc<Mutex<Option<mpsc::Sender<oneshot::Sender<()>>>>>,
 }
 
@@ -64,7 +64,7 @@ impl SyscallsHandle {
 
     /// Drains the kernel maps now, then returns every live process's
     /// cumulative totals (for `sonde top`).
-    pub async fn totals(&self) -> Result<totals::Totals, String> {
+    pub async fn totals(&self) -> Result<Totals, String> {
         self.drain_now().await?;
         Ok(self
             .totals
@@ -380,7 +380,7 @@ struct Drain {
     tracker: Tracker,
     export: Arc<Mutex<Export>>,
     window: Arc<Mutex<Window>>,
-    totals: Arc<Mutex<totals::Totals>>,
+    totals: Arc<Mutex<Totals>>,
     /// Origin of `Totals::taken_ms`.
     epoch: Instant,
     health: SharedHealth,
@@ -564,7 +564,7 @@ impl Drain {
         names: &HashMap<u32, (Arc<str>, Arc<str>)>,
         gone: &HashSet<u32>,
     ) {
-        let mut by_pid: std::collections::BTreeMap<u32, totals::ProcessTotal> =
+        let mut by_pid: std::collections::BTreeMap<u32, ProcessTotal> =
             std::collections::BTreeMap::new();
         for (k, r) in self.tracker.readings() {
             if gone.contains(&k.tgid) {
@@ -575,21 +575,21 @@ impl Drain {
             };
             by_pid
                 .entry(k.tgid)
-                .or_insert_with(|| totals::ProcessTotal {
+                .or_insert_with(|| ProcessTotal {
                     pid: k.tgid,
                     comm: comm.to_string(),
                     service: service.to_string(),
                     syscalls: Vec::new(),
                 })
                 .syscalls
-                .push(totals::SyscallTotal {
+                .push(SyscallTotal {
                     syscall: names::syscall_name(k.nr),
                     calls: r.count,
                     errors: r.errors,
                     total_ns: r.total_ns,
                 });
         }
-        let t = totals::Totals {
+        let t = Totals {
             taken_ms: now.duration_since(self.epoch).as_millis() as u64,
             processes: by_pid.into_values().collect(),
         };
