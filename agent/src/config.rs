@@ -1,8 +1,11 @@
 //! The agent's configuration: one TOML file, a built-in default for every key,
 //! and `SONDE_<SECTION>__<KEY>` environment overrides.
 //!
-//! Validation happens while deserializing (the bounded newtypes below), so
-//! toml's error carries the key and the line of the bad value.
+//! Validation happens while deserializing: every value has a type that
+//! checks itself (bounded numbers and durations, the log filter, syscall
+//! names, route patterns), so toml's error carries the key and the line of
+//! the bad value, `sonde agent --check-config` refuses exactly what the
+//! agent would, and collectors get values that are already parsed.
 
 use std::{
     fmt,
@@ -13,7 +16,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{bounded::Bounded, duration::Dur};
+use crate::{
+    bounded::Bounded,
+    collectors::{http::route::Pattern, syscalls::names::SyscallName},
+    duration::Dur,
+};
 
 /// Prefix of environment variables that override config keys. A nested key
 /// is spelled with `__` between its parts: `SONDE_API__LISTEN=0.0.0.0:9464`.
@@ -52,7 +59,7 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     /// Log filter in `tracing` syntax, e.g. `info` or `sonde=debug`.
-    pub log_level: String,
+    pub log_level: LogLevel,
     /// `auto` (JSON when stderr is not a terminal), `json` or `text`.
     pub log_format: LogFormat,
     /// Mount tracefs at /sys/kernel/tracing when it is missing and we are root.
@@ -62,10 +69,37 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            log_level: "info".into(),
+            log_level: LogLevel("info".into()),
             log_format: LogFormat::Auto,
             mount_tracefs: true,
         }
+    }
+}
+
+/// `agent.log_level`: a `tracing` filter directive, checked when read.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct LogLevel(String);
+
+impl LogLevel {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        tracing_subscriber::EnvFilter::try_new(&s)
+            .map_err(|e| format!("agent.log_level {s:?}: {e}"))?;
+        Ok(Self(s))
+    }
+}
+
+impl From<LogLevel> for String {
+    fn from(l: LogLevel) -> String {
+        l.0
     }
 }
 
@@ -159,7 +193,7 @@ pub struct HttpConfig {
     pub enabled: bool,
     /// Route patterns tried before the heuristic, e.g. `"/items/{id}"`:
     /// a `{name}` segment matches any one non-empty path segment.
-    pub routes: Vec<String>,
+    pub routes: Vec<Pattern>,
     /// Distinct routes per service; more are folded into `http_route="other"`
     /// (and counted in `sonde_http_route_overflow_total`).
     pub max_routes_per_service: Bounded<1, 100_000>,
@@ -257,7 +291,7 @@ pub struct SyscallsConfig {
     /// added to the kernel pid filter); empty = all.
     pub services: Vec<String>,
     /// Trace only these syscalls (x86_64 names); empty = all.
-    pub syscalls: Vec<String>,
+    pub syscalls: Vec<SyscallName>,
 }
 
 impl Default for SyscallsConfig {
@@ -521,6 +555,77 @@ mod tests {
             "{err}"
         );
         assert_eq!(Config::default().collectors.profile.frequency_hz.get(), 19);
+    }
+
+    #[test]
+    fn unknown_syscall_names_the_key_and_line() {
+        let c = parse("[collectors.syscalls]\nsyscalls = [\"getppid\", \"sys_300\"]\n").unwrap();
+        let nrs: Vec<u32> = c
+            .collectors
+            .syscalls
+            .syscalls
+            .iter()
+            .map(|s| s.nr())
+            .collect();
+        assert_eq!(nrs, [110, 300]);
+        // toml points at the array (the key's line) for a bad element.
+        let err = parse("[collectors.syscalls]\nenabled = true\nsyscalls = [\n  \"read\",\n  \"getppidd\",\n]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 3")
+                && err.contains("collectors.syscalls.syscalls")
+                && err.contains("getppidd"),
+            "{err}"
+        );
+        // The same check through an environment override.
+        let env = vec![(
+            "SONDE_COLLECTORS__SYSCALLS__SYSCALLS".to_owned(),
+            "[\"nope\"]".to_owned(),
+        )];
+        let err = Config::from_str_with_env("", "t", env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SONDE_COLLECTORS__SYSCALLS__SYSCALLS") && err.contains("nope"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_route_pattern_names_the_key_and_line() {
+        let c = parse("[collectors.http]\nroutes = [\"/items/{id}\"]\n").unwrap();
+        assert_eq!(c.collectors.http.routes[0].as_str(), "/items/{id}");
+        let err = parse("[collectors.http]\nroutes = [\"/ok\", \"items/{id}\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2")
+                && err.contains("collectors.http.routes")
+                && err.contains("items/{id}"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_log_filter_names_the_key_and_line() {
+        let c = parse("[agent]\nlog_level = \"sonde=debug,info\"\n").unwrap();
+        assert_eq!(c.agent.log_level.as_str(), "sonde=debug,info");
+        let err = parse("[agent]\nlog_level = \"sonde=loud\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("agent.log_level"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validated_values_round_trip_through_print_config() {
+        let text = "[agent]\nlog_level = \"debug\"\n[collectors.http]\nroutes = [\"/a/{b}\"]\n\
+                    [collectors.syscalls]\nsyscalls = [\"openat\"]\n";
+        let c = parse(text).unwrap();
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
     }
 
     #[test]

@@ -256,6 +256,37 @@ fn check_config_accepts_good_and_rejects_bad_with_exit_2() {
         "{err}"
     );
 
+    // Values the collectors use are checked when the file is read too: a
+    // route pattern and a syscall name, each error naming its key.
+    for (name, text, key, value) in [
+        (
+            "route.toml",
+            "[collectors.http]\nroutes = [\"/ok/{id}\", \"items/{id}\"]\n",
+            "collectors.http.routes",
+            "items/{id}",
+        ),
+        (
+            "syscall.toml",
+            "[collectors.syscalls]\nsyscalls = [\"openat\", \"getppidd\"]\n",
+            "collectors.syscalls.syscalls",
+            "getppidd",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(sonde_bin())
+            .args(["agent", "--check-config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains(key) && err.contains(value) && err.contains("line 2"),
+            "{name}: {err}"
+        );
+    }
+
     // Usage errors are exit 2 as well.
     let out = Command::new(sonde_bin())
         .args(["agent", "--no-such-flag"])

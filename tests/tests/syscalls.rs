@@ -9,11 +9,7 @@ use std::{
 };
 
 use sonde_tests::{Agent, exclusive, metric_value, wait_for, workload::build_c};
-use sonde_wire::{
-    HealthStatus,
-    status::Status,
-    syscalls::{Report, Row},
-};
+use sonde_wire::syscalls::{Report, Row};
 
 /// Drains every second so tests do not wait for the default 5 s.
 const CONFIG: &str = "[collectors.syscalls]\ninterval = \"1s\"\n";
@@ -394,13 +390,16 @@ fn config_filters_trim_processes_and_syscalls_in_the_kernel() {
     a.finish();
     b.finish();
 
-    // An unknown syscall name leaves the agent up and says why.
-    let bad = Agent::spawn("[collectors.syscalls]\nsyscalls = [\"getppidd\"]\n", &[]);
-    bad.wait_ready(Duration::from_secs(30));
-    let st: Status = bad.api("/api/v1/status");
-    let c = st.collector("syscalls").cloned().unwrap();
-    assert_eq!(c.status, HealthStatus::Unhealthy, "{c:?}");
-    assert!(c.reason.contains("getppidd"), "{c:?}");
+    // An unknown syscall name is a config error: the agent refuses to
+    // start (exit 2, like `--check-config`) and names the key and the name.
+    let mut bad = Agent::spawn("[collectors.syscalls]\nsyscalls = [\"getppidd\"]\n", &[]);
+    let st = bad.wait_exit(Duration::from_secs(30));
+    let log = bad.log();
+    assert_eq!(st.and_then(|s| s.code()), Some(2), "{log}");
+    assert!(
+        log.contains("collectors.syscalls.syscalls") && log.contains("getppidd"),
+        "{log}"
+    );
 }
 
 /// The kernel side keeps each CPU's calls in a cache and moves them to the

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::{
     port::PortResolver,
-    route::{Pattern, RouteTable, parse_request_line},
+    route::{RouteTable, parse_request_line},
     stats::{HttpMetrics, RouteStats, StatKey, now_secs},
 };
 use super::{Collector, CollectorError, ComponentHealth, SharedHealth, StartContext, chain};
@@ -370,17 +370,8 @@ impl Collector for HttpCollector {
     }
 
     fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
-        let patterns = self
-            .config
-            .routes
-            .iter()
-            .map(|r| Pattern::parse(r))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                let e = CollectorError::NoHook(format!("collectors.http.routes: {e}"));
-                self.health.set(ComponentHealth::unhealthy(chain(&e)));
-                e
-            })?;
+        // Parsed when the config was read.
+        let patterns = self.config.routes.clone();
         let mut obj = ebpf::load(ebpf::HTTP, ctx.kernel_log_level).inspect_err(|e| {
             self.health.set(ComponentHealth::unhealthy(chain(e)));
         })?;

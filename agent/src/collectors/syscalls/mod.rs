@@ -28,7 +28,7 @@ use aya::{
 };
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use sonde_common::syscalls::{
-    ErrnoKey, MAX_SYSCALL_NR, SYSCALL_COUNTERS, SyscallCounter, SyscallKey, SyscallStats,
+    ErrnoKey, SYSCALL_COUNTERS, SyscallCounter, SyscallKey, SyscallStats,
 };
 use sonde_wire::syscalls::{ProcessTotal, Report, SortBy, SyscallTotal, Totals};
 use tokio::sync::{mpsc, oneshot};
@@ -128,20 +128,9 @@ impl SyscallsCollector {
         self.handle.clone()
     }
 
-    fn syscall_filter(&self) -> Result<Vec<u32>, CollectorError> {
-        self.config
-            .syscalls
-            .iter()
-            .map(|n| {
-                names::syscall_nr(n)
-                    .filter(|nr| *nr < MAX_SYSCALL_NR)
-                    .ok_or_else(|| {
-                        CollectorError::NoHook(format!(
-                            "collectors.syscalls.syscalls: unknown syscall {n:?} (x86_64 names, e.g. \"openat\")"
-                        ))
-                    })
-            })
-            .collect()
+    /// Numbers of the configured syscalls (checked when the config was read).
+    fn syscall_filter(&self) -> Vec<u32> {
+        self.config.syscalls.iter().map(|s| s.nr()).collect()
     }
 }
 
@@ -244,7 +233,7 @@ impl Collector for SyscallsCollector {
 
 impl SyscallsCollector {
     fn start_inner(&mut self, ctx: &StartContext<'_>) -> Result<(), CollectorError> {
-        let nrs = self.syscall_filter()?;
+        let nrs = self.syscall_filter();
         let c = &self.config;
         let pids_on: u8 = u8::from(!c.pids.is_empty() || !c.services.is_empty());
         let nrs_on: u8 = u8::from(!nrs.is_empty());
