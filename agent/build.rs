@@ -62,7 +62,7 @@ fn main() -> Result<()> {
         fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     for name in objects(&manifest) {
-        let path = out_dir.join(name);
+        let path = out_dir.join(&name);
         // Empty: a placeholder left by an earlier AYA_BUILD_SKIP=1 build
         // (a real object never is), which must not hide a missing object.
         if fs::metadata(&path).is_ok_and(|m| m.len() > 0) {

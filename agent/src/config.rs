@@ -1,8 +1,11 @@
 //! The agent's configuration: one TOML file, a built-in default for every key,
 //! and `SONDE_<SECTION>__<KEY>` environment overrides.
 //!
-//! Validation happens while deserializing (the bounded newtypes below), so
-//! toml's error carries the key and the line of the bad value.
+//! Validation happens while deserializing: every value has a type that
+//! checks itself (bounded numbers and durations, the log filter, syscall
+//! names, route patterns), so toml's error carries the key and the line of
+//! the bad value, `sonde agent --check-config` refuses exactly what the
+//! agent would, and collectors get values that are already parsed.
 
 use std::{
     fmt,
@@ -11,7 +14,13 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bounded::Bounded,
+    collectors::{http::route::Pattern, syscalls::names::SyscallName},
+    duration::Dur,
+};
 
 /// Prefix of environment variables that override config keys. A nested key
 /// is spelled with `__` between its parts: `SONDE_API__LISTEN=0.0.0.0:9464`.
@@ -50,7 +59,7 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     /// Log filter in `tracing` syntax, e.g. `info` or `sonde=debug`.
-    pub log_level: String,
+    pub log_level: LogLevel,
     /// `auto` (JSON when stderr is not a terminal), `json` or `text`.
     pub log_format: LogFormat,
     /// Mount tracefs at /sys/kernel/tracing when it is missing and we are root.
@@ -60,10 +69,37 @@ pub struct AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
-            log_level: "info".into(),
+            log_level: LogLevel("info".into()),
             log_format: LogFormat::Auto,
             mount_tracefs: true,
         }
+    }
+}
+
+/// `agent.log_level`: a `tracing` filter directive, checked when read.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct LogLevel(String);
+
+impl LogLevel {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        tracing_subscriber::EnvFilter::try_new(&s)
+            .map_err(|e| format!("agent.log_level {s:?}: {e}"))?;
+        Ok(Self(s))
+    }
+}
+
+impl From<LogLevel> for String {
+    fn from(l: LogLevel) -> String {
+        l.0
     }
 }
 
@@ -155,7 +191,7 @@ pub struct HttpConfig {
     pub enabled: bool,
     /// Route patterns tried before the heuristic, e.g. `"/items/{id}"`:
     /// a `{name}` segment matches any one non-empty path segment.
-    pub routes: Vec<String>,
+    pub routes: Vec<Pattern>,
     /// Distinct routes per service; more are folded into `http_route="other"`
     /// (and counted in `sonde_http_route_overflow_total`).
     pub max_routes_per_service: Bounded<1, 100_000>,
@@ -247,7 +283,7 @@ pub struct SyscallsConfig {
     /// added to the kernel pid filter); empty = all.
     pub services: Vec<String>,
     /// Trace only these syscalls (x86_64 names); empty = all.
-    pub syscalls: Vec<String>,
+    pub syscalls: Vec<SyscallName>,
 }
 
 impl Default for SyscallsConfig {
@@ -311,102 +347,6 @@ impl Default for ProfileConfig {
             unwind: true,
             unwind_table_budget_mib: Bounded(64),
         }
-    }
-}
-
-/// An integer that must lie in `MIN..=MAX`; checked while parsing so the
-/// error points at the key and line.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Bounded<const MIN: u64, const MAX: u64>(pub u64);
-
-impl<const MIN: u64, const MAX: u64> Bounded<MIN, MAX> {
-    pub fn get(self) -> u64 {
-        self.0
-    }
-}
-
-impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Bounded<MIN, MAX> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = u64::deserialize(d)?;
-        if !(MIN..=MAX).contains(&v) {
-            return Err(serde::de::Error::custom(format!(
-                "must be between {MIN} and {MAX}, got {v}"
-            )));
-        }
-        Ok(Self(v))
-    }
-}
-
-/// A duration written as a string with a unit (`"500ms"`, `"10s"`, `"5m"`),
-/// bounded to `MIN..=MAX` seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur<const MIN: u64, const MAX: u64>(pub Duration);
-
-impl<const MIN: u64, const MAX: u64> Dur<MIN, MAX> {
-    pub fn get(self) -> Duration {
-        self.0
-    }
-}
-
-impl<const MIN: u64, const MAX: u64> Serialize for Dur<MIN, MAX> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format_duration(self.0))
-    }
-}
-
-impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for Dur<MIN, MAX> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let v = parse_duration(&s).map_err(serde::de::Error::custom)?;
-        if v < Duration::from_secs(MIN) || v > Duration::from_secs(MAX) {
-            return Err(serde::de::Error::custom(format!(
-                "must be between {MIN}s and {MAX}s, got {s}"
-            )));
-        }
-        Ok(Self(v))
-    }
-}
-
-/// Parses `"250ms"`, `"10s"`, `"5m"`, `"1h"`. A bare number is refused: a
-/// unit-less duration is the classic source of off-by-1000 configs.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .ok_or_else(|| format!("duration {s:?} needs a unit: ms, s, m or h (e.g. \"10s\")"))?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("duration {s:?} does not start with a number"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "duration {s:?} has unknown unit {unit:?}; use ms, s, m or h"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("duration {s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-/// Formats a duration the way `parse_duration` reads it.
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if !ms.is_multiple_of(1000) {
-        format!("{ms}ms")
-    } else if ms.is_multiple_of(3_600_000) && ms > 0 {
-        format!("{}h", ms / 3_600_000)
-    } else if ms.is_multiple_of(60_000) && ms > 0 {
-        format!("{}m", ms / 60_000)
-    } else {
-        format!("{}s", ms / 1000)
     }
 }
 
@@ -613,6 +553,77 @@ mod tests {
     }
 
     #[test]
+    fn unknown_syscall_names_the_key_and_line() {
+        let c = parse("[collectors.syscalls]\nsyscalls = [\"getppid\", \"sys_300\"]\n").unwrap();
+        let nrs: Vec<u32> = c
+            .collectors
+            .syscalls
+            .syscalls
+            .iter()
+            .map(|s| s.nr())
+            .collect();
+        assert_eq!(nrs, [110, 300]);
+        // toml points at the array (the key's line) for a bad element.
+        let err = parse("[collectors.syscalls]\nenabled = true\nsyscalls = [\n  \"read\",\n  \"getppidd\",\n]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 3")
+                && err.contains("collectors.syscalls.syscalls")
+                && err.contains("getppidd"),
+            "{err}"
+        );
+        // The same check through an environment override.
+        let env = vec![(
+            "SONDE_COLLECTORS__SYSCALLS__SYSCALLS".to_owned(),
+            "[\"nope\"]".to_owned(),
+        )];
+        let err = Config::from_str_with_env("", "t", env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SONDE_COLLECTORS__SYSCALLS__SYSCALLS") && err.contains("nope"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_route_pattern_names_the_key_and_line() {
+        let c = parse("[collectors.http]\nroutes = [\"/items/{id}\"]\n").unwrap();
+        assert_eq!(c.collectors.http.routes[0].as_str(), "/items/{id}");
+        let err = parse("[collectors.http]\nroutes = [\"/ok\", \"items/{id}\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2")
+                && err.contains("collectors.http.routes")
+                && err.contains("items/{id}"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_log_filter_names_the_key_and_line() {
+        let c = parse("[agent]\nlog_level = \"sonde=debug,info\"\n").unwrap();
+        assert_eq!(c.agent.log_level.as_str(), "sonde=debug,info");
+        let err = parse("[agent]\nlog_level = \"sonde=loud\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("agent.log_level"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn validated_values_round_trip_through_print_config() {
+        let text = "[agent]\nlog_level = \"debug\"\n[collectors.http]\nroutes = [\"/a/{b}\"]\n\
+                    [collectors.syscalls]\nsyscalls = [\"openat\"]\n";
+        let c = parse(text).unwrap();
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+    }
+
+    #[test]
     fn bad_address_is_rejected() {
         let err = parse("[api]\nlisten = \"nowhere\"\n")
             .unwrap_err()
@@ -621,11 +632,7 @@ mod tests {
     }
 
     #[test]
-    fn durations_need_units() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert!(parse_duration("10").unwrap_err().contains("unit"));
-        assert!(parse_duration("10y").unwrap_err().contains("unknown unit"));
+    fn config_durations_are_bounded() {
         let err = parse("[collectors.process]\nexited_grace = \"2h\"\n")
             .unwrap_err()
             .to_string();

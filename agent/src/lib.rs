@@ -3,10 +3,12 @@
 
 pub mod alerts;
 pub mod api;
+pub mod bounded;
 pub mod cli;
 pub mod collectors;
 pub mod config;
 pub mod daemon;
+pub mod duration;
 pub mod ebpf;
 pub mod error;
 pub mod features;

@@ -10,7 +10,7 @@ use crate::config::{AgentConfig, LogFormat};
 /// Installs the global subscriber. `RUST_LOG` wins over the config, so a
 /// user can turn on `sonde::ebpf=debug` without editing files.
 pub fn init(cfg: &AgentConfig) -> Result<EnvFilter, String> {
-    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| cfg.log_level.clone());
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| cfg.log_level.as_str().to_owned());
     let filter = EnvFilter::try_new(&spec).map_err(|e| format!("agent.log_level {spec:?}: {e}"))?;
     let json = match cfg.log_format {
         LogFormat::Json => true,

@@ -17,85 +17,60 @@ use std::{
 };
 
 use prometheus::{IntCounter, IntGauge};
-use serde::Serialize;
+pub use sonde_wire::processes::ProcessInfo;
 
 use crate::{
     identity::{IdentityCache, K8sIdentity, cgroup},
     telemetry::Telemetry,
 };
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ProcessInfo {
-    pub pid: u32,
-    pub ppid: u32,
-    /// Kernel task name (at most 15 bytes).
-    pub comm: String,
-    /// Resolved `/proc/PID/exe`, empty for kernel threads or when unreadable.
-    pub exe: String,
-    /// cgroup v2 path (`0::/...` line of /proc/PID/cgroup).
-    pub cgroup: String,
-    /// Process start, seconds since the Unix epoch.
-    pub start_time: u64,
-    /// The name its metrics are labelled with (`service_name`): the pod's
-    /// service label or container name in Kubernetes, else the executable.
-    pub service: String,
-    /// Container id (64 hex) derived from /proc/PID/cgroup; empty on the host.
-    pub container_id: String,
-    /// Pod, namespace and container name, once the pod list names the container.
-    pub k8s: Option<K8sIdentity>,
-    /// Set once the process has exited; kept for a grace period.
-    pub exited: bool,
+/// Reads what /proc knows of `pid`; `None` if it is gone.
+pub fn read_proc(pid: u32) -> Option<ProcessInfo> {
+    let base = Path::new("/proc").join(pid.to_string());
+    let stat = fs::read_to_string(base.join("stat")).ok()?;
+    let (comm, ppid, start_ticks) = parse_stat(&stat)?;
+    let exe = fs::read_link(base.join("exe"))
+        .map(|p| {
+            p.to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    let cgroup_text = fs::read_to_string(base.join("cgroup")).unwrap_or_default();
+    let cgroup = cgroup_text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        .unwrap_or_default();
+    let container_id = cgroup::container_of(&cgroup_text)
+        .map(|c| c.id)
+        .unwrap_or_default();
+    let service = service_name(&exe, &comm);
+    Some(ProcessInfo {
+        pid,
+        ppid,
+        comm,
+        exe,
+        cgroup,
+        start_time: boot_time() + start_ticks / clock_ticks(),
+        service,
+        container_id,
+        k8s: None,
+        exited: false,
+    })
 }
 
-impl ProcessInfo {
-    /// Reads what /proc knows of `pid`; `None` if it is gone.
-    pub fn from_proc(pid: u32) -> Option<Self> {
-        let base = Path::new("/proc").join(pid.to_string());
-        let stat = fs::read_to_string(base.join("stat")).ok()?;
-        let (comm, ppid, start_ticks) = parse_stat(&stat)?;
-        let exe = fs::read_link(base.join("exe"))
-            .map(|p| {
-                p.to_string_lossy()
-                    .trim_end_matches(" (deleted)")
-                    .to_owned()
-            })
-            .unwrap_or_default();
-        let cgroup_text = fs::read_to_string(base.join("cgroup")).unwrap_or_default();
-        let cgroup = cgroup_text
-            .lines()
-            .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-            .unwrap_or_default();
-        let container_id = cgroup::container_of(&cgroup_text)
-            .map(|c| c.id)
-            .unwrap_or_default();
-        let service = service_name(&exe, &comm);
-        Some(Self {
-            pid,
-            ppid,
-            comm,
-            exe,
-            cgroup,
-            start_time: boot_time() + start_ticks / clock_ticks(),
-            service,
-            container_id,
-            k8s: None,
-            exited: false,
-        })
+/// Attaches `k8s` to `info` and renames the service after it. Returns
+/// whether anything changed.
+fn set_k8s(info: &mut ProcessInfo, k8s: Option<K8sIdentity>) -> bool {
+    let Some(k) = k8s else {
+        return false;
+    };
+    if info.k8s.as_ref() == Some(&k) {
+        return false;
     }
-
-    /// Attaches `k8s` and renames the service after it. Returns whether
-    /// anything changed.
-    fn set_k8s(&mut self, k8s: Option<K8sIdentity>) -> bool {
-        let Some(k) = k8s else {
-            return false;
-        };
-        if self.k8s.as_ref() == Some(&k) {
-            return false;
-        }
-        self.service = k.service().to_owned();
-        self.k8s = Some(k);
-        true
-    }
+    info.service = k.service().to_owned();
+    info.k8s = Some(k);
+    true
 }
 
 /// Default service identity outside containers: the executable's file name,
@@ -255,7 +230,7 @@ impl ProcessTable {
         let mut n = 0;
         for e in dir.flatten() {
             if let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok())
-                && let Some(info) = ProcessInfo::from_proc(pid)
+                && let Some(info) = read_proc(pid)
             {
                 self.insert(info);
                 n += 1;
@@ -267,7 +242,7 @@ impl ProcessTable {
     /// Records an exec: the pid keeps its number but gets a new image.
     pub fn on_exec(&self, pid: u32, comm: &str) {
         self.metrics.execs.inc();
-        let info = ProcessInfo::from_proc(pid).unwrap_or_else(|| ProcessInfo {
+        let info = read_proc(pid).unwrap_or_else(|| ProcessInfo {
             // Gone already (a very short-lived process): keep what the kernel told us.
             pid,
             ppid: 0,
@@ -384,7 +359,7 @@ impl ProcessTable {
         for e in inner.map.values_mut() {
             if !e.info.container_id.is_empty() {
                 let k = self.identity.lookup(&e.info.container_id);
-                e.info.set_k8s(k);
+                set_k8s(&mut e.info, k);
             }
         }
     }
@@ -398,7 +373,7 @@ impl ProcessTable {
     fn insert_with(&self, mut info: ProcessInfo, replace: bool) -> ProcessInfo {
         if info.k8s.is_none() {
             let k = self.identity.lookup(&info.container_id);
-            info.set_k8s(k);
+            set_k8s(&mut info, k);
         }
         let mut guard = self.write();
         let inner = &mut *guard;
@@ -456,7 +431,7 @@ impl ProcessTable {
         if let Some(e) = self.read().map.get(&pid) {
             return Some(e.info.clone());
         }
-        let info = ProcessInfo::from_proc(pid)?;
+        let info = read_proc(pid)?;
         // An exec event applied while /proc was read is newer than what we
         // read (which may predate the exec): it wins.
         Some(self.insert_with(info, false))
@@ -544,7 +519,7 @@ mod tests {
 
     #[test]
     fn reads_own_process_from_proc() {
-        let me = ProcessInfo::from_proc(std::process::id()).unwrap();
+        let me = read_proc(std::process::id()).unwrap();
         assert_eq!(me.pid, std::process::id());
         assert!(me.exe.ends_with(me.service.as_str()), "{me:?}");
         assert!(me.start_time > 1_600_000_000, "{me:?}");
@@ -642,7 +617,7 @@ mod tests {
     fn proc_fallback_never_replaces_an_exec_applied_meanwhile() {
         let t = table(16, Duration::from_secs(60));
         let me = std::process::id();
-        let read_before_exec = ProcessInfo::from_proc(me).unwrap();
+        let read_before_exec = read_proc(me).unwrap();
         // The exec event lands while a lookup is still reading /proc ...
         t.on_exec(me, "whatever");
         let mut after_exec = t.get(me).unwrap();

@@ -187,6 +187,23 @@ impl Agent {
         }
     }
 
+    /// Waits up to `timeout` for the agent to exit on its own (e.g. when it
+    /// refuses its config); `None` while it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut().expect("agent running");
+            if let Some(st) = child.try_wait().expect("wait") {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -225,8 +242,9 @@ impl Agent {
         body
     }
 
-    /// GET on the control socket; returns the decoded JSON.
-    pub fn api(&self, path: &str) -> serde_json::Value {
+    /// GET on the control socket; returns the answer decoded as `T` (one
+    /// of the control API's types in `sonde_wire`).
+    pub fn api<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
         let (code, body) = unix_get(&self.socket, path).unwrap_or_else(|e| {
             panic!(
                 "GET {path} on the control socket: {e}\nagent log:\n{}",
@@ -235,6 +253,23 @@ impl Agent {
         });
         assert_eq!(code, 200, "GET {path}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: bad JSON {e}: {body}"))
+    }
+
+    /// Runs `sonde <args>` (a command with JSON output) against this
+    /// agent's socket and decodes its stdout as `T`; panics when it fails.
+    pub fn cli_json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "sonde {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "sonde {args:?}: bad JSON {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// Runs `sonde <args>` against this agent's socket.

@@ -15,6 +15,7 @@ use sonde_tests::{
     sonde_bin, wait_for,
     workload::{Workload, build_c},
 };
+use sonde_wire::alerts::{AlertState, AlertsReport, ReceiverKind};
 
 const RULE: &str = "SondeE2EProcessSurge";
 const SURGE: usize = 200;
@@ -61,7 +62,7 @@ fn am_alert(am: SocketAddr) -> Option<serde_json::Value> {
         .cloned()
 }
 
-fn cli_json(out: Output) -> serde_json::Value {
+fn cli_json(out: Output) -> AlertsReport {
     assert!(
         out.status.success(),
         "sonde alerts failed: {}",
@@ -129,12 +130,9 @@ annotations = {{ summary = "{{{{ $value }}}} more processes than the baseline", 
     // Nothing fires at rest.
     std::thread::sleep(Duration::from_secs(3));
     let r = cli_json(agent.cli(&["alerts", "-o", "json"]));
-    assert_eq!(r["rules"], 1, "{r}");
-    assert!(r["evaluations"].as_u64().unwrap_or(0) >= 2, "{r}");
-    assert!(
-        r["alerts"].as_array().is_some_and(|a| a.is_empty()),
-        "alert active before the surge: {r}"
-    );
+    assert_eq!(r.rules, 1, "{r:?}");
+    assert!(r.evaluations >= 2, "{r:?}");
+    assert!(r.alerts.is_empty(), "alert active before the surge: {r:?}");
 
     let sleeper = build_c("sleeper", &["-O1"]);
     let mut surge: Vec<Workload> = (0..SURGE)
@@ -164,13 +162,13 @@ annotations = {{ summary = "{{{{ $value }}}} more processes than the baseline", 
         "{a}"
     );
     let r = cli_json(agent.cli(&["alerts", "-o", "json"]));
-    let mine = &r["alerts"][0];
-    assert_eq!(mine["name"], RULE, "{r}");
-    assert_eq!(mine["state"], "firing", "{r}");
-    assert!(
-        mine["value"].as_f64().unwrap_or(0.0) > (SURGE / 2) as f64,
-        "{r}"
-    );
+    let mine = r
+        .alerts
+        .first()
+        .unwrap_or_else(|| panic!("no alert: {r:?}"));
+    assert_eq!(mine.name, RULE, "{r:?}");
+    assert_eq!(mine.state, AlertState::Firing, "{r:?}");
+    assert!(mine.value.unwrap_or(0.0) > (SURGE / 2) as f64, "{r:?}");
     let table = agent.cli(&["alerts"]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains(RULE) && table.contains("firing"), "{table}");
@@ -203,13 +201,14 @@ annotations = {{ summary = "{{{{ $value }}}} more processes than the baseline", 
         metric_value(&agent.metrics(), &failed).filter(|v| *v > 0.0)
     });
     let r = cli_json(agent.cli(&["alerts", "-o", "json"]));
-    let am_status = r["receivers"]
-        .as_array()
-        .and_then(|v| v.iter().find(|x| x["kind"] == "alertmanager").cloned())
+    let am_status = r
+        .receivers
+        .iter()
+        .find(|x| x.kind == Some(ReceiverKind::Alertmanager))
         .expect("alertmanager receiver in report");
     assert!(
-        am_status["failed"].as_u64().unwrap_or(0) > 0 && am_status["last_error"].is_string(),
-        "{r}"
+        am_status.failed > 0 && am_status.last_error.is_some(),
+        "{r:?}"
     );
 
     // A new Alertmanager (empty memory) learns the alert again from the re-sends.
@@ -228,14 +227,16 @@ annotations = {{ summary = "{{{{ $value }}}} more processes than the baseline", 
     surge.clear();
     let r = wait_for(Duration::from_secs(30), "alert resolved in sonde", || {
         let r = cli_json(agent.cli(&["alerts", "--all", "-o", "json"]));
-        let resolved = r["alerts"].as_array().is_some_and(|a| a.is_empty())
-            && r["history"].as_array().is_some_and(|h| {
-                h.iter()
-                    .any(|x| x["name"] == RULE && x["state"] == "resolved")
-            });
+        let resolved = r.alerts.is_empty()
+            && r.history
+                .iter()
+                .any(|x| x.name == RULE && x.state == AlertState::Resolved);
         resolved.then_some(r)
     });
-    assert!(r["history"][0]["resolved_at"].is_string(), "{r}");
+    assert!(
+        r.history.first().is_some_and(|h| h.resolved_at.is_some()),
+        "{r:?}"
+    );
     let table = agent.cli(&["alerts", "--all"]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(

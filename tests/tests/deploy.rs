@@ -12,6 +12,11 @@ use std::{
 };
 
 use sonde_tests::{Agent, run, sonde_bin, text, workspace_root};
+use sonde_wire::{
+    HealthStatus,
+    processes::ProcessInfo,
+    status::{FeatureOut, Status},
+};
 
 #[path = "../../xtask/src/dist.rs"]
 mod dist;
@@ -268,11 +273,10 @@ fn agent_with_caps(caps: &[String]) -> Agent {
     a
 }
 
-fn feature<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    status["features"]
-        .as_array()
-        .and_then(|f| f.iter().find(|f| f["name"] == name))
-        .unwrap_or_else(|| panic!("no feature {name} in {status}"))
+fn feature<'a>(status: &'a Status, name: &str) -> &'a FeatureOut {
+    status
+        .feature(name)
+        .unwrap_or_else(|| panic!("no feature {name} in {status:?}"))
 }
 
 #[test]
@@ -301,7 +305,7 @@ fn daemonset_capabilities_are_enough_and_sys_admin_is_needed_for_uprobes() {
         );
     }
     let mut a = agent_with_caps(&caps);
-    let st = a.api("/api/v1/status");
+    let st: Status = a.api("/api/v1/status");
     let pid = a.pid();
     let eff = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let eff = eff
@@ -309,12 +313,12 @@ fn daemonset_capabilities_are_enough_and_sys_admin_is_needed_for_uprobes() {
         .find(|l| l.starts_with("CapEff:"))
         .unwrap()
         .to_owned();
-    assert_eq!(st["ready"], true, "{st}\n{}", a.log());
-    for c in st["collectors"].as_array().unwrap() {
+    assert!(st.ready, "{st:?}\n{}", a.log());
+    for c in &st.collectors {
         assert_eq!(
-            c["status"],
-            "healthy",
-            "{c} with {caps:?} ({eff})\n{}",
+            c.status,
+            HealthStatus::Healthy,
+            "{c:?} with {caps:?} ({eff})\n{}",
             a.log()
         );
     }
@@ -326,7 +330,7 @@ fn daemonset_capabilities_are_enough_and_sys_admin_is_needed_for_uprobes() {
         "uprobe",
         "ringbuf",
     ] {
-        assert_eq!(feature(&st, f)["available"], true, "{f}: {st}");
+        assert!(feature(&st, f).available, "{f}: {st:?}");
     }
     // Another user's process is fully named: /proc/PID/exe needs SYS_PTRACE.
     let mut other = Command::new("setpriv")
@@ -341,30 +345,24 @@ fn daemonset_capabilities_are_enough_and_sys_admin_is_needed_for_uprobes() {
         .expect("spawn sleeper as nobody");
     let opid = other.id();
     let p = sonde_tests::wait_for(Duration::from_secs(5), "the sleeper's exec", || {
-        let v = a.api(&format!("/api/v1/processes?pid={opid}"));
-        let p = v.as_array()?.first()?.clone();
-        (p["comm"] == "sleep").then_some(p)
+        let v: Vec<ProcessInfo> = a.api(&format!("/api/v1/processes?pid={opid}"));
+        let p = v.into_iter().next()?;
+        (p.comm == "sleep").then_some(p)
     });
     let _ = other.kill();
     let _ = other.wait();
-    assert!(p["exe"].as_str().unwrap_or("").ends_with("/sleep"), "{p}");
+    assert!(p.exe.ends_with("/sleep"), "{p:?}");
     a.stop();
 
     // Without SYS_ADMIN the uprobe PMU refuses perf_event_open: uprobes are
     // reported unavailable while everything else still runs.
     let no_admin: Vec<String> = caps.into_iter().filter(|c| c != "sys_admin").collect();
     let mut a = agent_with_caps(&no_admin);
-    let st = a.api("/api/v1/status");
-    assert_eq!(st["ready"], true, "{st}");
+    let st: Status = a.api("/api/v1/status");
+    assert!(st.ready, "{st:?}");
     let up = feature(&st, "uprobe");
-    assert_eq!(up["available"], false, "{st}");
-    assert!(
-        up["detail"]
-            .as_str()
-            .unwrap_or("")
-            .contains("perf_event_open"),
-        "{up}"
-    );
+    assert!(!up.available, "{st:?}");
+    assert!(up.detail.contains("perf_event_open"), "{up:?}");
     a.stop();
 }
 

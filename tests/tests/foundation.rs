@@ -6,6 +6,11 @@ use sonde_tests::{
     Agent, metric_value, require_root, sonde_bin, wait_for,
     workload::{Workload, build_c},
 };
+use sonde_wire::{
+    HealthStatus,
+    processes::ProcessInfo,
+    status::{HealthReport, Status},
+};
 
 /// IDs of the BPF programs process `pid` holds (program and link fds), read
 /// from /proc/PID/fdinfo: independent of the agent's own reporting.
@@ -73,15 +78,15 @@ fn agent_tracks_processes_serves_metrics_and_detaches_on_sigterm() {
         Duration::from_secs(10),
         "workload in the process table",
         || {
-            let v = agent.api(&format!("/api/v1/processes?pid={pid}"));
-            v.as_array().and_then(|a| a.first().cloned())
+            let v: Vec<ProcessInfo> = agent.api(&format!("/api/v1/processes?pid={pid}"));
+            v.into_iter().next()
         },
     );
-    assert_eq!(entry["comm"], "sonde_wl_named", "{entry}");
-    assert_eq!(entry["service"], "sonde_wl_named", "{entry}");
-    assert_eq!(entry["exe"], named.display().to_string(), "{entry}");
-    assert_eq!(entry["ppid"], std::process::id(), "{entry}");
-    assert_eq!(entry["exited"], false, "{entry}");
+    assert_eq!(entry.comm, "sonde_wl_named", "{entry:?}");
+    assert_eq!(entry.service, "sonde_wl_named", "{entry:?}");
+    assert_eq!(entry.exe, named.display().to_string(), "{entry:?}");
+    assert_eq!(entry.ppid, std::process::id(), "{entry:?}");
+    assert!(!entry.exited, "{entry:?}");
 
     let m = agent.metrics();
     let execs_after = metric_value(&m, "sonde_process_execs_total").expect("execs metric");
@@ -112,8 +117,8 @@ fn agent_tracks_processes_serves_metrics_and_detaches_on_sigterm() {
     // Its exit is seen too.
     drop(wl);
     wait_for(Duration::from_secs(10), "workload marked exited", || {
-        let v = agent.api(&format!("/api/v1/processes?pid={pid}"));
-        (v[0]["exited"] == true).then_some(())
+        let v: Vec<ProcessInfo> = agent.api(&format!("/api/v1/processes?pid={pid}"));
+        v.first().is_some_and(|p| p.exited).then_some(())
     });
 
     // Health documents.
@@ -121,16 +126,11 @@ fn agent_tracks_processes_serves_metrics_and_detaches_on_sigterm() {
     assert_eq!(code, 200, "{body}");
     let (code, body) = agent.get("/health");
     assert_eq!(code, 200, "{body}");
-    let h: serde_json::Value = serde_json::from_str(&body).expect("health JSON");
-    let process = h["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "process")
-        .cloned();
+    let h: HealthReport = serde_json::from_str(&body).expect("health JSON");
+    let process = h.components.iter().find(|c| c.name == "process");
     assert_eq!(
-        process.as_ref().map(|p| p["status"].clone()),
-        Some("healthy".into()),
+        process.map(|p| p.status),
+        Some(HealthStatus::Healthy),
         "{body}"
     );
 
@@ -166,11 +166,8 @@ fn status_command_reports_collectors_and_features() {
     assert!(text.contains("KERNEL FEATURE"), "{text}");
     assert!(text.contains("tp_btf"), "{text}");
 
-    let out = agent.cli(&["status", "-o", "json"]);
-    assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    assert_eq!(v["ready"], true, "{v}");
-    let features = v["features"].as_array().expect("features");
+    let v: Status = agent.cli_json(&["status", "-o", "json"]);
+    assert!(v.ready, "{v:?}");
     for name in [
         "btf",
         "tracefs",
@@ -183,25 +180,20 @@ fn status_command_reports_collectors_and_features() {
         "uprobe",
         "perf_event",
     ] {
-        let f = features
-            .iter()
-            .find(|f| f["name"] == name)
-            .unwrap_or_else(|| panic!("feature {name} not reported: {v}"));
+        let f = v
+            .feature(name)
+            .unwrap_or_else(|| panic!("feature {name} not reported: {v:?}"));
         // An unavailable feature must say why.
-        if f["available"] == false {
-            assert!(!f["detail"].as_str().unwrap_or("").is_empty(), "{f}");
+        if !f.available {
+            assert!(!f.detail.is_empty(), "{f:?}");
         }
     }
     // Facts of this machine (../shared/PLATFORM.md): BTF and tracefs (mounted
     // by the agent if needed) are there; kprobes are compiled out.
     for name in ["btf", "tracefs", "tp_btf", "uprobe", "perf_event"] {
-        assert_eq!(
-            features.iter().find(|f| f["name"] == name).unwrap()["available"],
-            true,
-            "{name}: {v}"
-        );
+        assert!(v.feature(name).unwrap().available, "{name}: {v:?}");
     }
-    assert_eq!(v["collectors"][0]["name"], "process");
+    assert_eq!(v.collectors[0].name, "process");
 }
 
 #[test]
@@ -263,6 +255,37 @@ fn check_config_accepts_good_and_rejects_bad_with_exit_2() {
         err.contains("SONDE_COLLECTORS__PROCESS__MAX_PROCESSES"),
         "{err}"
     );
+
+    // Values the collectors use are checked when the file is read too: a
+    // route pattern and a syscall name, each error naming its key.
+    for (name, text, key, value) in [
+        (
+            "route.toml",
+            "[collectors.http]\nroutes = [\"/ok/{id}\", \"items/{id}\"]\n",
+            "collectors.http.routes",
+            "items/{id}",
+        ),
+        (
+            "syscall.toml",
+            "[collectors.syscalls]\nsyscalls = [\"openat\", \"getppidd\"]\n",
+            "collectors.syscalls.syscalls",
+            "getppidd",
+        ),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(sonde_bin())
+            .args(["agent", "--check-config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(
+            err.contains(key) && err.contains(value) && err.contains("line 2"),
+            "{name}: {err}"
+        );
+    }
 
     // Usage errors are exit 2 as well.
     let out = Command::new(sonde_bin())

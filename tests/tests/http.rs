@@ -12,6 +12,7 @@ use std::{
 };
 
 use sonde_tests::{Agent, exclusive, free_port, wait_for, workload::Workload, workspace_root};
+use sonde_wire::http::RouteRow;
 
 fn workloads() -> PathBuf {
     workspace_root().join("tests/workloads/http")
@@ -298,19 +299,19 @@ fn fastapi_keepalive_routes_errors_slow_route_and_no_payload() {
     assert_eq!(bucket("0.25"), 0.0, "slow route faster than 250 ms?");
     assert_eq!(bucket("0.5"), 5.0, "slow route not within 500 ms");
     // sonde http agrees, and its p50 is in the same bucket.
-    let rows = agent.api(&format!("/api/v1/http?pid={}", _srv.pid()));
+    let rows: Vec<RouteRow> = agent.api(&format!("/api/v1/http?pid={}", _srv.pid()));
     let slow = rows
-        .as_array()
-        .and_then(|a| a.iter().find(|r| r["route"] == "/slow"))
-        .unwrap_or_else(|| panic!("no /slow row in {rows}"));
-    assert_eq!(slow["requests"], 5, "{slow}");
-    let p50 = slow["p50_seconds"].as_f64().expect("p50");
+        .iter()
+        .find(|r| r.route == "/slow")
+        .unwrap_or_else(|| panic!("no /slow row in {rows:?}"));
+    assert_eq!(slow.requests, 5, "{slow:?}");
+    let p50 = slow.p50_seconds.expect("p50");
     assert!((0.25..=0.5).contains(&p50), "p50 {p50} of /slow");
     let fail = rows
-        .as_array()
-        .and_then(|a| a.iter().find(|r| r["route"] == "/fail"))
-        .unwrap_or_else(|| panic!("no /fail row in {rows}"));
-    assert_eq!(fail["error_pct"], 100.0, "{fail}");
+        .iter()
+        .find(|r| r.route == "/fail")
+        .unwrap_or_else(|| panic!("no /fail row in {rows:?}"));
+    assert_eq!(fail.error_pct, 100.0, "{fail:?}");
     // Bodies are measured, never exported.
     assert_eq!(
         sum_series(
@@ -549,12 +550,12 @@ fn client_requests_from_curl_and_python() {
     );
     let out = agent.cli(&["http", "--client", "--name", "curl", "-o", "json"]);
     assert!(out.status.success(), "{out:?}");
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let rows: Vec<RouteRow> = serde_json::from_slice(&out.stdout).expect("json");
     let row = rows
-        .as_array()
-        .and_then(|a| a.iter().find(|r| r["route"] == "/client-test.txt"))
-        .unwrap_or_else(|| panic!("{rows}"));
-    assert_eq!(row["requests"], 6);
+        .iter()
+        .find(|r| r.route == "/client-test.txt")
+        .unwrap_or_else(|| panic!("{rows:?}"));
+    assert_eq!(row.requests, 6);
     assert!(!agent.metrics().contains("QSECRET123"));
 }
 

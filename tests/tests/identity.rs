@@ -10,6 +10,7 @@ use std::{
 };
 
 use sonde_tests::{Agent, require_root, serve_json_forever, wait_for};
+use sonde_wire::processes::ProcessInfo;
 
 const ID: &str = "5d0c7e2a9b4f4e61a8c3d2b1f0e9d8c7b6a5f4e3d2c1b0a9f8e7d6c5b4a39281";
 
@@ -135,23 +136,27 @@ fn process_in_container_cgroup_gets_container_id_and_pod_identity() {
         Duration::from_secs(10),
         "the agent to name the workload's pod",
         || {
-            let v = agent.api(&format!("/api/v1/processes?pid={pid}"));
-            let p = v.as_array()?.first()?.clone();
-            (p["comm"] == "sleep" && !p["k8s"].is_null()).then_some(p)
+            let v: Vec<ProcessInfo> = agent.api(&format!("/api/v1/processes?pid={pid}"));
+            let p = v.into_iter().next()?;
+            (p.comm == "sleep" && p.k8s.is_some()).then_some(p)
         },
     );
-    assert_eq!(p["container_id"], ID, "{p}");
-    assert_eq!(p["k8s"]["namespace"], "shop", "{p}");
-    assert_eq!(p["k8s"]["pod"], "checkout-7d9f8b6c5d-x2k4p", "{p}");
-    assert_eq!(p["k8s"]["container"], "app", "{p}");
-    assert_eq!(p["k8s"]["pod_uid"], uid, "{p}");
+    assert_eq!(p.container_id, ID, "{p:?}");
+    let k8s = p.k8s.as_ref().expect("k8s identity");
+    assert_eq!(k8s.namespace, "shop", "{p:?}");
+    assert_eq!(k8s.pod, "checkout-7d9f8b6c5d-x2k4p", "{p:?}");
+    assert_eq!(k8s.container, "app", "{p:?}");
+    assert_eq!(k8s.pod_uid, uid, "{p:?}");
     // service_name comes from the pod's app.kubernetes.io/name label.
-    assert_eq!(p["service"], "checkout", "{p}");
+    assert_eq!(p.service, "checkout", "{p:?}");
 
     // A host process keeps its executable name and has no container.
-    let me = agent.api(&format!("/api/v1/processes?pid={}", agent.pid()));
-    assert_eq!(me[0]["container_id"], "", "{me}");
-    assert!(me[0]["k8s"].is_null(), "{me}");
+    let me: Vec<ProcessInfo> = agent.api(&format!("/api/v1/processes?pid={}", agent.pid()));
+    let me0 = me
+        .first()
+        .unwrap_or_else(|| panic!("agent not listed: {me:?}"));
+    assert_eq!(me0.container_id, "", "{me:?}");
+    assert!(me0.k8s.is_none(), "{me:?}");
 
     let m = agent.metrics();
     assert!(

@@ -9,10 +9,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
 use sonde_tests::{
     Agent, exclusive, metric_value, sonde_bin, wait_for,
     workload::{Workload, build_c},
+};
+use sonde_wire::{
+    alloc::{AllocReport, Ended, SessionInfo},
+    memory::MemoryAnswer,
 };
 
 const FLAGS: &[&str] = &["-O1", "-g", "-fno-omit-frame-pointer"];
@@ -41,7 +44,7 @@ fn rounds(counter: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn alloc_json(agent: &Agent, pid: u32, args: &[&str]) -> Value {
+fn alloc_json(agent: &Agent, pid: u32, args: &[&str]) -> AllocReport {
     let p = pid.to_string();
     let mut full = vec!["alloc", "--pid", &p, "-f", "json"];
     full.extend_from_slice(args);
@@ -58,16 +61,15 @@ fn alloc_json(agent: &Agent, pid: u32, args: &[&str]) -> Value {
 
 /// Rows whose allocating (leaf) frame is `f`, summed: (in use bytes, in use
 /// count, allocated bytes, allocated count, freed bytes).
-fn by_leaf(r: &Value, f: &str) -> (u64, u64, u64, u64, u64) {
+fn by_leaf(r: &AllocReport, f: &str) -> (u64, u64, u64, u64, u64) {
     let mut t = (0, 0, 0, 0, 0);
-    for s in r["stacks"].as_array().unwrap() {
-        if s["frames"][0] == f {
-            let g = |k: &str| s[k].as_u64().unwrap();
-            t.0 += g("in_use_bytes");
-            t.1 += g("in_use_count");
-            t.2 += g("alloc_bytes");
-            t.3 += g("alloc_count");
-            t.4 += g("freed_bytes");
+    for s in &r.stacks {
+        if s.frames.first().is_some_and(|x| x == f) {
+            t.0 += s.in_use_bytes;
+            t.1 += s.in_use_count;
+            t.2 += s.alloc_bytes;
+            t.3 += s.alloc_count;
+            t.4 += s.freed_bytes;
         }
     }
     t
@@ -79,12 +81,9 @@ fn alloc_finds_the_leak_in_use_and_the_churn_allocated() {
     let agent = Agent::start("");
     let (wl, counter) = workload(&agent, "leak", "40");
     let r = alloc_json(&agent, wl.pid(), &["--duration", "5s"]);
-    let secs = r["duration_ms"].as_f64().unwrap() / 1000.0;
+    let secs = r.duration_ms as f64 / 1000.0;
     // The truth: leaks the workload logged while the session recorded.
-    let (from, to) = (
-        r["started_ns"].as_u64().unwrap(),
-        r["ended_ns"].as_u64().unwrap(),
-    );
+    let (from, to) = (r.started_ns, r.ended_ns);
     let log = std::fs::read_to_string(counter.with_extension("count.log")).unwrap();
     let leaks = log
         .lines()
@@ -92,28 +91,28 @@ fn alloc_finds_the_leak_in_use_and_the_churn_allocated() {
         .filter(|t| (from..=to).contains(t))
         .count();
     let expected = leaks as f64 * CHUNK;
-    assert_eq!(r["ended"], "completed", "{r}");
-    assert!((4.9..6.0).contains(&secs), "tracked for {secs}s: {r}");
+    assert_eq!(r.ended, Some(Ended::Completed), "{r:?}");
+    assert!((4.9..6.0).contains(&secs), "tracked for {secs}s: {r:?}");
 
     // The leak: the top in-use stack, within 10 % of the true bytes.
-    let top = &r["stacks"][0];
+    let top = r
+        .stacks
+        .first()
+        .unwrap_or_else(|| panic!("no stacks: {r:#?}"));
     assert_eq!(
-        top["frames"][0], "sonde_leak_64k",
-        "top in-use stack: {r:#}"
+        top.frames.first().map(String::as_str),
+        Some("sonde_leak_64k"),
+        "top in-use stack: {r:#?}"
     );
     assert!(
-        top["frames"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f == "main"),
-        "full stack: {top}"
+        top.frames.iter().any(|f| f == "main"),
+        "full stack: {top:?}"
     );
     let (in_use, n, alloc, alloc_n, _) = by_leaf(&r, "sonde_leak_64k");
     let err = (in_use as f64 - expected).abs() / expected;
     assert!(
         err <= 0.10,
-        "leak in use {in_use} vs true {expected:.0} ({:.1} % off): {r}",
+        "leak in use {in_use} vs true {expected:.0} ({:.1} % off): {r:?}",
         err * 100.0
     );
     assert_eq!(in_use, n * 65536, "every leaked block is 64 KiB");
@@ -121,11 +120,11 @@ fn alloc_finds_the_leak_in_use_and_the_churn_allocated() {
 
     // The churn: about nothing in use, the right total allocated.
     let (c_in_use, _, c_alloc, c_n, c_freed) = by_leaf(&r, "sonde_churn_64k");
-    assert!(c_in_use <= 65536, "churn in use {c_in_use}: {r}");
+    assert!(c_in_use <= 65536, "churn in use {c_in_use}: {r:?}");
     let err = (c_alloc as f64 - expected).abs() / expected;
     assert!(
         err <= 0.10,
-        "churn allocated {c_alloc} vs {expected:.0}: {r}"
+        "churn allocated {c_alloc} vs {expected:.0}: {r:?}"
     );
     assert_eq!(c_alloc, c_n * 65536);
     assert_eq!(c_freed + c_in_use, c_alloc, "churn frees are matched");
@@ -133,13 +132,10 @@ fn alloc_finds_the_leak_in_use_and_the_churn_allocated() {
 
     // This glibc's free starts with an instruction the kernel would
     // single-step; the probe must sit where it is emulated.
-    let probes = r["probes"].as_array().unwrap();
-    assert!(
-        probes.iter().all(|p| p["emulated"] == true),
-        "probes: {probes:?}"
-    );
-    let free = probes.iter().find(|p| p["function"] == "free").unwrap();
-    assert!(free["offset"].as_u64().unwrap() > 0, "{free}");
+    let probes = &r.probes;
+    assert!(probes.iter().all(|p| p.emulated), "probes: {probes:?}");
+    let free = probes.iter().find(|p| p.function == "free").unwrap();
+    assert!(free.offset > 0, "{free:?}");
 
     // The top table names the leak first too.
     let p = wl.pid().to_string();
@@ -158,11 +154,11 @@ fn alloc_accounts_calloc_realloc_and_memalign_exactly() {
     let r = alloc_json(&agent, wl.pid(), &["--duration", "2s"]);
     let check = |f: &str, size: u64| {
         let (in_use, n, alloc, alloc_n, _) = by_leaf(&r, f);
-        assert!(n >= 50, "{f}: only {n} live allocations: {r}");
+        assert!(n >= 50, "{f}: only {n} live allocations: {r:?}");
         assert_eq!(
             in_use,
             n * size,
-            "{f}: in use {in_use} for {n} of {size}: {r}"
+            "{f}: in use {in_use} for {n} of {size}: {r:?}"
         );
         (alloc, alloc_n)
     };
@@ -170,25 +166,25 @@ fn alloc_accounts_calloc_realloc_and_memalign_exactly() {
     assert_eq!(a, an * 100_000);
     // realloc(NULL, n) calls malloc inside libc: counted once.
     let (a, an) = check("sonde_realloc_null", 3000);
-    assert_eq!(a, an * 3000, "realloc(NULL) counted once: {r}");
+    assert_eq!(a, an * 3000, "realloc(NULL) counted once: {r:?}");
     check("sonde_posix_memalign", 4096);
     check("sonde_aligned_alloc", 8192);
     // malloc(1000) then realloc to 50000: only the 50000 stay in use; the
     // 1000-byte blocks were freed by realloc.
     let (in_use, n, alloc, _, freed) = by_leaf(&r, "sonde_realloc_grow");
-    assert_eq!(in_use, n * 50_000, "{r}");
-    assert_eq!(alloc, n * 50_000 + freed, "{r}");
+    assert_eq!(in_use, n * 50_000, "{r:?}");
+    assert_eq!(alloc, n * 50_000 + freed, "{r:?}");
     assert!(
         freed.abs_diff(n * 1000) <= 1000,
-        "{freed} vs {n} x 1000: {r}"
+        "{freed} vs {n} x 1000: {r:?}"
     );
     // realloc(p, 0) frees p.
     let (in_use, _, alloc, alloc_n, freed) = by_leaf(&r, "sonde_realloc_free");
-    assert!(alloc_n >= 50, "{r}");
-    assert_eq!((in_use, alloc), (0, alloc_n * 2000), "{r}");
+    assert!(alloc_n >= 50, "{r:?}");
+    assert_eq!((in_use, alloc), (0, alloc_n * 2000), "{r:?}");
     assert_eq!(freed, alloc);
     // Leak suspects: live allocations older than --min-age.
-    assert!(r["stacks"][0]["leak_bytes"].as_u64().unwrap() > 0, "{r}");
+    assert!(r.stacks[0].leak_bytes > 0, "{r:?}");
 }
 
 #[test]
@@ -210,29 +206,19 @@ fn memory_collector_attributes_heap_growth_to_the_leak() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let m: Value = serde_json::from_slice(&out.stdout).expect("memory JSON");
-    let rows = m["rows"].as_array().unwrap();
-    let total: u64 = rows.iter().map(|r| r["bytes"].as_u64().unwrap()).sum();
+    let m: MemoryAnswer = serde_json::from_slice(&out.stdout).expect("memory JSON");
+    let rows = &m.rows;
+    let total: u64 = rows.iter().map(|r| r.bytes).sum();
     let leak: u64 = rows
         .iter()
-        .filter(|r| {
-            r["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|f| f == "sonde_leak_64k")
-        })
-        .map(|r| r["bytes"].as_u64().unwrap())
+        .filter(|r| r.frames.iter().any(|f| f == "sonde_leak_64k"))
+        .map(|r| r.bytes)
         .sum();
     assert!(
-        rows[0]["frames"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f == "sonde_leak_64k"),
-        "top RSS-growth stack: {m:#}"
+        rows[0].frames.iter().any(|f| f == "sonde_leak_64k"),
+        "top RSS-growth stack: {m:#?}"
     );
-    assert!(leak * 100 >= total * 60, "leak {leak} of {total}: {m:#}");
+    assert!(leak * 100 >= total * 60, "leak {leak} of {total}: {m:#?}");
     // ~6.5 MB/s leaked: the gauge follows (VmSize of the service).
     let later = metric_value(&agent.metrics(), &series).unwrap();
     assert!(
@@ -348,8 +334,10 @@ fn alloc_sessions_are_exclusive_cancellable_and_survive_target_exit() {
     };
     let tracking = || {
         wait_for(Duration::from_secs(10), "session tracking", || {
-            let s = agent.api("/api/v1/alloc/sessions");
-            (s[0]["state"] == "tracking").then_some(())
+            let s: Vec<SessionInfo> = agent.api("/api/v1/alloc/sessions");
+            s.first()
+                .is_some_and(|x| x.state == "tracking")
+                .then_some(())
         })
     };
     // Ctrl-C ends the session early with what it has, probes detached.
@@ -379,10 +367,11 @@ fn alloc_sessions_are_exclusive_cancellable_and_survive_target_exit() {
         "cancel took {:?}",
         t.elapsed()
     );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["ended"], "cancelled");
-    assert!(by_leaf(&r, "sonde_leak_64k").0 > 0, "{r}");
-    assert_eq!(agent.api("/api/v1/alloc/sessions"), serde_json::json!([]));
+    let r: AllocReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.ended, Some(Ended::Cancelled));
+    assert!(by_leaf(&r, "sonde_leak_64k").0 > 0, "{r:?}");
+    let left: Vec<SessionInfo> = agent.api("/api/v1/alloc/sessions");
+    assert_eq!(left, vec![]);
 
     // The target exits mid-session: the session ends and still reports.
     let second = spawn_session();
@@ -397,9 +386,16 @@ fn alloc_sessions_are_exclusive_cancellable_and_survive_target_exit() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(t.elapsed() < Duration::from_secs(10));
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["ended"], "target_exited");
-    assert_eq!(r["stacks"][0]["frames"][0], "sonde_leak_64k", "{r}");
+    let r: AllocReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.ended, Some(Ended::TargetExited));
+    assert_eq!(
+        r.stacks
+            .first()
+            .and_then(|s| s.frames.first())
+            .map(String::as_str),
+        Some("sonde_leak_64k"),
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -416,8 +412,10 @@ fn agent_shutdown_ends_a_session_with_its_report() {
         .spawn()
         .unwrap();
     wait_for(Duration::from_secs(10), "session tracking", || {
-        let s = agent.api("/api/v1/alloc/sessions");
-        (s[0]["state"] == "tracking").then_some(())
+        let s: Vec<SessionInfo> = agent.api("/api/v1/alloc/sessions");
+        s.first()
+            .is_some_and(|x| x.state == "tracking")
+            .then_some(())
     });
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
@@ -429,7 +427,7 @@ fn agent_shutdown_ends_a_session_with_its_report() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["ended"], "agent_shutdown", "{r}");
-    assert!(by_leaf(&r, "sonde_leak_64k").0 > 0, "{r}");
+    let r: AllocReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.ended, Some(Ended::AgentShutdown), "{r:?}");
+    assert!(by_leaf(&r, "sonde_leak_64k").0 > 0, "{r:?}");
 }

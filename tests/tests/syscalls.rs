@@ -9,6 +9,7 @@ use std::{
 };
 
 use sonde_tests::{Agent, exclusive, metric_value, wait_for, workload::build_c};
+use sonde_wire::syscalls::{Report, Row};
 
 /// Drains every second so tests do not wait for the default 5 s.
 const CONFIG: &str = "[collectors.syscalls]\ninterval = \"1s\"\n";
@@ -62,37 +63,32 @@ impl Mix {
 }
 
 /// sonde's row for `syscall` in a /api/v1/syscalls report.
-fn row<'a>(report: &'a serde_json::Value, syscall: &str) -> Option<&'a serde_json::Value> {
-    report["rows"]
-        .as_array()?
-        .iter()
-        .find(|r| r["syscall"] == syscall)
+fn row<'a>(report: &'a Report, syscall: &str) -> Option<&'a Row> {
+    report.row(syscall)
 }
 
-fn calls(report: &serde_json::Value, syscall: &str) -> u64 {
-    row(report, syscall)
-        .and_then(|r| r["calls"].as_u64())
-        .unwrap_or(0)
+fn calls(report: &Report, syscall: &str) -> u64 {
+    row(report, syscall).map_or(0, |r| r.calls)
 }
 
 /// Waits until sonde reports at least `n` calls of `syscall` for `pid`.
-fn report_with(agent: &Agent, pid: u32, syscall: &str, n: u64) -> serde_json::Value {
+fn report_with(agent: &Agent, pid: u32, syscall: &str, n: u64) -> Report {
     wait_for(
         Duration::from_secs(20),
         &format!("{n} {syscall} calls of pid {pid} in sonde's report"),
         || {
-            let r = agent.api(&format!("/api/v1/syscalls?pid={pid}&sort=count"));
+            let r: Report = agent.api(&format!("/api/v1/syscalls?pid={pid}&sort=count"));
             (calls(&r, syscall) >= n).then_some(r)
         },
     )
 }
 
-fn within(r: &serde_json::Value, what: &str, got: u64, expected: u64) {
+fn within(r: &Report, what: &str, got: u64, expected: u64) {
     // ≥ expected, and at most +0.5 % (libc start-up, stdio).
     let max = expected + expected / 200 + 5;
     assert!(
         (expected..=max).contains(&got),
-        "{what}: sonde counted {got}, expected {expected}..={max}\n{r:#}"
+        "{what}: sonde counted {got}, expected {expected}..={max}\n{r:#?}"
     );
 }
 
@@ -108,22 +104,22 @@ fn counts_errors_and_latency_of_a_known_workload() {
     within(&r, "getppid", calls(&r, "getppid"), 200_000);
     within(&r, "write", calls(&r, "write"), 50_000);
     within(&r, "openat", calls(&r, "openat"), 1_000);
-    assert_eq!(calls(&r, "nanosleep"), 50, "{r}");
+    assert_eq!(calls(&r, "nanosleep"), 50, "{r:?}");
     let openat = row(&r, "openat").expect("openat row");
-    assert_eq!(openat["errors"], 1000, "{openat}");
-    assert_eq!(openat["errnos"]["ENOENT"], 1000, "{openat}");
-    assert_eq!(row(&r, "getppid").unwrap()["errors"], 0);
+    assert_eq!(openat.errors, 1000, "{openat:?}");
+    assert_eq!(openat.errnos.get("ENOENT"), Some(&1000), "{openat:?}");
+    assert_eq!(row(&r, "getppid").unwrap().errors, 0);
 
     // 10 ms sleeps: the median's bucket lies in [10 ms, 12 ms].
     let sleep = row(&r, "nanosleep").unwrap();
-    let p50 = sleep["p50_seconds"].as_f64().expect("p50");
+    let p50 = sleep.p50_seconds.expect("p50");
     assert!(
         (0.010..=0.012).contains(&p50),
-        "nanosleep p50 {p50}: {sleep}"
+        "nanosleep p50 {p50}: {sleep:?}"
     );
-    let avg = sleep["avg_seconds"].as_f64().unwrap();
-    assert!(avg >= 0.010, "nanosleep avg {avg} < 10 ms: {sleep}");
-    assert_eq!(r["processes"][0]["service"], "sonde_sc_mix", "{r}");
+    let avg = sleep.avg_seconds;
+    assert!(avg >= 0.010, "nanosleep avg {avg} < 10 ms: {sleep:?}");
+    assert_eq!(r.processes[0].service, "sonde_sc_mix", "{r:?}");
 
     // The same numbers in Prometheus, labelled by service.
     let m = agent.metrics();
@@ -230,10 +226,8 @@ fn counts_agree_with_strace() {
     for (name, n, errors) in &peer {
         let got = calls(&r, name);
         if ["getppid", "write", "openat", "nanosleep"].contains(&name.as_str()) {
-            assert_eq!(got, *n, "{name}: sonde {got}, strace {n}\n{r}");
-            let got_err = row(&r, name)
-                .and_then(|x| x["errors"].as_u64())
-                .unwrap_or(0);
+            assert_eq!(got, *n, "{name}: sonde {got}, strace {n}\n{r:?}");
+            let got_err = row(&r, name).map_or(0, |x| x.errors);
             assert_eq!(
                 got_err, *errors,
                 "{name} errors: sonde {got_err}, strace {errors}"
@@ -242,7 +236,7 @@ fn counts_agree_with_strace() {
             // sonde also sees what strace's forked child does before exec.
             assert!(
                 got >= *n && got <= n + 5,
-                "{name}: sonde {got}, strace {n}\n{r}"
+                "{name}: sonde {got}, strace {n}\n{r:?}"
             );
         }
     }
@@ -383,37 +377,29 @@ fn config_filters_trim_processes_and_syscalls_in_the_kernel() {
     a.run();
     b.run();
     let r = report_with(&agent, a.child.id(), "getppid", 2000);
-    assert_eq!(calls(&r, "getppid"), 2000, "{r}");
-    assert_eq!(calls(&r, "openat"), 30, "{r}");
-    assert_eq!(calls(&r, "write"), 0, "write is filtered out: {r}");
-    let names: Vec<&str> = r["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|x| x["syscall"].as_str())
-        .collect();
+    assert_eq!(calls(&r, "getppid"), 2000, "{r:?}");
+    assert_eq!(calls(&r, "openat"), 30, "{r:?}");
+    assert_eq!(calls(&r, "write"), 0, "write is filtered out: {r:?}");
+    let names: Vec<&str> = r.rows.iter().map(|x| x.syscall.as_str()).collect();
     assert!(
         names.iter().all(|n| ["getppid", "openat"].contains(n)),
         "{names:?}"
     );
-    let other = agent.api(&format!("/api/v1/syscalls?pid={}", b.child.id()));
-    assert_eq!(other["rows"], serde_json::json!([]), "{other}");
+    let other: Report = agent.api(&format!("/api/v1/syscalls?pid={}", b.child.id()));
+    assert!(other.rows.is_empty(), "{other:?}");
     a.finish();
     b.finish();
 
-    // An unknown syscall name leaves the agent up and says why.
-    let bad = Agent::spawn("[collectors.syscalls]\nsyscalls = [\"getppidd\"]\n", &[]);
-    bad.wait_ready(Duration::from_secs(30));
-    let st = bad.api("/api/v1/status");
-    let c = st["collectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "syscalls")
-        .cloned()
-        .unwrap();
-    assert_eq!(c["status"], "unhealthy", "{c}");
-    assert!(c["reason"].as_str().unwrap().contains("getppidd"), "{c}");
+    // An unknown syscall name is a config error: the agent refuses to
+    // start (exit 2, like `--check-config`) and names the key and the name.
+    let mut bad = Agent::spawn("[collectors.syscalls]\nsyscalls = [\"getppidd\"]\n", &[]);
+    let st = bad.wait_exit(Duration::from_secs(30));
+    let log = bad.log();
+    assert_eq!(st.and_then(|s| s.code()), Some(2), "{log}");
+    assert!(
+        log.contains("collectors.syscalls.syscalls") && log.contains("getppidd"),
+        "{log}"
+    );
 }
 
 /// The kernel side keeps each CPU's calls in a cache and moves them to the
@@ -479,24 +465,28 @@ fn call_cache_flushes_keep_counts_exact() {
         "sys_512",
         "sys_513",
     ] {
-        assert_eq!(calls(&r, name), n, "{name}\n{r:#}");
+        assert_eq!(calls(&r, name), n, "{name}\n{r:#?}");
     }
     for name in ["lseek", "dup"] {
         let x = row(&r, name).unwrap();
-        assert_eq!(x["errors"], n, "{x}");
-        assert_eq!(x["errnos"]["EBADF"], n, "{x}");
+        assert_eq!(x.errors, n, "{x:?}");
+        assert_eq!(x.errnos.get("EBADF"), Some(&n), "{x:?}");
     }
-    assert_eq!(row(&r, "sys_512").unwrap()["errnos"]["ENOSYS"], n, "{r:#}");
-    assert_eq!(calls(&r, "sched_yield"), threads * (rounds / 16), "{r:#}");
+    assert_eq!(
+        row(&r, "sys_512").unwrap().errnos.get("ENOSYS"),
+        Some(&n),
+        "{r:#?}"
+    );
+    assert_eq!(calls(&r, "sched_yield"), threads * (rounds / 16), "{r:#?}");
     assert_eq!(
         calls(&r, "sched_setaffinity"),
         threads * (rounds / 64),
-        "{r:#}"
+        "{r:#?}"
     );
     // libc start-up and stdio add a few of these.
     for name in ["read", "write", "fcntl"] {
         let got = calls(&r, name);
-        assert!((n..=n + 20).contains(&got), "{name}: {got}\n{r:#}");
+        assert!((n..=n + 20).contains(&got), "{name}: {got}\n{r:#?}");
     }
     // Every call in exactly one histogram bucket, after any mix of flushes
     // that merge a few buckets or the whole histogram: in every series of

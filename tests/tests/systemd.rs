@@ -118,7 +118,7 @@ fn systemd_syscall_filter_allows_every_syscall_the_agent_makes() {
         .collect();
     let mut a = Agent::spawn_wrapped("", &[], &wrapper);
     a.wait_ready(Duration::from_secs(60));
-    let _ = a.api("/api/v1/status");
+    let _: sonde_wire::status::Status = a.api("/api/v1/status");
     let _ = a.metrics();
     run(&mut Command::new("/bin/true"));
     // The child is strace; stop the agent it runs, and strace follows.

@@ -8,6 +8,7 @@ use std::{
 };
 
 use sonde_tests::{Agent, exclusive, text, workload::build_c};
+use sonde_wire::top::SyscallsFrame;
 
 const CONFIG: &str = "[collectors.syscalls]\ninterval = \"1s\"\n\
                       [collectors.profile]\nenabled = false\n\
@@ -33,7 +34,7 @@ fn top_once_json_shows_a_getppid_loop_at_its_rate() {
     let sampled = started.elapsed();
     let out_text = text(&out);
     assert!(out.status.success(), "sonde top failed: {out_text}");
-    let frame: serde_json::Value = serde_json::from_slice(&out.stdout)
+    let frame: SyscallsFrame = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("sonde top -o json: {e}: {out_text}"));
     let done = child.wait_with_output().expect("wait getppid_loop");
     assert!(done.status.success());
@@ -51,34 +52,31 @@ fn top_once_json_shows_a_getppid_loop_at_its_rate() {
         "the loop ({loop_secs:.1}s) ended before the sample ({sampled:?}): rate not comparable"
     );
 
-    assert_eq!(frame["view"], "syscalls", "{frame:#}");
-    let secs = frame["interval_seconds"].as_f64().unwrap();
-    assert!((0.9..=1.6).contains(&secs), "interval {secs}: {frame:#}");
-    let rows = frame["processes"].as_array().expect("processes");
+    assert_eq!(frame.view, "syscalls", "{frame:#?}");
+    let secs = frame.interval_seconds;
+    assert!((0.9..=1.6).contains(&secs), "interval {secs}: {frame:#?}");
+    let rows = &frame.processes;
     let row = rows
         .iter()
-        .find(|r| r["pid"] == pid)
-        .unwrap_or_else(|| panic!("pid {pid} missing from sonde top: {frame:#}"));
-    assert_eq!(row["comm"], "sonde_top_loop", "{row}");
-    assert_eq!(row["top_syscall"], "getppid", "{row}");
-    assert_eq!(row["errors_per_second"], 0.0, "{row}");
-    let rate = row["calls_per_second"].as_f64().unwrap();
+        .find(|r| r.pid == pid)
+        .unwrap_or_else(|| panic!("pid {pid} missing from sonde top: {frame:#?}"));
+    assert_eq!(row.comm, "sonde_top_loop", "{row:?}");
+    assert_eq!(row.top_syscall, "getppid", "{row:?}");
+    assert_eq!(row.errors_per_second, 0.0, "{row:?}");
+    let rate = row.calls_per_second;
     // The shared machine makes the loop's speed vary over its run: the
     // 1 s sample must agree with its whole-run average within a factor 2.
     assert!(
         rate > loop_rate / 2.0 && rate < loop_rate * 2.0,
-        "sonde top says {rate:.0} calls/s, the loop averaged {loop_rate:.0}/s: {row}"
+        "sonde top says {rate:.0} calls/s, the loop averaged {loop_rate:.0}/s: {row:?}"
     );
-    let top_rate = row["top_syscall_calls_per_second"].as_f64().unwrap();
-    assert!(top_rate >= 0.99 * rate, "{row}");
+    let top_rate = row.top_syscall_calls_per_second;
+    assert!(top_rate >= 0.99 * rate, "{row:?}");
     // Time in syscalls per second: positive and at most one thread's worth.
-    let busy = row["syscall_seconds_per_second"].as_f64().unwrap();
-    assert!(busy > 0.0 && busy <= 1.05, "{row}");
+    let busy = row.syscall_seconds_per_second;
+    assert!(busy > 0.0 && busy <= 1.05, "{row:?}");
     // Rows are sorted by calls/s, highest first.
-    let rates: Vec<f64> = rows
-        .iter()
-        .map(|r| r["calls_per_second"].as_f64().unwrap())
-        .collect();
+    let rates: Vec<f64> = rows.iter().map(|r| r.calls_per_second).collect();
     assert!(rates.windows(2).all(|w| w[0] >= w[1]), "{rates:?}");
 
     // The table form names the process and its busiest syscall.

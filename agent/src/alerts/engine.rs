@@ -9,73 +9,40 @@ use std::{
 };
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts};
-use serde::{Deserialize, Serialize};
+pub use sonde_wire::alerts::{AlertOut, AlertsReport};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     config::AlertsConfig,
     eval::eval_vector,
-    notify::{Kind, Receiver, ReceiverMetrics, ReceiverStatus, WireAlert, rfc3339},
+    notify::{Kind, Receiver, ReceiverMetrics, WireAlert, rfc3339},
     rules::{Compiled, Rule},
     state::{Alert, AlertState, History, RuleState, Transition},
-    store::{Labels, Store},
+    store::Store,
 };
 use crate::{collectors::ComponentHealth, telemetry::Telemetry};
 
-/// What `GET /api/v1/alerts` returns.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct AlertsReport {
-    pub enabled: bool,
-    pub rules: usize,
-    pub interval_seconds: f64,
-    pub evaluations: u64,
-    pub last_evaluation: Option<String>,
-    pub last_error: Option<String>,
-    /// Pending and firing alerts.
-    pub alerts: Vec<AlertOut>,
-    /// Resolved alerts, newest first (only with `?all=true`).
-    pub history: Vec<AlertOut>,
-    pub receivers: Vec<ReceiverStatus>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AlertOut {
-    pub name: String,
-    pub severity: String,
-    pub state: AlertState,
-    /// `None` when the value is not a finite number (e.g. x/0).
-    pub value: Option<f64>,
-    pub labels: Labels,
-    pub annotations: Labels,
-    pub active_at: String,
-    /// Seconds in the current state (pending/firing) or that it lasted (resolved).
-    pub since_seconds: f64,
-    pub fired_at: Option<String>,
-    pub resolved_at: Option<String>,
-}
-
-impl AlertOut {
-    fn from(a: &Alert, now: SystemTime) -> Self {
-        let since = match a.state {
-            AlertState::Pending => a.active_at,
-            _ => a.fired_at.unwrap_or(a.active_at),
-        };
-        let until = a.resolved_at.unwrap_or(now);
-        Self {
-            name: a.name.clone(),
-            severity: a.severity.clone(),
-            state: a.state,
-            value: a.value.is_finite().then_some(a.value),
-            labels: a.labels.clone(),
-            annotations: a.annotations.clone(),
-            active_at: rfc3339(a.active_at),
-            since_seconds: until
-                .duration_since(since)
-                .unwrap_or_default()
-                .as_secs_f64(),
-            fired_at: a.fired_at.map(rfc3339),
-            resolved_at: a.resolved_at.map(rfc3339),
-        }
+/// An alert as the API shows it, at `now`.
+fn alert_out(a: &Alert, now: SystemTime) -> AlertOut {
+    let since = match a.state {
+        AlertState::Pending => a.active_at,
+        _ => a.fired_at.unwrap_or(a.active_at),
+    };
+    let until = a.resolved_at.unwrap_or(now);
+    AlertOut {
+        name: a.name.clone(),
+        severity: a.severity.clone(),
+        state: a.state,
+        value: a.value.is_finite().then_some(a.value),
+        labels: a.labels.clone(),
+        annotations: a.annotations.clone(),
+        active_at: rfc3339(a.active_at),
+        since_seconds: until
+            .duration_since(since)
+            .unwrap_or_default()
+            .as_secs_f64(),
+        fired_at: a.fired_at.map(rfc3339),
+        resolved_at: a.resolved_at.map(rfc3339),
     }
 }
 
@@ -366,7 +333,7 @@ impl AlertEngine {
             .per_rule
             .iter()
             .flat_map(|r| r.alerts())
-            .map(|a| AlertOut::from(a, now))
+            .map(|a| alert_out(a, now))
             .collect();
         alerts.sort_by(|a, b| {
             (b.state == AlertState::Firing, &a.name).cmp(&(a.state == AlertState::Firing, &b.name))
@@ -375,7 +342,7 @@ impl AlertEngine {
             st.history
                 .items()
                 .rev()
-                .map(|a| AlertOut::from(a, now))
+                .map(|a| alert_out(a, now))
                 .collect()
         } else {
             Vec::new()
@@ -417,7 +384,7 @@ impl AlertEngine {
         ComponentHealth::healthy(format!(
             "{} rules every {}",
             self.inner.rules.len(),
-            crate::config::format_duration(self.inner.interval)
+            crate::duration::format_duration(self.inner.interval)
         ))
     }
 }

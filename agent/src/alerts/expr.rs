@@ -18,7 +18,7 @@ use std::{fmt, time::Duration};
 
 use regex_lite::Regex;
 
-use crate::config::parse_duration;
+use crate::duration::parse_duration;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("at column {col}: {msg}")]
@@ -165,7 +165,7 @@ impl fmt::Display for Tok {
             Tok::Ident(s) => write!(f, "`{s}`"),
             Tok::Num(n) => write!(f, "number {n}"),
             Tok::Str(s) => write!(f, "string {s:?}"),
-            Tok::Range(d) => write!(f, "range [{}]", crate::config::format_duration(*d)),
+            Tok::Range(d) => write!(f, "range [{}]", crate::duration::format_duration(*d)),
             Tok::Punct(p) => write!(f, "`{p}`"),
             Tok::End => f.write_str("end of expression"),
         }

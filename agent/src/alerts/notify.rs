@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, body::Bytes};
 use hyper_util::rt::TokioIo;
 use prometheus::{IntCounter, IntGauge};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -72,12 +72,7 @@ impl fmt::Display for HttpUrl {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Alertmanager,
-    Webhook,
-}
+pub use sonde_wire::alerts::{ReceiverKind as Kind, ReceiverStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -181,22 +176,6 @@ pub struct ReceiverMetrics {
     pub failed: IntCounter,
     pub dropped: IntCounter,
     pub queued: IntGauge,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ReceiverStatus {
-    pub kind: Option<Kind>,
-    pub url: String,
-    /// Alerts delivered (each alert of a batch counts once).
-    pub sent: u64,
-    /// Failed delivery attempts.
-    pub failed: u64,
-    /// Notifications dropped because the outbox was full.
-    pub dropped: u64,
-    /// Notifications waiting (for the receiver to come back).
-    pub queued: u64,
-    pub last_error: Option<String>,
-    pub last_success: Option<String>,
 }
 
 struct Outbox {

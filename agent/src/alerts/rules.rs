@@ -9,7 +9,7 @@ use super::{
     notify::HttpUrl,
     template::Template,
 };
-use crate::{config::parse_duration, metrics_catalog};
+use crate::{duration::parse_duration, metrics_catalog};
 
 #[derive(Debug, Clone)]
 pub struct Rule {

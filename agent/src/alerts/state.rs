@@ -7,26 +7,9 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+pub use sonde_wire::alerts::AlertState;
 
 use super::{eval::Sample, rules::Rule, store::Labels};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AlertState {
-    Pending,
-    Firing,
-    Resolved,
-}
-
-impl AlertState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertState::Pending => "pending",
-            AlertState::Firing => "firing",
-            AlertState::Resolved => "resolved",
-        }
-    }
-}
 
 /// One alert instance (one label group of one rule).
 #[derive(Debug, Clone, Serialize, Deserialize)]

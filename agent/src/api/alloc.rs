@@ -12,15 +12,16 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
+use sonde_wire::alloc::CancelQuery;
 
-use super::{AppState, control::error};
+use super::{AppState, error};
 use crate::{
     collectors::memory::{
         libc::LibcError,
         render::{self, Measure},
         session::{MAX_DURATION, Request, SessionError},
     },
-    config::parse_duration,
+    duration::parse_duration,
 };
 
 /// Largest `sample_bytes`.
@@ -117,7 +118,7 @@ pub async fn alloc(State(s): State<AppState>, Query(q): Query<AllocQuery>) -> Re
     };
     let text = "text/plain; charset=utf-8";
     let (ctype, body): (&str, Vec<u8>) = match format {
-        "json" => return Json(report).into_response(),
+        "json" => return Json(&report.summary).into_response(),
         "folded" => (text, render::folded(&report, measure).into_bytes()),
         "pprof" => (
             "application/vnd.google.protobuf+gzip",
@@ -126,11 +127,6 @@ pub async fn alloc(State(s): State<AppState>, Query(q): Query<AllocQuery>) -> Re
         _ => (text, render::top(&report, 30).into_bytes()),
     };
     ([(header::CONTENT_TYPE, ctype.to_owned())], body).into_response()
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CancelQuery {
-    pub pid: u32,
 }
 
 /// Ends the session on `pid` early.

@@ -13,10 +13,15 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use serde::{Deserialize, Serialize};
+use sonde_wire::{
+    alerts::{AlertsQuery, AlertsReport},
+    processes::{ProcessInfo, ProcessQuery},
+    status::{CollectorOut, FeatureOut, NamedHealth, Status},
+    syscalls::SyscallsQuery,
+};
 
-use super::{AppState, NamedHealth};
-use crate::{features::Feature, process_table::ProcessInfo};
+use super::{AppState, error};
+use crate::features::Feature;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -37,16 +42,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Body of every control-API error: the CLI prints `error` as is.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ApiError {
-    pub error: String,
-}
-
-pub fn error(code: StatusCode, msg: impl Into<String>) -> Response {
-    (code, Json(ApiError { error: msg.into() })).into_response()
-}
-
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
@@ -54,52 +49,19 @@ async fn not_found() -> Response {
     )
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Status {
-    pub version: String,
-    pub pid: u32,
-    pub uptime_seconds: f64,
-    pub kernel: String,
-    pub ready: bool,
-    pub status: crate::collectors::HealthStatus,
-    pub listen: String,
-    pub socket: String,
-    pub features: Vec<FeatureOut>,
-    pub collectors: Vec<CollectorOut>,
-    pub processes_tracked: usize,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct FeatureOut {
-    pub name: String,
-    pub available: bool,
-    pub detail: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct CollectorOut {
-    pub name: String,
-    pub status: crate::collectors::HealthStatus,
-    pub reason: String,
-}
-
-impl From<&Feature> for FeatureOut {
-    fn from(f: &Feature) -> Self {
-        Self {
-            name: f.name.to_owned(),
-            available: f.available,
-            detail: f.detail.clone(),
-        }
+fn feature_out(f: &Feature) -> FeatureOut {
+    FeatureOut {
+        name: f.name.to_owned(),
+        available: f.available,
+        detail: f.detail.clone(),
     }
 }
 
-impl From<NamedHealth> for CollectorOut {
-    fn from(h: NamedHealth) -> Self {
-        Self {
-            name: h.name,
-            status: h.health.status,
-            reason: h.health.reason,
-        }
+fn collector_out(h: NamedHealth) -> CollectorOut {
+    CollectorOut {
+        name: h.name,
+        status: h.status,
+        reason: h.reason,
     }
 }
 
@@ -115,20 +77,14 @@ async fn status(State(s): State<AppState>) -> Json<Status> {
         status: report.status,
         listen: s.config.api.listen.to_string(),
         socket: s.config.api.socket.display().to_string(),
-        features: features.features.iter().map(FeatureOut::from).collect(),
+        features: features.features.iter().map(feature_out).collect(),
         collectors: s
             .collector_health()
             .into_iter()
-            .map(CollectorOut::from)
+            .map(collector_out)
             .collect(),
         processes_tracked: s.processes.list().iter().filter(|p| !p.exited).count(),
     })
-}
-
-#[derive(Debug, Deserialize)]
-struct ProcessQuery {
-    pid: Option<u32>,
-    name: Option<String>,
 }
 
 async fn processes(
@@ -149,28 +105,11 @@ async fn processes(
     Json(list)
 }
 
-#[derive(Debug, Deserialize)]
-struct AlertsQuery {
-    #[serde(default)]
-    all: bool,
-}
-
-async fn alerts(
-    State(s): State<AppState>,
-    Query(q): Query<AlertsQuery>,
-) -> Json<crate::alerts::AlertsReport> {
+async fn alerts(State(s): State<AppState>, Query(q): Query<AlertsQuery>) -> Json<AlertsReport> {
     Json(match &s.alerts {
         Some(a) => a.report(q.all),
-        None => crate::alerts::AlertsReport::default(),
+        None => AlertsReport::default(),
     })
-}
-
-#[derive(Debug, Deserialize)]
-struct SyscallsQuery {
-    pid: Option<u32>,
-    name: Option<String>,
-    #[serde(default)]
-    sort: crate::collectors::syscalls::SortBy,
 }
 
 /// `sonde syscalls`: an `strace -c` table for the last window.

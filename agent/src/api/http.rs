@@ -6,20 +6,12 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use serde::Deserialize;
+use sonde_wire::http::HttpQuery;
 
-use super::{AppState, control::error};
+use super::{AppState, error};
 use crate::collectors::http::HttpFilter;
 
-#[derive(Debug, Deserialize)]
-pub struct HttpParams {
-    pid: Option<u32>,
-    name: Option<String>,
-    #[serde(default)]
-    client: bool,
-}
-
-pub async fn http(State(s): State<AppState>, Query(q): Query<HttpParams>) -> Response {
+pub async fn http(State(s): State<AppState>, Query(q): Query<HttpQuery>) -> Response {
     let f = HttpFilter {
         pid: q.pid,
         name: q.name,

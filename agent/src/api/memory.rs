@@ -9,42 +9,13 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::{Deserialize, Serialize};
+use sonde_wire::memory::{Group, MemoryAnswer, MemoryQuery, MemoryRow};
 
-use super::{AppState, control::error};
+use super::{AppState, error};
 use crate::collectors::{
-    memory::{render::bytes, store::Group},
+    memory::render::bytes,
     profile::{pprof, render::folded_line, store::Filter},
 };
-
-#[derive(Debug, Deserialize)]
-pub struct MemoryQuery {
-    pub pid: Option<u32>,
-    pub name: Option<String>,
-    /// rss (default), mapped, unmapped.
-    pub kind: Option<String>,
-    /// top (default), folded, pprof, json.
-    pub format: Option<String>,
-}
-
-/// One stack in the JSON answer.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MemoryRow {
-    pub pid: u32,
-    pub comm: String,
-    pub service: String,
-    pub bytes: u64,
-    pub events: u64,
-    /// Function names, leaf first.
-    pub frames: Vec<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct MemoryAnswer {
-    pub kind: Group,
-    pub seconds: f64,
-    pub rows: Vec<MemoryRow>,
-}
 
 pub async fn memory(State(s): State<AppState>, Query(q): Query<MemoryQuery>) -> Response {
     let Some(group) = Group::parse(q.kind.as_deref().unwrap_or("rss")) else {

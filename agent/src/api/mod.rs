@@ -17,7 +17,13 @@ use std::{
     time::Instant,
 };
 
-use serde::Serialize;
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use sonde_wire::ApiError;
+pub use sonde_wire::status::{HealthReport, NamedHealth};
 
 use crate::{
     collectors::{Collector, ComponentHealth, HealthStatus},
@@ -48,18 +54,18 @@ pub struct AppState {
     pub alloc: crate::collectors::memory::session::Sessions,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct NamedHealth {
-    pub name: String,
-    #[serde(flatten)]
-    pub health: ComponentHealth,
+/// A control-API error answer: `code` with `{"error": msg}`, which the CLI
+/// prints as is.
+pub fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(ApiError { error: msg.into() })).into_response()
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct HealthReport {
-    pub status: HealthStatus,
-    pub ready: bool,
-    pub components: Vec<NamedHealth>,
+fn named(name: impl Into<String>, health: ComponentHealth) -> NamedHealth {
+    NamedHealth {
+        name: name.into(),
+        status: health.status,
+        reason: health.reason,
+    }
 }
 
 impl AppState {
@@ -67,10 +73,7 @@ impl AppState {
         let collectors = self.collectors.lock().unwrap_or_else(|e| e.into_inner());
         collectors
             .iter()
-            .map(|c| NamedHealth {
-                name: c.name().to_owned(),
-                health: c.health(),
-            })
+            .map(|c| named(c.name(), c.health()))
             .collect()
     }
 
@@ -82,25 +85,22 @@ impl AppState {
         let startup_done = self.startup_done.load(Ordering::Acquire);
         let any_running = components
             .iter()
-            .any(|c| c.health.status != HealthStatus::Unhealthy);
+            .any(|c| c.status != HealthStatus::Unhealthy);
         let ready = startup_done && any_running;
         if let Some(a) = &self.alerts {
-            components.push(NamedHealth {
-                name: "alerts".into(),
-                health: a.health(),
-            });
+            components.push(named("alerts", a.health()));
         }
-        components.push(NamedHealth {
-            name: "startup".into(),
-            health: if startup_done {
+        components.push(named(
+            "startup",
+            if startup_done {
                 ComponentHealth::healthy("collectors started")
             } else {
                 ComponentHealth::degraded("starting collectors")
             },
-        });
+        ));
         let worst = components
             .iter()
-            .map(|c| c.health.status)
+            .map(|c| c.status)
             .max()
             .unwrap_or(HealthStatus::Healthy);
         // The agent as a whole is unhealthy only when nothing runs; a single

@@ -9,33 +9,19 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::Deserialize;
+use sonde_wire::profile::ProfileQuery;
 
-use super::{AppState, control::error};
+use super::{AppState, error};
 use crate::{
     collectors::profile::{
         pprof, render,
         store::{Filter, Profile},
     },
-    config::parse_duration,
+    duration::parse_duration,
 };
 
 /// Longest profile a request may wait for.
 pub const MAX_DURATION: Duration = Duration::from_secs(300);
-
-#[derive(Debug, Deserialize)]
-pub struct ProfileQuery {
-    pub pid: Option<u32>,
-    pub name: Option<String>,
-    pub service: Option<String>,
-    /// `10s`, `500ms`, `1m`; default 10s.
-    pub duration: Option<String>,
-    /// Use the retained window instead of waiting.
-    #[serde(default)]
-    pub last: bool,
-    /// pprof (default), folded, svg, top.
-    pub format: Option<String>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

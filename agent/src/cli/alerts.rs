@@ -2,9 +2,9 @@
 //! status, and with `--all` the history of resolved alerts.
 
 use clap::Args;
+use sonde_wire::alerts::{AlertOut, AlertsReport};
 
 use super::{Output, QueryArgs, client, output};
-use crate::alerts::{AlertsReport, engine::AlertOut};
 
 #[derive(Debug, Args)]
 pub struct AlertsArgs {

@@ -10,7 +10,8 @@ use super::{UsageError, client};
 use crate::{
     api::alloc::MAX_SAMPLE_BYTES,
     collectors::memory::session::MAX_DURATION,
-    config::{DEFAULT_SOCKET, format_duration, parse_duration},
+    config::DEFAULT_SOCKET,
+    duration::{format_duration, parse_duration},
 };
 
 pub const AFTER: &str = "Examples:

@@ -7,8 +7,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::{Request, body::Bytes};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
-
-use crate::api::control::ApiError;
+use sonde_wire::ApiError;
 
 /// GETs `path_and_query` from the agent and decodes the JSON body.
 pub async fn get_json<T: DeserializeOwned>(

@@ -1,9 +1,9 @@
 //! `sonde http`: per-route HTTP RED summary (rate, errors, latency, in-flight).
 
 use clap::Args;
+use sonde_wire::http::RouteRow;
 
 use super::{Output, QueryArgs, UsageError, client, output};
-use crate::collectors::http::stats::RouteRow;
 
 #[derive(Debug, Args)]
 pub struct HttpArgs {

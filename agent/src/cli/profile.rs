@@ -8,7 +8,8 @@ use clap::{Args, ValueEnum};
 use super::{UsageError, client};
 use crate::{
     api::profile::MAX_DURATION,
-    config::{DEFAULT_SOCKET, format_duration, parse_duration},
+    config::DEFAULT_SOCKET,
+    duration::{format_duration, parse_duration},
 };
 
 pub const AFTER: &str = "Examples:

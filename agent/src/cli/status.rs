@@ -1,7 +1,8 @@
 //! `sonde status`.
 
+use sonde_wire::status::Status;
+
 use super::{Output, QueryArgs, client, output};
-use crate::api::control::Status;
 
 pub fn run(q: &QueryArgs) -> anyhow::Result<()> {
     let s: Status = client::block_on(client::get_json(&q.socket, "/api/v1/status"))??;
@@ -19,10 +20,7 @@ fn render(s: &Status) -> String {
         s.pid,
         output::human_duration(s.uptime_seconds),
         s.kernel,
-        serde_json::to_value(s.status)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        s.status.as_str(),
         if s.ready { ", ready" } else { ", not ready" },
         s.listen,
         s.socket,
@@ -34,10 +32,7 @@ fn render(s: &Status) -> String {
         .map(|c| {
             vec![
                 c.name.clone(),
-                serde_json::to_value(c.status)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default(),
+                c.status.as_str().to_owned(),
                 c.reason.clone(),
             ]
         })

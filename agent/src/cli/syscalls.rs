@@ -1,9 +1,9 @@
 //! `sonde syscalls`: an `strace -c` style table for the last window.
 
 use clap::{Args, ValueEnum};
+use sonde_wire::syscalls::{Report, Row};
 
 use super::{Output, QueryArgs, UsageError, client, output};
-use crate::collectors::syscalls::{Report, Row};
 
 #[derive(Debug, Args)]
 pub struct SyscallsArgs {

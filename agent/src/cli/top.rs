@@ -20,13 +20,13 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use serde::Serialize;
+use sonde_wire::{
+    http::RouteRow,
+    syscalls::{ProcessTotal, Totals},
+    top::{ProcRow, SyscallsFrame},
+};
 
 use super::{Output, QueryArgs, UsageError, client, output};
-use crate::collectors::{
-    http::stats::RouteRow,
-    syscalls::totals::{ProcessTotal, Totals},
-};
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
@@ -95,36 +95,6 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?}: the interval must be between 100ms and 1h"));
     }
     Ok(Duration::from_secs_f64(secs))
-}
-
-/// One row of the syscalls view.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct ProcRow {
-    pub pid: u32,
-    pub comm: String,
-    pub service: String,
-    pub calls_per_second: f64,
-    pub errors_per_second: f64,
-    /// Seconds spent inside syscalls per second of wall time (1.0 = one
-    /// thread always in a syscall; blocking calls count while they wait).
-    pub syscall_seconds_per_second: f64,
-    /// The syscall with the most calls in the interval.
-    pub top_syscall: String,
-    pub top_syscall_calls_per_second: f64,
-}
-
-/// One frame of the syscalls view (also the `-o json` document).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct SyscallsFrame {
-    pub view: &'static str,
-    /// Agent-side time between the two snapshots.
-    pub interval_seconds: f64,
-    pub calls_per_second: f64,
-    pub errors_per_second: f64,
-    pub syscall_seconds_per_second: f64,
-    /// Processes with at least one call in the interval (before --limit).
-    pub active_processes: usize,
-    pub processes: Vec<ProcRow>,
 }
 
 /// Rates between two snapshots. A process or syscall absent from `prev`
@@ -201,7 +171,7 @@ pub fn syscalls_frame(
             .then(a.pid.cmp(&b.pid))
     });
     SyscallsFrame {
-        view: "syscalls",
+        view: "syscalls".into(),
         interval_seconds: secs,
         calls_per_second: per_s(calls),
         errors_per_second: per_s(errors),
@@ -511,8 +481,9 @@ fn frames_loop(
 
 #[cfg(test)]
 mod tests {
+    use sonde_wire::syscalls::SyscallTotal;
+
     use super::*;
-    use crate::collectors::syscalls::totals::SyscallTotal;
 
     fn proc_(pid: u32, comm: &str, calls: &[(&str, u64, u64, u64)]) -> ProcessTotal {
         ProcessTotal {

@@ -17,7 +17,7 @@ pub mod syscalls;
 
 use std::sync::{Arc, RwLock};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 pub use self::kit::{Base, Deps};
@@ -32,15 +32,7 @@ pub struct ComponentHealth {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthStatus {
-    Healthy,
-    /// Running with reduced function (e.g. a fallback hook, dropped events).
-    Degraded,
-    /// Not running.
-    Unhealthy,
-}
+pub use sonde_wire::HealthStatus;
 
 impl ComponentHealth {
     pub fn healthy(reason: impl Into<String>) -> Self {

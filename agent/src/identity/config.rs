@@ -4,7 +4,7 @@ use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Dur;
+use crate::duration::Dur;
 
 pub const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 

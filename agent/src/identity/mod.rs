@@ -18,35 +18,12 @@ use std::{
 };
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
-use serde::{Deserialize, Serialize};
+pub use sonde_wire::processes::K8sIdentity;
 use tokio_util::sync::CancellationToken;
 
 pub use self::config::KubernetesConfig;
 use self::kubelet::PodSource;
 use crate::{process_table::ProcessTable, telemetry::Telemetry};
-
-/// A container's place in Kubernetes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct K8sIdentity {
-    /// `k8s_namespace_name`
-    pub namespace: String,
-    /// `k8s_pod_name`
-    pub pod: String,
-    pub pod_uid: String,
-    /// `k8s_container_name`
-    pub container: String,
-    /// The pod's `kubernetes.service_label` label (`app.kubernetes.io/name`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app: Option<String>,
-}
-
-impl K8sIdentity {
-    /// The `service_name` of processes in this container: the service label
-    /// when the pod has one, else the container name.
-    pub fn service(&self) -> &str {
-        self.app.as_deref().unwrap_or(&self.container)
-    }
-}
 
 /// Container id -> Kubernetes identity. Cheap to clone; reads take a
 /// read lock and never wait on the network.

@@ -22,11 +22,12 @@ use sonde_common::http::{
     CONN_GONE, EVENT_CLOSED, HttpConn, HttpConnKey, HttpCounter, HttpEvent, HttpEventKind,
     HttpRole, state,
 };
+use sonde_wire::http::RouteRow;
 
 use self::{
     port::PortResolver,
-    route::{Pattern, RouteTable, parse_request_line},
-    stats::{HttpMetrics, RouteRow, RouteStats, StatKey, now_secs},
+    route::{RouteTable, parse_request_line},
+    stats::{HttpMetrics, RouteStats, StatKey, now_secs},
 };
 use super::{
     Base, Collector, CollectorError, ComponentHealth, Deps, SharedHealth, StartContext,
@@ -252,13 +253,8 @@ impl Collector for HttpCollector {
     }
 
     fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
-        let patterns = self
-            .config
-            .routes
-            .iter()
-            .map(|r| Pattern::parse(r))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| CollectorError::Config(format!("collectors.http.routes: {e}")))?;
+        // Parsed when the config was read.
+        let patterns = self.config.routes.clone();
         let mut obj = ebpf::load(OBJECT, ctx.kernel_log_level)?;
         let events = Ring::<HttpEvent>::new(NAME, take_map(&mut obj, "HTTP_EVENTS")?)?
             // The kernel wakes us only when a lot is queued (see

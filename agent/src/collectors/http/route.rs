@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use serde::{Deserialize, Serialize};
 use sonde_common::http::parse;
 
 /// Label value for routes beyond the per-service cap.
@@ -22,8 +23,11 @@ pub fn parse_request_line(prefix: &[u8]) -> Option<(&'static str, &str)> {
     parse::parse_request_line(prefix).map(|(method, path)| (method.as_str(), path))
 }
 
-/// A configured route pattern such as `/items/{id}/parts/{part}`.
-#[derive(Debug, Clone)]
+/// A configured route pattern such as `/items/{id}/parts/{part}`: an
+/// entry of `collectors.http.routes`, parsed (and refused) when the config
+/// is read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct Pattern {
     text: String,
     segments: Vec<Option<String>>,
@@ -51,6 +55,10 @@ impl Pattern {
         })
     }
 
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
     fn matches(&self, path: &str) -> bool {
         let mut n = 0;
         for (i, seg) in path.split('/').skip(1).enumerate() {
@@ -63,6 +71,20 @@ impl Pattern {
             n = i + 1;
         }
         n == self.segments.len()
+    }
+}
+
+impl TryFrom<String> for Pattern {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text).map_err(|e| format!("collectors.http.routes: {e}"))
+    }
+}
+
+impl From<Pattern> for String {
+    fn from(p: Pattern) -> String {
+        p.text
     }
 }
 
@@ -209,6 +231,20 @@ mod tests {
         assert_eq!(t.route("s", "/files/report").0, "/files/{name}");
         assert_eq!(t.route("s", "/files/a/b").0, "/files/a/b");
         assert_eq!(t.route("s", "/items/7").0, "/items/{id}");
+    }
+
+    #[test]
+    fn patterns_parse_from_config_strings() {
+        let p: Pattern = serde_json::from_str(r#""/items/{id}""#).unwrap();
+        assert_eq!(p.as_str(), "/items/{id}");
+        assert_eq!(serde_json::to_string(&p).unwrap(), r#""/items/{id}""#);
+        let err = serde_json::from_str::<Pattern>(r#""items/{id}""#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("collectors.http.routes") && err.contains("must start with '/'"),
+            "{err}"
+        );
     }
 
     #[test]

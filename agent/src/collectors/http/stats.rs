@@ -8,7 +8,7 @@ use std::{
 };
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
-use serde::{Deserialize, Serialize};
+use sonde_wire::http::RouteRow;
 
 use crate::telemetry::Telemetry;
 
@@ -222,28 +222,6 @@ impl RouteStats {
             .map(|(_, n)| n)
             .sum()
     }
-}
-
-/// One row of `sonde http` (and of `/api/v1/http`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RouteRow {
-    /// `server` or `client`.
-    pub role: String,
-    pub service: String,
-    pub pids: Vec<u32>,
-    pub method: String,
-    pub route: String,
-    /// Requests completed since the agent started.
-    pub requests: u64,
-    /// Requests per second over the last 10 s.
-    pub rate: f64,
-    /// Share of 5xx responses (server) or 4xx+5xx (client), in percent.
-    pub error_pct: f64,
-    pub p50_seconds: Option<f64>,
-    pub p95_seconds: Option<f64>,
-    pub p99_seconds: Option<f64>,
-    /// Requests in flight at the last scan of the kernel's connection table.
-    pub in_flight: u64,
 }
 
 /// Builds the rows for a query: merges per-pid stats by (role, service,

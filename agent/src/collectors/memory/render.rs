@@ -215,20 +215,22 @@ mod tests {
     #[test]
     fn top_table_lists_stacks() {
         let r = Report {
-            pid: 7,
-            comm: "w".into(),
-            duration_ms: 5000,
-            min_age_ms: 1000,
-            stacks: vec![StackRow {
-                frames: vec!["leak_fn".into(), "main".into()],
-                in_use_bytes: 65536,
-                in_use_count: 1,
-                alloc_bytes: 65536,
-                alloc_count: 1,
+            summary: super::super::session::AllocReport {
+                pid: 7,
+                comm: "w".into(),
+                duration_ms: 5000,
+                min_age_ms: 1000,
+                stacks: vec![StackRow {
+                    frames: vec!["leak_fn".into(), "main".into()],
+                    in_use_bytes: 65536,
+                    in_use_count: 1,
+                    alloc_bytes: 65536,
+                    alloc_count: 1,
+                    ..Default::default()
+                }],
                 ..Default::default()
-            }],
+            },
             frames: vec![std::sync::Arc::from([])],
-            ..Default::default()
         };
         let t = top(&r, 10);
         assert!(t.contains("leak_fn < main"), "{t}");

@@ -78,85 +78,23 @@ pub enum SessionError {
     Worker(String),
 }
 
-/// How a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Ended {
-    Completed,
-    Cancelled,
-    TargetExited,
-    AgentShutdown,
-}
+pub use sonde_wire::alloc::{AllocReport, Ended, ProbeInfo, SessionInfo, StackRow};
 
-/// A probe as attached.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ProbeInfo {
-    pub function: String,
-    /// Bytes into the function.
-    pub offset: u64,
-    /// False: the kernel single-steps it (~20 µs a call here).
-    pub emulated: bool,
-}
-
-/// One stack's figures. Byte figures are estimates when sampling by bytes.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-pub struct StackRow {
-    /// Function names, leaf (the allocating caller) first.
-    pub frames: Vec<String>,
-    pub in_use_bytes: u64,
-    pub in_use_count: u64,
-    pub alloc_bytes: u64,
-    pub alloc_count: u64,
-    pub freed_bytes: u64,
-    pub freed_count: u64,
-    /// Live allocations older than `min_age` at the end.
-    pub leak_bytes: u64,
-    pub leak_count: u64,
-    /// Live bytes at the end minus at the diff snapshot (`--diff`).
-    pub growth_bytes: Option<i64>,
-}
-
-/// A session's result.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+/// A session's result: what the JSON answer carries, plus the resolved
+/// frames of each stack for pprof and folded output.
+#[derive(Debug, Clone, Default)]
 pub struct Report {
-    pub pid: u32,
-    pub comm: String,
-    pub libc: String,
-    pub duration_ms: u64,
-    pub ended: Option<Ended>,
-    pub sample_bytes: u64,
-    /// True when byte figures are scaled estimates (sampling).
-    pub estimated: bool,
-    pub min_age_ms: u64,
-    /// When recording started and stopped (CLOCK_MONOTONIC ns, the clock
-    /// of `bpf_ktime_get_ns`), to line the session up with other events.
-    pub started_ns: u64,
-    pub ended_ns: u64,
-    /// When the `--diff` snapshot was taken, ms into the session.
-    pub diff_after_ms: Option<u64>,
-    pub probes: Vec<ProbeInfo>,
-    /// Kernel-side counters (allocs, frees, untracked frees, drops...).
-    pub counters: BTreeMap<String, u64>,
-    pub stacks: Vec<StackRow>,
-    /// Resolved frames of each row (not serialized; for pprof/folded).
-    #[serde(skip)]
+    pub summary: AllocReport,
+    /// Resolved frames of each row of `summary.stacks`.
     pub frames: Vec<Arc<[Frame]>>,
 }
 
-impl Report {
-    pub fn total(&self, f: impl Fn(&StackRow) -> u64) -> u64 {
-        self.stacks.iter().map(f).sum()
-    }
-}
+impl std::ops::Deref for Report {
+    type Target = AllocReport;
 
-/// A running session, as `GET /api/v1/alloc/sessions` lists it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SessionInfo {
-    pub pid: u32,
-    /// `attaching` or `tracking`.
-    pub state: String,
-    /// Since the session was requested.
-    pub elapsed_ms: u64,
+    fn deref(&self) -> &AllocReport {
+        &self.summary
+    }
 }
 
 struct Entry {
@@ -543,7 +481,7 @@ fn report(
             .then(a.frames.cmp(&b.frames))
     });
     let (stacks, frames) = rows.into_iter().unzip();
-    Report {
+    let summary = AllocReport {
         pid: req.pid,
         comm: a.comm,
         libc: a.libc.path.clone(),
@@ -568,8 +506,8 @@ fn report(
             .collect(),
         counters,
         stacks,
-        frames,
-    }
+    };
+    Report { summary, frames }
 }
 
 fn stack_error(id: i32) -> &'static str {

@@ -8,32 +8,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+pub use sonde_wire::memory::Group;
 use tokio::sync::oneshot;
 
 use crate::collectors::profile::store::{Filter, Frame, Profile, Sample};
-
-/// What a row measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Group {
-    /// Resident memory growth: user page faults x page size (sampled).
-    Rss,
-    /// Address space mapped: mmap, brk growth, mremap growth.
-    Mapped,
-    /// Address space released: munmap, brk shrink, mremap shrink.
-    Unmapped,
-}
-
-impl Group {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "rss" => Self::Rss,
-            "mapped" => Self::Mapped,
-            "unmapped" => Self::Unmapped,
-            _ => return None,
-        })
-    }
-}
 
 #[derive(Debug, Clone, Default)]
 struct Row {

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sonde_common::syscalls::{
     ErrnoKey, HIST_BUCKETS, SyscallKey, SyscallStats, hist_lower_ns, hist_upper_ns,
 };
+use sonde_wire::syscalls::{ProcessRef, Report, Row, SortBy};
 
 use super::names::{errno_name, syscall_name};
 
@@ -463,51 +464,12 @@ pub struct Window {
     slots: VecDeque<(Instant, Vec<WindowEntry>)>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SortBy {
-    #[default]
-    Time,
-    Count,
-    Errors,
-}
-
 /// Which processes a query covers.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Filter {
     pub pid: Option<u32>,
     /// Matches the comm or the service name.
     pub name: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Row {
-    pub syscall: String,
-    pub calls: u64,
-    pub errors: u64,
-    pub total_seconds: f64,
-    pub avg_seconds: f64,
-    /// Upper bound of the histogram bucket holding the median.
-    pub p50_seconds: Option<f64>,
-    pub p99_seconds: Option<f64>,
-    /// Failures by errno name.
-    pub errnos: BTreeMap<String, u64>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ProcessRef {
-    pub pid: u32,
-    pub comm: String,
-    pub service: String,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Report {
-    /// Span the rows cover (at most the configured window).
-    pub window_seconds: f64,
-    pub processes: Vec<ProcessRef>,
-    pub rows: Vec<Row>,
-    pub total: Row,
 }
 
 impl Window {

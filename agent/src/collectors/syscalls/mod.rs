@@ -12,7 +12,6 @@ mod aggregate;
 mod metrics;
 pub mod names;
 mod tables;
-pub mod totals;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,11 +19,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use aggregate::Filter;
 use aggregate::{Export, Limits, Reading, ServiceDelta, Tracker, Window, WindowEntry};
-pub use aggregate::{Filter, Report, Row, SortBy};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap};
 use prometheus::{IntCounterVec, IntGauge, Opts};
-use sonde_common::syscalls::{ErrnoKey, MAX_SYSCALL_NR, SyscallCounter, SyscallKey, SyscallStats};
+use sonde_common::syscalls::{ErrnoKey, SyscallCounter, SyscallKey, SyscallStats};
+use sonde_wire::syscalls::{ProcessTotal, Report, SortBy, SyscallTotal, Totals};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -46,7 +46,7 @@ pub const OBJECT: ebpf::Object = ebpf::object!("sonde-syscalls");
 #[derive(Clone)]
 pub struct SyscallsHandle {
     window: Arc<Mutex<Window>>,
-    totals: Arc<Mutex<totals::Totals>>,
+    totals: Arc<Mutex<Totals>>,
     kick: Arc<Mutex<Option<mpsc::Sender<oneshot::Sender<()>>>>>,
 }
 
@@ -64,7 +64,7 @@ impl SyscallsHandle {
 
     /// Drains the kernel maps now, then returns every live process's
     /// cumulative totals (for `sonde top`).
-    pub async fn totals(&self) -> Result<totals::Totals, String> {
+    pub async fn totals(&self) -> Result<Totals, String> {
         self.drain_now().await?;
         Ok(self
             .totals
@@ -124,20 +124,9 @@ impl SyscallsCollector {
         }
     }
 
-    fn syscall_filter(&self) -> Result<Vec<u32>, CollectorError> {
-        self.config
-            .syscalls
-            .iter()
-            .map(|n| {
-                names::syscall_nr(n)
-                    .filter(|nr| *nr < MAX_SYSCALL_NR)
-                    .ok_or_else(|| {
-                        CollectorError::Config(format!(
-                            "collectors.syscalls.syscalls: unknown syscall {n:?} (x86_64 names, e.g. \"openat\")"
-                        ))
-                    })
-            })
-            .collect()
+    /// Numbers of the configured syscalls (checked when the config was read).
+    fn syscall_filter(&self) -> Vec<u32> {
+        self.config.syscalls.iter().map(|s| s.nr()).collect()
     }
 }
 
@@ -184,7 +173,7 @@ impl Collector for SyscallsCollector {
     }
 
     fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
-        let nrs = self.syscall_filter()?;
+        let nrs = self.syscall_filter();
         let c = &self.config;
         let pids_on: u8 = u8::from(!c.pids.is_empty() || !c.services.is_empty());
         let nrs_on: u8 = u8::from(!nrs.is_empty());
@@ -325,7 +314,7 @@ struct Drain {
     tracker: Tracker,
     export: Arc<Mutex<Export>>,
     window: Arc<Mutex<Window>>,
-    totals: Arc<Mutex<totals::Totals>>,
+    totals: Arc<Mutex<Totals>>,
     /// Origin of `Totals::taken_ms`.
     epoch: Instant,
     health: SharedHealth,
@@ -503,7 +492,7 @@ impl Drain {
         names: &HashMap<u32, (Arc<str>, Arc<str>)>,
         gone: &HashSet<u32>,
     ) {
-        let mut by_pid: std::collections::BTreeMap<u32, totals::ProcessTotal> =
+        let mut by_pid: std::collections::BTreeMap<u32, ProcessTotal> =
             std::collections::BTreeMap::new();
         for (k, r) in self.tracker.readings() {
             if gone.contains(&k.tgid) {
@@ -514,21 +503,21 @@ impl Drain {
             };
             by_pid
                 .entry(k.tgid)
-                .or_insert_with(|| totals::ProcessTotal {
+                .or_insert_with(|| ProcessTotal {
                     pid: k.tgid,
                     comm: comm.to_string(),
                     service: service.to_string(),
                     syscalls: Vec::new(),
                 })
                 .syscalls
-                .push(totals::SyscallTotal {
+                .push(SyscallTotal {
                     syscall: names::syscall_name(k.nr),
                     calls: r.count,
                     errors: r.errors,
                     total_ns: r.total_ns,
                 });
         }
-        let t = totals::Totals {
+        let t = Totals {
             taken_ms: now.duration_since(self.epoch).as_millis() as u64,
             processes: by_pid.into_values().collect(),
         };

@@ -2,7 +2,49 @@
 
 use std::sync::OnceLock;
 
+use serde::{Deserialize, Serialize};
+use sonde_common::syscalls::MAX_SYSCALL_NR;
+
 use super::tables::{ERRNOS, SYSCALLS_X86_64};
+
+/// A syscall named in `collectors.syscalls.syscalls`, checked against the
+/// x86_64 table (and the kernel side's number limit) when the config is
+/// read, so `--check-config` and the agent refuse the same names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SyscallName {
+    name: String,
+    nr: u32,
+}
+
+impl SyscallName {
+    pub fn nr(&self) -> u32 {
+        self.nr
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+}
+
+impl TryFrom<String> for SyscallName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        match syscall_nr(&name).filter(|nr| *nr < MAX_SYSCALL_NR) {
+            Some(nr) => Ok(Self { name, nr }),
+            None => Err(format!(
+                "collectors.syscalls.syscalls: unknown syscall {name:?} (x86_64 names, e.g. \"openat\")"
+            )),
+        }
+    }
+}
+
+impl From<SyscallName> for String {
+    fn from(s: SyscallName) -> String {
+        s.name
+    }
+}
 
 fn syscall_index() -> &'static Vec<Option<&'static str>> {
     static IDX: OnceLock<Vec<Option<&'static str>>> = OnceLock::new();
@@ -64,5 +106,22 @@ mod tests {
         assert_eq!(errno_name(2), "ENOENT");
         assert_eq!(errno_name(11), "EAGAIN");
         assert_eq!(errno_name(4000), "E4000");
+    }
+
+    #[test]
+    fn config_names_are_checked_when_parsed() {
+        let ok = SyscallName::try_from("openat".to_owned()).unwrap();
+        assert_eq!((ok.as_str(), ok.nr()), ("openat", 257));
+        assert_eq!(
+            SyscallName::try_from("sys_500".to_owned()).unwrap().nr(),
+            500
+        );
+        let err = SyscallName::try_from("getppidd".to_owned()).unwrap_err();
+        assert!(
+            err.contains("collectors.syscalls.syscalls") && err.contains("getppidd"),
+            "{err}"
+        );
+        // Beyond what the kernel side counts.
+        assert!(SyscallName::try_from(format!("sys_{MAX_SYSCALL_NR}")).is_err());
     }
 }

@@ -1,0 +1,19 @@
+//! `GET /api/v1/profile` (`sonde profile`): the answer is pprof, folded
+//! stacks, SVG or a table, never JSON; only the query is typed here.
+
+use serde::{Deserialize, Serialize};
+
+/// Query of `GET /api/v1/profile`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ProfileQuery {
+    pub pid: Option<u32>,
+    pub name: Option<String>,
+    pub service: Option<String>,
+    /// `10s`, `500ms`, `1m`; default 10s.
+    pub duration: Option<String>,
+    /// Use the retained window instead of waiting.
+    #[serde(default)]
+    pub last: bool,
+    /// pprof (default), folded, svg, top.
+    pub format: Option<String>,
+}
