@@ -3,31 +3,33 @@
 //! With `AYA_BUILD_SKIP=1` no object is built (for `cargo check`, clippy on
 //! machines without bpf-linker, docs); we then write empty placeholders so the
 //! agent still compiles, and it refuses at run time with a clear message.
-//! Otherwise an object missing after the build (a `[[bin]]` of sonde-ebpf
-//! that produced nothing) fails the build, naming it; a collector naming an
-//! object that is no `[[bin]]` fails to compile (`include_bytes!`).
+//! Otherwise an object missing after the build (a binary of sonde-ebpf that
+//! produced nothing) fails the build, naming it; a collector naming an
+//! object that is no binary fails to compile (`include_bytes!`).
 
-use std::{env, fs, path::PathBuf};
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context as _, Result, bail};
 
-/// The objects the agent embeds: the `[[bin]]` targets of sonde-ebpf, by
-/// name, read from its manifest so that a new object is declared there
-/// only.
-fn objects(manifest: &str) -> Vec<String> {
+/// The objects the agent embeds: one per `src/bin/<name>.rs` of
+/// sonde-ebpf (cargo discovers those binaries itself), so a new object is
+/// declared by creating its file only.
+fn objects(ebpf_dir: &Path) -> Result<Vec<String>> {
+    let bin_dir = ebpf_dir.join("src/bin");
     let mut out = Vec::new();
-    let mut in_bin = false;
-    for line in manifest.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_bin = line == "[[bin]]";
-        } else if in_bin
-            && let Some(v) = line.strip_prefix("name")
-            && let Some(v) = v.trim_start().strip_prefix('=')
+    for entry in fs::read_dir(&bin_dir).with_context(|| format!("reading {}", bin_dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "rs")
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
         {
-            out.push(v.trim().trim_matches('"').to_owned());
+            out.push(stem.to_owned());
         }
     }
-    out
+    out.sort();
+    Ok(out)
 }
 
 fn main() -> Result<()> {
@@ -57,11 +59,8 @@ fn main() -> Result<()> {
     // The same test aya-build makes.
     let skipped =
         env::var_os("AYA_BUILD_SKIP").is_some_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    let manifest = ebpf_dir.join("Cargo.toml");
-    let manifest =
-        fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    for name in objects(&manifest) {
+    for name in objects(&ebpf_dir)? {
         let path = out_dir.join(&name);
         // Empty: a placeholder left by an earlier AYA_BUILD_SKIP=1 build
         // (a real object never is), which must not hide a missing object.
@@ -69,7 +68,7 @@ fn main() -> Result<()> {
             continue;
         }
         if !skipped {
-            bail!("eBPF object {name} was not built: is it a [[bin]] of ebpf/sonde-ebpf?");
+            bail!("eBPF object {name} was not built (ebpf/sonde-ebpf/src/bin/{name}.rs)");
         }
         fs::write(&path, b"").with_context(|| format!("writing {}", path.display()))?;
     }

@@ -14,11 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     alerts::AlertEngine,
     api::{self, AppState},
-    collectors::{
-        Collector, ComponentHealth, Deps, StartContext, http::HttpCollector, kit::Handles,
-        memory::growth::MemoryCollector, process::ProcessCollector, profile::ProfileCollector,
-        syscalls::SyscallsCollector,
-    },
+    collectors::{ComponentHealth, Deps, StartContext, kit::Handles},
     config::Config,
     ebpf::{self, KernelBtf},
     error::chain,
@@ -106,7 +102,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
     };
     // Collectors register their query handles as they are built, before
     // the API serves.
-    let collectors = build_collectors(&config, &deps);
+    let collectors = crate::collectors::build(&config.collectors, &deps);
 
     // Pod identities: a background refresh; lookups only read its cache.
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
@@ -206,29 +202,6 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
     }
     tracing::info!("stopped; all programs detached");
     Ok(())
-}
-
-/// Every enabled collector, in start order (the process table first: the
-/// others name processes with it).
-fn build_collectors(config: &Config, deps: &Deps) -> Vec<Box<dyn Collector>> {
-    let c = &config.collectors;
-    let mut v: Vec<Box<dyn Collector>> = Vec::new();
-    if c.process.enabled {
-        v.push(Box::new(ProcessCollector::new(&c.process, deps)));
-    }
-    if c.syscalls.enabled {
-        v.push(Box::new(SyscallsCollector::new(&c.syscalls, deps)));
-    }
-    if c.profile.enabled {
-        v.push(Box::new(ProfileCollector::new(&c.profile, deps)));
-    }
-    if c.http.enabled {
-        v.push(Box::new(HttpCollector::new(&c.http, deps)));
-    }
-    if c.memory.enabled {
-        v.push(Box::new(MemoryCollector::new(&c.memory, deps)));
-    }
-    v
 }
 
 async fn serve<L>(listener: L, router: axum::Router, shutdown: CancellationToken)

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use aya::{Btf, Ebpf, EbpfLoader};
 
-/// An object built by agent/build.rs from a `[[bin]]` of ebpf/sonde-ebpf.
+/// An object built by agent/build.rs from `ebpf/sonde-ebpf/src/bin/<name>.rs`.
 #[derive(Clone, Copy, Debug)]
 pub struct Object {
     pub name: &'static str,
@@ -22,7 +22,7 @@ impl Object {
     }
 }
 
-/// The object built from the `[[bin]]` of ebpf/sonde-ebpf named `$name`
+/// The object built from `ebpf/sonde-ebpf/src/bin/$name.rs`
 /// (agent/build.rs builds every one of them).
 macro_rules! object {
     ($name:literal) => {

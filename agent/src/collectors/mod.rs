@@ -22,7 +22,34 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::kit::{Base, Deps};
 pub use crate::error::CollectorError;
-use crate::{ebpf::KernelBtf, features::Features, telemetry::Telemetry};
+use crate::{config::CollectorsConfig, ebpf::KernelBtf, features::Features, telemetry::Telemetry};
+
+/// Every enabled collector, in start order (the process table first: the
+/// others name processes with it). A new collector adds its line here.
+pub fn build(c: &CollectorsConfig, deps: &Deps) -> Vec<Box<dyn Collector>> {
+    let mut v: Vec<Box<dyn Collector>> = Vec::new();
+    if c.process.enabled {
+        v.push(Box::new(process::ProcessCollector::new(&c.process, deps)));
+    }
+    if c.syscalls.enabled {
+        v.push(Box::new(syscalls::SyscallsCollector::new(
+            &c.syscalls,
+            deps,
+        )));
+    }
+    if c.profile.enabled {
+        v.push(Box::new(profile::ProfileCollector::new(&c.profile, deps)));
+    }
+    if c.http.enabled {
+        v.push(Box::new(http::HttpCollector::new(&c.http, deps)));
+    }
+    if c.memory.enabled {
+        v.push(Box::new(memory::growth::MemoryCollector::new(
+            &c.memory, deps,
+        )));
+    }
+    v
+}
 
 /// Health of one component, as served by /health and `sonde status`.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

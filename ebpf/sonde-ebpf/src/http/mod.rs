@@ -8,7 +8,7 @@
 //! is decided by `sonde_common::http::parse`, shared with the agent.
 //!
 //! Three hook front-ends feed it; the agent attaches the first set this
-//! kernel accepts (see bin/http.rs):
+//! kernel accepts (see bin/sonde-http.rs):
 //! - [`sock`]: tp_btf `sock_send_length`/`sock_recv_length` (Linux 6.3+),
 //!   which only socket I/O runs, with the syscall's arguments read from the
 //!   task's saved user registers, plus `inet_sock_set_state` for new
