@@ -101,7 +101,7 @@ fn names(frames: &[Frame]) -> Vec<&str> {
     frames.iter().map(|f| f.qualname.as_str()).collect()
 }
 
-fn check(python: &str, tag: &str, minor: u32) {
+fn check(python: &str, tag: &str, minor: u32) -> sonde_python::Interpreter {
     let target = spawn(python, tag);
     let pid = target.child.id();
     let interp = detect(pid).unwrap_or_else(|e| panic!("{python}: {e}"));
@@ -228,33 +228,38 @@ fn check(python: &str, tag: &str, minor: u32) {
         len - 1,
         "the mismatching reading is not cached"
     );
+    interp
 }
 
 #[test]
 fn pyenv_310() {
-    check(&pyenv_python("3.10.13"), "310", 10);
+    let interp = check(&pyenv_python("3.10.13"), "310", 10);
+    // No cold split in this build, and the jump vote finds none.
+    assert_eq!(interp.facts.eval_cold, None);
 }
 
 #[test]
 fn pyenv_311() {
-    check(&pyenv_python("3.11.7"), "311", 11);
+    let interp = check(&pyenv_python("3.11.7"), "311", 11);
+    // `_PyEval_EvalFrameDefault.cold` (.symtab) is at 0xfa7f6.
+    assert!(interp.facts.eval_cold.unwrap().contains(&0xfa7f6));
 }
 
 #[test]
 fn pyenv_312() {
-    check(&pyenv_python("3.12.1"), "312", 12);
+    let interp = check(&pyenv_python("3.12.1"), "312", 12);
+    assert!(interp.facts.eval_cold.unwrap().contains(&0x10ba24));
 }
 
 #[test]
 fn pyenv_313() {
-    check(&pyenv_python("3.13.0"), "313", 13);
+    let interp = check(&pyenv_python("3.13.0"), "313", 13);
+    assert_eq!(interp.facts.eval_cold, None);
 }
 
 #[test]
 fn debian_311_static() {
-    check("/usr/bin/python3.11", "deb311", 11);
-    let target = spawn("/usr/bin/python3.11", "deb311-ranges");
-    let interp = detect(target.child.id()).unwrap();
+    let interp = check("/usr/bin/python3.11", "deb311", 11);
     assert_eq!(interp.path, "/usr/bin/python3.11");
     assert_eq!(interp.bias, 0, "non-PIE");
     assert!(interp.tss_key_cross_checked);
@@ -273,4 +278,88 @@ fn not_python() {
     let e = r.expect_err("sleep is not python");
     assert!(matches!(e, Rejected::NotPython), "{e}");
     assert_eq!(e.label(), "not_python");
+}
+
+/// The line-table decoders agree with the interpreter's own `co_lines()`
+/// on every code unit of a function with loops, long jumps and
+/// multi-line expressions.
+fn lines_match(python: &str, tag: &str) {
+    let script = format!("/tmp/sonde-python-lines-{tag}-{}.py", std::process::id());
+    std::fs::write(
+        &script,
+        "import sys, time
+def f(a, b=2, *, c=3):
+    total = 0
+    for i in range(a):
+        if i % 2:
+            total += (i *
+                      b)
+
+
+        else:
+            try:
+                total -= c
+            except Exception:
+                pass
+    x = [j for j in range(3)
+         if j]
+    return total + len(x)
+print(id(f.__code__))
+for s, e, l in f.__code__.co_lines():
+    print(s, e, -1 if l is None else l)
+print('end', flush=True)
+time.sleep(1000)
+",
+    )
+    .unwrap();
+    let mut child = Command::new(python)
+        .arg(&script)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut read = || {
+        let mut l = String::new();
+        out.read_line(&mut l).unwrap();
+        l.trim().to_owned()
+    };
+    let code: u64 = read().parse().unwrap();
+    let mut ranges = Vec::new();
+    loop {
+        let l = read();
+        if l == "end" {
+            break;
+        }
+        let v: Vec<i64> = l.split(' ').map(|x| x.parse().unwrap()).collect();
+        ranges.push((v[0], v[1], v[2]));
+    }
+    let pid = child.id();
+    let interp = detect(pid).unwrap();
+    let mem = ProcMem::new(pid);
+    let info = sonde_python::code::read_code(&mem, &interp.offsets, interp.code_type, code);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_file(&script).unwrap();
+    let info = info.unwrap();
+    assert_eq!((info.qualname.as_str(), info.first_line), ("f", 2));
+    assert!(ranges.len() > 5, "{python}: {ranges:?}");
+    for (start, end, line) in ranges {
+        for byte in (start..end).step_by(2) {
+            let want = (line >= 0).then_some(line as i32);
+            assert_eq!(info.line((byte / 2) as i32), want, "{python}: byte {byte}");
+        }
+    }
+}
+
+#[test]
+fn line_tables_match_co_lines() {
+    for (v, tag) in [
+        ("3.10.13", "310"),
+        ("3.11.7", "311"),
+        ("3.12.1", "312"),
+        ("3.13.0", "313"),
+    ] {
+        lines_match(&pyenv_python(v), tag);
+    }
+    lines_match("/usr/bin/python3.11", "deb311");
 }
