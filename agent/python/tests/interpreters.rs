@@ -363,3 +363,34 @@ fn line_tables_match_co_lines() {
     }
     lines_match("/usr/bin/python3.11", "deb311");
 }
+
+#[test]
+fn older_version_is_rejected_by_name() {
+    // 3.9 has no Py_Version: the version comes from libpython3.9.so's name.
+    let mut child = Command::new(pyenv_python("3.9.18"))
+        .args(["-c", "import time; time.sleep(30)"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let r = detect(child.id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let e = r.expect_err("3.9 is not supported");
+    assert!(
+        matches!(&e, Rejected::UnsupportedVersion(v) if v == "3.9"),
+        "{e}"
+    );
+    assert_eq!(e.label(), "unsupported_version");
+}
+
+#[test]
+fn launcher_with_libpython_needed_is_not_the_interpreter() {
+    let stub = std::fs::read(pyenv_python("3.11.7")).unwrap();
+    assert!(sonde_python::elf::analyze(&stub).unwrap().needs_libpython);
+    let debian = std::fs::read("/usr/bin/python3.11").unwrap();
+    let facts = sonde_python::elf::analyze(&debian).unwrap();
+    assert!(!facts.needs_libpython);
+    assert_eq!(facts.runtime, Some(0xa5b740));
+    assert_eq!(facts.py_version, Some(0x030b_02f0));
+    assert_eq!(facts.tss_key_decoded, Some(0xa5b740 + 0x254));
+}
