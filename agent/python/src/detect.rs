@@ -7,7 +7,7 @@
 //! falling back to the file name. Anything unsupported is a [`Rejected`]
 //! with a short label for metrics.
 
-use std::{ops::Range, path::PathBuf};
+use std::{collections::HashMap, ops::Range, path::PathBuf, sync::Arc};
 
 use crate::{
     elf::{self, ElfFacts},
@@ -67,6 +67,8 @@ pub struct Mapping {
     pub end: u64,
     pub offset: u64,
     pub executable: bool,
+    /// `(device, inode)` of the file, the key of [`Detector`]'s caches.
+    pub file_id: (u64, u64),
     pub path: String,
 }
 
@@ -78,7 +80,8 @@ pub fn read_maps(pid: u32) -> Result<Vec<Mapping>, Rejected> {
         .filter_map(|l| {
             let mut it = l.split_whitespace();
             let (range, perms, offset) = (it.next()?, it.next()?, it.next()?);
-            let path = it.nth(2)?;
+            let (dev, inode) = (it.next()?, it.next()?);
+            let path = it.next()?;
             if !path.starts_with('/') {
                 return None;
             }
@@ -88,6 +91,12 @@ pub fn read_maps(pid: u32) -> Result<Vec<Mapping>, Rejected> {
                 end: u64::from_str_radix(e, 16).ok()?,
                 offset: u64::from_str_radix(offset, 16).ok()?,
                 executable: perms.contains('x'),
+                file_id: (
+                    dev.split(':').try_fold(0, |acc, part| {
+                        u64::from_str_radix(part, 16).ok().map(|v| (acc << 32) | v)
+                    })?,
+                    inode.parse().ok()?,
+                ),
                 path: path.to_owned(),
             })
         })
@@ -194,114 +203,145 @@ fn version_from_name(name: &str) -> Option<(u32, u32, bool)> {
     Some((3, minor, rest[digits.len()..].starts_with('t')))
 }
 
+/// One-off detection; an agent keeps a [`Detector`] to parse each file once.
 pub fn detect(pid: u32) -> Result<Interpreter, Rejected> {
-    let maps = read_maps(pid)?;
-    if maps
-        .iter()
-        .any(|m| base_name(&m.path).starts_with("libpypy"))
-    {
-        return Err(Rejected::PyPy);
-    }
-    let mut paths: Vec<&str> = Vec::new();
-    for m in &maps {
-        if !paths.contains(&m.path.as_str()) {
-            paths.push(&m.path);
-        }
-    }
-    let libs = paths
-        .iter()
-        .filter(|p| base_name(p).starts_with("libpython3"));
-    let exes = paths.iter().filter(|p| base_name(p).starts_with("python"));
-    let mut found = None;
-    for path in libs.chain(exes) {
-        let file = file_of(pid, path);
-        let data = std::fs::read(&file).map_err(|e| Rejected::Io(path.to_string(), e))?;
-        let facts = elf::analyze(&data).map_err(|e| Rejected::Elf(path.to_string(), e))?;
-        if facts.runtime.is_none() || facts.needs_libpython {
-            continue;
-        }
-        let Some(text) = maps.iter().find(|m| m.path == *path && m.executable) else {
-            continue;
-        };
-        let bias = sonde_unwind_table::load_bias(&data, text.start, text.offset)
-            .ok_or_else(|| Rejected::Layout(format!("no load bias for {path}")))?;
-        found = Some((path.to_string(), facts, bias));
-        break;
-    }
-    let (path, facts, bias) = found.ok_or(Rejected::NotPython)?;
-    let (major, minor) = match (facts.py_version, version_from_name(base_name(&path))) {
-        (_, Some((_, _, true))) => return Err(Rejected::FreeThreaded),
-        (Some(v), _) => (v >> 24, (v >> 16) & 0xff),
-        (None, Some((maj, min, false))) => (maj, min),
-        (None, None) => return Err(Rejected::UnknownVersion(path)),
-    };
-    let mem = ProcMem::new(pid);
-    let runtime = facts.runtime.expect("checked above") + bias;
-    let offsets = match (major, minor) {
-        (3, 13) => offsets::from_debug_offsets_313(&mem, runtime).map_err(|e| match e {
-            DebugOffsetsError::FreeThreaded => Rejected::FreeThreaded,
-            DebugOffsetsError::NoCookie => Rejected::NotReady("no _Py_DebugOffsets cookie"),
-            DebugOffsetsError::Version(v) => {
-                Rejected::Layout(format!("debug offsets version {v:#x}"))
-            }
-            DebugOffsetsError::Mem(m) => Rejected::Mem(m),
-        })?,
-        (3, m) if m > 13 && offsets::is_free_threaded(&mem, runtime)? => {
-            return Err(Rejected::FreeThreaded);
-        }
-        (3, m) => {
-            offsets::table(m).ok_or_else(|| Rejected::UnsupportedVersion(format!("3.{m}")))?
-        }
-        (maj, m) => return Err(Rejected::UnsupportedVersion(format!("{maj}.{m}"))),
-    };
-    let table_key = facts.runtime.expect("checked above") + offsets.runtime_tss + 4;
-    if let Some(decoded) = facts.tss_key_decoded
-        && decoded != table_key
-    {
-        return Err(Rejected::Layout(format!(
-            "autoTSSkey decoded at {decoded:#x}, table says {table_key:#x}"
-        )));
-    }
-    let none = facts
-        .none_struct
-        .ok_or_else(|| Rejected::Layout("no _Py_NoneStruct".into()))?;
-    Ok(Interpreter {
-        pid,
-        bias,
-        major,
-        minor,
-        hex_version: facts.py_version,
-        offsets,
-        runtime,
-        none_struct: none + bias,
-        code_type: facts.code_type.map(|a| a + bias),
-        tss_key_addr: table_key + bias,
-        tss_key_cross_checked: facts.tss_key_decoded.is_some(),
-        tsd: glibc_tsd(pid, &maps)?,
-        facts,
-        path,
-    })
+    Detector::default().detect(pid)
 }
 
-/// The TSD layout of the process's libc.
-fn glibc_tsd(pid: u32, maps: &[Mapping]) -> Result<TsdLayout, Rejected> {
-    if maps
-        .iter()
-        .any(|m| base_name(&m.path).starts_with("ld-musl"))
-    {
-        return Err(Rejected::UnsupportedLibc("musl"));
+/// Files analysed in one cache entry at most; the caches are dropped whole
+/// when full.
+const CACHE_FILES: usize = 256;
+
+/// Detection with the per-file work (ELF parsing of the interpreter image
+/// and of libc) cached by `(device, inode)`.
+#[derive(Default)]
+pub struct Detector {
+    images: HashMap<(u64, u64), Arc<ElfFacts>>,
+    libcs: HashMap<(u64, u64), Result<TsdLayout, &'static str>>,
+}
+
+impl Detector {
+    fn image(&mut self, pid: u32, m: &Mapping) -> Result<Arc<ElfFacts>, Rejected> {
+        if let Some(f) = self.images.get(&m.file_id) {
+            return Ok(f.clone());
+        }
+        let data =
+            std::fs::read(file_of(pid, &m.path)).map_err(|e| Rejected::Io(m.path.clone(), e))?;
+        let facts = Arc::new(elf::analyze(&data).map_err(|e| Rejected::Elf(m.path.clone(), e))?);
+        if self.images.len() >= CACHE_FILES {
+            self.images.clear();
+        }
+        self.images.insert(m.file_id, facts.clone());
+        Ok(facts)
     }
-    let libc = maps
-        .iter()
-        .find(|m| base_name(&m.path).starts_with("libc.so"))
-        .ok_or(Rejected::UnsupportedLibc("no libc.so mapped"))?;
-    let data =
-        std::fs::read(file_of(pid, &libc.path)).map_err(|e| Rejected::Io(libc.path.clone(), e))?;
-    let code = symbol_bytes(&data, "pthread_getspecific", 96)
-        .ok_or(Rejected::UnsupportedLibc("no pthread_getspecific"))?;
-    decode_glibc_tsd(&code).ok_or(Rejected::UnsupportedLibc(
-        "pthread_getspecific not recognized",
-    ))
+
+    /// The TSD layout of the process's libc.
+    fn tsd(&mut self, pid: u32, maps: &[Mapping]) -> Result<TsdLayout, Rejected> {
+        if maps
+            .iter()
+            .any(|m| base_name(&m.path).starts_with("ld-musl"))
+        {
+            return Err(Rejected::UnsupportedLibc("musl"));
+        }
+        let libc = maps
+            .iter()
+            .find(|m| base_name(&m.path).starts_with("libc.so"))
+            .ok_or(Rejected::UnsupportedLibc("no libc.so mapped"))?;
+        if let Some(r) = self.libcs.get(&libc.file_id) {
+            return r.map_err(Rejected::UnsupportedLibc);
+        }
+        let data = std::fs::read(file_of(pid, &libc.path))
+            .map_err(|e| Rejected::Io(libc.path.clone(), e))?;
+        let r = symbol_bytes(&data, "pthread_getspecific", 96)
+            .ok_or("no pthread_getspecific")
+            .and_then(|code| decode_glibc_tsd(&code).ok_or("pthread_getspecific not recognized"));
+        if self.libcs.len() >= CACHE_FILES {
+            self.libcs.clear();
+        }
+        self.libcs.insert(libc.file_id, r);
+        r.map_err(Rejected::UnsupportedLibc)
+    }
+
+    pub fn detect(&mut self, pid: u32) -> Result<Interpreter, Rejected> {
+        let maps = read_maps(pid)?;
+        if maps
+            .iter()
+            .any(|m| base_name(&m.path).starts_with("libpypy"))
+        {
+            return Err(Rejected::PyPy);
+        }
+        // The executable mapping of each candidate file (what the bias is
+        // computed from), libpython first.
+        let text = |prefix: &str| {
+            maps.iter()
+                .filter(move |m| m.executable && base_name(&m.path).starts_with(prefix))
+                .collect::<Vec<_>>()
+        };
+        let mut found = None;
+        for m in text("libpython3").into_iter().chain(text("python")) {
+            let facts = self.image(pid, m)?;
+            if facts.runtime.is_none() || facts.needs_libpython {
+                continue;
+            }
+            let bias = sonde_unwind_table::bias_of(&facts.exec_segments, m.start, m.offset)
+                .ok_or_else(|| Rejected::Layout(format!("no load bias for {}", m.path)))?;
+            found = Some((m.path.clone(), facts, bias));
+            break;
+        }
+        let (path, facts, bias) = found.ok_or(Rejected::NotPython)?;
+        let (major, minor) = match (facts.py_version, version_from_name(base_name(&path))) {
+            (_, Some((_, _, true))) => return Err(Rejected::FreeThreaded),
+            (Some(v), _) => (v >> 24, (v >> 16) & 0xff),
+            (None, Some((maj, min, false))) => (maj, min),
+            (None, None) => return Err(Rejected::UnknownVersion(path)),
+        };
+        let mem = ProcMem::new(pid);
+        let runtime = facts.runtime.expect("checked above") + bias;
+        let offsets = match (major, minor) {
+            (3, 13) => offsets::from_debug_offsets_313(&mem, runtime).map_err(|e| match e {
+                DebugOffsetsError::FreeThreaded => Rejected::FreeThreaded,
+                DebugOffsetsError::NoCookie => Rejected::NotReady("no _Py_DebugOffsets cookie"),
+                DebugOffsetsError::Version(v) => {
+                    Rejected::Layout(format!("debug offsets version {v:#x}"))
+                }
+                DebugOffsetsError::Mem(m) => Rejected::Mem(m),
+            })?,
+            (3, m) if m > 13 && offsets::is_free_threaded(&mem, runtime)? => {
+                return Err(Rejected::FreeThreaded);
+            }
+            (3, m) => {
+                offsets::table(m).ok_or_else(|| Rejected::UnsupportedVersion(format!("3.{m}")))?
+            }
+            (maj, m) => return Err(Rejected::UnsupportedVersion(format!("{maj}.{m}"))),
+        };
+        let table_key = facts.runtime.expect("checked above") + offsets.runtime_tss + 4;
+        if let Some(decoded) = facts.tss_key_decoded
+            && decoded != table_key
+        {
+            return Err(Rejected::Layout(format!(
+                "autoTSSkey decoded at {decoded:#x}, table says {table_key:#x}"
+            )));
+        }
+        let none = facts
+            .none_struct
+            .ok_or_else(|| Rejected::Layout("no _Py_NoneStruct".into()))?;
+        Ok(Interpreter {
+            pid,
+            bias,
+            major,
+            minor,
+            hex_version: facts.py_version,
+            offsets,
+            runtime,
+            none_struct: none + bias,
+            code_type: facts.code_type.map(|a| a + bias),
+            tss_key_addr: table_key + bias,
+            tss_key_cross_checked: facts.tss_key_decoded.is_some(),
+            tsd: self.tsd(pid, &maps)?,
+            facts: (*facts).clone(),
+            path,
+        })
+    }
 }
 
 fn symbol_bytes(data: &[u8], name: &str, len: u64) -> Option<Vec<u8>> {

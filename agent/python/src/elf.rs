@@ -9,7 +9,8 @@ use std::{collections::HashMap, ops::Range};
 
 use gimli::{BaseAddresses, CieOrFde, EhFrame, LittleEndian, UnwindSection};
 use object::{
-    Endianness, Object, ObjectSection, ObjectSymbol, ObjectSymbolTable, RelocationTarget,
+    Endianness, Object, ObjectSection, ObjectSegment, ObjectSymbol, ObjectSymbolTable,
+    RelocationTarget,
     elf::DT_NEEDED,
     read::elf::{Dyn, ElfFile64},
 };
@@ -39,6 +40,9 @@ pub struct ElfFacts {
     /// Address of the autoTSSkey's `pthread_key_t`, decoded from
     /// `PyGILState_GetThisThreadState`.
     pub tss_key_decoded: Option<u64>,
+    /// `(p_offset, p_vaddr, p_filesz)` of each executable `PT_LOAD`, for
+    /// the load bias of a mapping.
+    pub exec_segments: Vec<(u64, u64, u64)>,
 }
 
 impl ElfFacts {
@@ -83,6 +87,11 @@ pub fn analyze(data: &[u8]) -> Result<ElfFacts, ElfError> {
         none_struct: addr("_Py_NoneStruct"),
         code_type: addr("PyCode_Type"),
         needs_libpython: needs_libpython(&elf, data),
+        exec_segments: elf
+            .segments()
+            .filter(|s| matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0))
+            .map(|s| (s.file_range().0, s.address(), s.file_range().1))
+            .collect(),
         ..ElfFacts::default()
     };
     f.py_version = addr("Py_Version")

@@ -11,7 +11,7 @@ pub mod mem;
 pub mod offsets;
 pub mod walk;
 
-pub use detect::{Interpreter, Rejected, detect};
+pub use detect::{Detector, Interpreter, Rejected, detect};
 
 /// Where the kernel finds a task's fsbase: `task_struct.thread` plus
 /// `thread_struct.fsbase`, to be summed from the kernel's BTF by the agent

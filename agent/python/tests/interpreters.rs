@@ -104,7 +104,16 @@ fn names(frames: &[Frame]) -> Vec<&str> {
 fn check(python: &str, tag: &str, minor: u32) -> sonde_python::Interpreter {
     let target = spawn(python, tag);
     let pid = target.child.id();
-    let interp = detect(pid).unwrap_or_else(|e| panic!("{python}: {e}"));
+    let mut detector = sonde_python::Detector::default();
+    let interp = detector
+        .detect(pid)
+        .unwrap_or_else(|e| panic!("{python}: {e}"));
+    // Again from the cached file analysis: the same answer.
+    let again = detector.detect(pid).unwrap();
+    assert_eq!(
+        (again.bias, again.tss_key_addr, again.tsd),
+        (interp.bias, interp.tss_key_addr, interp.tsd)
+    );
     assert_eq!((interp.major, interp.minor), (3, minor), "{python}");
     let eval = interp.facts.eval.clone().expect("eval symbol");
     let ranges = interp.interpreter_ranges();
