@@ -258,7 +258,11 @@ pub fn frames_of(
         frame = mem.u64(frame + cf)?;
     }
     let mut out: Vec<PyFrameRecord> = Vec::new();
-    while frame != 0 && out.len() < PY_FRAMES_MAX {
+    // Shim frames count against the limit, as in the kernel's loop.
+    for _ in 0..PY_FRAMES_MAX {
+        if frame == 0 {
+            break;
+        }
         let code = mem.u64(frame + o.frame_code)?;
         let previous = mem.u64(frame + o.frame_previous)?;
         let (instr, flags) = match o.frame_kind {
