@@ -123,7 +123,32 @@ pub struct PyFrameRecord {
 
 const _: () = assert!(core::mem::size_of::<PyFrameRecord>() == 24);
 
-crate::user_pod!(PyProcInfo, PyFrameRecord);
+/// Most processes the kernel walks Python stacks for (`PY_PROCS`).
+pub const PY_MAX_PROCS: u32 = 1024;
+/// Distinct Python stacks per generation (`PY_STACKS_*`, 3 KiB each).
+pub const PY_MAX_STACKS: u32 = 2048;
+/// Python stack ids carry this bit, so 0 means "no Python stack".
+pub const PY_STACK_ID_BASE: i32 = 1 << 30;
+/// Index in `PY_CONFIG` of `task_struct`'s fsbase offset (from BTF); the
+/// kernel walks nothing while it is 0.
+pub const PY_CONFIG_FSBASE: u32 = 0;
+/// Entries of `PY_CONFIG`.
+pub const PY_CONFIG_ENTRIES: u32 = 1;
+
+/// One walked Python stack, youngest frame first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PyStack {
+    pub len: u32,
+    /// A second hash of the records, to tell an id collision from the same
+    /// stack.
+    pub check: u32,
+    pub frames: [PyFrameRecord; PY_FRAMES_MAX],
+}
+
+const _: () = assert!(core::mem::size_of::<PyStack>() == 8 + 24 * PY_FRAMES_MAX);
+
+crate::user_pod!(PyProcInfo, PyFrameRecord, PyStack);
 
 /// Identity check of a code object: a cached name for a code address is
 /// trusted only while these fields still hash the same (code objects are

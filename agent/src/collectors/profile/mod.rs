@@ -10,6 +10,7 @@
 pub mod drain;
 pub mod pprof;
 pub mod procmaps;
+pub mod python;
 pub mod render;
 pub mod store;
 pub mod symbolize;
@@ -188,6 +189,7 @@ fn metrics(t: &crate::telemetry::Telemetry) -> (DrainMetrics, IntGauge) {
             errors,
             kernel_stack_absent,
             drains,
+            python: python::PythonMetrics::new(t),
         },
         cpus,
     )
@@ -242,7 +244,13 @@ impl ProfileCollector {
                 take_map(&mut obj, "UNWIND_STACKS_0")?,
                 take_map(&mut obj, "UNWIND_STACKS_1")?,
             ],
+            python: [
+                take_map(&mut obj, "PY_STACKS_0")?,
+                take_map(&mut obj, "PY_STACKS_1")?,
+            ],
         };
+        let py_procs = take_map(&mut obj, "PY_PROCS")?;
+        let py_config = take_map(&mut obj, "PY_CONFIG")?;
         let unwind_maps = unwind::UnwindMaps {
             rows: match obj.take_map("UNWIND_ROWS") {
                 Some(aya::maps::Map::Array(m)) => m,
@@ -287,6 +295,7 @@ impl ProfileCollector {
             )));
         }
         let (dm, cpus) = metrics(ctx.telemetry);
+        let py_tracker = python::tracker(py_procs, py_config, dm.python.clone());
         cpus.set(att.ok.len() as i64);
         self.health.set(att.describe(hz));
         tracing::info!(collector = NAME, hz, cpus = ?att.ok, failed = att.failed.len(), verified_insns, "profiler attached");
@@ -335,7 +344,11 @@ impl ProfileCollector {
             .spawn(move || {
                 let resolver =
                     Resolver::new(limits, sym_metrics).keep_parsed_for(KEEP_PARSED, interval);
-                run_symbolize(Symbolizing::new(resolver, store, table, samples), sym_rx);
+                let mut s = Symbolizing::new(resolver, store, table, samples);
+                if let Some(t) = py_tracker {
+                    s = s.with_python(t);
+                }
+                run_symbolize(s, sym_rx);
             })?;
         tokio::spawn(forward_new_pids(
             ebpf::async_fd(new_pids)?,

@@ -10,6 +10,9 @@ mod counters;
 #[path = "../profile.rs"]
 mod profile;
 #[allow(dead_code)]
+#[path = "../python.rs"]
+mod python;
+#[allow(dead_code)]
 #[path = "../unwind.rs"]
 mod unwind;
 
