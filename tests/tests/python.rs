@@ -213,6 +213,45 @@ fn a_python_process_started_before_the_agent() {
         chain * 100 >= total * 90,
         "chain in {chain} of {total} samples: {stacks:#?}"
     );
+
+    // The line view of `hot`: its spinning lines hold nearly every sample.
+    let p = wl.pid().to_string();
+    let out = agent.cli(&[
+        "profile",
+        "--pid",
+        &p,
+        "--last",
+        "--format",
+        "lines",
+        "--function",
+        "hot",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    // (line, self samples) of hot's rows.
+    let rows: Vec<(u32, u64)> = text
+        .lines()
+        .filter(|l| l.ends_with(" hot"))
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let line = cols.get(4)?.rsplit_once(':')?.1.parse().ok()?;
+            Some((line, cols.get(3)?.parse().ok()?))
+        })
+        .collect();
+    let in_hot: u64 = rows.iter().map(|r| r.1).sum();
+    let on_loop: u64 = rows
+        .iter()
+        .filter(|r| r.0.abs_diff(hot) <= 1)
+        .map(|r| r.1)
+        .sum();
+    assert!(
+        in_hot >= 10 && on_loop * 100 >= in_hot * 90,
+        "hot's loop lines run in {on_loop} of {in_hot} samples in hot:\n{text}"
+    );
 }
 
 #[test]

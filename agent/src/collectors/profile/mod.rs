@@ -8,6 +8,7 @@
 //! window), `pprof` and `render` (output formats).
 
 pub mod drain;
+pub mod lines;
 pub mod pprof;
 pub mod procmaps;
 pub mod python;
