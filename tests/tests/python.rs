@@ -149,7 +149,12 @@ fn check_chain(agent: &Agent, python: &std::path::Path, what: &str) {
     let wl = Workload::spawn(Command::new(python).arg(&src_file));
     // Detection retries while the interpreter starts (one drain, 2 s).
     std::thread::sleep(Duration::from_secs(5));
+    let merge = |m: &str| {
+        metric_value(m, "sonde_profile_python_errors_total{reason=\"merge\"}").unwrap_or(0.0)
+    };
+    let merge_before = merge(&agent.metrics());
     let stacks = folded(agent, wl.pid(), "5s");
+    let merges = merge(&agent.metrics()) - merge_before;
     let total: u64 = stacks.iter().map(|s| s.1).sum();
     let hot = line_of(CHAIN, "# HOT");
     let chain: u64 = stacks
@@ -166,9 +171,13 @@ fn check_chain(agent: &Agent, python: &std::path::Path, what: &str) {
         "{what}: outer -> middle -> hot (chain.py:{hot}) in {chain} of {total} samples (< 90%): {stacks:#?}\nagent log:\n{}",
         agent.log()
     );
+    let heaviest = stacks.iter().max_by_key(|s| s.1).expect("a stack");
     eprintln!(
-        "{what}: chain in {chain} of {total} samples ({:.1}%)",
-        100.0 * chain as f64 / total as f64
+        "{what}: chain in {chain} of {total} samples ({:.1}%), {merges} merge mismatches; \
+         heaviest ({}): {}",
+        100.0 * chain as f64 / total as f64,
+        heaviest.1,
+        heaviest.0.join(";")
     );
 }
 

@@ -377,10 +377,13 @@ impl PyTracker {
                     .iter()
                     .any(|(path, r)| *path == f.module.path && r.contains(&f.addr))
         };
-        let eval: Vec<bool> = native.iter().map(in_eval).collect();
-        if records.is_empty() && !eval.contains(&true) {
+        // No walk (a sample before detection, a thread without Python
+        // state, a failed read the kernel counted): the native frames as
+        // they are.
+        if records.is_empty() {
             return native;
         }
+        let eval: Vec<bool> = native.iter().map(in_eval).collect();
         let python = self.frames(pid, records);
         let (out, mismatches) = merge(&native, &eval, &python, records);
         if mismatches > 0 {
