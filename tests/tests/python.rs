@@ -345,3 +345,99 @@ fn a_non_python_process_gets_no_python_walk() {
     }
     panic!("a CPython process was walked in every window: cannot isolate the C process");
 }
+
+const APP: &str = "\
+from fastapi import FastAPI
+
+app = FastAPI()
+
+
+def checksum(n):
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+@app.get(\"/cpu\")
+def cpu_route():
+    return {\"sum\": checksum(300_000)}  # HANDLER
+";
+
+/// Sends `GET /cpu` on fresh connections until `stop`.
+fn load(port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
+    use std::io::{Read as _, Write as _};
+    let mut done = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let _ = s.write_all(b"GET /cpu HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut body = Vec::new();
+        if s.read_to_end(&mut body).is_ok() && body.starts_with(b"HTTP/1.1 200") {
+            done += 1;
+        }
+    }
+    done
+}
+
+#[test]
+fn fastapi_cpu_route_shows_its_handler() {
+    let _x = exclusive();
+    let python = pyenv("3.11.7");
+    let have = Command::new(&python)
+        .args(["-c", "import fastapi, uvicorn"])
+        .status()
+        .is_ok_and(|s| s.success())
+        || Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "fastapi", "uvicorn"])
+            .status()
+            .is_ok_and(|s| s.success());
+    assert!(
+        have,
+        "cannot pip install fastapi uvicorn (needed for this test)"
+    );
+    let agent = Agent::start("");
+    script(agent.dir.path(), "app.py", APP);
+    let port = sonde_tests::free_port();
+    let srv = Workload::spawn(
+        Command::new(&python)
+            .args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--log-level", "warning"])
+            .current_dir(agent.dir.path()),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || load(port, stop))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(5));
+    let stacks = folded(&agent, srv.pid(), "6s");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let served: u64 = clients.into_iter().map(|c| c.join().expect("client")).sum();
+    let handler = line_of(APP, "# HANDLER");
+    let total: u64 = stacks.iter().map(|s| s.1).sum();
+    let in_handler: u64 = stacks
+        .iter()
+        .filter(|(s, _)| {
+            s.iter()
+                .filter_map(|f| py_frame(f))
+                .any(|(n, f, l)| n == "cpu_route" && f == "app.py" && l.abs_diff(handler) <= 1)
+        })
+        .map(|s| s.1)
+        .sum();
+    assert!(served > 0, "no request served");
+    assert!(total >= 10, "too few samples ({total}): {stacks:#?}");
+    assert!(
+        in_handler * 100 >= total * 50,
+        "cpu_route (app.py:{handler}) in {in_handler} of {total} samples: {stacks:#?}"
+    );
+    eprintln!(
+        "fastapi: cpu_route (app.py:{handler}) in {in_handler} of {total} samples ({:.1}%), {served} requests",
+        100.0 * in_handler as f64 / total as f64
+    );
+}
