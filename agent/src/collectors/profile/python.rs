@@ -443,6 +443,8 @@ fn merge(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::collectors::profile::render::tests::frame;
 
@@ -470,6 +472,55 @@ mod tests {
             frames,
             spec.iter().map(|(n, _)| n.starts_with("eval")).collect(),
         )
+    }
+
+    /// Folded/top name a Python frame `qualname (file.py:LINE)` /
+    /// `qualname (file.py)`; pprof gives it a function with the file, a
+    /// line, and the `[python]` mapping.
+    #[test]
+    fn outputs_show_python_frames() {
+        use crate::collectors::profile::{pprof, render, store::Profile};
+        let mut f = frame("Handler.handle", FrameKind::Python, 12);
+        f.file = Some(Arc::from("/srv/app/handlers.py"));
+        f.module = Arc::new(Module {
+            path: "[python]".into(),
+            build_id: None,
+        });
+        let p = Profile {
+            samples: vec![crate::collectors::profile::store::Sample {
+                pid: 1,
+                comm: "python3".into(),
+                service: "app".into(),
+                stack: vec![f, frame("main", FrameKind::User, 3)].into(),
+                count: 2,
+            }],
+            start: std::time::SystemTime::UNIX_EPOCH,
+            duration: Duration::from_secs(1),
+            period_ns: 1,
+        };
+        assert_eq!(
+            render::folded(&p),
+            "python3;main;Handler.handle (handlers.py:12) 2\n"
+        );
+        assert!(
+            render::top(&p)
+                .iter()
+                .any(|r| r.function == "Handler.handle (handlers.py)" && r.module == "[python]")
+        );
+        let d = pprof::build(&p);
+        let st = &d.string_table;
+        let leaf = d.sample[0].location_id[0];
+        let loc = d.location.iter().find(|l| l.id == leaf).unwrap();
+        let func = d
+            .function
+            .iter()
+            .find(|x| x.id == loc.line[0].function_id)
+            .unwrap();
+        assert_eq!(st[func.name as usize], "Handler.handle");
+        assert_eq!(st[func.filename as usize], "/srv/app/handlers.py");
+        assert_eq!(loc.line[0].line, 12);
+        let m = d.mapping.iter().find(|m| m.id == loc.mapping_id).unwrap();
+        assert_eq!(st[m.filename as usize], "[python]");
     }
 
     #[test]
