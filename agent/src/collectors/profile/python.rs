@@ -29,8 +29,11 @@ use super::store::{Frame, FrameKind, Module};
 /// Code objects remembered across all processes.
 const CODE_CACHE: usize = 16_384;
 /// A process whose interpreter was not initialized yet is tried again
-/// after this long (when it is sampled again).
+/// after this long (when it is sampled again), doubled at each try, at
+/// most [`MAX_TRIES`] times: a program that links libpython without
+/// running it (`perf`) stays not ready for ever.
 const RETRY_NOT_READY: Duration = Duration::from_secs(1);
+const MAX_TRIES: u32 = 10;
 /// Processes remembered as not (or not supported) CPython.
 const MAX_PIDS: usize = 65_536;
 
@@ -109,6 +112,8 @@ enum Tracked {
     Rejected {
         label: &'static str,
         retry_at: Option<Instant>,
+        /// Detections tried so far (the delay doubles each time).
+        tries: u32,
         start: u64,
     },
     NotPython {
@@ -188,6 +193,7 @@ impl PyTracker {
     /// The kernel announced `pid` (first sample, or exec): detect afresh.
     pub fn announced(&mut self, pid: u32) {
         self.forget(pid);
+        self.pids.remove(&pid);
         self.detect(pid);
     }
 
@@ -215,6 +221,10 @@ impl PyTracker {
             self.forget(pid);
             return;
         };
+        let tries = match self.pids.get(&pid) {
+            Some(Tracked::Rejected { tries, .. }) => tries + 1,
+            _ => 1,
+        };
         if self.pids.len() >= MAX_PIDS {
             self.pids.retain(|_, t| matches!(t, Tracked::Walked(_)));
         }
@@ -234,6 +244,7 @@ impl PyTracker {
                     Tracked::Rejected {
                         label: "too_many_processes",
                         retry_at: None,
+                        tries,
                         start,
                     }
                 }
@@ -243,8 +254,10 @@ impl PyTracker {
                 tracing::debug!(pid, "CPython process not walked: {e}");
                 Tracked::Rejected {
                     label: e.label(),
-                    retry_at: matches!(e, Rejected::NotReady(_) | Rejected::Mem(_))
-                        .then(|| Instant::now() + RETRY_NOT_READY),
+                    retry_at: (matches!(e, Rejected::NotReady(_) | Rejected::Mem(_))
+                        && tries < MAX_TRIES)
+                        .then(|| Instant::now() + RETRY_NOT_READY * (1 << (tries - 1))),
+                    tries,
                     start,
                 }
             }
