@@ -68,6 +68,9 @@ pub const KNOWN: &[&str] = &[
     "sonde_profile_files_parsed",
     "sonde_profile_kernel_stack_absent_total",
     "sonde_profile_processes_mapped",
+    "sonde_profile_python_errors_total",
+    "sonde_profile_python_processes",
+    "sonde_profile_python_walks_total",
     "sonde_profile_symbol_cache_entries",
     "sonde_profile_symbolize_total",
     // DWARF unwinder (profile collector).

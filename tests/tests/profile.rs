@@ -556,8 +556,9 @@ fn profiler_program_stays_well_inside_the_verifier_budget() {
         .and_then(|n| n.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or_else(|| panic!("no verified_insns count in: {line}"));
+    eprintln!("profile_cpu: {n} verified instructions");
     assert!(
         n <= 250_000,
-        "profile_cpu took {n} verified instructions (limit 1,000,000; 63,084 on 6.18.44)"
+        "profile_cpu took {n} verified instructions (limit 1,000,000; 77,820 on 6.18.44 with the Python walk, 63,084 before it)"
     );
 }

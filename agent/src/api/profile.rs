@@ -1,6 +1,7 @@
 //! `GET /api/v1/profile`: a CPU profile of the next `duration` (the handler
 //! waits), or of the retained window with `last=true`, filtered by pid,
-//! process name or service, as pprof, folded stacks, SVG or a top table.
+//! process name or service, as pprof, folded stacks, SVG, a top table or
+//! per-line sample counts.
 
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +15,7 @@ use sonde_wire::profile::ProfileQuery;
 use super::{AppState, error};
 use crate::{
     collectors::profile::{
-        pprof, render,
+        lines, pprof, render,
         store::{Filter, Profile},
     },
     duration::parse_duration,
@@ -29,6 +30,7 @@ pub enum Format {
     Folded,
     Svg,
     Top,
+    Lines,
 }
 
 impl Format {
@@ -38,6 +40,7 @@ impl Format {
             "folded" => Self::Folded,
             "svg" => Self::Svg,
             "top" => Self::Top,
+            "lines" => Self::Lines,
             _ => return None,
         })
     }
@@ -49,7 +52,7 @@ pub async fn profile(State(s): State<AppState>, Query(q): Query<ProfileQuery>) -
         None => {
             return error(
                 StatusCode::BAD_REQUEST,
-                "format must be one of pprof, folded, svg, top",
+                "format must be one of pprof, folded, svg, top, lines",
             );
         }
     };
@@ -106,7 +109,7 @@ pub async fn profile(State(s): State<AppState>, Query(q): Query<ProfileQuery>) -
         };
         store.cut(&filter, start, end)
     };
-    respond(&profile, format, &title(&q))
+    respond(&profile, format, &title(&q), q.function.as_deref())
 }
 
 fn title(q: &ProfileQuery) -> String {
@@ -119,7 +122,7 @@ fn title(q: &ProfileQuery) -> String {
     format!("sonde CPU profile: {what}")
 }
 
-fn respond(p: &Profile, format: Format, title: &str) -> Response {
+fn respond(p: &Profile, format: Format, title: &str, function: Option<&str>) -> Response {
     let samples = p.total().to_string();
     let (ctype, body): (&str, Vec<u8>) = match format {
         Format::Pprof => ("application/vnd.google.protobuf+gzip", pprof::encode(p)),
@@ -127,6 +130,10 @@ fn respond(p: &Profile, format: Format, title: &str) -> Response {
         Format::Top => (
             "text/plain; charset=utf-8",
             render::top_table(p, 40).into_bytes(),
+        ),
+        Format::Lines => (
+            "text/plain; charset=utf-8",
+            lines::lines_table(p, function, 60).into_bytes(),
         ),
         Format::Svg => match render::svg(p, title) {
             Ok(b) => ("image/svg+xml", b),

@@ -17,6 +17,7 @@ pub const AFTER: &str = "Examples:
   sudo sonde profile --name nginx --duration 30s -o nginx.pb.gz
   go tool pprof -http :8080 nginx.pb.gz                      (pprof is the default format)
   sudo sonde profile --pid 1234 --format top                 functions by cumulative share
+  sudo sonde profile --pid 1234 -f lines --function handle   samples per line of one function
   sudo sonde profile --service api --last --format folded    the retained window, no wait
 
 Frames come from frame pointers: build with -fno-omit-frame-pointer (C/C++) or
@@ -42,6 +43,10 @@ pub struct ProfileArgs {
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value_t = ProfileFormat::Top)]
     pub format: ProfileFormat,
+    /// With `--format lines`: only this function's lines (e.g. a Python
+    /// qualified name such as `Handler.handle`).
+    #[arg(long, value_name = "NAME")]
+    pub function: Option<String>,
     /// Write to FILE instead of stdout.
     #[arg(long = "output", short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -60,6 +65,9 @@ pub enum ProfileFormat {
     Svg,
     /// Functions by cumulative and self share, like `pstats sort cumulative`.
     Top,
+    /// Samples per source line (Python frames, and native code with debug
+    /// info); `--function NAME` for one function's lines.
+    Lines,
 }
 
 impl ProfileFormat {
@@ -69,6 +77,7 @@ impl ProfileFormat {
             Self::Folded => "folded",
             Self::Svg => "svg",
             Self::Top => "top",
+            Self::Lines => "lines",
         }
     }
 }
@@ -95,6 +104,9 @@ fn request_path(a: &ProfileArgs) -> String {
     }
     if let Some(s) = &a.service {
         q.push(format!("service={}", encode(s)));
+    }
+    if let Some(f) = &a.function {
+        q.push(format!("function={}", encode(f)));
     }
     if a.last {
         q.push("last=true".into());

@@ -14,6 +14,8 @@ pub struct ProfileQuery {
     /// Use the retained window instead of waiting.
     #[serde(default)]
     pub last: bool,
-    /// pprof (default), folded, svg, top.
+    /// pprof (default), folded, svg, top, lines.
     pub format: Option<String>,
+    /// With `lines`: only this function's lines.
+    pub function: Option<String>,
 }

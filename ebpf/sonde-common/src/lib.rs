@@ -14,6 +14,7 @@ pub mod http;
 pub mod memory;
 pub mod process;
 pub mod profile;
+pub mod python;
 pub mod syscalls;
 pub mod unwind;
 

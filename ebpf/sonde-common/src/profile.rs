@@ -21,8 +21,11 @@ pub struct StackKey {
     pub tgid: u32,
     pub user_stack_id: i32,
     pub kernel_stack_id: i32,
-    /// Explicit padding; always zero so equal keys hash equal.
-    pub _pad: u32,
+    /// The Python stack walked for this sample (an id of the generation's
+    /// `PY_STACKS_*` map, `>= PY_STACK_ID_BASE`), `0` when the process is
+    /// not a CPython the agent marked (or the thread has no Python state),
+    /// `-errno` when the walk's stack was not stored.
+    pub python_stack_id: i32,
     /// `comm` of the sampled thread.
     pub comm: [u8; COMM_LEN],
 }
@@ -66,6 +69,15 @@ crate::counters! {
         /// A first-seen pid could not be announced (ring buffer full); its maps
         /// are then read at the next drain instead.
         NewPidDropped = 7 => "new_pid_dropped",
+        /// Samples of a process in `PY_PROCS`: a Python walk was attempted.
+        PythonWalks = 8 => "python_walks",
+        /// A Python walk stopped at a read that failed (fsbase, thread state,
+        /// frame); the frames before it are kept.
+        PythonReadFault = 9 => "read_fault",
+        /// A Python walk stopped at `PY_FRAMES_MAX` frames.
+        PythonTruncated = 10 => "truncated",
+        /// A walked Python stack was not stored (id collision, map full).
+        PythonStackLost = 11 => "stack_lost",
     }
 }
 

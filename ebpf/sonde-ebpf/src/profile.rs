@@ -49,7 +49,8 @@ static PROFILE_SEEN: LruHashMap<u32, [u8; COMM_LEN]> =
 static PROFILE_NEW_PIDS: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
 
 #[map]
-static PROFILE_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROFILE_COUNTERS, 0);
+pub(crate) static PROFILE_COUNTERS_MAP: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(PROFILE_COUNTERS, 0);
 
 const EEXIST: i32 = 17;
 const ENOMEM: i32 = 12;
@@ -109,11 +110,12 @@ fn record(
             ProfileCounter::KernelStackAbsent,
         )
     };
+    let python_stack_id = crate::python::python_stack(tgid, generation);
     let key = StackKey {
         tgid,
         user_stack_id: user,
         kernel_stack_id: kernel,
-        _pad: 0,
+        python_stack_id,
         comm,
     };
     if let Some(p) = counts.get_ptr_mut(key) {

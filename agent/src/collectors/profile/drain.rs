@@ -16,11 +16,13 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap, StackTrace
 use prometheus::{IntCounter, IntCounterVec};
 use sonde_common::{
     profile::{PROFILE_GEN_SLOT, ProfileCounter, StackKey},
+    python::{PY_STACK_ID_BASE, PyFrameRecord, PyStack},
     unwind::{UNWIND_STACK_ID_BASE, UnwoundStack},
 };
 
 use super::{
     procmaps::Captured,
+    python::{PyTracker, PythonMetrics},
     store::{Batch, Frame, ProfileStore, Sample},
     symbolize::Resolver,
 };
@@ -40,6 +42,8 @@ pub struct KernelMaps {
     pub counters: KernelCounters<ProfileCounter>,
     /// User stacks walked by the DWARF unwinder (ids >= UNWIND_STACK_ID_BASE).
     pub unwound: [BpfHashMap<MapData, u32, UnwoundStack>; 2],
+    /// Python stacks walked by the kernel (ids >= PY_STACK_ID_BASE).
+    pub python: [BpfHashMap<MapData, u32, PyStack>; 2],
 }
 
 #[derive(Clone)]
@@ -48,6 +52,7 @@ pub struct DrainMetrics {
     pub errors: IntCounterVec,
     pub kernel_stack_absent: IntCounter,
     pub drains: IntCounter,
+    pub python: PythonMetrics,
 }
 
 /// What one flip collected: counts per key and the stacks they name.
@@ -58,6 +63,8 @@ pub struct RawBatch {
     pub at: Option<SystemTime>,
     pub rows: Vec<(StackKey, u64)>,
     pub traces: HashMap<i32, Vec<u64>>,
+    /// Python stacks by `python_stack_id`, youngest frame first.
+    pub python: HashMap<i32, Vec<PyFrameRecord>>,
     /// Samples the kernel dropped since the previous drain.
     pub dropped: u64,
 }
@@ -133,6 +140,24 @@ impl RawDrainer {
                 }
             }
         }
+        let mut python: HashMap<i32, Vec<PyFrameRecord>> = HashMap::new();
+        let py_stacks = &mut self.maps.python[idle];
+        for (k, _) in &rows {
+            let id = k.python_stack_id;
+            if id >= PY_STACK_ID_BASE && !python.contains_key(&id) {
+                match py_stacks.get(&(id as u32), 0) {
+                    Ok(s) => {
+                        let n = (s.len as usize).min(s.frames.len());
+                        python.insert(id, s.frames[..n].to_vec());
+                    }
+                    Err(_) => lost += 1,
+                }
+            }
+        }
+        let ids: Vec<u32> = py_stacks.keys().filter_map(Result::ok).collect();
+        for id in ids {
+            let _ = py_stacks.remove(&id);
+        }
         // Clear every id, referenced or not, so the generation starts empty.
         let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
         for id in ids {
@@ -153,6 +178,7 @@ impl RawDrainer {
             at: Some(at),
             rows,
             traces,
+            python,
             dropped: self.export_counters(),
         }
     }
@@ -161,13 +187,33 @@ impl RawDrainer {
     /// dropped since the last drain.
     fn export_counters(&mut self) -> u64 {
         use ProfileCounter::*;
-        let d = self
-            .maps
-            .counters
-            .export(&self.metrics.errors, &[Samples, Idle, KernelStackAbsent]);
+        const PYTHON: [ProfileCounter; 4] = [
+            PythonWalks,
+            PythonReadFault,
+            PythonTruncated,
+            PythonStackLost,
+        ];
+        let d = self.maps.counters.export(
+            &self.metrics.errors,
+            &[
+                Samples,
+                Idle,
+                KernelStackAbsent,
+                PythonWalks,
+                PythonReadFault,
+                PythonTruncated,
+                PythonStackLost,
+            ],
+        );
         self.metrics
             .kernel_stack_absent
             .inc_by(d.get(KernelStackAbsent));
+        for c in PYTHON {
+            let delta = d.get(c);
+            if delta > 0 {
+                self.metrics.python.kernel(c, delta);
+            }
+        }
         d.get(CountsFull)
     }
 }
@@ -186,6 +232,9 @@ pub struct Symbolizing {
     /// after each drain.
     stacks: HashSet<Arc<[Frame]>>,
     strings: HashSet<Arc<str>>,
+    /// Python frames for CPython processes (absent when the kernel maps
+    /// for them could not be set up).
+    python: Option<PyTracker>,
 }
 
 impl Symbolizing {
@@ -203,22 +252,34 @@ impl Symbolizing {
             services: HashSet::new(),
             stacks: HashSet::new(),
             strings: HashSet::new(),
+            python: None,
         }
+    }
+
+    pub fn with_python(mut self, tracker: PyTracker) -> Self {
+        self.python = Some(tracker);
+        self
     }
 
     /// A process was sampled for the first time (or exec'd); its maps were
     /// captured by the announcing task.
     pub fn seen(&mut self, c: Captured) {
+        if let Some(py) = &mut self.python {
+            py.announced(c.maps.pid);
+        }
         self.resolver.adopt(c);
     }
 
     pub fn process(&mut self, raw: RawBatch) {
         let Some(at) = raw.at else { return };
         self.resolver.next_drain();
+        if let Some(py) = &mut self.python {
+            py.sweep();
+        }
         let mut samples = Vec::with_capacity(raw.rows.len());
         let mut services = HashMap::new();
         for (k, n) in &raw.rows {
-            samples.push(self.sample(k, *n, &raw.traces, &mut services));
+            samples.push(self.sample(k, *n, &raw, &mut services));
         }
         for s in &samples {
             let label = if self.services.contains(&s.service) {
@@ -242,18 +303,30 @@ impl Symbolizing {
         &mut self,
         k: &StackKey,
         count: u64,
-        traces: &HashMap<i32, Vec<u64>>,
+        raw: &RawBatch,
         services: &mut HashMap<u32, String>,
     ) -> Sample {
+        let traces = &raw.traces;
         let pid = k.tgid;
         self.resolver.see(pid);
         let mut stack = Vec::new();
         if let Some(ips) = traces.get(&k.kernel_stack_id) {
             stack.extend(self.resolver.kernel(ips));
         }
-        if let Some(ips) = traces.get(&k.user_stack_id) {
-            stack.extend(self.resolver.user(pid, ips));
+        let mut user = traces
+            .get(&k.user_stack_id)
+            .map(|ips| self.resolver.user(pid, ips))
+            .unwrap_or_default();
+        if let Some(py) = &mut self.python {
+            py.sampled(pid);
+            let records = raw
+                .python
+                .get(&k.python_stack_id)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            user = py.splice(pid, user, records);
         }
+        stack.extend(user);
         let comm = comm_str(&k.comm);
         // Once per process and drain: a lookup clones the whole entry.
         let service = services

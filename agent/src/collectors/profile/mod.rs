@@ -16,8 +16,10 @@
 //! gets `Cmd::Stop`, the others follow when their senders are gone).
 
 pub mod drain;
+pub mod lines;
 pub mod pprof;
 pub mod procmaps;
+pub mod python;
 pub mod render;
 pub mod store;
 pub mod symbolize;
@@ -165,6 +167,7 @@ fn metrics(t: &crate::telemetry::Telemetry) -> (DrainMetrics, IntGauge) {
             errors,
             kernel_stack_absent,
             drains,
+            python: python::PythonMetrics::new(t),
         },
         cpus,
     )
@@ -210,7 +213,13 @@ impl Collector for ProfileCollector {
                 take_map(&mut obj, "UNWIND_STACKS_0")?,
                 take_map(&mut obj, "UNWIND_STACKS_1")?,
             ],
+            python: [
+                take_map(&mut obj, "PY_STACKS_0")?,
+                take_map(&mut obj, "PY_STACKS_1")?,
+            ],
         };
+        let py_procs = take_map(&mut obj, "PY_PROCS")?;
+        let py_config = take_map(&mut obj, "PY_CONFIG")?;
         let unwind_maps = unwind::UnwindMaps {
             rows: match obj.take_map("UNWIND_ROWS") {
                 Some(aya::maps::Map::Array(m)) => m,
@@ -243,6 +252,7 @@ impl Collector for ProfileCollector {
             )));
         }
         let (dm, cpus) = metrics(ctx.telemetry);
+        let py_tracker = python::tracker(ctx.btf, py_procs, py_config, dm.python.clone());
         cpus.set(att.ok.len() as i64);
         self.base.set_health(describe(&att, hz));
         tracing::info!(collector = NAME, hz, cpus = ?att.ok, failed = att.failed.len(), verified_insns, "profiler attached");
@@ -291,7 +301,11 @@ impl Collector for ProfileCollector {
             .spawn(move || {
                 let resolver =
                     Resolver::new(limits, sym_metrics).keep_parsed_for(KEEP_PARSED, interval);
-                run_symbolize(Symbolizing::new(resolver, store, table, samples), sym_rx);
+                let mut s = Symbolizing::new(resolver, store, table, samples);
+                if let Some(t) = py_tracker {
+                    s = s.with_python(t);
+                }
+                run_symbolize(s, sym_rx);
             })?;
         self.base
             .spawn(new_pids.run(move |pids| forward_new_pids(pids, &sym_tx, unwind_tx.as_ref())));

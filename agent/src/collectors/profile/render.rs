@@ -13,9 +13,16 @@ fn folded_frame(f: &super::store::Frame) -> String {
     match f.kind {
         FrameKind::Kernel => format!("{name}_[k]"),
         FrameKind::Jit => format!("{name}_[j]"),
+        FrameKind::Python => format!("{name} ({}:{})", py_file(f), f.line),
         _ if f.inlined => format!("{name}_[i]"),
         _ => name,
     }
+}
+
+/// A Python frame's source file as shown: its base name.
+fn py_file(f: &super::store::Frame) -> &str {
+    let file = f.file.as_deref().unwrap_or("?");
+    file.rsplit('/').next().unwrap_or(file)
 }
 
 pub fn folded_line(s: &Sample) -> String {
@@ -95,7 +102,13 @@ pub fn top(p: &Profile) -> Vec<TopRow> {
     for s in &p.samples {
         let mut seen = std::collections::HashSet::new();
         for (i, f) in s.stack.iter().enumerate() {
-            let key = (f.function.to_string(), f.module.path.to_string());
+            // Python functions by function, not line (the folded view
+            // has the lines).
+            let name = match f.kind {
+                FrameKind::Python => format!("{} ({})", f.function, py_file(f)),
+                _ => f.function.to_string(),
+            };
+            let key = (name, f.module.path.to_string());
             let e = rows.entry(key.clone()).or_default();
             if i == 0 {
                 e.0 += s.count;

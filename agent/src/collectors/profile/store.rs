@@ -21,6 +21,9 @@ pub enum FrameKind {
     Jit,
     /// Nothing resolved it; the name says module + offset.
     Unknown,
+    /// A Python function (CPython's frame walk): `function` is the
+    /// qualified name, `file` the source file, `addr` the code object.
+    Python,
 }
 
 /// One resolved frame. Several frames share an address when the compiler

@@ -14,6 +14,9 @@ mod arch;
 mod counters;
 #[path = "../profile.rs"]
 mod profile;
+#[allow(dead_code, reason = "the walk uses a few of the ABI helpers")]
+#[path = "../python.rs"]
+mod python;
 #[path = "../unwind.rs"]
 mod unwind;
 
