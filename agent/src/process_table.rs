@@ -85,8 +85,9 @@ pub fn service_name(exe: &str, comm: &str) -> String {
 
 /// Parses comm, ppid and starttime out of /proc/PID/stat. The comm is in
 /// parentheses and may itself contain spaces and parentheses, so split at
-/// the last ')'.
-fn parse_stat(stat: &str) -> Option<(String, u32, u64)> {
+/// the last ')'. Any process chooses its comm, so this is untrusted text
+/// (fuzzed: tests/fuzz).
+pub fn parse_stat(stat: &str) -> Option<(String, u32, u64)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;
     let comm = stat.get(open + 1..close)?.to_owned();

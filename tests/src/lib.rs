@@ -18,18 +18,64 @@ pub mod peers;
 pub mod workload;
 
 /// The `sonde` binary under test: `$SONDE_BIN` (set by `cargo xtask test`),
-/// else the workspace's debug build.
+/// else the workspace's debug build, which must be newer than every source
+/// file of the agent and its eBPF programs: testing a stale build would
+/// report on code that is not the code in the tree.
 pub fn sonde_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SONDE_BIN") {
         return PathBuf::from(p);
     }
     let p = workspace_root().join("target/debug/sonde");
-    assert!(
-        p.exists(),
-        "{} is missing: run the tests with `cargo xtask test` (it builds the agent first)",
-        p.display()
-    );
+    static CHECKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let checked = CHECKED.get_or_init(|| {
+        let root = workspace_root();
+        let built = std::fs::metadata(&p)
+            .and_then(|m| m.modified())
+            .map_err(|e| {
+                format!(
+                    "{} is missing ({e}): run the tests with `cargo xtask test` (it builds the agent first), or `cargo build -p sonde`",
+                    p.display()
+                )
+            })?;
+        match newest_source(&[root.join("agent"), root.join("ebpf")]) {
+            Some((changed, path)) if changed > built => Err(format!(
+                "{} is older than {}: rebuild it with `cargo build -p sonde` (or run `cargo xtask test`, which builds it first)",
+                p.display(),
+                path.strip_prefix(&root).unwrap_or(&path).display()
+            )),
+            _ => Ok(()),
+        }
+    });
+    if let Err(e) = checked {
+        panic!("{e}");
+    }
     p
+}
+
+/// The most recently modified file under `dirs` (build outputs skipped).
+fn newest_source(dirs: &[PathBuf]) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut stack: Vec<PathBuf> = dirs.to_vec();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                if e.file_name() != "target" {
+                    stack.push(e.path());
+                }
+                continue;
+            }
+            if let Ok(t) = e.metadata().and_then(|m| m.modified())
+                && newest.as_ref().is_none_or(|(n, _)| t > *n)
+            {
+                newest = Some((t, e.path()));
+            }
+        }
+    }
+    newest
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -428,4 +474,36 @@ pub fn serve_json_forever(body: String) -> SocketAddr {
         }
     });
     addr
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::newest_source;
+
+    fn touch(p: &std::path::Path, t: SystemTime) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let f = std::fs::File::create(p).unwrap();
+        f.set_modified(t).unwrap();
+    }
+
+    #[test]
+    fn newest_source_finds_the_latest_edit_and_skips_build_outputs() {
+        let d = tempfile::tempdir().unwrap();
+        let base = SystemTime::now() - Duration::from_secs(3600);
+        touch(&d.path().join("agent/src/a.rs"), base);
+        touch(
+            &d.path().join("ebpf/x/src/deep/b.rs"),
+            base + Duration::from_secs(60),
+        );
+        touch(
+            &d.path().join("agent/target/debug/sonde"),
+            base + Duration::from_secs(600),
+        );
+        let (t, p) = newest_source(&[d.path().join("agent"), d.path().join("ebpf")]).unwrap();
+        assert_eq!(t, base + Duration::from_secs(60));
+        assert!(p.ends_with("deep/b.rs"), "{}", p.display());
+        assert_eq!(newest_source(&[d.path().join("none")]), None);
+    }
 }

@@ -31,26 +31,19 @@ fn root() -> PathBuf {
     workspace_root()
 }
 
-/// kubernetes-validate and yamllint from PyPI, installed once if missing.
+/// kubernetes-validate and yamllint, pinned in tests/requirements.txt.
 fn python_tools() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let have = |m: &str| {
-            Command::new("python3")
+        for m in ["kubernetes_validate", "yamllint"] {
+            let ok = Command::new("python3")
                 .args(["-c", &format!("import {m}")])
                 .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !have("kubernetes_validate") || !have("yamllint") {
-            let o = run(Command::new("python3").args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "kubernetes-validate",
-                "yamllint",
-            ]));
-            assert!(o.status.success(), "pip install failed: {}", text(&o));
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "python3 cannot import {m}: run `cargo xtask test` (it installs tests/requirements.txt), or `python3 -m pip install -r tests/requirements.txt`"
+            );
         }
     });
 }

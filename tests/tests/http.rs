@@ -25,26 +25,20 @@ fn succeeds(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Installs Debian packages when their command is missing.
+/// Fails with the way out when a Debian package's command is missing
+/// (`cargo xtask test` installs them: xtask/src/bootstrap.rs).
 fn ensure_apt(bin: &str, pkg: &str) {
-    if succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")])) {
-        return;
-    }
     assert!(
-        succeeds(Command::new("apt-get").args(["install", "-y", "-q", pkg])),
-        "cannot install {pkg} with apt-get (needed for this test)"
+        succeeds(Command::new("sh").args(["-c", &format!("command -v {bin}")])),
+        "{bin} is missing: install the Debian package {pkg}, or run `cargo xtask test`, which installs what the tests use"
     );
 }
 
+/// FastAPI and uvicorn, pinned in tests/requirements.txt.
 fn ensure_fastapi() {
-    if succeeds(Command::new("python3").args(["-c", "import fastapi, uvicorn"])) {
-        return;
-    }
     assert!(
-        succeeds(
-            Command::new("python3").args(["-m", "pip", "install", "-q", "fastapi", "uvicorn"])
-        ),
-        "cannot pip install fastapi uvicorn (needed for this test)"
+        succeeds(Command::new("python3").args(["-c", "import fastapi, uvicorn"])),
+        "python3 cannot import fastapi and uvicorn: run `cargo xtask test` (it installs tests/requirements.txt), or `python3 -m pip install -r tests/requirements.txt`"
     );
 }
 

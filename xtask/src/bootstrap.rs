@@ -13,6 +13,12 @@ use crate::cmd::{self, run, succeeds};
 /// bpf-linker version known to work with the nightly's LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// cargo-fuzz version the fuzz targets (tests/fuzz) are run with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Pinned Python packages of the tests, relative to the workspace root.
+pub const PYTHON_REQUIREMENTS: &str = "tests/requirements.txt";
+
 /// Debian packages the test suite uses (peers, workloads, inspection).
 const TEST_PACKAGES: &[(&str, &str)] = &[
     // (command that proves it is installed, package)
@@ -20,6 +26,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("gcc", "gcc"),
     ("strace", "strace"),
     ("curl", "curl"),
+    // The profiler's reference sampler (tests/tests/profile.rs).
+    ("perf", "linux-perf"),
+    // Workloads and tools from tests/requirements.txt.
+    ("python3", "python3"),
+    ("pip3", "python3-pip"),
     // The bench harness test and the HTTP tests (tests/tests/http.rs) drive these.
     ("bpftrace", "bpftrace"),
     ("nginx", "nginx"),
@@ -160,9 +171,60 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
 ];
 
-/// Installs the Debian packages the tests use, when missing and we are root.
+/// Installs what the tests use, when missing: Debian packages (as root),
+/// the pinned Python packages, and cargo-fuzz.
 pub fn test_dependencies() -> Result<()> {
-    install_missing(TEST_PACKAGES)
+    install_missing(TEST_PACKAGES)?;
+    python_requirements()?;
+    ensure_cargo_fuzz()
+}
+
+/// `pip install -r tests/requirements.txt` into the `python3` on PATH (the
+/// one the tests run). pip only reaches the registry for what is missing or
+/// at another version, so this is quick when all is in place.
+fn python_requirements() -> Result<()> {
+    let req = cmd::workspace_root().join(PYTHON_REQUIREMENTS);
+    let mut pip = Command::new("python3");
+    pip.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--root-user-action=ignore",
+    ]);
+    // Debian's own python3 refuses pip installs outside a venv (PEP 668);
+    // the tests run the system interpreter, so install into it anyway.
+    if succeeds(Command::new("python3").args([
+        "-c",
+        "import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path('stdlib'), 'EXTERNALLY-MANAGED')))",
+    ])) {
+        pip.arg("--break-system-packages");
+    }
+    run(pip.arg("--requirement").arg(&req))
+        .with_context(|| format!("installing the Python packages of {PYTHON_REQUIREMENTS}"))
+}
+
+fn cargo_fuzz_works() -> bool {
+    succeeds(Command::new("cargo").args(["+nightly", "fuzz", "--version"]))
+}
+
+fn ensure_cargo_fuzz() -> Result<()> {
+    if cargo_fuzz_works() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+    run(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))?;
+    if !cargo_fuzz_works() {
+        bail!("cargo-fuzz was installed but `cargo +nightly fuzz` does not run");
+    }
+    Ok(())
 }
 
 pub fn bench_dependencies() -> Result<()> {

@@ -4,6 +4,7 @@ mod bench;
 mod bootstrap;
 mod cmd;
 mod dist;
+mod fuzz;
 mod promrule;
 
 use anyhow::Result;
@@ -179,5 +180,10 @@ fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
     if let Some(f) = filter.as_deref() {
         args.push(f);
     }
-    cmd::cargo_test_summarized(&args, &[("SONDE_BIN", bin.to_str().unwrap_or_default())])
+    let tests =
+        cmd::cargo_test_summarized(&args, &[("SONDE_BIN", bin.to_str().unwrap_or_default())]);
+    // Bounded fuzzing of the parsers of untrusted input (docs/reliability.md),
+    // even when tests failed, so one run reports both.
+    let fuzzed = fuzz::run_targets(filter.as_deref());
+    tests.and(fuzzed)
 }

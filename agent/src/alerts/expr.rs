@@ -236,10 +236,13 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ParseError> {
                         Some(b'"') => s.push('"'),
                         Some(b'\'') => s.push('\''),
                         Some(b'n') => s.push('\n'),
-                        // Keep regex escapes such as `\.` as written.
-                        Some(&o) => {
+                        // Keep regex escapes such as `\.` as written; the
+                        // escaped character may be more than one byte.
+                        Some(_) => {
+                            let o = src[i + 1..].chars().next().expect("in bounds");
                             s.push('\\');
-                            s.push(o as char);
+                            s.push(o);
+                            i += o.len_utf8() - 1;
                         }
                         None => return err(col, "unterminated string"),
                     }
@@ -645,5 +648,16 @@ mod tests {
         assert!(e.msg.contains("threshold"), "{e}");
         let e = parse("x y").unwrap_err();
         assert_eq!(e.col, 3, "{e}");
+    }
+
+    #[test]
+    fn escaped_multibyte_character_in_a_string() {
+        // Found by the alert_expr fuzz target: a backslash before a
+        // two-byte character left the lexer inside that character.
+        let Expr::Instant(sel) = parse("x{a=\"\\\u{423}b\"}").unwrap() else {
+            panic!()
+        };
+        assert_eq!(sel.matchers[0].value, "\\\u{423}b");
+        assert!(parse("x{a=\"\\\u{1F600}").is_err(), "unterminated");
     }
 }

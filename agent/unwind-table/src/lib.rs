@@ -321,11 +321,13 @@ fn segments<'a, R: object::ReadRef<'a>>(obj: &object::File<'a, R>) -> Vec<(u64, 
 }
 
 pub fn bias_of(segs: &[(u64, u64, u64)], start: u64, offset: u64) -> Option<u64> {
+    // Segment offsets and sizes come from the file as is: a corrupt one may
+    // reach past u64::MAX, hence the saturating end.
     // The mapping starts at the page holding p_offset, which need not be
     // page aligned (lld/rustc lay segments out unaligned in the file).
     let &(p_off, p_vaddr, _) = segs
         .iter()
-        .find(|(o, _, size)| o & !0xfff <= offset && offset < o + size.max(&1))?;
+        .find(|(o, _, size)| o & !0xfff <= offset && offset < o.saturating_add(*size.max(&1)))?;
     Some(
         start
             .wrapping_sub(offset)
@@ -388,5 +390,18 @@ mod tests {
             bias_of(&segs, 0x55da_e206_1000, 0x16000),
             Some(0x55da_e206_1000 - 0x17000)
         );
+    }
+
+    #[test]
+    fn segment_reaching_past_the_address_space() {
+        // Found by the unwind_table fuzz target: a corrupt program header
+        // whose p_offset + p_filesz overflows a u64 (it panicked in debug
+        // builds and matched nothing in release builds).
+        let segs = [(0xffff_ffff_ffff_f000, 0, 0x2000)];
+        assert_eq!(
+            bias_of(&segs, 0x1000, 0xffff_ffff_ffff_f800),
+            Some(0x1000u64.wrapping_sub(0x800))
+        );
+        assert_eq!(bias_of(&segs, 0x1000, 0x1000), None);
     }
 }

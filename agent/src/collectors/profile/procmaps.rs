@@ -162,7 +162,9 @@ impl PerfMap {
     pub fn find(&self, addr: u64) -> Option<&str> {
         let i = self.entries.partition_point(|e| e.0 <= addr);
         let (start, size, name) = self.entries.get(i.checked_sub(1)?)?;
-        (addr < start + size).then_some(name.as_str())
+        // `start <= addr` here; `start + size` may not fit in a u64 (the
+        // file is the process's own writing).
+        (addr - start < *size).then_some(name.as_str())
     }
 }
 
@@ -202,5 +204,18 @@ mod tests {
         assert_eq!(p.find(0x7f0000200010), Some("LazyCompile:foo"));
         assert_eq!(p.find(0x7f0000200110), Some("bar baz"));
         assert_eq!(p.find(0x7f0000200200), None);
+    }
+
+    #[test]
+    fn perf_map_entry_at_the_top_of_the_address_space() {
+        // Found by the procmaps fuzz target: start + size past u64::MAX
+        // (the JIT writes this file, any values it likes).
+        let p = PerfMap::parse(
+            "ffffffffffffff00 1000 top
+",
+        );
+        assert_eq!(p.find(u64::MAX), Some("top"));
+        assert_eq!(p.find(0xffff_ffff_ffff_ff00), Some("top"));
+        assert_eq!(p.find(0xffff_ffff_ffff_feff), None);
     }
 }
