@@ -20,6 +20,7 @@ use crate::{
     error::chain,
     features, heap, identity, logging,
     process_table::ProcessTable,
+    reload::{ConfigSource, Reloader},
     telemetry::Telemetry,
 };
 
@@ -39,7 +40,7 @@ pub enum StartError {
     },
 }
 
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     heap::tune();
     let filter = logging::init(&config.agent).map_err(|e| anyhow::anyhow!(e))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -49,13 +50,20 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .thread_name("sonde-worker")
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(run_async(config, logging::kernel_debug_enabled(&filter)))
+    rt.block_on(run_async(
+        config,
+        source,
+        logging::kernel_debug_enabled(&filter),
+    ))
 }
 
-async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
+async fn run_async(config: Config, source: ConfigSource, kernel_debug: bool) -> anyhow::Result<()> {
     if !features::Privileges::current().can_load_tracing() {
         return Err(StartError::NotPrivileged.into());
     }
+    // Before anything slow: a SIGHUP during start-up must not kill the
+    // agent (the default action); it is served once start-up is over.
+    let signals = Signals::install()?;
     raise_memlock_limit();
 
     // Bind both listeners before touching the kernel, so a port clash fails
@@ -94,6 +102,7 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
         startup_done: Arc::new(AtomicBool::new(false)),
         alerts: alerts.clone(),
         alloc: crate::collectors::memory::session::Sessions::new(shutdown.clone()),
+        reload: Reloader::new(source, config.clone(), &telemetry),
     };
     let deps = Deps {
         processes: processes.clone(),
@@ -177,13 +186,13 @@ async fn run_async(config: Config, kernel_debug: bool) -> anyhow::Result<()> {
     // Only start-up needs the kernel's BTF.
     drop(btf);
     if let Some(a) = &alerts {
-        a.spawn(&config.alerts, shutdown.clone());
+        a.spawn(shutdown.clone());
     }
     state.startup_done.store(true, Ordering::Release);
     heap::spawn_trimmer(shutdown.clone());
     tracing::info!(ready = state.health_report().ready, "start-up complete");
 
-    wait_for_signal().await?;
+    signals.serve(&state).await;
     tracing::info!("shutting down");
     shutdown.cancel();
     for c in state
@@ -217,15 +226,44 @@ where
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+/// The signals the agent handles: TERM and INT stop it, HUP reloads the
+/// config.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
     }
-    Ok(())
+
+    /// Serves SIGHUP until SIGTERM or SIGINT.
+    async fn serve(mut self, state: &AppState) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => {
+                    tracing::info!("SIGTERM received");
+                    return;
+                }
+                _ = self.int.recv() => {
+                    tracing::info!("SIGINT received");
+                    return;
+                }
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading the config");
+                    let mut collectors = state.collectors.lock().unwrap_or_else(|e| e.into_inner());
+                    state.reload.reload(state.alerts.as_ref(), &mut collectors);
+                }
+            }
+        }
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so large

@@ -17,4 +17,5 @@ pub mod identity;
 pub mod logging;
 pub mod metrics_catalog;
 pub mod process_table;
+pub mod reload;
 pub mod telemetry;

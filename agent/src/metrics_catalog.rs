@@ -10,6 +10,8 @@
 pub const KNOWN: &[&str] = &[
     // Foundation (telemetry.rs, process collector, process table).
     "sonde_build_info",
+    "sonde_config_reloads_total",
+    "sonde_config_restart_pending_keys",
     "sonde_collector_up",
     "sonde_events_lost_total",
     "sonde_processes_tracked",

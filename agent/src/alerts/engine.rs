@@ -1,10 +1,11 @@
 //! The evaluation loop: every `interval`, record the agent's own metrics,
 //! evaluate each rule, advance alert states and hand notifications to the
-//! receivers.
+//! receivers. [`AlertEngine::reload`] swaps in new rules and receivers at
+//! run time (SIGHUP), keeping the state of rules that kept their name.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -67,19 +68,65 @@ struct EngineState {
 /// Handle to the running engine; cheap to clone, shared with the API.
 #[derive(Clone)]
 pub struct AlertEngine {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
 
+/// What lives as long as the agent: metrics (registered once) and the
+/// current generation of rules and receivers.
+struct Shared {
+    current: RwLock<Arc<Inner>>,
+    metrics: Metrics,
+    receiver_metrics: ReceiverVecs,
+    telemetry: Telemetry,
+    started: Instant,
+    /// The agent's shutdown token once `spawn` ran, and the token of the
+    /// running generation's tasks (cancelled when a reload replaces them).
+    run: Mutex<Option<(CancellationToken, CancellationToken)>>,
+}
+
+/// The per-receiver metric families; a receiver's series carry its URL.
+struct ReceiverVecs {
+    sent: IntCounterVec,
+    failed: IntCounterVec,
+    dropped: IntCounterVec,
+    queued: IntGaugeVec,
+}
+
+impl ReceiverVecs {
+    fn for_url(&self, name: &str) -> ReceiverMetrics {
+        ReceiverMetrics {
+            sent: self.sent.with_label_values(&[name]),
+            failed: self.failed.with_label_values(&[name]),
+            dropped: self.dropped.with_label_values(&[name]),
+            queued: self.queued.with_label_values(&[name]),
+        }
+    }
+
+    fn forget(&self, name: &str) {
+        let _ = self.sent.remove_label_values(&[name]);
+        let _ = self.failed.remove_label_values(&[name]);
+        let _ = self.dropped.remove_label_values(&[name]);
+        let _ = self.queued.remove_label_values(&[name]);
+    }
+}
+
+/// One generation of rules, receivers and their state.
 struct Inner {
     rules: Vec<Rule>,
     receivers: Vec<Arc<Receiver>>,
     interval: Duration,
     resend: Duration,
+    retry_initial: Duration,
+    retry_max: Duration,
+    queue_size: usize,
     external_url: String,
     state: Mutex<EngineState>,
-    metrics: Metrics,
-    telemetry: Telemetry,
-    started: Instant,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, EngineState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl AlertEngine {
@@ -167,101 +214,154 @@ impl AlertEngine {
             )
             .expect("valid metric"),
         );
-        let receivers = compiled
-            .alertmanagers
-            .into_iter()
-            .map(|u| (Kind::Alertmanager, u))
-            .chain(compiled.webhooks.into_iter().map(|u| (Kind::Webhook, u)))
-            .map(|(kind, (url, timeout))| {
-                let name = url.to_string();
-                let m = ReceiverMetrics {
-                    sent: sent.with_label_values(&[&name]),
-                    failed: failed.with_label_values(&[&name]),
-                    dropped: dropped.with_label_values(&[&name]),
-                    queued: queued.with_label_values(&[&name]),
-                };
-                Receiver::new(kind, url, timeout, cfg.queue_size.get() as usize, m)
-            })
-            .collect();
-        let rules = compiled.rules;
-        let interval = cfg.interval.get();
-        let wanted = rules
-            .iter()
-            .flat_map(|r| r.expr.selectors())
-            .map(|s| s.name.clone())
-            .collect::<Vec<_>>();
-        let retention = rules
-            .iter()
-            .map(|r| r.expr.max_range())
-            .max()
-            .unwrap_or_default();
-        let state = EngineState {
-            store: Store::new(wanted, retention, interval, cfg.max_series.get() as usize),
-            per_rule: rules.iter().map(|_| RuleState::default()).collect(),
-            history: History::new(cfg.history_size.get() as usize),
-            last_sent: HashMap::new(),
-            evaluations: 0,
-            last_evaluation: None,
-            last_error: None,
+        let receiver_metrics = ReceiverVecs {
+            sent,
+            failed,
+            dropped,
+            queued,
         };
+        let inner = build(cfg, compiled, &receiver_metrics, |_, _, _| None, None);
         Self {
-            inner: Arc::new(Inner {
-                rules,
-                receivers,
-                interval,
-                resend: cfg.resend_interval.get(),
-                external_url: cfg.external_url.clone(),
-                state: Mutex::new(state),
+            shared: Arc::new(Shared {
+                current: RwLock::new(Arc::new(inner)),
                 metrics,
+                receiver_metrics,
                 telemetry: telemetry.clone(),
                 started: Instant::now(),
+                run: Mutex::new(None),
             }),
         }
     }
 
-    /// Starts the evaluation loop and one delivery worker per receiver.
-    pub fn spawn(&self, cfg: &AlertsConfig, shutdown: CancellationToken) {
-        for r in &self.inner.receivers {
-            tokio::spawn(r.clone().run(
-                cfg.retry_initial.get(),
-                cfg.retry_max.get(),
-                shutdown.clone(),
-            ));
-        }
-        let this = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(this.inner.interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => this.evaluate_once(),
-                    _ = shutdown.cancelled() => return,
-                }
+    fn current(&self) -> Arc<Inner> {
+        self.shared
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces rules, receivers and timings with `cfg`'s (already
+    /// validated: `compiled` comes from `AlertsConfig::compile`). Alerts of
+    /// rules that kept their name keep their state; receivers that kept
+    /// their URL, timeout and queue size keep their queue. Samples are
+    /// recorded afresh, so range functions start with an empty window.
+    pub fn reload(&self, cfg: &AlertsConfig, compiled: Compiled) {
+        let old = self.current();
+        let mut old_state = old.lock();
+        let mut carried: HashMap<String, RuleState> = old
+            .rules
+            .iter()
+            .zip(std::mem::take(&mut old_state.per_rule))
+            .map(|(r, st)| (r.name.clone(), st))
+            .collect();
+        let history = std::mem::replace(&mut old_state.history, History::new(0));
+        let last_sent = std::mem::take(&mut old_state.last_sent);
+        let evaluations = old_state.evaluations;
+        drop(old_state);
+        let queue_size = cfg.queue_size.get() as usize;
+        let reuse = |kind: Kind, url: &super::notify::HttpUrl, timeout: Duration| {
+            old.receivers
+                .iter()
+                .find(|r| {
+                    r.kind == kind
+                        && &r.url == url
+                        && r.timeout() == timeout
+                        && old.queue_size == queue_size
+                })
+                .cloned()
+        };
+        let carry = Carry {
+            per_rule: &mut carried,
+            history,
+            last_sent,
+            evaluations,
+        };
+        let new = build(
+            cfg,
+            compiled,
+            &self.shared.receiver_metrics,
+            reuse,
+            Some(carry),
+        );
+        for r in &old.receivers {
+            if !new.receivers.iter().any(|n| n.url == r.url) {
+                self.shared.receiver_metrics.forget(&r.url.to_string());
             }
-        });
+        }
+        let new = Arc::new(new);
+        *self
+            .shared
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = new.clone();
+        let mut run = self.shared.run.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((shutdown, generation)) = run.as_mut() {
+            generation.cancel();
+            *generation = self.start_generation(&new, shutdown);
+        }
         tracing::info!(
-            rules = self.inner.rules.len(),
-            receivers = self.inner.receivers.len(),
-            interval = ?self.inner.interval,
+            rules = new.rules.len(),
+            receivers = new.receivers.len(),
+            interval = ?new.interval,
+            "alert rules reloaded"
+        );
+    }
+
+    /// Starts the evaluation loop and one delivery worker per receiver.
+    pub fn spawn(&self, shutdown: CancellationToken) {
+        let inner = self.current();
+        let generation = self.start_generation(&inner, &shutdown);
+        *self.shared.run.lock().unwrap_or_else(|e| e.into_inner()) = Some((shutdown, generation));
+        tracing::info!(
+            rules = inner.rules.len(),
+            receivers = inner.receivers.len(),
+            interval = ?inner.interval,
             "alert engine started"
         );
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, EngineState> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// Spawns `inner`'s receivers and evaluation loop under a new child
+    /// token of `shutdown`, which it returns.
+    fn start_generation(&self, inner: &Inner, shutdown: &CancellationToken) -> CancellationToken {
+        let token = shutdown.child_token();
+        for r in &inner.receivers {
+            tokio::spawn(
+                r.clone()
+                    .run(inner.retry_initial, inner.retry_max, token.clone()),
+            );
+        }
+        let this = self.clone();
+        let period = inner.interval;
+        let stop = token.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => this.evaluate_once(),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+        token
     }
 
     /// One evaluation round (public for tests).
     pub fn evaluate_once(&self) {
-        let inner = &*self.inner;
+        let shared = &*self.shared;
+        let inner = &*self.current();
         let timer = Instant::now();
-        let families = inner.telemetry.registry.gather();
+        let families = shared.telemetry.registry.gather();
         let now = SystemTime::now();
-        let mut guard = self.lock();
+        let mut guard = inner.lock();
         let st = &mut *guard;
         st.store
-            .ingest(inner.started.elapsed().as_secs_f64(), &families);
-        inner.metrics.series_dropped.inc_by(st.store.take_dropped());
+            .ingest(shared.started.elapsed().as_secs_f64(), &families);
+        shared
+            .metrics
+            .series_dropped
+            .inc_by(st.store.take_dropped());
         let valid_for = 4 * inner.resend.max(inner.interval);
         let mut out: Vec<WireAlert> = Vec::new();
         let mut error = None;
@@ -269,7 +369,7 @@ impl AlertEngine {
             let samples = match eval_vector(&rule.expr, &st.store) {
                 Ok(s) => s,
                 Err(e) => {
-                    inner
+                    shared
                         .metrics
                         .eval_failures
                         .with_label_values(&[&rule.name])
@@ -305,9 +405,9 @@ impl AlertEngine {
                 }
             }
         }
-        inner.metrics.alerts.reset();
+        shared.metrics.alerts.reset();
         for a in st.per_rule.iter().flat_map(|r| r.alerts()) {
-            inner
+            shared
                 .metrics
                 .alerts
                 .with_label_values(&[&a.name, &a.severity, a.state.as_str()])
@@ -320,7 +420,7 @@ impl AlertEngine {
         for r in &inner.receivers {
             r.enqueue(out.clone());
         }
-        inner
+        shared
             .metrics
             .eval_duration
             .observe(timer.elapsed().as_secs_f64());
@@ -328,7 +428,8 @@ impl AlertEngine {
 
     pub fn report(&self, all: bool) -> AlertsReport {
         let now = SystemTime::now();
-        let st = self.lock();
+        let inner = self.current();
+        let st = inner.lock();
         let mut alerts: Vec<AlertOut> = st
             .per_rule
             .iter()
@@ -349,27 +450,27 @@ impl AlertEngine {
         };
         AlertsReport {
             enabled: true,
-            rules: self.inner.rules.len(),
-            interval_seconds: self.inner.interval.as_secs_f64(),
+            rules: inner.rules.len(),
+            interval_seconds: inner.interval.as_secs_f64(),
             evaluations: st.evaluations,
             last_evaluation: st.last_evaluation.map(rfc3339),
             last_error: st.last_error.clone(),
             alerts,
             history,
-            receivers: self.inner.receivers.iter().map(|r| r.status()).collect(),
+            receivers: inner.receivers.iter().map(|r| r.status()).collect(),
         }
     }
 
     /// For /health: degraded while a rule fails to evaluate or a receiver
     /// cannot be reached with alerts waiting.
     pub fn health(&self) -> ComponentHealth {
-        let st = self.lock();
+        let inner = self.current();
+        let st = inner.lock();
         if let Some(e) = &st.last_error {
             return ComponentHealth::degraded(format!("rule evaluation failed: {e}"));
         }
         drop(st);
-        let failing: Vec<String> = self
-            .inner
+        let failing: Vec<String> = inner
             .receivers
             .iter()
             .filter(|r| r.failing())
@@ -383,9 +484,86 @@ impl AlertEngine {
         }
         ComponentHealth::healthy(format!(
             "{} rules every {}",
-            self.inner.rules.len(),
-            crate::duration::format_duration(self.inner.interval)
+            inner.rules.len(),
+            crate::duration::format_duration(inner.interval)
         ))
+    }
+}
+
+/// State a reload hands from the old generation to the new one.
+struct Carry<'a> {
+    per_rule: &'a mut HashMap<String, RuleState>,
+    history: History,
+    last_sent: HashMap<String, Instant>,
+    evaluations: u64,
+}
+
+/// One generation from a validated config. `reuse` returns a receiver of
+/// the previous generation to keep (its queue survives a reload).
+fn build(
+    cfg: &AlertsConfig,
+    compiled: Compiled,
+    vecs: &ReceiverVecs,
+    reuse: impl Fn(Kind, &super::notify::HttpUrl, Duration) -> Option<Arc<Receiver>>,
+    carry: Option<Carry<'_>>,
+) -> Inner {
+    let queue_size = cfg.queue_size.get() as usize;
+    let receivers = compiled
+        .alertmanagers
+        .into_iter()
+        .map(|u| (Kind::Alertmanager, u))
+        .chain(compiled.webhooks.into_iter().map(|u| (Kind::Webhook, u)))
+        .map(|(kind, (url, timeout))| {
+            reuse(kind, &url, timeout).unwrap_or_else(|| {
+                let m = vecs.for_url(&url.to_string());
+                Receiver::new(kind, url, timeout, queue_size, m)
+            })
+        })
+        .collect();
+    let rules = compiled.rules;
+    let interval = cfg.interval.get();
+    let wanted = rules
+        .iter()
+        .flat_map(|r| r.expr.selectors())
+        .map(|s| s.name.clone())
+        .collect::<Vec<_>>();
+    let retention = rules
+        .iter()
+        .map(|r| r.expr.max_range())
+        .max()
+        .unwrap_or_default();
+    let history_size = cfg.history_size.get() as usize;
+    let mut state = EngineState {
+        store: Store::new(wanted, retention, interval, cfg.max_series.get() as usize),
+        per_rule: rules.iter().map(|_| RuleState::default()).collect(),
+        history: History::new(history_size),
+        last_sent: HashMap::new(),
+        evaluations: 0,
+        last_evaluation: None,
+        last_error: None,
+    };
+    if let Some(c) = carry {
+        for (rule, st) in rules.iter().zip(state.per_rule.iter_mut()) {
+            if let Some(old) = c.per_rule.remove(&rule.name) {
+                *st = old;
+            }
+        }
+        for a in c.history.items().cloned() {
+            state.history.push(a);
+        }
+        state.last_sent = c.last_sent;
+        state.evaluations = c.evaluations;
+    }
+    Inner {
+        rules,
+        receivers,
+        interval,
+        resend: cfg.resend_interval.get(),
+        retry_initial: cfg.retry_initial.get(),
+        retry_max: cfg.retry_max.get(),
+        queue_size,
+        external_url: cfg.external_url.clone(),
+        state: Mutex::new(state),
     }
 }
 
@@ -445,5 +623,51 @@ mod tests {
             engine.health().status,
             crate::collectors::HealthStatus::Healthy
         );
+    }
+
+    #[test]
+    fn reload_swaps_rules_and_keeps_the_state_of_rules_that_stay() {
+        let telemetry = Telemetry::new();
+        let g = telemetry.gauge("sonde_processes_tracked", "test");
+        let rule = |name: &str, threshold: f64| RuleConfig {
+            name: name.into(),
+            expr: "sonde_processes_tracked".into(),
+            op: ">".into(),
+            threshold,
+            for_: "0s".into(),
+            severity: "warning".into(),
+            labels: Default::default(),
+            annotations: Default::default(),
+        };
+        let mut cfg = AlertsConfig {
+            builtin_rules: BuiltinRules::All(false),
+            rules: vec![rule("Kept", 5.0), rule("Dropped", 5.0)],
+            ..Default::default()
+        };
+        let engine = AlertEngine::new(&cfg, cfg.compile().unwrap(), &telemetry);
+        g.set(9);
+        engine.evaluate_once();
+        let before = engine.report(false);
+        assert_eq!(before.alerts.len(), 2, "{before:?}");
+        let fired_at = |r: &AlertsReport, n: &str| {
+            r.alerts
+                .iter()
+                .find(|a| a.name == n)
+                .and_then(|a| a.fired_at.clone())
+        };
+
+        cfg.rules = vec![rule("Kept", 5.0), rule("New", 100.0)];
+        cfg.interval = crate::duration::Dur(Duration::from_secs(2));
+        engine.reload(&cfg, cfg.compile().unwrap());
+        let after = engine.report(false);
+        assert_eq!(after.rules, 2);
+        assert_eq!(after.interval_seconds, 2.0);
+        assert_eq!(after.evaluations, 1, "counted across the reload");
+        assert_eq!(after.alerts.len(), 1, "{after:?}");
+        assert_eq!(fired_at(&after, "Kept"), fired_at(&before, "Kept"));
+        engine.evaluate_once();
+        let r = engine.report(false);
+        assert_eq!(fired_at(&r, "Kept"), fired_at(&before, "Kept"));
+        assert!(fired_at(&r, "New").is_none(), "{r:?}");
     }
 }

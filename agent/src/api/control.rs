@@ -84,6 +84,7 @@ async fn status(State(s): State<AppState>) -> Json<Status> {
             .map(collector_out)
             .collect(),
         processes_tracked: s.processes.list().iter().filter(|p| !p.exited).count(),
+        config: s.reload.status(),
     })
 }
 

@@ -52,6 +52,8 @@ pub struct AppState {
     pub alerts: Option<crate::alerts::AlertEngine>,
     /// `sonde alloc` sessions (one per pid).
     pub alloc: crate::collectors::memory::session::Sessions,
+    /// The running config and the outcome of reloads (SIGHUP).
+    pub reload: crate::reload::Reloader,
 }
 
 /// A control-API error answer: `code` with `{"error": msg}`, which the CLI
@@ -90,6 +92,7 @@ impl AppState {
         if let Some(a) = &self.alerts {
             components.push(named("alerts", a.health()));
         }
+        components.push(named("config", self.reload.health()));
         components.push(named(
             "startup",
             if startup_done {

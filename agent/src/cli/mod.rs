@@ -198,12 +198,16 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let config = Config::load(a.config.as_deref(), env_vars())?;
+    let source = crate::reload::ConfigSource {
+        path: a.config.clone(),
+        env: env_vars(),
+    };
+    let config = source.load()?;
     if a.print_config {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    crate::daemon::run(config)
+    crate::daemon::run(config, source)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! `sonde status`.
 
-use sonde_wire::status::Status;
+use sonde_wire::status::{ConfigStatus, Status};
 
 use super::{Output, QueryArgs, client, output};
 
@@ -13,9 +13,38 @@ pub fn run(q: &QueryArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the config came from, the last reload and the keys waiting for a
+/// restart.
+fn config_lines(c: &ConfigStatus) -> String {
+    let mut out = format!(
+        "config: {}",
+        c.path.as_deref().unwrap_or("built-in defaults")
+    );
+    if let Some(r) = &c.last_reload {
+        out.push_str(&format!(
+            ", last reload {} {} ({} ok, {} rejected)",
+            r.at, r.result, c.reloads_ok, c.reloads_rejected
+        ));
+        if let Some(e) = &r.error {
+            out.push_str(&format!("\n  rejected: {e}"));
+        }
+        if !r.applied.is_empty() {
+            out.push_str(&format!("\n  applied: {}", r.applied.join(", ")));
+        }
+    }
+    if !c.restart_needed.is_empty() {
+        out.push_str(&format!(
+            "\n  restart needed for: {}",
+            c.restart_needed.join(", ")
+        ));
+    }
+    out.push_str("\n\n");
+    out
+}
+
 fn render(s: &Status) -> String {
     let mut out = format!(
-        "sonde {} (pid {}), up {}, kernel {}\nstatus: {}{}\nmetrics: http://{}/metrics   control: {}\nprocesses tracked: {}\n\n",
+        "sonde {} (pid {}), up {}, kernel {}\nstatus: {}{}\nmetrics: http://{}/metrics   control: {}\nprocesses tracked: {}\n",
         s.version,
         s.pid,
         output::human_duration(s.uptime_seconds),
@@ -26,6 +55,7 @@ fn render(s: &Status) -> String {
         s.socket,
         s.processes_tracked,
     );
+    out.push_str(&config_lines(&s.config));
     let rows: Vec<Vec<String>> = s
         .collectors
         .iter()

@@ -124,6 +124,13 @@ pub trait Collector: Send {
     fn health(&self) -> ComponentHealth {
         self.base().health()
     }
+    /// Applies the keys of a reloaded, validated config that this collector
+    /// can change while running (user-side caps and filters read at drain
+    /// time) and returns their dotted names. Keys it does not return keep
+    /// their running value until a restart.
+    fn reload(&mut self, _new: &crate::config::CollectorsConfig) -> Vec<&'static str> {
+        Vec::new()
+    }
     /// Detaches everything. Idempotent; called once at shutdown.
     fn stop(&mut self) {
         self.base_mut().stop();

@@ -19,6 +19,37 @@ pub struct Status {
     pub features: Vec<FeatureOut>,
     pub collectors: Vec<CollectorOut>,
     pub processes_tracked: usize,
+    /// The config file and the outcome of the last reload (SIGHUP).
+    #[serde(default)]
+    pub config: ConfigStatus,
+}
+
+/// Where the running config came from and what reloads did to it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    /// The file given with `--config` (none: built-in defaults).
+    pub path: Option<String>,
+    /// Reloads applied, and refused because the file was invalid.
+    pub reloads_ok: u64,
+    pub reloads_rejected: u64,
+    pub last_reload: Option<ReloadOut>,
+    /// Keys whose value in the file differs from the running one because
+    /// they only take effect at start (dotted names, e.g.
+    /// `collectors.profile.frequency_hz`).
+    pub restart_needed: Vec<String>,
+}
+
+/// One reload attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadOut {
+    /// RFC 3339 time of the attempt.
+    pub at: String,
+    /// `ok` or `rejected`.
+    pub result: String,
+    /// Why the file was refused (names the key and line).
+    pub error: Option<String>,
+    /// Keys changed by this reload and applied at once.
+    pub applied: Vec<String>,
 }
 
 /// A kernel feature as probed at start-up.

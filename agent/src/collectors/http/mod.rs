@@ -252,6 +252,31 @@ impl Collector for HttpCollector {
         &mut self.base
     }
 
+    /// Route patterns and the per-service route cap only shape labels in
+    /// user space: a new table takes effect with the next request.
+    fn reload(&mut self, new: &crate::config::CollectorsConfig) -> Vec<&'static str> {
+        let new = &new.http;
+        if new.routes == self.config.routes
+            && new.max_routes_per_service == self.config.max_routes_per_service
+        {
+            return Vec::new();
+        }
+        self.config.routes = new.routes.clone();
+        self.config.max_routes_per_service = new.max_routes_per_service;
+        if let Some(inner) = self.query.lock().as_mut() {
+            inner.routes = RouteTable::new(
+                new.routes.clone(),
+                new.max_routes_per_service.get() as usize,
+            );
+            // Cached series carry the old route labels.
+            inner.series.clear();
+        }
+        vec![
+            "collectors.http.routes",
+            "collectors.http.max_routes_per_service",
+        ]
+    }
+
     fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
         // Parsed when the config was read.
         let patterns = self.config.routes.clone();
