@@ -216,7 +216,8 @@ fn build_collectors(config: &Config, deps: &Deps) -> Vec<Box<dyn Collector>> {
     if c.process.enabled {
         v.push(Box::new(ProcessCollector::new(&c.process, deps)));
     }
-    if c.syscalls.enabled {
+    // Disabled, the syscalls collector still serves on-demand leases.
+    if c.syscalls.enabled || c.syscalls.on_demand {
         v.push(Box::new(SyscallsCollector::new(&c.syscalls, deps)));
     }
     if c.profile.enabled {
