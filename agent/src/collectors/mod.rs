@@ -101,4 +101,10 @@ pub trait Collector: Send {
     fn stop(&mut self) {
         self.base_mut().stop();
     }
+    /// Whether a healthy collector makes the agent ready: false for one
+    /// that only attaches when a client asks (the on-demand syscalls
+    /// collector), since an agent with nothing else has nothing attached.
+    fn always_on(&self) -> bool {
+        true
+    }
 }

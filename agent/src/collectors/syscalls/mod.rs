@@ -173,6 +173,10 @@ impl Collector for SyscallsCollector {
         &mut self.base
     }
 
+    fn always_on(&self) -> bool {
+        self.mode == Mode::AlwaysOn
+    }
+
     fn stop(&mut self) {
         *self.handle.cmds.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.base.stop();
