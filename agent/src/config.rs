@@ -256,7 +256,15 @@ impl Default for ProcessConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SyscallsConfig {
+    /// Always-on accounting and the `sonde_syscall*` metrics: every
+    /// syscall on the host pays for the hooks (docs/syscalls.md has the
+    /// measured cost). Off: the hooks are attached only while `sonde
+    /// syscalls` or `sonde top` runs (if `on_demand`).
     pub enabled: bool,
+    /// With `enabled = false`: let `sonde syscalls` and `sonde top` attach
+    /// the hooks for as long as they run. False forbids it (the hooks are
+    /// never attached).
+    pub on_demand: bool,
     /// How often the kernel maps are read into metrics and the CLI window.
     pub interval: Dur<1, 60>,
     /// How far back `sonde syscalls` looks.
@@ -289,7 +297,8 @@ pub struct SyscallsConfig {
 impl Default for SyscallsConfig {
     fn default() -> Self {
         Self {
-            enabled: true,
+            enabled: false,
+            on_demand: true,
             interval: Dur(Duration::from_secs(5)),
             window: Dur(Duration::from_secs(60)),
             max_pairs: Bounded(8_192),

@@ -141,6 +141,16 @@ impl KernelBtf {
         }
     }
 
+    /// No BTF, for loads after start-up that need none (raw and classic
+    /// tracepoints: on-demand syscall accounting); `why` is the error a
+    /// caller that did need it would see.
+    pub fn not_read(why: &str) -> Self {
+        Self {
+            raw: Err(why.to_owned()),
+            parsed: OnceLock::new(),
+        }
+    }
+
     /// The raw BTF blob, or why it could not be read.
     pub fn raw(&self) -> Result<&[u8], &str> {
         self.raw.as_deref().map_err(String::as_str)

@@ -285,7 +285,8 @@ fn dashboard_and_rule_metrics_are_exported_by_the_agent() {
         "[kubernetes]\nsource = \"kubelet\"\nurl = \"http://{stub}\"\nrefresh = \"1s\"\n\n\
          [alerts]\ninterval = \"1s\"\nalertmanager_urls = [\"http://127.0.0.1:9\"]\n\n\
          [[alerts.rules]]\nname = \"AlwaysOn\"\nexpr = \"sonde_build_info\"\nthreshold = 0\n\n\
-         [collectors.memory]\ndrain_interval = \"1s\"\n"
+         [collectors.memory]\ndrain_interval = \"1s\"\n\n\
+         [collectors.syscalls]\nenabled = true\n"
     ));
     let want_live = [
         "sonde_kubernetes_pod_refreshes_total",

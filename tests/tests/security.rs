@@ -94,7 +94,12 @@ fn unprivileged_user_cannot_use_the_control_socket() {
         "{out}"
     );
     // Root still can.
-    assert_eq!(agent.api("/api/v1/status")["pid"], agent.pid());
+    assert_eq!(
+        agent
+            .api::<sonde_wire::status::Status>("/api/v1/status")
+            .pid,
+        agent.pid()
+    );
 
     // Positive control: with the mode opened, the same client gets through,
     // so the refusal above is the socket's mode and nothing else.

@@ -12,7 +12,7 @@ use sonde_tests::{Agent, exclusive, metric_value, wait_for, workload::build_c};
 use sonde_wire::syscalls::{Report, Row};
 
 /// Drains every second so tests do not wait for the default 5 s.
-const CONFIG: &str = "[collectors.syscalls]\ninterval = \"1s\"\n";
+const CONFIG: &str = "[collectors.syscalls]\nenabled = true\ninterval = \"1s\"\n";
 
 /// Copies a workload binary under a unique name: its `service_name`.
 fn named_copy(agent: &Agent, bin: &Path, name: &str) -> PathBuf {
@@ -249,7 +249,7 @@ fn exited_processes_are_exported_once_then_released() {
     // release path under a fork storm, not the machine's spare CPU while the
     // profiler symbolizes 10 000 new processes.
     let agent = Agent::start(
-        "[collectors.syscalls]\ninterval = \"1s\"\nmax_pairs = 65536\n\n[collectors.profile]\nenabled = false\n",
+        "[collectors.syscalls]\nenabled = true\ninterval = \"1s\"\nmax_pairs = 65536\n\n[collectors.profile]\nenabled = false\n",
     );
     let bin = named_copy(
         &agent,
@@ -364,7 +364,7 @@ fn exited_processes_are_exported_once_then_released() {
 fn config_filters_trim_processes_and_syscalls_in_the_kernel() {
     let _x = exclusive();
     let agent = Agent::start(
-        "[collectors.syscalls]\ninterval = \"1s\"\nservices = [\"sonde_sc_keep\"]\nsyscalls = [\"getppid\", \"openat\"]\n",
+        "[collectors.syscalls]\nenabled = true\ninterval = \"1s\"\nservices = [\"sonde_sc_keep\"]\nsyscalls = [\"getppid\", \"openat\"]\n",
     );
     let bin = build_c("syscall_mix", &["-O2"]);
     let keep = named_copy(&agent, &bin, "sonde_sc_keep");

@@ -10,7 +10,7 @@ use std::{
 use sonde_tests::{Agent, exclusive, text, workload::build_c};
 use sonde_wire::top::SyscallsFrame;
 
-const CONFIG: &str = "[collectors.syscalls]\ninterval = \"1s\"\n\
+const CONFIG: &str = "[collectors.syscalls]\nenabled = true\ninterval = \"1s\"\n\
                       [collectors.profile]\nenabled = false\n\
                       [collectors.http]\nenabled = false\n";
 

@@ -11,17 +11,20 @@ use axum::{
     extract::{Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use sonde_wire::{
     alerts::{AlertsQuery, AlertsReport},
     processes::{ProcessInfo, ProcessQuery},
     status::{CollectorOut, FeatureOut, NamedHealth, Status},
-    syscalls::SyscallsQuery,
+    syscalls::{LeaseQuery, ReleaseQuery, SyscallsQuery},
 };
 
 use super::{AppState, error};
-use crate::features::Feature;
+use crate::{
+    collectors::syscalls::{Filter, Refused, SyscallsHandle},
+    features::Feature,
+};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -30,6 +33,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/syscalls", get(syscalls))
         .route("/api/v1/syscalls/totals", get(syscall_totals))
+        .route(
+            "/api/v1/syscalls/lease",
+            post(syscall_lease).delete(syscall_release),
+        )
         .route("/api/v1/profile", get(super::profile::profile))
         .route("/api/v1/http", get(super::http::http))
         .route(
@@ -113,41 +120,71 @@ async fn alerts(State(s): State<AppState>, Query(q): Query<AlertsQuery>) -> Json
     })
 }
 
-/// `sonde syscalls`: an `strace -c` table for the last window.
-async fn syscalls(State(s): State<AppState>, Query(q): Query<SyscallsQuery>) -> Response {
-    let handle = s
-        .handles
-        .get::<crate::collectors::syscalls::SyscallsHandle>();
-    let Some(handle) = handle else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the syscalls collector is disabled (collectors.syscalls.enabled = false)",
-        );
+/// The answer when syscall accounting is configured off entirely.
+fn syscalls_off() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "syscall accounting is off (collectors.syscalls.enabled = false and on_demand = false)",
+    )
+}
+
+fn refused(e: Refused) -> Response {
+    let code = match e {
+        Refused::NotAttached => StatusCode::CONFLICT,
+        Refused::UnknownLease(_) => StatusCode::NOT_FOUND,
+        Refused::AttachFailed(_) | Refused::Stopped => StatusCode::SERVICE_UNAVAILABLE,
     };
-    let filter = crate::collectors::syscalls::Filter {
+    error(code, e.to_string())
+}
+
+/// `sonde syscalls`: an `strace -c` table for the last window, or for the
+/// calls since a lease was granted.
+async fn syscalls(State(s): State<AppState>, Query(q): Query<SyscallsQuery>) -> Response {
+    let Some(handle) = s.handles.get::<SyscallsHandle>() else {
+        return syscalls_off();
+    };
+    let filter = Filter {
         pid: q.pid,
         name: q.name,
     };
-    match handle.report(&filter, q.sort).await {
+    match handle.report(&filter, q.sort, q.lease).await {
         Ok(r) => Json(r).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => refused(e),
     }
 }
 
 /// `sonde top`: cumulative per-process syscall totals (drained now).
 async fn syscall_totals(State(s): State<AppState>) -> Response {
-    let handle = s
-        .handles
-        .get::<crate::collectors::syscalls::SyscallsHandle>();
-    let Some(handle) = handle else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the syscalls collector is disabled (collectors.syscalls.enabled = false)",
-        );
+    let Some(handle) = s.handles.get::<SyscallsHandle>() else {
+        return syscalls_off();
     };
     match handle.totals().await {
         Ok(t) => Json(t).into_response(),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => refused(e),
+    }
+}
+
+/// A lease on the syscall hooks (attaching them in on-demand mode), or its
+/// renewal.
+async fn syscall_lease(State(s): State<AppState>, Query(q): Query<LeaseQuery>) -> Response {
+    let Some(handle) = s.handles.get::<SyscallsHandle>() else {
+        return syscalls_off();
+    };
+    match handle.acquire(q.renew).await {
+        Ok(l) => Json(l).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+/// Ends a lease (detaching the hooks in on-demand mode if it was the last).
+async fn syscall_release(State(s): State<AppState>, Query(q): Query<ReleaseQuery>) -> Response {
+    let Some(handle) = s.handles.get::<SyscallsHandle>() else {
+        return syscalls_off();
+    };
+    match handle.release(q.id).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => refused(Refused::UnknownLease(q.id)),
+        Err(e) => refused(e),
     }
 }
 

@@ -79,15 +79,22 @@ impl AppState {
             .collect()
     }
 
-    /// Ready when start-up is over and at least one collector is running:
-    /// an agent with nothing attached should not receive traffic or be
-    /// considered rolled out.
+    /// Ready when start-up is over and at least one always-on collector is
+    /// running: an agent with nothing attached (an on-demand collector at
+    /// most) should not receive traffic or be considered rolled out.
     pub fn health_report(&self) -> HealthReport {
-        let mut components = self.collector_health();
+        let (mut components, any_running) = {
+            let collectors = self.collectors.lock().unwrap_or_else(|e| e.into_inner());
+            let running = collectors
+                .iter()
+                .any(|c| c.always_on() && c.health().status != HealthStatus::Unhealthy);
+            let health: Vec<NamedHealth> = collectors
+                .iter()
+                .map(|c| named(c.name(), c.health()))
+                .collect();
+            (health, running)
+        };
         let startup_done = self.startup_done.load(Ordering::Acquire);
-        let any_running = components
-            .iter()
-            .any(|c| c.status != HealthStatus::Unhealthy);
         let ready = startup_done && any_running;
         if let Some(a) = &self.alerts {
             components.push(named("alerts", a.health()));

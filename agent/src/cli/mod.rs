@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod alloc;
 pub mod client;
 pub mod http;
+pub mod lease;
 pub mod memory;
 pub mod output;
 pub mod profile;
@@ -70,16 +71,20 @@ SONDE_COLLECTORS__PROCESS__ENABLED=false.")]
 
 Rules are configured under [alerts] in the agent's config: docs/alerts.md.")]
     Alerts(alerts::AlertsArgs),
-    /// Per-syscall calls, errors and latency of the last window, like
+    /// Per-syscall calls, errors and latency over a window, like
     /// `strace -c`, for every process or one of them.
     #[command(after_help = "Examples:
-  sudo sonde syscalls                        every process, by total time
-  sudo sonde syscalls --pid 1234 --sort count
+  sudo sonde syscalls                        every process for 5s, by total time
+  sudo sonde syscalls --pid 1234 --sort count --duration 10s
   sudo sonde syscalls --name nginx --sort errors
   sudo sonde syscalls --name nginx -o json | jq '.rows[] | select(.errors > 0)'
 
 Counts come from in-kernel aggregation (no strace-style stopping of the
-process). The window is collectors.syscalls.window (default 60s).")]
+process). By default the agent attaches its syscall hooks only while a
+client needs them: this command attaches them for --duration (default 5s),
+shares them with other clients, and the agent detaches them afterwards.
+With collectors.syscalls.enabled = true (always on) and no --duration, it
+reports the agent's last collectors.syscalls.window (default 60s) at once.")]
     Syscalls(syscalls::SyscallsArgs),
     /// CPU profile of a process, a service or everything: pprof, folded
     /// stacks, SVG flamegraph or a top table.
@@ -113,7 +118,9 @@ Routes are normalized (/items/123 -> /items/{id}); see docs/http.md.")]
   sudo sonde top --view http              live HTTP routes
 
 Rates are differences of the agent's cumulative counters over the interval
-(agent-side clock). When stdout is not a terminal, frames are printed one
+(agent-side clock). The syscalls view holds a lease on the agent's syscall
+hooks while it runs: an agent in the default on-demand mode attaches them
+for it and detaches them when the last client is gone. When stdout is not a terminal, frames are printed one
 after another (batch mode, like `top -b`); -n N stops after N frames.")]
     Top(top::TopArgs),
 }

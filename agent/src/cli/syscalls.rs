@@ -1,9 +1,25 @@
-//! `sonde syscalls`: an `strace -c` style table for the last window.
+//! `sonde syscalls`: an `strace -c` style table. With `--duration`, or
+//! whenever the agent runs syscall accounting on demand, it holds a lease
+//! on the agent's hooks for that long and reports the calls made meanwhile;
+//! otherwise (always-on agent) it reports the agent's last window at once.
+
+use std::{
+    io::{IsTerminal as _, Write as _},
+    time::{Duration, Instant},
+};
 
 use clap::{Args, ValueEnum};
-use sonde_wire::syscalls::{Report, Row};
+use sonde_wire::syscalls::{Mode, Report, Row};
 
-use super::{Output, QueryArgs, UsageError, client, output};
+use super::{
+    Output, QueryArgs, UsageError, client,
+    lease::{self, LeaseGuard},
+    output,
+};
+
+/// How long `sonde syscalls` counts when the agent attaches on demand and
+/// no `--duration` is given.
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Args)]
 pub struct SyscallsArgs {
@@ -16,6 +32,11 @@ pub struct SyscallsArgs {
     /// Order of the rows.
     #[arg(long, short = 's', value_enum, default_value_t = Sort::Time)]
     pub sort: Sort,
+    /// Count the calls made during this long from now: seconds (`5`,
+    /// `0.5`) or with a unit (`500ms`, `10s`). Default: 5s when the agent
+    /// attaches on demand; with an always-on agent, its last window.
+    #[arg(long, short = 'd', value_parser = super::top::parse_interval)]
+    pub duration: Option<Duration>,
     #[command(flatten)]
     pub query: QueryArgs,
 }
@@ -51,12 +72,56 @@ pub fn run(a: &SyscallsArgs) -> anyhow::Result<()> {
         }
         path.push_str(&format!("&name={}", encode(name)));
     }
-    let r: Report = client::block_on(client::get_json(&a.query.socket, &path))??;
+    let socket = &a.query.socket;
+    let first = lease::acquire(socket).map_err(client::refusal)?;
+    let r: Report = if first.mode == Mode::AlwaysOn && a.duration.is_none() {
+        // Today's window, at once: the lease was only to learn the mode.
+        drop(LeaseGuard::hold(socket, first, false));
+        client::block_on(client::get_json(socket, &path))??
+    } else {
+        let wait = a.duration.unwrap_or(DEFAULT_DURATION);
+        let guard = LeaseGuard::hold(socket, first, false);
+        progress(&guard, wait);
+        path.push_str(&format!("&lease={}", guard.first.id));
+        let r = client::block_on(client::get_json(socket, &path))?.map_err(client::refusal)?;
+        drop(guard);
+        r
+    };
     match a.query.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
         Output::Table => print!("{}", render(&r, a)),
     }
     Ok(())
+}
+
+/// Says on stderr what was attached, then waits `wait` (with a countdown
+/// when stderr is a terminal).
+fn progress(guard: &LeaseGuard, wait: Duration) {
+    let l = &guard.first;
+    let how = match (l.mode, l.attach_ms) {
+        (Mode::AlwaysOn, _) => "the agent's hooks are always on".to_owned(),
+        (Mode::OnDemand, Some(ms)) => format!("attached syscall hooks in {ms} ms"),
+        (Mode::OnDemand, None) => format!(
+            "syscall hooks already attached (shared by {} clients)",
+            l.clients
+        ),
+    };
+    eprintln!(
+        "sonde syscalls: {how}; counting for {}...",
+        output::human_duration(wait.as_secs_f64())
+    );
+    let end = Instant::now() + wait;
+    let tty = std::io::stderr().is_terminal();
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        if tty {
+            eprint!("\r{:>6.1}s left ", left.as_secs_f64());
+            let _ = std::io::stderr().flush();
+        }
+        std::thread::sleep(left.min(Duration::from_millis(200)));
+    }
+    if tty {
+        eprint!("\r\x1b[K");
+    }
 }
 
 /// Percent-encodes everything but unreserved characters.

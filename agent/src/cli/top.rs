@@ -5,7 +5,8 @@
 //!   syscalls per second and the busiest syscall. Each frame is the
 //!   difference of two cumulative snapshots (`/api/v1/syscalls/totals`)
 //!   divided by the agent-side time between them, so rates are exact for
-//!   any refresh interval.
+//!   any refresh interval. The view holds a lease on the agent's syscall
+//!   hooks while it runs (an on-demand agent attaches them for it).
 //! - `http`: per route request rate, errors and latency (`/api/v1/http`).
 //!
 //! The terminal is driven with plain ANSI sequences (alternate screen,
@@ -22,11 +23,15 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use sonde_wire::{
     http::RouteRow,
-    syscalls::{ProcessTotal, Totals},
+    syscalls::{Mode, ProcessTotal, Totals},
     top::{ProcRow, SyscallsFrame},
 };
 
-use super::{Output, QueryArgs, UsageError, client, output};
+use super::{
+    Output, QueryArgs, UsageError, client,
+    lease::{self, LeaseGuard},
+    output,
+};
 
 #[derive(Debug, Args)]
 pub struct TopArgs {
@@ -77,7 +82,7 @@ pub enum TopSort {
     Time,
 }
 
-fn parse_interval(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_interval(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let (num, scale) = if let Some(v) = t.strip_suffix("ms") {
         (v, 1e-3)
@@ -425,6 +430,17 @@ fn frames_loop(
             && a.name
                 .as_deref()
                 .is_none_or(|n| n == p.comm || n == p.service)
+    };
+    // An on-demand agent attaches its syscall hooks for as long as this
+    // lease is held (renewed in the background, released on return).
+    let _lease = match a.view {
+        View::Syscalls => {
+            let l = lease::acquire(&a.query.socket).map_err(client::refusal)?;
+            let guard = LeaseGuard::hold(&a.query.socket, l, true);
+            // Always-on: the hooks need no lease.
+            (guard.first.mode == Mode::OnDemand).then_some(guard)
+        }
+        View::Http => None,
     };
     let mut prev = match a.view {
         View::Syscalls => Some(fetch_totals(a)?),

@@ -31,7 +31,8 @@ pub fn build(c: &CollectorsConfig, deps: &Deps) -> Vec<Box<dyn Collector>> {
     if c.process.enabled {
         v.push(Box::new(process::ProcessCollector::new(&c.process, deps)));
     }
-    if c.syscalls.enabled {
+    // Disabled, the syscalls collector still serves on-demand leases.
+    if c.syscalls.enabled || c.syscalls.on_demand {
         v.push(Box::new(syscalls::SyscallsCollector::new(
             &c.syscalls,
             deps,
@@ -134,5 +135,11 @@ pub trait Collector: Send {
     /// Detaches everything. Idempotent; called once at shutdown.
     fn stop(&mut self) {
         self.base_mut().stop();
+    }
+    /// Whether a healthy collector makes the agent ready: false for one
+    /// that only attaches when a client asks (the on-demand syscalls
+    /// collector), since an agent with nothing else has nothing attached.
+    fn always_on(&self) -> bool {
+        true
     }
 }

@@ -1,5 +1,6 @@
-//! `GET /api/v1/syscalls` (`sonde syscalls`) and `GET
-//! /api/v1/syscalls/totals` (`sonde top`).
+//! `GET /api/v1/syscalls` (`sonde syscalls`), `GET
+//! /api/v1/syscalls/totals` (`sonde top`) and the leases both take on the
+//! syscall hooks (`POST`/`DELETE /api/v1/syscalls/lease`, docs/cli.md).
 
 use std::collections::BTreeMap;
 
@@ -26,6 +27,50 @@ pub struct SyscallsQuery {
     pub name: Option<String>,
     #[serde(default)]
     pub sort: SortBy,
+    /// Report the calls since this lease was granted instead of the last
+    /// `collectors.syscalls.window`.
+    pub lease: Option<u64>,
+}
+
+/// How the agent runs syscall accounting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// `collectors.syscalls.enabled = true`: attached from start-up to
+    /// shutdown, exporting Prometheus metrics.
+    AlwaysOn,
+    /// Attached only while a client holds a lease.
+    OnDemand,
+}
+
+/// Query of `POST /api/v1/syscalls/lease`: no `renew` takes a new lease
+/// (attaching the hooks if none is live); `renew=ID` extends lease ID.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LeaseQuery {
+    pub renew: Option<u64>,
+}
+
+/// Query of `DELETE /api/v1/syscalls/lease`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseQuery {
+    pub id: u64,
+}
+
+/// What `POST /api/v1/syscalls/lease` returns.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Lease {
+    pub id: u64,
+    pub mode: Mode,
+    /// The lease ends this long after it was granted or last renewed
+    /// (clients renew at a third of it).
+    pub ttl_ms: u64,
+    /// Live leases, this one included.
+    pub clients: usize,
+    /// How the hooks are attached (e.g. `raw_tracepoint sys_enter/...`).
+    pub hook: String,
+    /// When this request attached the hooks: how long loading and
+    /// attaching took. None when they were already attached.
+    pub attach_ms: Option<u64>,
 }
 
 /// One syscall's figures over the window.

@@ -458,10 +458,23 @@ impl WindowEntry {
     }
 }
 
-/// The last `span` of drains, for `sonde syscalls`.
+/// The last `span` of drains, for `sonde syscalls`, each numbered so a
+/// lease can ask for the drains since it began.
 pub struct Window {
     span: Duration,
-    slots: VecDeque<(Instant, Vec<WindowEntry>)>,
+    /// Number of the last drain pushed.
+    seq: u64,
+    /// Drains after this one are kept past `span` (a lease still needs
+    /// them).
+    hold: Option<u64>,
+    slots: VecDeque<(u64, Instant, Vec<WindowEntry>)>,
+}
+
+/// Where a lease's window begins: after drain `seq`, read at `at`.
+#[derive(Clone, Copy, Debug)]
+pub struct Since {
+    pub seq: u64,
+    pub at: Instant,
 }
 
 /// Which processes a query covers.
@@ -476,14 +489,29 @@ impl Window {
     pub fn new(span: Duration) -> Self {
         Self {
             span,
+            seq: 0,
+            hold: None,
             slots: VecDeque::new(),
         }
     }
 
+    /// The number of the last drain pushed.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Keeps the drains after `seq` past the span (None: no lease needs
+    /// any).
+    pub fn hold(&mut self, seq: Option<u64>) {
+        self.hold = seq;
+    }
+
     pub fn push(&mut self, at: Instant, entries: Vec<WindowEntry>) {
-        self.slots.push_back((at, entries));
-        while let Some((t, _)) = self.slots.front() {
-            if at.duration_since(*t) > self.span {
+        self.seq += 1;
+        self.slots.push_back((self.seq, at, entries));
+        while let Some((seq, t, _)) = self.slots.front() {
+            let held = self.hold.is_some_and(|h| *seq > h);
+            if !held && at.duration_since(*t) > self.span {
                 self.slots.pop_front();
             } else {
                 break;
@@ -491,13 +519,17 @@ impl Window {
         }
     }
 
-    pub fn report(&self, f: &Filter, sort: SortBy, now: Instant) -> Report {
+    /// The drains of the last `span` or, with `since`, every drain after
+    /// `since.seq` (the window of a lease).
+    pub fn report(&self, f: &Filter, sort: SortBy, now: Instant, since: Option<Since>) -> Report {
         let mut by_nr: BTreeMap<u32, (Delta, BTreeMap<String, u64>)> = BTreeMap::new();
         let mut procs: BTreeMap<u32, ProcessRef> = BTreeMap::new();
         let mut oldest = now;
-        for (at, entries) in &self.slots {
-            if now.duration_since(*at) > self.span {
-                continue;
+        for (seq, at, entries) in &self.slots {
+            match since {
+                Some(s) if *seq <= s.seq => continue,
+                None if now.duration_since(*at) > self.span => continue,
+                _ => {}
             }
             oldest = oldest.min(*at);
             for e in entries {
@@ -535,11 +567,15 @@ impl Window {
                 rows.sort_by(|a, b| b.errors.cmp(&a.errors).then(b.calls.cmp(&a.calls)))
             }
         }
-        Report {
-            window_seconds: now
+        let window_seconds = match since {
+            Some(s) => now.duration_since(s.at).as_secs_f64(),
+            None => now
                 .duration_since(oldest)
                 .as_secs_f64()
                 .min(self.span.as_secs_f64()),
+        };
+        Report {
+            window_seconds,
             processes: procs.into_values().collect(),
             rows,
             total: row("total".into(), &total, BTreeMap::new()),
@@ -780,6 +816,7 @@ mod tests {
             },
             SortBy::Count,
             t0 + Duration::from_secs(6),
+            None,
         );
         assert_eq!(r.rows[0].syscall, "getppid");
         assert_eq!(r.rows[0].calls, 200);
@@ -789,6 +826,7 @@ mod tests {
             &Filter::default(),
             SortBy::Errors,
             t0 + Duration::from_secs(6),
+            None,
         );
         assert_eq!(r.rows[0].syscall, "openat");
         assert_eq!(r.processes.len(), 2);
@@ -798,7 +836,40 @@ mod tests {
             &Filter::default(),
             SortBy::Count,
             t0 + Duration::from_secs(62),
+            None,
         );
         assert_eq!(r.total.calls, 110);
+    }
+
+    #[test]
+    fn a_lease_sees_the_drains_since_it_began_even_past_the_span() {
+        let mut w = Window::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let d = |n| Delta {
+            count: n,
+            ..Delta::default()
+        };
+        let e = |n| WindowEntry::new(1, "c".into(), "s".into(), 110, &d(n), vec![]);
+        w.push(t0, vec![e(1)]);
+        let since = Since {
+            seq: w.seq(),
+            at: t0,
+        };
+        w.hold(Some(since.seq));
+        for i in 1..=3 {
+            w.push(t0 + Duration::from_secs(10 * i), vec![e(10)]);
+        }
+        let at = t0 + Duration::from_secs(30);
+        let r = w.report(&Filter::default(), SortBy::Count, at, Some(since));
+        assert_eq!(r.total.calls, 30, "the drain before the lease is not in it");
+        assert_eq!(r.window_seconds, 30.0);
+        // Without the lease, the window is the last 10 s only.
+        let r = w.report(&Filter::default(), SortBy::Count, at, None);
+        assert_eq!(r.total.calls, 20);
+        // Released: old drains go at the next push.
+        w.hold(None);
+        w.push(t0 + Duration::from_secs(40), vec![]);
+        let r = w.report(&Filter::default(), SortBy::Count, at, Some(since));
+        assert_eq!(r.total.calls, 10);
     }
 }

@@ -1,71 +1,100 @@
 //! Syscall collector: per-process syscall counts, errors (by errno) and
 //! latency histograms, aggregated in the kernel (docs/syscalls.md).
 //!
+//! Two modes. Always-on (`collectors.syscalls.enabled = true`): the hooks
+//! are attached from start-up to shutdown and feed the `sonde_syscall*`
+//! Prometheus families. On demand (the default): nothing is attached until
+//! a client of `sonde syscalls` or `sonde top` takes a lease; the hooks stay
+//! attached while any lease is live and are detached when the last one is
+//! released or expires (lease.rs, session.rs).
+//!
 //! Hook choice: raw tracepoints `sys_enter`/`sys_exit` (no tracefs, the
 //! cheapest stable hook), else the `raw_syscalls` tracepoints. The kernel
-//! keeps cumulative per-(tgid, syscall) counters; every `interval` the drain
-//! task reads them, turns them into deltas, names the process, feeds the
-//! Prometheus series and the CLI window, and deletes the keys of processes
-//! that have exited (after their final counts were exported once).
+//! keeps cumulative per-(tgid, syscall) counters; every `interval`, and
+//! whenever a client asks, the drain reads them, turns them into deltas,
+//! names the process, feeds the CLI window (and, always-on, the Prometheus
+//! series) and deletes the keys of processes that have exited (after their
+//! final counts were read once).
 
 mod aggregate;
+mod drain;
+mod lease;
 mod metrics;
 pub mod names;
+mod session;
 mod tables;
 
 use std::{
-    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 pub use aggregate::Filter;
-use aggregate::{Export, Limits, Reading, ServiceDelta, Tracker, Window, WindowEntry};
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap};
-use prometheus::{IntCounterVec, IntGauge, Opts};
-use sonde_common::syscalls::{ErrnoKey, SyscallCounter, SyscallKey, SyscallStats};
-use sonde_wire::syscalls::{ProcessTotal, Report, SortBy, SyscallTotal, Totals};
+use aggregate::{Export, Limits, Window};
+use drain::{Attachment, SelfMetrics, Shared};
+pub use session::Refused;
+use session::{Cmd, Session};
+use sonde_wire::syscalls::{Lease, Mode, Report, SortBy, Totals};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    Base, Collector, CollectorError, ComponentHealth, Deps, SharedHealth, StartContext,
-    kit::{
-        attach::{Hook, HookSet, attach_first},
-        counters::KernelCounters,
-        take_map,
-    },
-};
-use crate::{config::SyscallsConfig, ebpf, process_table::ProcessTable, telemetry::Telemetry};
+use super::{Base, Collector, CollectorError, Deps, StartContext};
+use crate::{config::SyscallsConfig, ebpf, process_table::ProcessTable};
 
 pub const NAME: &str = "syscalls";
 
 /// This collector's eBPF object.
 pub const OBJECT: ebpf::Object = ebpf::object!("sonde-syscalls");
 
-/// What the control API holds to answer `sonde syscalls`.
+/// What the control API holds to answer `sonde syscalls` and `sonde top`.
 #[derive(Clone)]
 pub struct SyscallsHandle {
     window: Arc<Mutex<Window>>,
     totals: Arc<Mutex<Totals>>,
-    kick: Arc<Mutex<Option<mpsc::Sender<oneshot::Sender<()>>>>>,
+    cmds: Arc<Mutex<Option<mpsc::Sender<Cmd>>>>,
 }
 
+/// A command's answer takes milliseconds (an attach, under a second); do
+/// not hang the CLI on a stuck one.
+const ANSWER_WAIT: Duration = Duration::from_secs(20);
+
 impl SyscallsHandle {
-    /// Drains the kernel maps now (so the answer includes the last moments),
-    /// then reports the window.
-    pub async fn report(&self, filter: &Filter, sort: SortBy) -> Result<Report, String> {
-        self.drain_now().await?;
+    async fn ask<T>(&self, cmd: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T, Refused> {
+        let tx = self
+            .cmds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Refused::Stopped)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(cmd(reply)).await.map_err(|_| Refused::Stopped)?;
+        tokio::time::timeout(ANSWER_WAIT, rx)
+            .await
+            .map_err(|_| Refused::Stopped)?
+            .map_err(|_| Refused::Stopped)
+    }
+
+    /// Drains the kernel maps now (so the answer includes the last
+    /// moments), then reports the window: the configured one, or the
+    /// lease's (every call since it was granted).
+    pub async fn report(
+        &self,
+        filter: &Filter,
+        sort: SortBy,
+        lease: Option<u64>,
+    ) -> Result<Report, Refused> {
+        let since = self.ask(|reply| Cmd::Drain { lease, reply }).await??;
         Ok(self
             .window
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .report(filter, sort, Instant::now()))
+            .report(filter, sort, Instant::now(), since))
     }
 
     /// Drains the kernel maps now, then returns every live process's
-    /// cumulative totals (for `sonde top`).
-    pub async fn totals(&self) -> Result<Totals, String> {
-        self.drain_now().await?;
+    /// cumulative totals since the hooks were attached (for `sonde top`).
+    pub async fn totals(&self) -> Result<Totals, Refused> {
+        self.ask(|reply| Cmd::Drain { lease: None, reply })
+            .await??;
         Ok(self
             .totals
             .lock()
@@ -73,86 +102,63 @@ impl SyscallsHandle {
             .clone())
     }
 
-    async fn drain_now(&self) -> Result<(), String> {
-        let kick = self
-            .kick
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                "the syscalls collector is not running (see `sonde status`)".to_owned()
-            })?;
-        let (tx, rx) = oneshot::channel();
-        if kick.send(tx).await.is_ok() {
-            // A drain takes milliseconds; do not hang the CLI on a stuck one.
-            let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
-        }
-        Ok(())
+    /// A new lease (attaching the hooks in on-demand mode when none is
+    /// live), or the renewal of lease `renew`.
+    pub async fn acquire(&self, renew: Option<u64>) -> Result<Lease, Refused> {
+        self.ask(|reply| Cmd::Acquire { renew, reply }).await?
+    }
+
+    /// Ends lease `id`; false when it was not live.
+    pub async fn release(&self, id: u64) -> Result<bool, Refused> {
+        self.ask(|reply| Cmd::Release { id, reply }).await
     }
 }
 
 pub struct SyscallsCollector {
     config: SyscallsConfig,
+    mode: Mode,
     table: ProcessTable,
     handle: SyscallsHandle,
-    export: Arc<Mutex<Export>>,
+    export: Option<Arc<Mutex<Export>>>,
     base: Base,
 }
 
 impl SyscallsCollector {
-    /// Registers the [`SyscallsHandle`] for the control API.
+    /// Always-on when `config.enabled`, else on demand. Registers the
+    /// [`SyscallsHandle`] for the control API, and (always-on) the
+    /// Prometheus families.
     pub fn new(config: &SyscallsConfig, deps: &Deps) -> Self {
-        let telemetry = &deps.telemetry;
-        let export = Arc::new(Mutex::new(Export::new(Limits {
-            top_syscalls: config.top_syscalls_per_service.get() as usize,
-            top_errnos: config.top_errnos_per_syscall.get() as usize,
-            max_services: config.max_services.get() as usize,
-        })));
-        telemetry.register(metrics::SyscallMetrics::new(export.clone()));
+        let mode = if config.enabled {
+            Mode::AlwaysOn
+        } else {
+            Mode::OnDemand
+        };
+        let export = (mode == Mode::AlwaysOn).then(|| {
+            let export = Arc::new(Mutex::new(Export::new(Limits {
+                top_syscalls: config.top_syscalls_per_service.get() as usize,
+                top_errnos: config.top_errnos_per_syscall.get() as usize,
+                max_services: config.max_services.get() as usize,
+            })));
+            deps.telemetry
+                .register(metrics::SyscallMetrics::new(export.clone()));
+            export
+        });
         let handle = SyscallsHandle {
             window: Arc::new(Mutex::new(Window::new(config.window.get()))),
             totals: Arc::default(),
-            kick: Arc::new(Mutex::new(None)),
+            cmds: Arc::new(Mutex::new(None)),
         };
         deps.handles.register(handle.clone());
         Self {
             config: config.clone(),
+            mode,
             table: deps.processes.clone(),
             handle,
             export,
             base: Base::new(),
         }
     }
-
-    /// Numbers of the configured syscalls (checked when the config was read).
-    fn syscall_filter(&self) -> Vec<u32> {
-        self.config.syscalls.iter().map(|s| s.nr()).collect()
-    }
 }
-
-/// sched_switch and sched_process_exit first: enter may park a call in the
-/// per-CPU slot, and exit a call in the per-CPU call cache, only once a
-/// switch-out (or exit) is sure to move it on.
-const RAW: HookSet = HookSet::new(
-    Some("raw_tracepoint"),
-    "raw_tracepoint sys_enter/sys_exit/sched_switch/sched_process_exit",
-    &[
-        Hook::Raw("syscalls_switch_raw", "sched_switch"),
-        Hook::Raw("syscalls_task_exit_raw", "sched_process_exit"),
-        Hook::Raw("syscalls_exit_raw", "sys_exit"),
-        Hook::Raw("syscalls_enter_raw", "sys_enter"),
-    ],
-);
-const TRACEPOINT: HookSet = HookSet::new(
-    None,
-    "tracepoint raw_syscalls:sys_enter/sys_exit, sched:sched_switch/sched_process_exit",
-    &[
-        Hook::Tp("syscalls_switch_tp", "sched", "sched_switch"),
-        Hook::Tp("syscalls_task_exit_tp", "sched", "sched_process_exit"),
-        Hook::Tp("syscalls_exit_tp", "raw_syscalls", "sys_exit"),
-        Hook::Tp("syscalls_enter_tp", "raw_syscalls", "sys_enter"),
-    ],
-);
 
 impl Collector for SyscallsCollector {
     fn name(&self) -> &'static str {
@@ -167,434 +173,47 @@ impl Collector for SyscallsCollector {
         &mut self.base
     }
 
+    fn always_on(&self) -> bool {
+        self.mode == Mode::AlwaysOn
+    }
+
     fn stop(&mut self) {
-        *self.handle.kick.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.handle.cmds.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.base.stop();
     }
 
     fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
-        let nrs = self.syscall_filter();
-        let c = &self.config;
-        let pids_on: u8 = u8::from(!c.pids.is_empty() || !c.services.is_empty());
-        let nrs_on: u8 = u8::from(!nrs.is_empty());
-        let (pairs, threads, errnos) = (
-            c.max_pairs.get() as u32,
-            c.max_threads.get() as u32,
-            c.max_errno_pairs.get() as u32,
-        );
-        let mut obj = ebpf::load_with(OBJECT, &ctx.kernel_log_level, |l| {
-            l.map_max_entries("SYSCALL_STATS", pairs)
-                .map_max_entries("SYSCALL_START", threads)
-                .map_max_entries("SYSCALL_ERRNO", errnos)
-                .override_global("SYSCALL_FILTER_PIDS_ON", &pids_on, true)
-                .override_global("SYSCALL_FILTER_NRS_ON", &nrs_on, true);
-        })?;
-        let stats: PerCpuHashMap<MapData, SyscallKey, SyscallStats> =
-            take_map(&mut obj, "SYSCALL_STATS")?;
-        let errno: PerCpuHashMap<MapData, ErrnoKey, u64> = take_map(&mut obj, "SYSCALL_ERRNO")?;
-        let counters = KernelCounters::new(take_map(&mut obj, "SYSCALL_COUNTERS_MAP")?);
-        let mut filter_tgids: BpfHashMap<MapData, u32, u8> =
-            take_map(&mut obj, "SYSCALL_FILTER_TGIDS")?;
-        let mut filter_nrs: Array<MapData, u8> = take_map(&mut obj, "SYSCALL_FILTER_NRS")?;
-        for nr in &nrs {
-            filter_nrs
-                .set(*nr, 1, 0)
-                .map_err(|source| CollectorError::Map {
-                    what: "SYSCALL_FILTER_NRS".into(),
-                    source,
-                })?;
-        }
-        for pid in &c.pids {
-            filter_tgids
-                .insert(pid, 1, 0)
-                .map_err(|source| CollectorError::Map {
-                    what: "SYSCALL_FILTER_TGIDS".into(),
-                    source,
-                })?;
-        }
-        let hook = attach_first(
-            &mut obj,
-            ctx.features,
-            ctx.btf,
-            &[&RAW, &TRACEPOINT],
-            Vec::new(),
-        )?
-        .label;
-        tracing::info!(collector = NAME, hook, "syscall collector attached");
-        self.base
-            .set_health(ComponentHealth::healthy(format!("attached via {hook}")));
-
-        let (tx, rx) = mpsc::channel(8);
-        *self.handle.kick.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
-        self.base.begin(&ctx);
-        let drain = Drain {
-            stats,
-            errno,
-            counters,
-            filter_tgids: (!c.services.is_empty()).then_some(filter_tgids),
+        let always_on = self.mode == Mode::AlwaysOn;
+        let shared = Shared {
             config: self.config.clone(),
             table: self.table.clone(),
-            tracker: Tracker::default(),
             export: self.export.clone(),
             window: self.handle.window.clone(),
             totals: self.handle.totals.clone(),
             epoch: Instant::now(),
-            health: self.base.shared_health(),
-            hook,
-            self_metrics: SelfMetrics::new(ctx.telemetry),
-            unnamed: HashMap::new(),
+            self_metrics: SelfMetrics::new(ctx.telemetry, always_on),
+            features: ctx.features.clone(),
+            log_level: ctx.kernel_log_level,
         };
-        self.base.spawn(drain.run(rx));
-        self.base.keep(obj);
+        let live = if always_on {
+            let a = Attachment::attach(&shared, ctx.btf)?;
+            tracing::info!(
+                collector = NAME,
+                hook = a.hook,
+                "syscall collector attached"
+            );
+            Some(a)
+        } else {
+            // Loading now would catch a broken object early, but the
+            // verifier's work is what an idle agent should not pay for;
+            // the first lease reports the error.
+            None
+        };
+        let (tx, rx) = mpsc::channel(16);
+        *self.handle.cmds.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        self.base.begin(&ctx);
+        let session = Session::new(self.mode, shared, live, self.base.shared_health());
+        self.base.spawn(session.run(rx));
         Ok(())
     }
-}
-
-struct SelfMetrics {
-    lost: prometheus::IntCounter,
-    map_full: IntCounterVec,
-    folded: prometheus::IntCounter,
-    pairs: IntGauge,
-    processes: IntGauge,
-    dropped_processes: prometheus::IntCounter,
-}
-
-impl SelfMetrics {
-    fn new(t: &Telemetry) -> Self {
-        let map_full = t.register(
-            IntCounterVec::new(
-                Opts::new(
-                    "sonde_syscalls_map_full_total",
-                    "Kernel-side updates refused because a syscall map was full (start: call not timed; stats: call not counted; errno: errno not recorded).",
-                ),
-                &["map"],
-            )
-            .expect("valid metric"),
-        );
-        for c in SyscallCounter::ALL {
-            map_full.with_label_values(&[c.label()]);
-        }
-        Self {
-            lost: t.events_lost.with_label_values(&[NAME]),
-            map_full,
-            folded: t.register(
-                prometheus::IntCounter::new(
-                    "sonde_syscalls_labels_folded_total",
-                    "Calls exported under service_name, syscall or errno `other` because a label cap was reached.",
-                )
-                .expect("valid metric"),
-            ),
-            pairs: t.gauge(
-                "sonde_syscalls_tracked_pairs",
-                "(process, syscall) pairs held in the kernel stats map after the last drain.",
-            ),
-            processes: t.gauge(
-                "sonde_syscalls_tracked_processes",
-                "Processes with syscall counters in the kernel after the last drain.",
-            ),
-            dropped_processes: t.register(
-                prometheus::IntCounter::new(
-                    "sonde_syscalls_processes_released_total",
-                    "Exited processes whose final syscall counts were exported and whose kernel entries were deleted.",
-                )
-                .expect("valid metric"),
-            ),
-        }
-    }
-}
-
-struct Drain {
-    stats: PerCpuHashMap<MapData, SyscallKey, SyscallStats>,
-    errno: PerCpuHashMap<MapData, ErrnoKey, u64>,
-    counters: KernelCounters<SyscallCounter>,
-    /// Set when the service filter must be kept in sync with the process table.
-    filter_tgids: Option<BpfHashMap<MapData, u32, u8>>,
-    config: SyscallsConfig,
-    table: ProcessTable,
-    tracker: Tracker,
-    export: Arc<Mutex<Export>>,
-    window: Arc<Mutex<Window>>,
-    totals: Arc<Mutex<Totals>>,
-    /// Origin of `Totals::taken_ms`.
-    epoch: Instant,
-    health: SharedHealth,
-    hook: &'static str,
-    self_metrics: SelfMetrics,
-    /// Drains so far for which a process could not be named.
-    unnamed: HashMap<u32, u32>,
-}
-
-/// Longest wait for the process collector to apply the exec events that
-/// preceded a read; past it, names come from the table as it is.
-const CATCH_UP_WAIT: Duration = Duration::from_millis(250);
-
-/// Drains to wait for the process table to name a process (see drain_once).
-const UNNAMED_RETRIES: u32 = 2;
-/// ... and at most this many while the process collector is still applying
-/// exec events from before the read (a fork storm on a busy machine), so a
-/// lost exec event cannot hold a process's counts back for long.
-const UNNAMED_MAX_RETRIES: u32 = 30;
-
-impl Drain {
-    async fn run(mut self, mut kicks: mpsc::Receiver<oneshot::Sender<()>>) {
-        let mut tick = tokio::time::interval(self.config.interval.get());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let reply = tokio::select! {
-                _ = tick.tick() => None,
-                k = kicks.recv() => k,
-            };
-            // Map reads are syscalls that may take a while with many keys:
-            // keep them off the async workers.
-            self = match tokio::task::spawn_blocking(move || {
-                self.drain_once();
-                self
-            })
-            .await
-            {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(collector = NAME, "drain panicked: {e}");
-                    return;
-                }
-            };
-            if let Some(r) = reply {
-                let _ = r.send(());
-            }
-        }
-    }
-
-    fn drain_once(&mut self) {
-        let now = Instant::now();
-        // Decide who has exited *before* reading: a process gone now made
-        // its last syscall before this read, so the read holds its final
-        // counts, and deleting its keys afterwards loses nothing.
-        let mut gone: HashSet<u32> = self
-            .tracker
-            .tgids()
-            .into_iter()
-            .filter(|t| !alive(&self.table, *t))
-            .collect();
-        let read_at = Instant::now();
-        let (cur, cur_err) = self.read_maps();
-        // Every exec before the read into the table, so that a process's
-        // first counts after its exec are not named after the program it
-        // replaced (see ProcessTable::catch_up).
-        let lagging =
-            !self.table.catch_up(CATCH_UP_WAIT) && !self.table.events_applied_since(read_at);
-        // Name every process now. One the process table does not know and
-        // /proc no longer has is usually a short-lived child whose exec
-        // event the process collector has not handled yet: leave its counts
-        // in the kernel for up to UNNAMED_RETRIES drains, or longer while
-        // that collector is still behind the read, before calling it
-        // `unknown`.
-        let mut names: HashMap<u32, (Arc<str>, Arc<str>)> = HashMap::new();
-        let mut deferred = HashSet::new();
-        for tgid in cur.keys().map(|k| k.tgid).collect::<HashSet<u32>>() {
-            match self.table.get(tgid) {
-                Some(p) => {
-                    names.insert(tgid, (p.comm.into(), p.service.into()));
-                }
-                None => {
-                    let tries = self.unnamed.entry(tgid).or_insert(0);
-                    *tries += 1;
-                    if *tries <= UNNAMED_RETRIES || (lagging && *tries <= UNNAMED_MAX_RETRIES) {
-                        deferred.insert(tgid);
-                    } else {
-                        names.insert(tgid, ("?".into(), "unknown".into()));
-                    }
-                }
-            }
-        }
-        self.unnamed.retain(|t, _| deferred.contains(t));
-        gone.retain(|t| !deferred.contains(t));
-        let (deltas, errs) = self.tracker.update(cur, cur_err, &deferred);
-        let name_of = |tgid: u32| -> (Arc<str>, Arc<str>) {
-            names
-                .get(&tgid)
-                .cloned()
-                .unwrap_or_else(|| ("?".into(), "unknown".into()))
-        };
-        let mut per_service: HashMap<Arc<str>, ServiceDelta> = HashMap::new();
-        let mut errs_by_key: HashMap<(u32, u32), Vec<(u32, u64)>> = HashMap::new();
-        for (k, n) in &errs {
-            let (_, service) = name_of(k.tgid);
-            *per_service
-                .entry(service)
-                .or_default()
-                .errnos
-                .entry((k.nr, k.errno))
-                .or_default() += n;
-            errs_by_key
-                .entry((k.tgid, k.nr))
-                .or_default()
-                .push((k.errno, *n));
-        }
-        let mut entries = Vec::with_capacity(deltas.len());
-        for (k, d) in deltas {
-            let (comm, service) = name_of(k.tgid);
-            per_service
-                .entry(service.clone())
-                .or_default()
-                .by_nr
-                .entry(k.nr)
-                .or_default()
-                .add(&d);
-            let errnos = errs_by_key.remove(&(k.tgid, k.nr)).unwrap_or_default();
-            entries.push(WindowEntry::new(k.tgid, comm, service, k.nr, &d, errnos));
-        }
-        {
-            let mut export = self.export.lock().unwrap_or_else(|e| e.into_inner());
-            let before = export.folded;
-            for (svc, d) in &per_service {
-                export.apply(svc, d);
-            }
-            self.self_metrics.folded.inc_by(export.folded - before);
-        }
-        self.window
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(now, entries);
-        self.publish_totals(now, &names, &gone);
-
-        self.release(&gone);
-        self.sync_service_filter();
-        self.export_counters();
-        self.self_metrics.pairs.set(self.tracker.len() as i64);
-        self.self_metrics
-            .processes
-            .set(self.tracker.tgids().len() as i64);
-    }
-
-    fn read_maps(&self) -> (HashMap<SyscallKey, Reading>, HashMap<ErrnoKey, u64>) {
-        let mut cur = HashMap::new();
-        for item in self.stats.iter() {
-            match item {
-                Ok((k, v)) => {
-                    cur.insert(k, Reading::sum_cpus(&v));
-                }
-                // A key deleted while iterating; the next drain sees the rest.
-                Err(e) => tracing::debug!(collector = NAME, "reading stats map: {e}"),
-            }
-        }
-        let mut cur_err = HashMap::new();
-        for (k, v) in self.errno.iter().flatten() {
-            cur_err.insert(k, v.iter().sum());
-        }
-        (cur, cur_err)
-    }
-
-    /// Cumulative counters of the named, live processes for `sonde top`.
-    /// Processes not yet named (deferred) appear once they are.
-    fn publish_totals(
-        &self,
-        now: Instant,
-        names: &HashMap<u32, (Arc<str>, Arc<str>)>,
-        gone: &HashSet<u32>,
-    ) {
-        let mut by_pid: std::collections::BTreeMap<u32, ProcessTotal> =
-            std::collections::BTreeMap::new();
-        for (k, r) in self.tracker.readings() {
-            if gone.contains(&k.tgid) {
-                continue;
-            }
-            let Some((comm, service)) = names.get(&k.tgid) else {
-                continue;
-            };
-            by_pid
-                .entry(k.tgid)
-                .or_insert_with(|| ProcessTotal {
-                    pid: k.tgid,
-                    comm: comm.to_string(),
-                    service: service.to_string(),
-                    syscalls: Vec::new(),
-                })
-                .syscalls
-                .push(SyscallTotal {
-                    syscall: names::syscall_name(k.nr),
-                    calls: r.count,
-                    errors: r.errors,
-                    total_ns: r.total_ns,
-                });
-        }
-        let t = Totals {
-            taken_ms: now.duration_since(self.epoch).as_millis() as u64,
-            processes: by_pid.into_values().collect(),
-        };
-        *self.totals.lock().unwrap_or_else(|e| e.into_inner()) = t;
-    }
-
-    /// Deletes the kernel entries of exited processes (already exported).
-    fn release(&mut self, gone: &HashSet<u32>) {
-        if gone.is_empty() {
-            return;
-        }
-        let (keys, ekeys) = self.tracker.keys_of(gone);
-        for k in &keys {
-            let _ = self.stats.remove(k);
-        }
-        for k in &ekeys {
-            let _ = self.errno.remove(k);
-        }
-        self.tracker.forget(gone);
-        self.self_metrics
-            .dropped_processes
-            .inc_by(gone.len() as u64);
-    }
-
-    /// Service filter: put the pids of matching services into the kernel's
-    /// tgid filter (new processes are picked up at the next drain).
-    fn sync_service_filter(&mut self) {
-        let Some(map) = self.filter_tgids.as_mut() else {
-            return;
-        };
-        let want: HashSet<u32> = self
-            .table
-            .list()
-            .into_iter()
-            .filter(|p| {
-                !p.exited
-                    && (self.config.services.contains(&p.service)
-                        || self.config.services.contains(&p.comm))
-            })
-            .map(|p| p.pid)
-            .chain(self.config.pids.iter().copied())
-            .collect();
-        let have: HashSet<u32> = map.keys().flatten().collect();
-        for pid in have.difference(&want) {
-            let _ = map.remove(pid);
-        }
-        for pid in want.difference(&have) {
-            if let Err(e) = map.insert(pid, 1, 0) {
-                tracing::debug!(collector = NAME, pid, "pid filter full: {e}");
-            }
-        }
-    }
-
-    fn export_counters(&mut self) {
-        let d = self.counters.export(&self.self_metrics.map_full, &[]);
-        // An errno not recorded still has its call counted.
-        let lost_now = d.get(SyscallCounter::StartMapFull) + d.get(SyscallCounter::StatsMapFull);
-        self.self_metrics.lost.inc_by(lost_now);
-        if lost_now > 0 {
-            self.health.set(ComponentHealth::degraded(format!(
-                "attached via {}; {lost_now} syscalls not accounted since the last drain (map full: raise collectors.syscalls.max_pairs / max_threads)",
-                self.hook
-            )));
-        } else {
-            self.health.set(ComponentHealth::healthy(format!(
-                "attached via {}",
-                self.hook
-            )));
-        }
-    }
-}
-
-/// Whether `tgid` may still make syscalls: not marked exited in the process
-/// table, and still in /proc.
-fn alive(table: &ProcessTable, tgid: u32) -> bool {
-    let in_proc = std::path::Path::new("/proc")
-        .join(tgid.to_string())
-        .exists();
-    in_proc && table.get(tgid).is_none_or(|p| !p.exited)
 }

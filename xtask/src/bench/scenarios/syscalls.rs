@@ -72,8 +72,18 @@ fn syscalls_inner(ctx: &Ctx) -> Result<ScenarioResult> {
     // `syscalls:sys_enter_mmap`-style tracepoints go through the kernel's
     // per-syscall tracing probes, which run on every syscall (measured:
     // +113 ns per getppid), so leaving it on charged its cost to this row.
-    let only_syscalls: Vec<(String, String)> =
-        vec![off("PROCESS"), off("PROFILE"), off("HTTP"), off("MEMORY")];
+    // The syscalls collector is on demand by default: switch it to always
+    // on, which is what this row measures.
+    let only_syscalls: Vec<(String, String)> = vec![
+        off("PROCESS"),
+        off("PROFILE"),
+        off("HTTP"),
+        off("MEMORY"),
+        (
+            "SONDE_COLLECTORS__SYSCALLS__ENABLED".to_owned(),
+            "true".to_owned(),
+        ),
+    ];
     let only_syscalls: Vec<(&str, String)> = only_syscalls
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
@@ -208,7 +218,7 @@ fn syscalls_inner(ctx: &Ctx) -> Result<ScenarioResult> {
         ),
         "bpftrace xtask/bench/syscalls_empty.bt".into(),
         "sonde-bench-probes syscalls  (empty raw tracepoints sys_enter/sys_exit)".into(),
-        "SONDE_COLLECTORS__{PROCESS,PROFILE,HTTP,MEMORY}__ENABLED=false sonde agent".into(),
+        "SONDE_COLLECTORS__{PROCESS,PROFILE,HTTP,MEMORY}__ENABLED=false SONDE_COLLECTORS__SYSCALLS__ENABLED=true sonde agent".into(),
         "sonde agent (default config)".into(),
         "bpftrace xtask/bench/syscalls_syscount_hist.bt".into(),
         "sysctl kernel.bpf_stats_enabled=1; bpftool prog show  (run_time_ns / run_cnt)".into(),
