@@ -133,6 +133,29 @@ fn map_tgids(id: u64) -> HashSet<u32> {
         .collect()
 }
 
+/// The pid the kernel handed out last (in this, the initial, pid namespace).
+fn last_pid() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .expect("ns_last_pid")
+        .trim()
+        .parse()
+        .expect("ns_last_pid")
+}
+
+/// Whether a pid may have been handed out after `since` was the last one:
+/// pids are allocated cyclically, so those are the ones in (since, now],
+/// wrapping at pid_max (assuming less than one full cycle since).
+fn allocated_since(since: u32) -> impl Fn(u32) -> bool {
+    let now = last_pid();
+    move |pid| {
+        if now >= since {
+            pid > since && pid <= now
+        } else {
+            pid > since || pid <= now
+        }
+    }
+}
+
 /// sonde's row for `syscall` in a /api/v1/syscalls report.
 fn row<'a>(report: &'a Report, syscall: &str) -> Option<&'a Row> {
     report.row(syscall)
@@ -350,6 +373,10 @@ fn exited_processes_are_exported_once_then_released() {
     let forker_pid = forker.id();
     let st = wait_child_or_kill(&mut forker, Duration::from_secs(120), "forker");
     assert!(st.success());
+    // Every pid handed out from now on is another process's, even when it
+    // is one of ours again: pids are allocated cyclically (pid_max is 32768
+    // here, so they wrap within this test on a busy machine).
+    let last_ours = last_pid();
     // The pids of this test's processes: the forker and each child it
     // printed. Only these can say whether the agent releases exited
     // processes; the machine's other processes come and go on their own.
@@ -413,16 +440,17 @@ fn exited_processes_are_exported_once_then_released() {
         );
     }
     // ... then their kernel entries are deleted: none of our pids left in
-    // the agent's stats map (a pid reused by a live process since is not
-    // ours any more).
+    // the agent's stats map, but for pids handed out again since the forker
+    // ended (another process's keys under the same tgid).
     let stats_map = agent_map_id(&agent, "percpu_hash", "SYSCALL_STATS");
     wait_until(
         Duration::from_secs(15),
         "the kernel entries of the forker's exited processes deleted",
         || {
+            let reused = allocated_since(last_ours);
             let left: Vec<u32> = map_tgids(stats_map)
                 .into_iter()
-                .filter(|t| ours.contains(t) && !Path::new(&format!("/proc/{t}")).exists())
+                .filter(|t| ours.contains(t) && !reused(*t))
                 .collect();
             if left.is_empty() {
                 Ok(())
