@@ -347,14 +347,68 @@ impl Agent {
     }
 }
 
+/// How long a dropped agent may take to exit after SIGTERM before it is
+/// killed (it detaches its programs and flushes; seconds at most).
+const DROP_GRACE: Duration = Duration::from_secs(15);
+
 impl Drop for Agent {
+    /// SIGTERM, then a bounded wait, then SIGKILL: a hung agent must fail
+    /// the test that dropped it, never hang the suite.
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child's pid with a valid signal.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        // SAFETY: kill(2) on our own child's pid with a valid signal.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        if wait_child(&mut c, DROP_GRACE).is_some() {
+            return;
+        }
+        let _ = c.kill();
+        let killed = wait_child(&mut c, Duration::from_secs(5));
+        let msg = format!(
+            "agent (pid {}) did not exit within {DROP_GRACE:?} of SIGTERM; SIGKILL: {}\nagent log:\n{}",
+            c.id(),
+            killed.map_or("still not reaped".to_owned(), |s| s.to_string()),
+            self.log()
+        );
+        // A panic while unwinding aborts the test binary, losing the
+        // original failure: only report then.
+        if std::thread::panicking() {
+            eprintln!("{msg}");
+        } else {
+            panic!("{msg}");
         }
     }
+}
+
+/// Waits up to `timeout` for `child` to exit; `None` while it still runs.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) => {}
+            Err(e) => panic!("waiting for pid {}: {e}", child.id()),
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit, or kills it and panics
+/// naming `what`: a test must not hang on a child that never exits.
+pub fn wait_child_or_kill(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
+    if let Some(st) = wait_child(child, timeout) {
+        return st;
+    }
+    let _ = child.kill();
+    let _ = wait_child(child, Duration::from_secs(5));
+    panic!(
+        "{what} (pid {}) still running after {timeout:?}; killed",
+        child.id()
+    );
 }
 
 fn parse_response(raw: &[u8]) -> std::io::Result<(u16, String)> {
@@ -437,6 +491,28 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         assert!(
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls `probe` until it returns `Ok`, or panics after `timeout` naming
+/// `what` and the last `Err` it returned: the value observed instead, so a
+/// timeout says how far from the condition the system was.
+pub fn wait_until<T, E: std::fmt::Debug>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match probe() {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last observed: {last:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }

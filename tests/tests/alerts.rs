@@ -12,7 +12,7 @@ use std::{
 use sonde_tests::{
     Agent, free_port, metric_value,
     peers::{Capture, Peer, ensure_installed, get_json},
-    sonde_bin, wait_for,
+    sonde_bin, wait_for, wait_until,
     workload::{Workload, build_c},
 };
 use sonde_wire::alerts::{AlertState, AlertsReport, ReceiverKind};
@@ -72,13 +72,21 @@ fn cli_json(out: Output) -> AlertsReport {
 }
 
 fn has_status(c: &Capture, path: &str, status: &str) -> bool {
-    c.all().iter().any(|x| {
-        x.path == path
-            && x.body["alerts"].as_array().is_some_and(|a| {
-                a.iter()
-                    .any(|a| a["labels"]["alertname"] == RULE && a["status"] == status)
-            })
-    })
+    count_status(c, path, status) > 0
+}
+
+/// Notifications `c` received on `path` holding our alert in `status`.
+fn count_status(c: &Capture, path: &str, status: &str) -> usize {
+    c.all()
+        .iter()
+        .filter(|x| {
+            x.path == path
+                && x.body["alerts"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|a| a["labels"]["alertname"] == RULE && a["status"] == status)
+                })
+        })
+        .count()
 }
 
 #[test]
@@ -127,11 +135,16 @@ annotations = {{ summary = "{{{{ $value }}}} more processes than the baseline", 
     );
     let agent = Agent::start(&config);
 
-    // Nothing fires at rest.
-    std::thread::sleep(Duration::from_secs(3));
-    let r = cli_json(agent.cli(&["alerts", "-o", "json"]));
+    // Nothing fires at rest (over at least two evaluations).
+    let r = wait_until(Duration::from_secs(15), "two rule evaluations", || {
+        let r = cli_json(agent.cli(&["alerts", "-o", "json"]));
+        if r.evaluations >= 2 {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
     assert_eq!(r.rules, 1, "{r:?}");
-    assert!(r.evaluations >= 2, "{r:?}");
     assert!(r.alerts.is_empty(), "alert active before the surge: {r:?}");
 
     let sleeper = build_c("sleeper", &["-O1"]);
@@ -212,6 +225,7 @@ annotations = {{ summary = "{{{{ $value }}}} more processes than the baseline", 
     );
 
     // A new Alertmanager (empty memory) learns the alert again from the re-sends.
+    let firing_before = count_status(&am_hook, "/am", "firing");
     let am = start_alertmanager(work.path(), am_port, am_hook.addr, 2);
     let a = wait_for(
         Duration::from_secs(20),
@@ -219,8 +233,21 @@ annotations = {{ summary = "{{{{ $value }}}} more processes than the baseline", 
         || am_alert(am_addr),
     );
     assert_eq!(a["labels"]["team"], "e2e", "{a}");
-    // Let the new instance notify the firing group, so it will notify its resolution.
-    std::thread::sleep(Duration::from_secs(3));
+    // The new instance notifies the firing group, so it will notify its resolution.
+    wait_until(
+        Duration::from_secs(20),
+        "the restarted Alertmanager notifying the firing alert",
+        || {
+            let n = count_status(&am_hook, "/am", "firing");
+            if n > firing_before {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{n} firing notifications, {firing_before} before the restart"
+                ))
+            }
+        },
+    );
 
     // sonde's webhook is down while the condition clears: nothing is lost.
     sonde_hook.stop();
@@ -249,9 +276,25 @@ annotations = {{ summary = "{{{{ $value }}}} more processes than the baseline", 
     wait_for(Duration::from_secs(20), "resolved in Alertmanager", || {
         (am_alert(am_addr).is_none() && has_status(&am_hook, "/am", "resolved")).then_some(())
     });
-    // The webhook comes back and receives the resolution it missed.
-    std::thread::sleep(Duration::from_secs(2));
+    // sonde tried to deliver the resolution to its webhook while it was down.
+    wait_until(
+        Duration::from_secs(20),
+        "a failed delivery to the stopped webhook",
+        || {
+            let r = cli_json(agent.cli(&["alerts", "--all", "-o", "json"]));
+            let hook = r
+                .receivers
+                .into_iter()
+                .find(|x| x.kind == Some(ReceiverKind::Webhook));
+            if hook.as_ref().is_some_and(|h| h.failed > 0) {
+                Ok(())
+            } else {
+                Err(format!("{hook:?}"))
+            }
+        },
+    );
     assert!(!has_status(&sonde_hook, "/sonde", "resolved"));
+    // The webhook comes back and receives the resolution it missed.
     sonde_hook.restart();
     wait_for(
         Duration::from_secs(20),

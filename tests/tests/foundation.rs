@@ -3,7 +3,7 @@
 use std::{os::unix::net::UnixListener, process::Command, time::Duration};
 
 use sonde_tests::{
-    Agent, metric_value, require_root, sonde_bin, wait_for,
+    Agent, metric_value, require_root, sonde_bin, wait_child_or_kill, wait_for, wait_until,
     workload::{Workload, build_c},
 };
 use sonde_wire::{
@@ -301,8 +301,9 @@ fn port_in_use_is_a_clear_runtime_error() {
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port();
     let mut agent = Agent::spawn("", &[("SONDE_API__LISTEN", &format!("127.0.0.1:{port}"))]);
-    let st = agent.child.as_mut().unwrap().wait().unwrap();
-    agent.child = None;
+    let st = agent
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("agent still running on a busy port\n{}", agent.log()));
     assert_eq!(st.code(), Some(1), "{}", agent.log());
     let log = agent.log();
     assert!(
@@ -326,8 +327,9 @@ fn stale_socket_is_replaced_but_live_one_is_refused() {
 
     // A second agent on the same (now live) socket refuses to start.
     let mut second = Agent::spawn("", &[("SONDE_API__SOCKET", &sock_s)]);
-    let st = second.child.as_mut().unwrap().wait().unwrap();
-    second.child = None;
+    let st = second
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("second agent still running\n{}", second.log()));
     assert_eq!(st.code(), Some(1));
     assert!(
         second
@@ -368,9 +370,19 @@ fn unprivileged_agent_fails_with_a_clear_error() {
 fn kernel_logs_reach_agent_logs_only_when_debug_is_asked_for() {
     // Default: kernel-side log statements are patched off at load time.
     let quiet = Agent::start("");
-    let out = Command::new("/bin/true").status().unwrap();
-    assert!(out.success());
-    std::thread::sleep(Duration::from_millis(500));
+    let mut child = Command::new("/bin/true").spawn().unwrap();
+    let pid = child.id();
+    assert!(wait_child_or_kill(&mut child, Duration::from_secs(10), "/bin/true").success());
+    // The exec went through the kernel programs (the process table has it),
+    // so a debug record, were logs on, would have been emitted by now.
+    wait_until(
+        Duration::from_secs(10),
+        "the agent's process table to hold our /bin/true",
+        || {
+            let v: Vec<ProcessInfo> = quiet.api(&format!("/api/v1/processes?pid={pid}"));
+            if v.is_empty() { Err(v) } else { Ok(()) }
+        },
+    );
     assert!(
         !quiet.log().contains("process event kind="),
         "kernel debug logs on by default:\n{}",
@@ -380,10 +392,9 @@ fn kernel_logs_reach_agent_logs_only_when_debug_is_asked_for() {
 
     // Asked for: aya-log records are forwarded into the agent's logs.
     let loud = Agent::start_with_env("", &[("RUST_LOG", "info,sonde_ebpf=debug")]);
-    let child = Command::new("/bin/true").spawn().unwrap();
+    let mut child = Command::new("/bin/true").spawn().unwrap();
     let pid = child.id();
-    let mut child = child;
-    child.wait().unwrap();
+    wait_child_or_kill(&mut child, Duration::from_secs(10), "/bin/true");
     wait_for(
         Duration::from_secs(10),
         "kernel debug record for our exec",

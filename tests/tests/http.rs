@@ -11,7 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sonde_tests::{Agent, exclusive, free_port, wait_for, workload::Workload, workspace_root};
+use sonde_tests::{
+    Agent, exclusive, free_port, wait_for, wait_until, workload::Workload, workspace_root,
+};
 use sonde_wire::http::RouteRow;
 
 fn workloads() -> PathBuf {
@@ -52,9 +54,15 @@ fn wait_port(port: u16) {
 
 /// `python3 -m http.server` on a free port serving `dir`.
 fn python_server(dir: &Path) -> (Workload, u16) {
+    python_server_as(dir, Path::new("python3"))
+}
+
+/// `python_server` run by `python`: a copy of the interpreter under a name
+/// of the test's own gives its server a service_name no other test shares.
+fn python_server_as(dir: &Path, python: &Path) -> (Workload, u16) {
     let port = free_port();
     let wl = Workload::spawn(
-        Command::new("python3")
+        Command::new(python)
             .args([
                 "-m",
                 "http.server",
@@ -375,12 +383,28 @@ fn nginx_under_wrk_matches_access_log() {
         .output()
         .expect("run wrk");
     assert!(out.status.success(), "wrk: {out:?}");
-    // nginx writes the access log line after the response; give it a moment.
-    std::thread::sleep(Duration::from_millis(500));
-    let logged = std::fs::read_to_string(dir.path().join("access.log"))
-        .expect("access log")
+    // nginx writes the access log line after the response: wait until it
+    // holds every request wrk completed ("N requests in ...").
+    let wrk_out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let completed: usize = wrk_out
         .lines()
-        .count() as f64;
+        .find_map(|l| l.trim().split_once(" requests in ")?.0.parse().ok())
+        .unwrap_or_else(|| panic!("no request count in wrk's output:\n{wrk_out}"));
+    let logged = wait_until(
+        Duration::from_secs(10),
+        "nginx to log wrk's requests",
+        || {
+            let n = std::fs::read_to_string(dir.path().join("access.log"))
+                .unwrap_or_default()
+                .lines()
+                .count();
+            if n >= completed {
+                Ok(n as f64)
+            } else {
+                Err(format!("{n} lines logged, wrk completed {completed}"))
+            }
+        },
+    );
     assert!(logged > 100.0, "wrk made only {logged} requests");
     let p = port.to_string();
     expect_counts(
@@ -558,8 +582,24 @@ fn garbage_on_sockets_is_ignored() {
     let agent = Agent::start("");
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("after.txt"), "ok\n").expect("write");
-    let (_srv, port) = python_server(dir.path());
+    // Its own service name: other tests (running alongside: this one is not
+    // exclusive) abort requests of their own.
+    let service = "sonde_py_garbage";
+    let python = agent.dir.path().join(service);
+    std::fs::copy(
+        std::fs::canonicalize("/usr/bin/python3").expect("python3"),
+        &python,
+    )
+    .expect("copy python3");
+    let (_srv, port) = python_server_as(dir.path(), &python);
     let p = port.to_string();
+    // The kernel's not_http counter has no label to scope it by: count
+    // only what happens while this test sends its noise.
+    let not_http_before = sum_series(
+        &agent.metrics(),
+        "sonde_http_kernel_events_total",
+        &[("counter", "not_http")],
+    );
     let send = |bytes: &[u8]| {
         let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -604,14 +644,17 @@ fn garbage_on_sockets_is_ignored() {
         &m,
         "sonde_http_kernel_events_total",
         &[("counter", "not_http")],
-    );
-    assert!(not_http >= 2.0, "not_http counter {not_http}");
+    ) - not_http_before;
+    assert!(not_http >= 2.0, "not_http counter grew by {not_http}");
     let aborted = sum_series(
         &m,
         "sonde_http_aborted_requests_total",
-        &[("role", "server")],
+        &[("role", "server"), ("service_name", service)],
     );
-    assert!(aborted >= 1.0, "aborted counter {aborted}");
+    assert!(
+        aborted >= 1.0,
+        "aborted counter of {service}: {aborted}\n{m}"
+    );
     let routes = label_values(
         &agent.metrics(),
         SERVER,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use sonde_tests::{
-    Agent, exclusive, metric_value, sonde_bin, wait_for,
+    Agent, exclusive, metric_value, sonde_bin, wait_child_or_kill, wait_for, wait_until,
     workload::{Workload, build_c},
 };
 use sonde_wire::{
@@ -198,7 +198,20 @@ fn memory_collector_attributes_heap_growth_to_the_leak() {
     let first = wait_for(Duration::from_secs(10), "mapped bytes gauge", || {
         metric_value(&agent.metrics(), &series)
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // ~6.5 MB/s leaked: wait for the gauge (VmSize of the service) to
+    // follow, so the report below covers seconds of the leak.
+    wait_until(
+        Duration::from_secs(15),
+        "mapped bytes to grow 8 MiB",
+        || {
+            let later = metric_value(&agent.metrics(), &series).unwrap_or(0.0);
+            if later - first >= 8.0 * 1024.0 * 1024.0 {
+                Ok(())
+            } else {
+                Err(format!("{series} {first} -> {later}"))
+            }
+        },
+    );
     let p = wl.pid().to_string();
     let out = agent.cli(&["memory", "--pid", &p, "-f", "json"]);
     assert!(
@@ -249,15 +262,32 @@ fn memory_collector_attributes_heap_growth_to_the_leak() {
         .args(["-STOP", &p])
         .status()
         .expect("kill -STOP");
-    std::thread::sleep(Duration::from_millis(2500));
+    wait_until(Duration::from_secs(10), "the workload stopped", || {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        // The state follows the parenthesized comm.
+        let state = stat.rsplit_once(") ").map(|(_, r)| &r[..1]);
+        if state == Some("T") {
+            Ok(())
+        } else {
+            Err(stat)
+        }
+    });
     let leaked = rounds(&counter) as f64 * CHUNK;
-    let metrics = agent.metrics();
     let shrink = brk.replace("brk_grow", "brk_shrink");
-    let net = metric_value(&metrics, &brk).unwrap_or(0.0)
-        - metric_value(&metrics, &shrink).unwrap_or(0.0);
-    assert!(
-        (net - leaked).abs() <= leaked * 0.05 + 512.0 * 1024.0,
-        "net brk growth {net} vs {leaked} leaked"
+    // The drains catch up with the last calls before the stop.
+    wait_until(
+        Duration::from_secs(15),
+        "net brk growth to match the leak",
+        || {
+            let metrics = agent.metrics();
+            let net = metric_value(&metrics, &brk).unwrap_or(0.0)
+                - metric_value(&metrics, &shrink).unwrap_or(0.0);
+            if (net - leaked).abs() <= leaked * 0.05 + 512.0 * 1024.0 {
+                Ok(())
+            } else {
+                Err(format!("net brk growth {net} vs {leaked} leaked"))
+            }
+        },
     );
 
     // pprof with space/bytes.
@@ -289,7 +319,7 @@ fn alloc_rejects_bad_input_with_exit_2() {
     // A pid that just exited.
     let mut c = Command::new("true").spawn().unwrap();
     let dead = c.id().to_string();
-    c.wait().unwrap();
+    wait_child_or_kill(&mut c, Duration::from_secs(10), "true");
     cli_fails(
         &agent,
         &["alloc", "--pid", &dead, "-d", "1s"],
@@ -303,7 +333,15 @@ fn alloc_rejects_bad_input_with_exit_2() {
     // A static binary maps no libc.
     let st = build_c("sleeper", &["-O1", "-static"]);
     let wl = Workload::spawn(Command::new(&st).arg("30"));
-    std::thread::sleep(Duration::from_millis(200));
+    // Until its exec, the child is a copy of this test binary, with libc.
+    wait_until(Duration::from_secs(10), "the static sleeper exec'd", || {
+        let exe = std::fs::read_link(format!("/proc/{}/exe", wl.pid()));
+        if exe.as_ref().is_ok_and(|e| *e == st) {
+            Ok(())
+        } else {
+            Err(exe)
+        }
+    });
     let p = wl.pid().to_string();
     cli_fails(
         &agent,

@@ -2,13 +2,16 @@
 //! kernel, deterministic workloads with known syscall counts, strace as peer.
 
 use std::{
+    collections::HashSet,
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     time::Duration,
 };
 
-use sonde_tests::{Agent, exclusive, metric_value, wait_for, workload::build_c};
+use sonde_tests::{
+    Agent, exclusive, metric_value, wait_child_or_kill, wait_for, wait_until, workload::build_c,
+};
 use sonde_wire::syscalls::{Report, Row};
 
 /// Drains every second so tests do not wait for the default 5 s.
@@ -59,6 +62,97 @@ impl Mix {
         let _ = self.stdin.write_all(b"bye\n");
         let st = self.child.wait().expect("wait workload");
         assert!(st.success(), "workload exited with {st}");
+    }
+}
+
+/// Id of the BPF map of type `kind` (bpftool's name, e.g. `percpu_hash`)
+/// named `name` (the kernel keeps 15 bytes of it) that this agent holds
+/// open, read from its /proc fdinfo (another agent may hold one too).
+fn agent_map_id(agent: &Agent, kind: &str, name: &str) -> u64 {
+    let name = &name[..name.len().min(15)];
+    let fds = std::fs::read_dir(format!("/proc/{}/fdinfo", agent.pid())).expect("agent fdinfo");
+    let ids: HashSet<u64> = fds
+        .flatten()
+        .filter_map(|e| {
+            let info = std::fs::read_to_string(e.path()).ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect();
+    let out = Command::new("bpftool")
+        .args(["map", "show", "-j"])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "bpftool map show failed");
+    let maps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let found: Vec<u64> = maps
+        .iter()
+        .filter(|m| m["name"] == name && m["type"] == kind)
+        .filter_map(|m| m["id"].as_u64())
+        .filter(|id| ids.contains(id))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "agent's {kind} maps named {name}: {found:?}"
+    );
+    found[0]
+}
+
+/// The tgids with a key in a map keyed by tgid first (`SyscallKey`, the
+/// pid filter): the first 4 bytes of each key, native endian.
+fn map_tgids(id: u64) -> HashSet<u32> {
+    let out = Command::new("bpftool")
+        .args(["map", "dump", "id", &id.to_string(), "-j"])
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool map dump id {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    entries
+        .iter()
+        .map(|e| {
+            let b: Vec<u8> = e["key"]
+                .as_array()
+                .expect("raw key bytes")
+                .iter()
+                .map(|x| {
+                    let x = x.as_str().expect("hex byte");
+                    u8::from_str_radix(x.trim_start_matches("0x"), 16).expect("hex byte")
+                })
+                .collect();
+            u32::from_ne_bytes(b[..4].try_into().expect("key of 8 bytes"))
+        })
+        .collect()
+}
+
+/// The pid the kernel handed out last (in this, the initial, pid namespace).
+fn last_pid() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .expect("ns_last_pid")
+        .trim()
+        .parse()
+        .expect("ns_last_pid")
+}
+
+/// Whether a pid may have been handed out after `since` was the last one:
+/// pids are allocated cyclically, so those are the ones in (since, now],
+/// wrapping at pid_max (assuming less than one full cycle since).
+fn allocated_since(since: u32) -> impl Fn(u32) -> bool {
+    let now = last_pid();
+    move |pid| {
+        if now >= since {
+            pid > since && pid <= now
+        } else {
+            pid > since || pid <= now
+        }
     }
 }
 
@@ -256,10 +350,16 @@ fn exited_processes_are_exported_once_then_released() {
         &build_c("forker", &["-O2", "-static"]),
         "sonde_sc_forker",
     );
-    let before = metric_value(&agent.metrics(), "sonde_syscalls_processes_released_total")
-        .expect("released metric");
+    let m0 = agent.metrics();
+    let before =
+        metric_value(&m0, "sonde_syscalls_processes_released_total").expect("released metric");
+    // Baselines of the machine-wide gauges: every process on the host that
+    // makes syscalls is tracked, so only growth is the forker's.
+    let procs0 = metric_value(&m0, "sonde_syscalls_tracked_processes").expect("procs gauge");
+    let pairs0 = metric_value(&m0, "sonde_syscalls_tracked_pairs").expect("pairs gauge");
     let n = 10_000u64;
-    let st = Command::new(&bin)
+    let pids_file = agent.dir.path().join("forker-pids.txt");
+    let mut forker = Command::new(&bin)
         // 1 000 processes a second: a steady stream of short-lived
         // processes (8 syscall pairs each) that the drain must keep up with.
         // An unpaced storm outruns a debug build's drain on a quiet machine;
@@ -267,10 +367,30 @@ fn exited_processes_are_exported_once_then_released() {
         // (`sonde_syscalls_map_full_total`), which is the bound working, not
         // what this test is about.
         .args([&n.to_string(), "7", "1000"])
-        .stdout(Stdio::null())
-        .status()
+        .stdout(std::fs::File::create(&pids_file).expect("pids file"))
+        .spawn()
         .expect("run forker");
+    let forker_pid = forker.id();
+    let st = wait_child_or_kill(&mut forker, Duration::from_secs(120), "forker");
     assert!(st.success());
+    // Every pid handed out from now on is another process's, even when it
+    // is one of ours again: pids are allocated cyclically (pid_max is 32768
+    // here, so they wrap within this test on a busy machine).
+    let last_ours = last_pid();
+    // The pids of this test's processes: the forker and each child it
+    // printed. Only these can say whether the agent releases exited
+    // processes; the machine's other processes come and go on their own.
+    let mut ours: HashSet<u32> = std::fs::read_to_string(&pids_file)
+        .expect("forker output")
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    ours.insert(forker_pid);
+    assert!(
+        ours.len() > n as usize / 2,
+        "forker printed {} pids",
+        ours.len()
+    );
     let series = |sys: &str| {
         format!("sonde_syscalls_total{{service_name=\"sonde_sc_forker\",syscall=\"{sys}\"}}")
     };
@@ -319,29 +439,49 @@ fn exited_processes_are_exported_once_then_released() {
             "{sys}\n{m}"
         );
     }
-    // ... then their kernel entries are deleted: no growth with process count.
-    let m = wait_for(Duration::from_secs(15), "exited processes released", || {
-        let m = agent.metrics();
-        let released =
-            metric_value(&m, "sonde_syscalls_processes_released_total").unwrap_or(0.0) - before;
-        (released >= n as f64).then_some(m)
-    });
+    // ... then their kernel entries are deleted: none of our pids left in
+    // the agent's stats map, but for pids handed out again since the forker
+    // ended (another process's keys under the same tgid).
+    let stats_map = agent_map_id(&agent, "percpu_hash", "SYSCALL_STATS");
+    wait_until(
+        Duration::from_secs(15),
+        "the kernel entries of the forker's exited processes deleted",
+        || {
+            let reused = allocated_since(last_ours);
+            let left: Vec<u32> = map_tgids(stats_map)
+                .into_iter()
+                .filter(|t| ours.contains(t) && !reused(*t))
+                .collect();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} of our exited processes still in SYSCALL_STATS, e.g. {:?}",
+                    left.len(),
+                    &left[..left.len().min(10)]
+                ))
+            }
+        },
+    );
+    let m = agent.metrics();
+    let released =
+        metric_value(&m, "sonde_syscalls_processes_released_total").unwrap_or(0.0) - before;
+    assert!(
+        released >= ours.len() as f64,
+        "{released} processes released, {} were ours",
+        ours.len()
+    );
+    // The gauges agree: no growth with the 10 001 processes that came and
+    // went (the machine's own churn moves them by far less than n / 10).
     let procs = metric_value(&m, "sonde_syscalls_tracked_processes").unwrap();
     let pairs = metric_value(&m, "sonde_syscalls_tracked_pairs").unwrap();
-    let live = std::fs::read_dir("/proc")
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        })
-        .count() as f64;
     assert!(
-        procs <= live + 50.0,
-        "{procs} processes tracked, {live} alive"
+        procs < procs0 + n as f64 / 10.0,
+        "{procs} processes tracked after 10k exits, {procs0} before"
     );
     assert!(
-        pairs < 5_000.0,
-        "{pairs} pairs still tracked after 10k exits"
+        pairs < pairs0 + 5_000.0,
+        "{pairs} pairs still tracked after 10k exits, {pairs0} before"
     );
     for map in ["stats", "start"] {
         assert_eq!(
@@ -372,8 +512,21 @@ fn config_filters_trim_processes_and_syscalls_in_the_kernel() {
     let args = ["2000", "500", "30", "0", "1"];
     let mut a = Mix::spawn(Command::new(&keep).args(args));
     let mut b = Mix::spawn(Command::new(&skip).args(args));
-    // The service filter is applied at each drain (every second here).
-    std::thread::sleep(Duration::from_secs(3));
+    // The service filter is applied at each drain (every second here):
+    // wait until the kernel's pid filter holds the kept process.
+    let filter = agent_map_id(&agent, "hash", "SYSCALL_FILTER_TGIDS");
+    wait_until(
+        Duration::from_secs(15),
+        "sonde_sc_keep in the kernel's pid filter",
+        || {
+            let pids = map_tgids(filter);
+            if pids.contains(&a.child.id()) {
+                Ok(())
+            } else {
+                Err(pids)
+            }
+        },
+    );
     a.run();
     b.run();
     let r = report_with(&agent, a.child.id(), "getppid", 2000);

@@ -7,8 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sonde_tests::{Agent, exclusive, text, workload::build_c};
-use sonde_wire::top::SyscallsFrame;
+use sonde_tests::{Agent, exclusive, text, wait_child_or_kill, wait_until, workload::build_c};
+use sonde_wire::{syscalls::Report, top::SyscallsFrame};
 
 const CONFIG: &str = "[collectors.syscalls]\nenabled = true\ninterval = \"1s\"\n\
                       [collectors.profile]\nenabled = false\n\
@@ -20,25 +20,62 @@ fn top_once_json_shows_a_getppid_loop_at_its_rate() {
     let agent = Agent::start(CONFIG);
     let bin = agent.dir.path().join("sonde_top_loop");
     std::fs::copy(build_c("getppid_loop", &["-O2"]), &bin).expect("copy workload");
-    // About 3-10 s of getppid calls: longer than the warm-up and the 1 s
-    // sample below on a loaded 2-core machine.
-    let child = Command::new(&bin)
-        .arg("8000000")
+    // About 6-20 s of getppid calls: longer than the warm-up, the 1 s
+    // sample and the table's sample below on a loaded 2-core machine.
+    let calls = 16_000_000u64;
+    let mut child = Command::new(&bin)
+        .arg(calls.to_string())
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn getppid_loop");
     let pid = child.id();
     let started = Instant::now();
-    std::thread::sleep(Duration::from_millis(500));
+    // Warm-up: the agent has counted the loop's first calls.
+    wait_until(Duration::from_secs(15), "the loop's calls in sonde", || {
+        let r: Report = agent.api(&format!("/api/v1/syscalls?pid={pid}"));
+        if r.row("getppid").is_some_and(|x| x.calls > 0) {
+            Ok(())
+        } else {
+            Err(format!("{r:?}"))
+        }
+    });
     let out = agent.cli(&["top", "--once", "-d", "1", "-o", "json"]);
-    let sampled = started.elapsed();
     let out_text = text(&out);
     assert!(out.status.success(), "sonde top failed: {out_text}");
     let frame: SyscallsFrame = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("sonde top -o json: {e}: {out_text}"));
-    let done = child.wait_with_output().expect("wait getppid_loop");
-    assert!(done.status.success());
-    let report = String::from_utf8_lossy(&done.stdout);
+
+    // The table form, sampled while the loop still runs: the loop's row
+    // with its name and busiest syscall, at a non-zero rate.
+    let out = agent.cli(&["top", "--once", "-d", "0.3", "--pid", &pid.to_string()]);
+    let sampled = started.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout).into_owned();
+    let still_running = child.try_wait().expect("try_wait").is_none();
+    assert!(t.contains("sonde top - syscalls"), "{t}");
+    let table_row: Vec<&str> = t
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&pid.to_string().as_str()))
+        .unwrap_or_else(|| panic!("no row for pid {pid} (loop running: {still_running}):\n{t}"));
+    assert_eq!(table_row.get(1), Some(&"sonde_top_loop"), "{t}");
+    assert_eq!(table_row.get(6), Some(&"getppid"), "{t}");
+    let calls_per_s = table_row.get(3).copied().unwrap_or_default();
+    assert!(
+        !["0.0", ""].contains(&calls_per_s),
+        "calls/s {calls_per_s} for a running loop:\n{t}"
+    );
+    let shown = table_row.get(7).copied().unwrap_or_default();
+    assert!(
+        ["(100%)", "(99%)"].contains(&shown),
+        "getppid share {shown}:\n{t}"
+    );
+
+    let done = wait_child_or_kill(&mut child, Duration::from_secs(120), "getppid_loop");
+    assert!(done.success());
+    let mut report = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut report)
+        .expect("loop output");
     // "wall ns/call: X": the loop's own average rate.
     let wall_ns: f64 = report
         .lines()
@@ -46,7 +83,7 @@ fn top_once_json_shows_a_getppid_loop_at_its_rate() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no wall ns/call in {report}"));
     let loop_rate = 1e9 / wall_ns;
-    let loop_secs = wall_ns * 8e6 / 1e9;
+    let loop_secs = wall_ns * calls as f64 / 1e9;
     assert!(
         loop_secs > sampled.as_secs_f64(),
         "the loop ({loop_secs:.1}s) ended before the sample ({sampled:?}): rate not comparable"
@@ -78,12 +115,6 @@ fn top_once_json_shows_a_getppid_loop_at_its_rate() {
     // Rows are sorted by calls/s, highest first.
     let rates: Vec<f64> = rows.iter().map(|r| r.calls_per_second).collect();
     assert!(rates.windows(2).all(|w| w[0] >= w[1]), "{rates:?}");
-
-    // The table form names the process and its busiest syscall.
-    let out = agent.cli(&["top", "--once", "-d", "0.3", "--pid", &pid.to_string()]);
-    assert!(out.status.success(), "{}", text(&out));
-    let t = String::from_utf8_lossy(&out.stdout);
-    assert!(t.contains("sonde top - syscalls"), "{t}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 // times, one child at a time, at most RATE children per second (0 or absent:
 // as fast as it can); each child (`forker child CALLS`) makes CALLS
 // getppid(2) and exits. Built static so each child makes few other calls.
+// Prints each child's pid, one a line, then "done".
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,7 @@ int main(int argc, char **argv) {
             execl(self, self, "child", argv[2], (char *)NULL);
             _exit(127);
         }
+        printf("%d\n", (int)pid);
         int st;
         if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
             fprintf(stderr, "child %ld failed\n", i);
