@@ -12,6 +12,7 @@ pub const KNOWN: &[&str] = &[
     "sonde_build_info",
     "sonde_collector_up",
     "sonde_events_lost_total",
+    "sonde_ebpf_program_verified_insns",
     "sonde_processes_tracked",
     "sonde_process_execs_total",
     "sonde_process_exits_total",
