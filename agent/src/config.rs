@@ -206,6 +206,11 @@ pub struct HttpConfig {
     /// tracepoints), "syscall" (skip the socket layer), "tracepoint"
     /// (always the per-syscall tracepoints).
     pub hook: HttpHook,
+    /// Connections tracked in the kernel at once (the LRU maps of
+    /// connections, their sockets and fresh sockets). Beyond it the least
+    /// recently used connection is forgotten: its exchange in flight is
+    /// lost, and its later requests are not seen (sniffing aside).
+    pub max_connections: Bounded<64, 4_194_304>,
 }
 
 /// `collectors.http.hook`.
@@ -225,6 +230,7 @@ impl Default for HttpConfig {
             max_routes_per_service: Bounded(200),
             sniff_window: Dur(Duration::from_secs(60)),
             hook: HttpHook::Auto,
+            max_connections: Bounded(16_384),
         }
     }
 }
@@ -512,6 +518,23 @@ mod tests {
             .to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(err.contains("between 64 and"), "{err}");
+    }
+
+    #[test]
+    fn http_max_connections_is_bounded_and_defaults_to_the_old_map_size() {
+        assert_eq!(
+            Config::default().collectors.http.max_connections.get(),
+            16_384
+        );
+        let c = parse("[collectors.http]\nmax_connections = 64\n").unwrap();
+        assert_eq!(c.collectors.http.max_connections.get(), 64);
+        let err = parse("[collectors.http]\nmax_connections = 63\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("between 64 and"),
+            "{err}"
+        );
     }
 
     #[test]

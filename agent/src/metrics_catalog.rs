@@ -14,6 +14,7 @@ pub const KNOWN: &[&str] = &[
     "sonde_config_restart_pending_keys",
     "sonde_collector_up",
     "sonde_events_lost_total",
+    "sonde_ebpf_program_verified_insns",
     "sonde_processes_tracked",
     "sonde_process_execs_total",
     "sonde_process_exits_total",

@@ -50,6 +50,7 @@ impl Telemetry {
             Box::new(build_info) as Box<dyn prometheus::core::Collector>,
             Box::new(collector_up.clone()),
             Box::new(events_lost.clone()),
+            Box::new(crate::collectors::kit::budget::gauge()),
         ] {
             registry.register(m).expect("unique metric");
         }

@@ -280,7 +280,12 @@ impl Collector for HttpCollector {
     fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
         // Parsed when the config was read.
         let patterns = self.config.routes.clone();
-        let mut obj = ebpf::load(OBJECT, ctx.kernel_log_level)?;
+        let conns = u32::try_from(self.config.max_connections.get()).unwrap_or(u32::MAX);
+        let mut obj = ebpf::load_with(OBJECT, &ctx.kernel_log_level, |l| {
+            l.map_max_entries("HTTP_CONNS", conns)
+                .map_max_entries("HTTP_SOCKS", conns)
+                .map_max_entries("HTTP_FRESH", conns);
+        })?;
         let events = Ring::<HttpEvent>::new(NAME, take_map(&mut obj, "HTTP_EVENTS")?)?
             // The kernel wakes us only when a lot is queued (see
             // WAKEUP_BYTES in the kernel side), so we also poll.

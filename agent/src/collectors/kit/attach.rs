@@ -21,7 +21,7 @@ use aya::{
     },
 };
 
-use super::{CollectorError, chain, program};
+use super::{CollectorError, budget, chain, program};
 use crate::{ebpf::KernelBtf, features::Features};
 
 /// One program on one hook.
@@ -133,18 +133,21 @@ fn load(obj: &mut Ebpf, hook: &Hook, btf: &KernelBtf) -> Result<(), CollectorErr
             let p: &mut BtfTracePoint = program(obj, name)?;
             if p.fd().is_err() {
                 p.load(tp, btf).map_err(|e| hook.err(e))?;
+                budget::record(name, p.info());
             }
         }
         Hook::Raw(..) => {
             let p: &mut RawTracePoint = program(obj, name)?;
             if p.fd().is_err() {
                 p.load().map_err(|e| hook.err(e))?;
+                budget::record(name, p.info());
             }
         }
         Hook::Tp(..) => {
             let p: &mut TracePoint = program(obj, name)?;
             if p.fd().is_err() {
                 p.load().map_err(|e| hook.err(e))?;
+                budget::record(name, p.info());
             }
         }
     }
@@ -219,7 +222,7 @@ pub fn attach_first(
     notes: Vec<String>,
 ) -> Result<Attached, CollectorError> {
     let mut why = notes;
-    for set in sets {
+    for (i, set) in sets.iter().enumerate() {
         if let Some(f) = set.needs
             && !features.has(f)
         {
@@ -228,6 +231,7 @@ pub fn attach_first(
         }
         match attach_set(obj, btf, set) {
             Ok(failed) => {
+                verify_unused(obj, features, btf, &sets[i + 1..]);
                 return Ok(Attached {
                     label: set.label,
                     failed,
@@ -238,6 +242,35 @@ pub fn attach_first(
         }
     }
     Err(CollectorError::NoHook(why.join("; ")))
+}
+
+/// With [`budget::verify_fallbacks`] on, loads (never attaches) the
+/// programs of `sets`, fallbacks that were not picked, so the verifier
+/// budget of every program is recorded; a set that would not load is
+/// logged, not fatal.
+pub fn verify_unused(obj: &mut Ebpf, features: &Features, btf: &KernelBtf, sets: &[&HookSet]) {
+    if !budget::verify_fallbacks() {
+        return;
+    }
+    for set in sets {
+        if set.needs.is_none_or(|f| features.has(f)) {
+            load_only(obj, btf, set);
+        }
+    }
+}
+
+/// Loads (never attaches) the programs of `set`, for their verifier budget;
+/// failures are logged. Callers check [`budget::verify_fallbacks`].
+pub fn load_only(obj: &mut Ebpf, btf: &KernelBtf, set: &HookSet) {
+    for hook in set.hooks {
+        if let Err(e) = load(obj, hook, btf) {
+            tracing::warn!(
+                set = set.label,
+                "fallback program does not load: {}",
+                chain(&e)
+            );
+        }
+    }
 }
 
 /// CPUs a perf-event program runs on, and those it could not be attached

@@ -7,12 +7,15 @@
 //! - [`attach`]: programs and hooks declared once in a const table, attached
 //!   all or nothing, with preferred/fallback sets chosen by probed features.
 //! - [`ring`]: one ring-buffer consumer over a `Pod` event type.
+//! - [`budget`]: each loaded program's verified instruction count (log line
+//!   and gauge), against the verifier's 1M limit.
 //! - [`counters`]: one exporter of the kernel's per-CPU counter arrays.
 //! - [`Handles`]: where collectors register the query handles the control
 //!   API reads.
 //! - [`Deps`]: what every collector's constructor gets.
 
 pub mod attach;
+pub mod budget;
 pub mod counters;
 pub mod ring;
 

@@ -39,8 +39,8 @@ use crate::{
     collectors::{
         Base, Collector, CollectorError, ComponentHealth, Deps, SharedHealth, StartContext,
         kit::{
-            attach::{Hook, HookSet, PerCpu, attach_per_cpu, attach_set},
-            chain, comm_str,
+            attach::{Hook, HookSet, PerCpu, attach_per_cpu, attach_set, load_only},
+            budget, chain, comm_str,
             counters::KernelCounters,
             program, take_map,
         },
@@ -365,6 +365,9 @@ fn attach_syscall_hooks(
     let exit_why = match attach_set(obj, btf, &SYS_EXIT) {
         Ok(_) => {
             ok.push(SYS_EXIT.label.to_owned());
+            if budget::verify_fallbacks() {
+                load_only(obj, btf, &SYSCALLS);
+            }
             return;
         }
         Err(e) => chain(&e),
@@ -390,6 +393,7 @@ fn attach_syscall_hooks(
 fn attach_fault_event(obj: &mut Ebpf, every: u64) -> Result<usize, String> {
     let p: &mut PerfEvent = program(obj, "mem_fault").map_err(|e| chain(&e))?;
     p.load().map_err(|e| chain(&e))?;
+    budget::record("mem_fault", p.info());
     let mut att = PerCpu::default();
     attach_per_cpu(
         p,

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use super::libc::{self, Libc, LibcError, Target};
 use crate::{
     collectors::{
-        kit::{chain, counters::KernelCounters, program, take_map},
+        kit::{budget, chain, counters::KernelCounters, program, take_map},
         profile::{
             procmaps::Captured,
             store::Frame,
@@ -271,6 +271,7 @@ fn attach(req: &Request) -> Result<Attached, SessionError> {
         let p: &mut UProbe = program(&mut obj, name).map_err(|e| err(chain(&e)))?;
         p.load()
             .map_err(|e| err(format!("loading {name}: {}", chain(&e))))?;
+        budget::record(name, p.info());
     }
     let mut attach_one = |prog: &str, t: &Target| -> Result<(), SessionError> {
         let p: &mut UProbe = program(&mut obj, prog).map_err(|e| err(chain(&e)))?;

@@ -51,7 +51,7 @@ use super::{
     Base, Collector, CollectorError, ComponentHealth, Deps, SharedHealth, StartContext,
     kit::{
         attach::{PerCpu, attach_per_cpu},
-        chain,
+        budget, chain,
         counters::KernelCounters,
         program,
         ring::Ring,
@@ -243,6 +243,7 @@ impl Collector for ProfileCollector {
             .ok()
             .and_then(|i| i.verified_instruction_count())
             .unwrap_or(0);
+        budget::record(PROGRAM, prog.info());
         let mut att = PerCpu::default();
         attach_cpus(&mut obj, hz, &mut att)?;
         if att.ok.is_empty() {
