@@ -1,10 +1,13 @@
-//! HTTP/1.x RED metrics from socket syscalls, with no instrumentation.
+//! HTTP/1.x RED metrics from socket I/O, with no instrumentation.
 //!
-//! Kernel side (ebpf/sonde-ebpf/src/http.rs): per-syscall tracepoints on the
-//! socket data syscalls feed a per-connection state machine that emits one
-//! event per exchange. This side turns events into OTel-named metrics with
-//! bounded labels (route normalization, per-service cap) and keeps a
-//! per-route summary for `sonde http`. See docs/http.md.
+//! Kernel side (ebpf/sonde-ebpf/src/http/): the socket layer (tp_btf
+//! `sock_send_length`/`sock_recv_length`/`inet_sock_set_state`), else tp_btf
+//! `sys_enter`/`sys_exit`, else the per-syscall tracepoints, feed one
+//! per-connection state machine that emits one event per exchange; message
+//! heads are classified by `sonde_common::http::parse`, which this side
+//! shares. This side turns events into OTel-named metrics with bounded
+//! labels (route normalization, per-service cap) and keeps a per-route
+//! summary for `sonde http`. See docs/http.md.
 
 pub mod port;
 pub mod route;
