@@ -1,4 +1,5 @@
-//! `sonde agent`: start-up, the run loop and clean shutdown.
+//! `sonde agent`: start-up, the run loop (SIGTERM/SIGINT stop, SIGHUP
+//! reloads the config, see reload.rs) and clean shutdown.
 
 use std::{
     sync::{

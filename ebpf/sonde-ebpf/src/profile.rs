@@ -1,5 +1,7 @@
 //! CPU profiler hook: a `perf_event` program on `cpu-clock`, one event per
-//! online CPU, that counts (process, user stack, kernel stack) in the kernel.
+//! online CPU, that counts (process, user stack, kernel stack, Python stack)
+//! in the kernel; the Python stack comes from python.rs's walk, only for
+//! processes the agent marked as CPython.
 //!
 //! Two generations of maps let the agent drain one while the other fills:
 //! the agent flips [`PROFILE_GEN_SLOT`], and stack ids of the drained

@@ -4,8 +4,10 @@
 //! and keeps a rolling window that the control API cuts profiles from.
 //!
 //! Layout: `drain` (kernel maps -> batches), `symbolize` (addresses ->
-//! frames, cached), `procmaps` (/proc/PID/maps, perf maps), `store` (the
-//! window), `pprof` and `render` (output formats).
+//! frames, cached), `python` (CPython detection, `PY_PROCS`, splicing the
+//! kernel's Python frames in place of the interpreter's), `procmaps`
+//! (/proc/PID/maps, perf maps), `store` (the window), `pprof`, `render` and
+//! `lines` (output formats).
 //!
 //! Workers: the new-pid announcements are a tokio task under the kit
 //! (`Base::spawn`). The drain, the symbolizer and the unwind-table builder
