@@ -232,11 +232,15 @@ fn python_busy_loop_has_deep_stacks() {
     assert!(depths.len() >= 50, "too few samples: {stacks:?}");
     let median = depths[depths.len() / 2];
     assert!(median >= 8, "median user depth {median}: {stacks:?}");
+    // The interpreter's eval loop shows as the Python frame it runs (the
+    // profiler splices Python frames in its place), or as itself when no
+    // Python walk was made; either way the unwinder must reach it from main.
     assert!(
-        stacks.iter().any(
-            |(f, _)| f.iter().any(|x| x.contains("_PyEval_EvalFrameDefault"))
-                && f.iter().any(|x| x == "main" || x.contains("Py_BytesMain"))
-        ),
+        stacks.iter().any(|(f, _)| f.iter().any(
+            |x| x.contains("_PyEval_EvalFrameDefault") || x.starts_with("<module> (<string>:")
+        ) && f
+            .iter()
+            .any(|x| x == "main" || x.contains("Py_BytesMain"))),
         "eval loop reached from main: {stacks:?}"
     );
 }
