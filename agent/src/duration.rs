@@ -58,10 +58,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             ));
         }
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("duration {s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    // Finite but beyond Duration's range (e.g. "1e300h" spelled out) is an
+    // error too: `from_secs_f64` would panic (found by the alert_expr fuzzer).
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {s:?} is out of range"))
 }
 
 /// Formats a duration the way `parse_duration` reads it.
@@ -81,6 +80,14 @@ pub fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_beyond_range_are_errors_not_panics() {
+        let huge = format!("{}h", "9".repeat(400));
+        assert!(parse_duration(&huge).unwrap_err().contains("out of range"));
+        assert!(parse_duration(&format!("{}s", "9".repeat(30))).is_err());
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+    }
 
     #[test]
     fn durations_need_units() {
