@@ -28,6 +28,10 @@ pub enum TableError {
     Arch,
     #[error("no call frame information (.eh_frame or .debug_frame)")]
     NoCfi,
+    #[error("more than {0} unwind rows")]
+    TooBig(usize),
+    #[error("reading the file: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// A file's rows, sorted by pc, and what building them found.
@@ -41,38 +45,54 @@ pub struct Table {
     pub unsupported_rows: usize,
 }
 
-/// One FDE's rows and range.
+/// One FDE's range and where its rows sit in the flat row buffer: one
+/// buffer for all FDEs, not a `Vec` each, because a large binary has
+/// hundreds of thousands of FDEs and the per-vector slack and headers
+/// were most of the build's peak heap.
 struct Fde {
     start: u64,
     end: u64,
-    rows: Vec<UnwindRow>,
+    first: usize,
+    len: usize,
 }
 
 /// Parses `data` (a whole ELF file) into its unwind rows.
 pub fn build(data: &[u8]) -> Result<Table, TableError> {
-    build_from(data)
+    build_from(data, usize::MAX)
 }
 
-/// Like [`build`], reading only the headers and CFI sections of `file`
-/// (no whole-file read). Also returns the executable segments (for
-/// [`bias_of`]).
-pub fn build_file(file: &std::fs::File) -> Result<(Table, Vec<Segment>), TableError> {
-    let cache = object::ReadCache::new(file);
-    let t = build_from(&cache)?;
-    let obj = object::File::parse(&cache)?;
+/// Like [`build`], for an open file, giving up with
+/// [`TableError::TooBig`] once more than `max_rows` rows are found (the
+/// kernel could not hold them, so building them would only cost memory).
+/// Also returns the executable segments (for [`bias_of`]).
+pub fn build_file(
+    file: &std::fs::File,
+    max_rows: usize,
+) -> Result<(Table, Vec<Segment>), TableError> {
+    // SAFETY: a read-only private mapping; the file is a binary some
+    // process has mapped for execution, so it is not expected to change
+    // under us (the kernel refuses writes to a running executable, and
+    // rewriting a mapped library in place would crash its users first).
+    // Mapping instead of reading keeps the CFI and symbol sections out of
+    // the heap: they are page cache, dropped with the mapping.
+    let map = unsafe { memmap2::Mmap::map(file)? };
+    let data: &[u8] = &map;
+    let t = build_from(data, max_rows)?;
+    let obj = object::File::parse(data)?;
     Ok((t, segments(&obj)))
 }
 
 // The public entry points are not generic on purpose: the CFI evaluation
 // is then instantiated in this crate, which is optimized even in debug
 // builds (a generic would be compiled, unoptimized, into its caller).
-fn build_from<'a, R: object::ReadRef<'a>>(data: R) -> Result<Table, TableError> {
+fn build_from(data: &[u8], max_rows: usize) -> Result<Table, TableError> {
     let obj = object::File::parse(data)?;
     if obj.architecture() != object::Architecture::X86_64 {
         return Err(TableError::Arch);
     }
     let mut t = Table::default();
     let mut fdes = Vec::new();
+    let mut flat = Vec::new();
     let text = obj.section_by_name(".text").map(|s| s.address());
     if let Some(s) = obj.section_by_name(".eh_frame")
         && let Ok(bytes) = s.data()
@@ -85,7 +105,7 @@ fn build_from<'a, R: object::ReadRef<'a>>(data: R) -> Result<Table, TableError> 
         if let Some(got) = obj.section_by_name(".got") {
             bases = bases.set_got(got.address());
         }
-        collect(&sec, &bases, &mut fdes, &mut t);
+        collect(&sec, &bases, &mut fdes, &mut flat, &mut t, max_rows)?;
     }
     let covered = fdes.len();
     if let Some(s) = obj.section_by_name(".debug_frame")
@@ -93,7 +113,14 @@ fn build_from<'a, R: object::ReadRef<'a>>(data: R) -> Result<Table, TableError> 
     {
         let mut sec = DebugFrame::new(bytes, LittleEndian);
         sec.set_address_size(8);
-        collect(&sec, &BaseAddresses::default(), &mut fdes, &mut t);
+        collect(
+            &sec,
+            &BaseAddresses::default(),
+            &mut fdes,
+            &mut flat,
+            &mut t,
+            max_rows,
+        )?;
     }
     if fdes.is_empty() {
         return Err(TableError::NoCfi);
@@ -101,6 +128,8 @@ fn build_from<'a, R: object::ReadRef<'a>>(data: R) -> Result<Table, TableError> 
     // `.eh_frame` wins where both describe a range: sort it first.
     let mut order: Vec<usize> = (0..fdes.len()).collect();
     order.sort_by_key(|&i| (fdes[i].start, i >= covered));
+    // Merging only shrinks the rows; a gap row per FDE at most is added.
+    t.rows.reserve_exact(flat.len() + fdes.len() + 1);
     let mut end = 0u64;
     for i in order {
         let f = &fdes[i];
@@ -110,7 +139,7 @@ fn build_from<'a, R: object::ReadRef<'a>>(data: R) -> Result<Table, TableError> 
         if end != 0 && f.start > end {
             push(&mut t.rows, gap(end));
         }
-        for r in &f.rows {
+        for r in &flat[f.first..f.first + f.len] {
             push(&mut t.rows, *r);
         }
         end = f.end;
@@ -149,8 +178,10 @@ fn collect<'a, S: UnwindSection<Slice<'a>>>(
     sec: &S,
     bases: &BaseAddresses,
     out: &mut Vec<Fde>,
+    flat: &mut Vec<UnwindRow>,
     t: &mut Table,
-) {
+    max_rows: usize,
+) -> Result<(), TableError> {
     let mut ctx = UnwindContext::new();
     let mut entries = sec.entries(bases);
     loop {
@@ -173,7 +204,7 @@ fn collect<'a, S: UnwindSection<Slice<'a>>>(
             continue;
         }
         let signal = fde.is_signal_trampoline();
-        let mut rows = Vec::new();
+        let first = flat.len();
         let ok = (|| -> gimli::Result<()> {
             let mut table = fde.rows(sec, bases, &mut ctx)?;
             while let Some(row) = table.next_row()? {
@@ -181,7 +212,7 @@ fn collect<'a, S: UnwindSection<Slice<'a>>>(
                 if r.cfa_kind == cfa::UNSUPPORTED {
                     t.unsupported_rows += 1;
                 }
-                rows.push(UnwindRow {
+                flat.push(UnwindRow {
                     pc: row.start_address() as u32,
                     ..r
                 });
@@ -189,15 +220,23 @@ fn collect<'a, S: UnwindSection<Slice<'a>>>(
             Ok(())
         })();
         if ok.is_err() {
+            // Its rows are dropped with it: the range falls back to frame
+            // pointers.
+            flat.truncate(first);
             t.bad_fdes += 1;
             continue;
+        }
+        if flat.len() > max_rows {
+            return Err(TableError::TooBig(max_rows));
         }
         out.push(Fde {
             start: fde.initial_address(),
             end: fde.end_address(),
-            rows,
+            first,
+            len: flat.len() - first,
         });
     }
+    Ok(())
 }
 
 /// One CFI row as an unwinder rule.
@@ -358,6 +397,21 @@ mod tests {
                 .iter()
                 .any(|r| r.rbp_kind == rbp::AT_CFA && r.rbp_offset == -16)
         );
+    }
+
+    #[test]
+    fn a_table_over_the_row_cap_is_abandoned() {
+        let f = std::fs::File::open(LIBC).unwrap();
+        let (whole, _) = build_file(&f, usize::MAX).unwrap();
+        assert_eq!(
+            whole.rows,
+            build(&std::fs::read(LIBC).unwrap()).unwrap().rows
+        );
+        let cap = whole.rows.len() / 2;
+        match build_file(&f, cap) {
+            Err(TableError::TooBig(n)) => assert_eq!(n, cap),
+            other => panic!("expected TooBig, got {other:?}"),
+        }
     }
 
     #[test]

@@ -414,14 +414,18 @@ impl Unwinder {
         if size > MAX_FILE_BYTES {
             return Err("too_big");
         }
-        // Only the headers and the CFI sections are read (pread through a
-        // cache dropped afterwards): a 150 MiB binary read whole would
-        // stay in the allocator's hands.
+        // The file is mapped, not read: only the pages of its headers and
+        // CFI are touched, and they are page cache, not heap. A table the
+        // row array could never hold is abandoned as soon as it is known
+        // to be too big, not built whole first.
         let t0 = Instant::now();
-        let (t, segs) = table::build_file(file).map_err(|e| match e {
-            table::TableError::NoCfi => "no_cfi",
-            _ => "not_elf",
-        })?;
+        let (t, segs) =
+            table::build_file(file, self.space.capacity() as usize).map_err(|e| match e {
+                table::TableError::NoCfi => "no_cfi",
+                table::TableError::TooBig(_) => "too_big",
+                table::TableError::Io(_) => "read",
+                _ => "not_elf",
+            })?;
         self.metrics
             .build_seconds
             .inc_by(t0.elapsed().as_secs_f64());
