@@ -139,13 +139,65 @@ impl Drop for Bpftrace {
     }
 }
 
-/// utime + stime of `pid` in seconds.
-pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = &stat[stat.rfind(')').context("bad stat")? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
+/// CPU time a process uses from now on, in nanoseconds from each thread's
+/// `schedstat` (the scheduler's own clock), not the 10 ms ticks of
+/// /proc/PID/stat, which read 0 over a run of a second. Per thread, so a
+/// thread started during the window counts whole; a thread that exits
+/// during it takes its share with it (the agent's threads live as long as
+/// it does, so this is not expected to matter, and undercounts if it does).
+pub struct CpuMeter {
+    pid: u32,
+    start: std::collections::HashMap<u32, u64>,
+}
+
+impl CpuMeter {
+    pub fn start(pid: u32) -> Result<Self> {
+        Ok(Self {
+            pid,
+            start: thread_cpu_ns(pid)?,
+        })
+    }
+
+    /// Counting from the process's start (its live threads' whole time).
+    pub fn from_birth(pid: u32) -> Self {
+        Self {
+            pid,
+            start: Default::default(),
+        }
+    }
+
+    /// Seconds of CPU since [`CpuMeter::start`].
+    pub fn seconds(&self) -> Result<f64> {
+        let now = thread_cpu_ns(self.pid)?;
+        let ns: u64 = now
+            .iter()
+            .map(|(tid, ns)| ns.saturating_sub(self.start.get(tid).copied().unwrap_or(0)))
+            .sum();
+        Ok(ns as f64 / 1e9)
+    }
+}
+
+/// Each live thread's time on CPU (ns): the first field of
+/// /proc/PID/task/TID/schedstat.
+fn thread_cpu_ns(pid: u32) -> Result<std::collections::HashMap<u32, u64>> {
+    let mut out = std::collections::HashMap::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let e = e?;
+        let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A thread can exit between the listing and the read.
+        let Ok(s) = std::fs::read_to_string(e.path().join("schedstat")) else {
+            continue;
+        };
+        let ns = s
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse().ok())
+            .context("bad schedstat")?;
+        out.insert(tid, ns);
+    }
+    Ok(out)
 }
 
 /// A `VmRSS`/`VmHWM`-style field of /proc/PID/status, in MiB.

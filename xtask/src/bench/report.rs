@@ -43,6 +43,12 @@ pub struct Ran {
     pub reps: usize,
     pub quick: bool,
     pub seconds: f64,
+    /// `git describe --always --dirty` of the tree the harness ran from.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// The sonde binary measured: path and the start of its SHA-256.
+    #[serde(default)]
+    pub binary: Option<String>,
 }
 
 impl Ran {
@@ -54,11 +60,26 @@ impl Ran {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "unknown time".into());
+        let out = |prog: &str, args: &[&str]| {
+            std::process::Command::new(prog)
+                .args(args)
+                .current_dir(crate::cmd::workspace_root())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        };
+        let sonde = ctx.sonde.display().to_string();
+        let binary = out("sha256sum", &[&sonde])
+            .and_then(|s| s.get(..12).map(str::to_owned))
+            .map(|sha| format!("{sonde} (sha256 {sha}…)"));
         Ran {
             at,
             reps: ctx.reps,
             quick: ctx.quick,
             seconds: took.as_secs_f64(),
+            commit: out("git", &["describe", "--always", "--dirty"]),
+            binary,
         }
     }
 }
@@ -75,6 +96,31 @@ pub fn previous(dir: &Path) -> Vec<ScenarioResult> {
 /// A target for a derived figure: its text and the test of a value.
 pub type Target = (&'static str, fn(f64) -> bool);
 
+/// Whether a figure meets its target, judged on its whole range (of pairs,
+/// or of runs), never on the median alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every pair (run) meets it.
+    Met,
+    /// No pair (run) meets it.
+    NotMet,
+    /// The range straddles the target: more runs are needed to decide.
+    Inconclusive,
+}
+
+impl Verdict {
+    /// The verdict of a target over a range `lo..=hi`: the test is
+    /// monotonic in the value, so its two ends decide.
+    pub fn of(ok: fn(f64) -> bool, lo: f64, hi: f64) -> Self {
+        match (ok(lo), ok(hi)) {
+            (true, true) => Verdict::Met,
+            (false, false) => Verdict::NotMet,
+            _ => Verdict::Inconclusive,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Derived {
     pub name: String,
@@ -85,6 +131,10 @@ pub struct Derived {
     /// For a ratio of paired runs: the lowest and highest pair.
     #[serde(default)]
     pub range: Option<(f64, f64)>,
+    /// Judged on `range` when there is one (then `met` is `None` for an
+    /// inconclusive range), else on `value`.
+    #[serde(default)]
+    pub verdict: Option<Verdict>,
 }
 
 impl ScenarioResult {
@@ -139,18 +189,53 @@ impl ScenarioResult {
         ratio: Option<(f64, f64, f64)>,
         target: Option<Target>,
     ) {
-        let Some((median, lo, hi)) = ratio else {
+        self.derive_range(name, ratio, "×", target);
+    }
+
+    /// A figure with the range of its runs (or pairs), judged on that
+    /// range: "met" only when all of it meets the target.
+    pub fn derive_range(
+        &mut self,
+        name: &str,
+        figure: Option<(f64, f64, f64)>,
+        unit: &str,
+        target: Option<Target>,
+    ) {
+        let Some((median, lo, hi)) =
+            figure.filter(|(m, l, h)| [m, l, h].iter().all(|v| v.is_finite()))
+        else {
             return;
         };
-        self.derive(
-            name,
-            Some(median),
-            "×",
-            target.map(|(t, ok)| (t, ok(median))),
-        );
-        if let Some(d) = self.derived.last_mut() {
-            d.range = Some((lo, hi));
-        }
+        let verdict = target.map(|(_, ok)| Verdict::of(ok, lo, hi));
+        self.derived.push(Derived {
+            name: name.into(),
+            value: median,
+            unit: unit.into(),
+            target: target.map(|(t, _)| t.to_owned()),
+            met: verdict.and_then(|v| match v {
+                Verdict::Met => Some(true),
+                Verdict::NotMet => Some(false),
+                Verdict::Inconclusive => None,
+            }),
+            range: Some((lo, hi)),
+            verdict,
+        });
+    }
+
+    /// `metric` of `variant` as (median, min, max) over its runs.
+    pub fn spread(&self, metric: &str, variant: &str) -> Option<(f64, f64, f64)> {
+        let m = self.metrics.iter().find(|m| m.metric == metric)?;
+        let (_, s) = m.variants.iter().find(|(v, _)| v == variant)?;
+        Some((s.median, s.min, s.max))
+    }
+
+    /// Runs actually made: the most of any variant of any metric.
+    pub fn runs(&self) -> usize {
+        self.metrics
+            .iter()
+            .flat_map(|m| m.variants.iter().map(|(_, s)| s.n))
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn derive(
@@ -168,6 +253,7 @@ impl ScenarioResult {
                 target: target.map(|(t, _)| t.to_owned()),
                 met: target.map(|(_, ok)| ok),
                 range: None,
+                verdict: target.map(|(_, ok)| if ok { Verdict::Met } else { Verdict::NotMet }),
             });
         }
     }
@@ -244,7 +330,9 @@ pub fn write(dir: &Path, results: &[ScenarioResult], ctx: &Ctx, took: Duration) 
          min–max. A figure whose spread exceeds {:.0} % of its median is marked **noisy**: treat \
          it with care. A ratio shown with \"pairs\" is the median of the ratios of runs made \
          back to back in one repetition (which cancels the slow drifts of a shared machine), \
-         with the lowest and highest pair. A scenario with a failed run is not reported.\n",
+         with the lowest and highest pair. A derived figure's range is that of its pairs (or of its \
+         runs); its target is met only when the whole range meets it, and \"inconclusive\" when \
+         the range straddles it. A scenario with a failed run is not reported.\n",
         if ctx.quick { " --quick" } else { "" },
         took,
         machine(),
@@ -261,11 +349,13 @@ pub fn write(dir: &Path, results: &[ScenarioResult], ctx: &Ctx, took: Duration) 
         if let Some(ran) = &r.ran {
             writeln!(
                 md,
-                "_Ran {} in {:.0} s; each variant {} times{}._\n",
+                "_Ran {} in {:.0} s; {} runs per variant at most{}; commit {}, binary {}._\n",
                 ran.at,
                 ran.seconds,
-                ran.reps,
-                if ran.quick { ", `--quick`" } else { "" }
+                r.runs(),
+                if ran.quick { ", `--quick`" } else { "" },
+                ran.commit.as_deref().unwrap_or("unknown"),
+                ran.binary.as_deref().unwrap_or("unknown"),
             )?;
         }
         if let Some(why) = &r.failed {
@@ -296,7 +386,7 @@ pub fn write(dir: &Path, results: &[ScenarioResult], ctx: &Ctx, took: Duration) 
             for d in &r.derived {
                 let range = d
                     .range
-                    .map(|(lo, hi)| format!(" (pairs {lo:.3}–{hi:.3})"))
+                    .map(|(lo, hi)| format!(" (range {lo:.3}–{hi:.3})"))
                     .unwrap_or_default();
                 writeln!(
                     md,
@@ -305,9 +395,10 @@ pub fn write(dir: &Path, results: &[ScenarioResult], ctx: &Ctx, took: Duration) 
                     d.value,
                     d.unit,
                     d.target.as_deref().unwrap_or(""),
-                    match d.met {
-                        Some(true) => "yes",
-                        Some(false) => "**no**",
+                    match d.verdict {
+                        Some(Verdict::Met) => "yes",
+                        Some(Verdict::NotMet) => "**no**",
+                        Some(Verdict::Inconclusive) => "inconclusive",
                         None => "",
                     }
                 )?;
@@ -359,6 +450,27 @@ mod tests {
             Some(("≥ 0.95", |x| x >= 0.95)),
         );
         let d = r.derived.last().unwrap();
-        assert_eq!((d.met, d.range), (Some(false), Some((0.75, 0.98))));
+        // The median misses the target but the best pair meets it.
+        assert_eq!((d.met, d.range), (None, Some((0.75, 0.98))));
+        assert_eq!(d.verdict, Some(Verdict::Inconclusive));
+    }
+
+    /// A median that meets the target is not enough: the range decides.
+    #[test]
+    fn a_range_straddling_the_target_is_inconclusive() {
+        let mut r = ScenarioResult::default();
+        let ge = |x: f64| x >= 0.98;
+        r.derive_range("a", Some((0.99, 0.97, 1.01)), "×", Some(("≥ 0.98", ge)));
+        r.derive_range("b", Some((0.99, 0.985, 1.01)), "×", Some(("≥ 0.98", ge)));
+        r.derive_range("c", Some((0.95, 0.93, 0.97)), "×", Some(("≥ 0.98", ge)));
+        let v: Vec<_> = r.derived.iter().map(|d| (d.verdict, d.met)).collect();
+        assert_eq!(
+            v,
+            [
+                (Some(Verdict::Inconclusive), None),
+                (Some(Verdict::Met), Some(true)),
+                (Some(Verdict::NotMet), Some(false)),
+            ]
+        );
     }
 }

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{alternate, finish, last_cpu};
 use crate::bench::{
     Ctx,
-    agent::{Agent, BpfStats, bpf_run_stats, build_c, cpu_seconds, run_number, signal},
+    agent::{Agent, BpfStats, CpuMeter, bpf_run_stats, build_c, run_number, signal},
     probes::Probes,
     report::ScenarioResult,
     stats::summarize,
@@ -142,9 +142,9 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
             // The agent's own CPU while the compiles run (it drains, reads
             // maps and symbolizes on another core): the compilers' CPU
             // alone would hide it. For the floor, the loader's.
-            let c0 = cpu_seconds(pid)?;
+            let meter = CpuMeter::start(pid)?;
             let g = per_compile()?;
-            let agent_ms = (cpu_seconds(pid)? - c0) * 1000.0 / n_compiles;
+            let agent_ms = meter.seconds()? * 1000.0 / n_compiles;
             drop(probes);
             if let Some(a) = agent {
                 a.stop()?;
@@ -291,7 +291,7 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
             format!(
                 "gcc -O2 xtask/bench/gcc_loop.c && taskset -c LAST_CPU ./a.out {compiles} \
                  tests/workloads/leak_churn.c  (CPU ms/compile of all children), same agents; \
-                 the agent's CPU from /proc/PID/stat over the compiles, per compile"
+                 the agent's CPU (schedstat ns of its threads) over the compiles, per compile"
             ),
             "gcc -O2 tests/workloads/getppid_loop.c && taskset -c LAST_CPU ./a.out 1000000  \
              (CPU ns/call), same agents"

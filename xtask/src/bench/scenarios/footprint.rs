@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::{Busy, alternate, finish};
 use crate::bench::{
     Ctx,
-    agent::{Agent, build_c, run_number, status_mib},
+    agent::{Agent, CpuMeter, build_c, run_number, status_mib},
     report::ScenarioResult,
     stats::summarize,
 };
@@ -19,18 +19,26 @@ pub fn footprint(ctx: &Ctx) -> ScenarioResult {
     let name = "footprint";
     let what = "The agent's RSS with every default collector on: peak during start-up (VmHWM \
                 after readiness) and steady state (median VmRSS over the run) while a mixed \
-                workload runs (a syscall loop, short-lived processes, a busy CPU).";
+                workload runs (a syscall loop, short-lived processes, a busy CPU); and the CPU \
+                the agent used to become ready (schedstat ns of its threads).";
     let secs = if ctx.quick { 8 } else { 60 };
     let run = || -> Result<ScenarioResult> {
         let loop_bin = build_c("tests/workloads/getppid_loop.c", ctx.work.path())?;
         let metrics = alternate(
             if ctx.quick { 2 } else { ctx.reps.min(3) },
-            &[("startup peak RSS", "MiB"), ("steady RSS", "MiB")],
+            &[
+                ("startup peak RSS", "MiB"),
+                ("steady RSS", "MiB"),
+                ("startup CPU", "ms"),
+            ],
             vec![(
                 "all collectors",
                 Box::new(|| {
                     let a = Agent::start(&ctx.sonde, ctx.work.path(), &[])?;
                     let peak = status_mib(a.pid(), "VmHWM:")?;
+                    // Everything the agent did to become ready: BTF,
+                    // loading and verifying programs, the first /proc scan.
+                    let startup_ms = CpuMeter::from_birth(a.pid()).seconds()? * 1000.0;
                     let _busy = Busy::start()?;
                     let mut rss = Vec::new();
                     let t0 = Instant::now();
@@ -46,6 +54,7 @@ pub fn footprint(ctx: &Ctx) -> ScenarioResult {
                     Ok(vec![
                         ("startup peak RSS", peak),
                         ("steady RSS", summarize(&rss).median),
+                        ("startup CPU", startup_ms),
                     ])
                 }),
             )],
@@ -54,13 +63,29 @@ pub fn footprint(ctx: &Ctx) -> ScenarioResult {
             metrics,
             ..Default::default()
         };
-        let steady = r.median("steady RSS", "all collectors");
-        r.derive(
+        let steady = r.spread("steady RSS", "all collectors");
+        r.derive_range(
             "steady RSS",
             steady,
             "MiB",
-            steady.map(|m| ("≤ 64 MiB", m <= 64.0)),
+            Some(("≤ 64 MiB", |m| m <= 64.0)),
         );
+        let ratio = r
+            .samples("startup peak RSS", "all collectors")
+            .zip(r.samples("steady RSS", "all collectors"))
+            .map(|(p, s)| {
+                let v: Vec<f64> = p.iter().zip(s).map(|(p, s)| p / s).collect();
+                let s = summarize(&v);
+                (s.median, s.min, s.max)
+            });
+        r.derive_range(
+            "startup peak / steady RSS",
+            ratio,
+            "×",
+            Some(("≤ 1.5×", |x| x <= 1.5)),
+        );
+        let cpu = r.spread("startup CPU", "all collectors");
+        r.derive_range("startup CPU", cpu, "ms", None);
         r.commands = vec![format!(
             "sonde agent (default config) for {secs} s under a mixed workload"
         )];

@@ -8,12 +8,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::{Run, alternate, finish, last_cpu};
+use super::{Run, alternate_until, finish, last_cpu};
 use crate::bench::{
     Ctx,
-    agent::{Agent, build_c, cpu_seconds, run_number, signal},
+    agent::{Agent, CpuMeter, build_c, run_number, signal},
     probes::Probes,
-    report::{ScenarioResult, Target},
+    report::{ScenarioResult, Target, Verdict},
 };
 
 /// nginx on loopback serving a 1 KiB file, driven by wrk.
@@ -149,10 +149,10 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
         };
         let with_agent = |env: Vec<(&'static str, String)>| -> Result<Vec<(&'static str, f64)>> {
             let a = Agent::start(&ctx.sonde, ctx.work.path(), &env)?;
-            let c0 = cpu_seconds(a.pid())?;
+            let meter = CpuMeter::start(a.pid())?;
             let t0 = Instant::now();
             let mut v = wrk(nginx.port, secs)?;
-            let busy = (cpu_seconds(a.pid())? - c0) / t0.elapsed().as_secs_f64() * 100.0;
+            let busy = meter.seconds()? / t0.elapsed().as_secs_f64() * 100.0;
             v.push(("agent CPU during wrk", busy));
             v.push(("exchange CPU", run_number(taskset, &pp_args)?));
             a.stop()?;
@@ -172,11 +172,10 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
         let with_floor = |mode: &str| -> Result<Vec<(&'static str, f64)>> {
             let a = Agent::start(&ctx.sonde, ctx.work.path(), &process_only)?;
             let p = Probes::start(&ctx.probes, &["http", mode])?;
-            let cpu = || -> Result<f64> { Ok(cpu_seconds(a.pid())? + cpu_seconds(p.pid())?) };
-            let c0 = cpu()?;
+            let (ma, mp) = (CpuMeter::start(a.pid())?, CpuMeter::start(p.pid())?);
             let t0 = Instant::now();
             let mut v = wrk(nginx.port, secs)?;
-            let busy = (cpu()? - c0) / t0.elapsed().as_secs_f64() * 100.0;
+            let busy = (ma.seconds()? + mp.seconds()?) / t0.elapsed().as_secs_f64() * 100.0;
             v.push(("agent CPU during wrk", busy));
             v.push(("exchange CPU", run_number(taskset, &pp_args)?));
             drop(p);
@@ -225,8 +224,19 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
             "16-byte read per message (floor_read)",
             Box::new(|| with_floor("floor_read")),
         ));
-        let metrics = alternate(
+        // The headline verdicts decide how many repetitions are worth it:
+        // up to twice the asked number while either range straddles its
+        // target (not in --quick, which checks the harness only).
+        let undecided = |r: &ScenarioResult| {
+            let straddles = |metric: &str, ok: fn(f64) -> bool| {
+                r.paired_ratio(metric, "sonde (default collectors)", "no agent")
+                    .is_some_and(|(_, lo, hi)| Verdict::of(ok, lo, hi) == Verdict::Inconclusive)
+            };
+            straddles("throughput", |x| x >= 0.98) || straddles("p99 latency", |x| x <= 1.10)
+        };
+        let metrics = alternate_until(
             ctx.reps,
+            if ctx.quick { ctx.reps } else { ctx.reps * 2 },
             &[
                 ("throughput", "req/s"),
                 ("p99 latency", "ms"),
@@ -234,6 +244,7 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
                 ("agent CPU during wrk", "% of one core"),
             ],
             variants,
+            undecided,
         )?;
         let mut r = ScenarioResult {
             metrics,

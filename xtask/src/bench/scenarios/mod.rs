@@ -30,10 +30,49 @@ type Run<'a> = Box<dyn FnMut() -> Result<Vec<(&'static str, f64)>> + 'a>;
 fn alternate(
     reps: usize,
     units: &[(&str, &str)],
+    variants: Vec<(&str, Run<'_>)>,
+) -> Result<Vec<MetricResult>> {
+    alternate_until(reps, reps, units, variants, |_| false)
+}
+
+/// Like [`alternate`], then one more repetition at a time, up to
+/// `max_reps`, while `undecided` says the figures so far cannot decide a
+/// target (a paired range straddling it): the budget is spent on the
+/// verdicts that need it, and the report counts the runs actually made.
+fn alternate_until(
+    reps: usize,
+    max_reps: usize,
+    units: &[(&str, &str)],
     mut variants: Vec<(&str, Run<'_>)>,
+    undecided: impl Fn(&ScenarioResult) -> bool,
 ) -> Result<Vec<MetricResult>> {
     let mut samples: Vec<(String, String, Vec<f64>)> = Vec::new(); // (metric, variant, values)
-    for rep in 0..reps {
+    let collect = |samples: &[(String, String, Vec<f64>)]| -> Vec<MetricResult> {
+        units
+            .iter()
+            .map(|(metric, unit)| MetricResult {
+                metric: metric.to_string(),
+                unit: unit.to_string(),
+                variants: samples
+                    .iter()
+                    .filter(|(m, _, _)| m == metric)
+                    .map(|(_, v, vals)| (v.clone(), summarize(vals)))
+                    .collect(),
+            })
+            .collect()
+    };
+    let mut rep = 0;
+    loop {
+        if rep >= reps {
+            let so_far = ScenarioResult {
+                metrics: collect(&samples),
+                ..Default::default()
+            };
+            if rep >= max_reps || !undecided(&so_far) {
+                return Ok(so_far.metrics);
+            }
+            eprintln!("bench: a target is undecided after {rep} repetitions: one more");
+        }
         for (name, run) in variants.iter_mut() {
             let values =
                 run().with_context(|| format!("variant {name:?}, repetition {}", rep + 1))?;
@@ -47,19 +86,8 @@ fn alternate(
                 }
             }
         }
+        rep += 1;
     }
-    Ok(units
-        .iter()
-        .map(|(metric, unit)| MetricResult {
-            metric: metric.to_string(),
-            unit: unit.to_string(),
-            variants: samples
-                .iter()
-                .filter(|(m, _, _)| m == metric)
-                .map(|(_, v, vals)| (v.clone(), summarize(vals)))
-                .collect(),
-        })
-        .collect())
 }
 
 fn script(name: &str) -> std::path::PathBuf {

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{Busy, alternate, finish, script};
 use crate::bench::{
     Ctx,
-    agent::{Agent, BpfStats, Bpftrace, bpf_run_stats, cpu_seconds, status_mib},
+    agent::{Agent, BpfStats, Bpftrace, CpuMeter, bpf_run_stats, status_mib},
     report::ScenarioResult,
 };
 
@@ -44,7 +44,7 @@ fn agent_cost(ctx: &Ctx, env: &[(&str, String)], secs: u64) -> Result<Vec<(&'sta
     std::thread::sleep(Duration::from_secs(if ctx.quick { 2 } else { 10 }));
     let stats = BpfStats::enable()?;
     let (ns0, n0) = bpf_run_stats(a.pid(), "perf_event")?;
-    let c0 = cpu_seconds(a.pid())?;
+    let meter = CpuMeter::start(a.pid())?;
     let t0 = Instant::now();
     // RSS once a second over the whole window: the median is the steady
     // state (not one lucky or unlucky reading), the peak shows drains.
@@ -53,7 +53,7 @@ fn agent_cost(ctx: &Ctx, env: &[(&str, String)], secs: u64) -> Result<Vec<(&'sta
         std::thread::sleep(Duration::from_secs(1));
         rss.push(status_mib(a.pid(), "VmRSS:")?);
     }
-    let cpu = (cpu_seconds(a.pid())? - c0) / t0.elapsed().as_secs_f64() * 100.0;
+    let cpu = meter.seconds()? / t0.elapsed().as_secs_f64() * 100.0;
     let (ns1, n1) = bpf_run_stats(a.pid(), "perf_event")?;
     drop(stats);
     a.stop()?;
