@@ -280,6 +280,12 @@ impl Drop for BpfStats {
 /// (run_time_ns, run_cnt) summed over the programs of `prog_type` that `pid`
 /// holds (program and link fds in /proc/PID/fdinfo), from bpftool.
 pub fn bpf_run_stats(pid: u32, prog_type: &str) -> Result<(u64, u64)> {
+    bpf_run_stats_named(pid, prog_type, "")
+}
+
+/// [`bpf_run_stats`] of the programs whose (kernel-truncated, 15-byte)
+/// name starts with `prefix`.
+pub fn bpf_run_stats_named(pid: u32, prog_type: &str, prefix: &str) -> Result<(u64, u64)> {
     let mut ids = Vec::new();
     for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
         if let Ok(text) = std::fs::read_to_string(e.path()) {
@@ -299,7 +305,10 @@ pub fn bpf_run_stats(pid: u32, prog_type: &str) -> Result<(u64, u64)> {
     let (mut ns, mut cnt) = (0, 0);
     for p in progs.as_array().into_iter().flatten() {
         let id = p["id"].as_u64().unwrap_or(0);
-        if ids.contains(&id) && p["type"].as_str() == Some(prog_type) {
+        if ids.contains(&id)
+            && p["type"].as_str() == Some(prog_type)
+            && p["name"].as_str().unwrap_or("").starts_with(prefix)
+        {
             ns += p["run_time_ns"].as_u64().unwrap_or(0);
             cnt += p["run_cnt"].as_u64().unwrap_or(0);
         }

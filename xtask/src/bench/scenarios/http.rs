@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, bail};
 use super::{Run, alternate_until, finish, last_cpu};
 use crate::bench::{
     Ctx,
-    agent::{Agent, CpuMeter, build_c, run_number, signal},
+    agent::{Agent, BpfStats, CpuMeter, bpf_run_stats_named, build_c, run_number, signal},
     probes::Probes,
     report::{ScenarioResult, Target, Verdict},
 };
@@ -127,7 +127,9 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
                 Each run also measures CPU ns per HTTP \
                 exchange (client and server in one thread pinned to the last CPU: \
                 tests/workloads/http_pingpong.c), the per-request cost without the 2-core \
-                contention of wrk + nginx + agent; and the agent's own CPU during wrk. Nothing \
+                contention of wrk + nginx + agent; the agent's own CPU during wrk (schedstat ns, \
+                also per request); and, over a separate wrk window with kernel.bpf_stats on, \
+                the HTTP programs' time per run and runs per request. Nothing \
                 else is pinned: wrk, nginx and the agent share the cores as in production.";
     let run = || -> Result<ScenarioResult> {
         let nginx = Nginx::start(ctx.work.path())?;
@@ -147,14 +149,38 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
             v.push(("exchange CPU", run_number(taskset, &pp_args)?));
             Ok(v)
         };
+        // The kernel's own accounting of the HTTP programs (`http_*`):
+        // ns per run and runs per request, over a separate wrk window,
+        // since kernel.bpf_stats adds clock reads to every run and would
+        // tax the throughput runs.
+        let stats_secs = if ctx.quick { 1 } else { 3 };
+        let bpf_window = |pid: u32| -> Result<Vec<(&'static str, f64)>> {
+            let stats = BpfStats::enable()?;
+            let (ns0, n0) = bpf_run_stats_named(pid, "tracing", "http_")?;
+            let w = wrk(nginx.port, stats_secs)?;
+            let (ns1, n1) = bpf_run_stats_named(pid, "tracing", "http_")?;
+            drop(stats);
+            let requests = w[0].1 * stats_secs as f64;
+            let runs = (n1 - n0).max(1) as f64;
+            Ok(vec![
+                ("BPF time per HTTP program run", (ns1 - ns0) as f64 / runs),
+                ("HTTP program runs per request", runs / requests),
+            ])
+        };
         let with_agent = |env: Vec<(&'static str, String)>| -> Result<Vec<(&'static str, f64)>> {
             let a = Agent::start(&ctx.sonde, ctx.work.path(), &env)?;
             let meter = CpuMeter::start(a.pid())?;
             let t0 = Instant::now();
             let mut v = wrk(nginx.port, secs)?;
-            let busy = meter.seconds()? / t0.elapsed().as_secs_f64() * 100.0;
-            v.push(("agent CPU during wrk", busy));
+            let cpu = meter.seconds()?;
+            let requests = v[0].1 * t0.elapsed().as_secs_f64();
+            v.push((
+                "agent CPU during wrk",
+                cpu / t0.elapsed().as_secs_f64() * 100.0,
+            ));
+            v.push(("agent CPU per request", cpu / requests * 1e6));
             v.push(("exchange CPU", run_number(taskset, &pp_args)?));
+            v.extend(bpf_window(a.pid())?);
             a.stop()?;
             Ok(v)
         };
@@ -175,9 +201,15 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
             let (ma, mp) = (CpuMeter::start(a.pid())?, CpuMeter::start(p.pid())?);
             let t0 = Instant::now();
             let mut v = wrk(nginx.port, secs)?;
-            let busy = (ma.seconds()? + mp.seconds()?) / t0.elapsed().as_secs_f64() * 100.0;
-            v.push(("agent CPU during wrk", busy));
+            let cpu = ma.seconds()? + mp.seconds()?;
+            let requests = v[0].1 * t0.elapsed().as_secs_f64();
+            v.push((
+                "agent CPU during wrk",
+                cpu / t0.elapsed().as_secs_f64() * 100.0,
+            ));
+            v.push(("agent CPU per request", cpu / requests * 1e6));
             v.push(("exchange CPU", run_number(taskset, &pp_args)?));
+            v.extend(bpf_window(p.pid())?);
             drop(p);
             a.stop()?;
             Ok(v)
@@ -242,6 +274,9 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
                 ("p99 latency", "ms"),
                 ("exchange CPU", "CPU ns/exchange"),
                 ("agent CPU during wrk", "% of one core"),
+                ("agent CPU per request", "µs"),
+                ("BPF time per HTTP program run", "ns/run"),
+                ("HTTP program runs per request", "runs/request"),
             ],
             variants,
             undecided,
@@ -291,6 +326,25 @@ pub fn http(ctx: &Ctx) -> ScenarioResult {
                 None,
             );
         }
+        // The hot path against the content-read floor, per program run and
+        // in the agent (the #20 targets).
+        let per_run = r.paired_ratio(
+            "BPF time per HTTP program run",
+            "sonde (http only)",
+            "16-byte read per message (floor_read)",
+        );
+        r.derive_paired(
+            "BPF time per run: http only / floor_read",
+            per_run,
+            Some(("≤ 1.3", |x| x <= 1.3)),
+        );
+        let agent_cpu = r.spread("agent CPU per request", "sonde (http only)");
+        r.derive_range(
+            "agent CPU per request (http only)",
+            agent_cpu,
+            "µs",
+            Some(("≤ 0.2 µs", |x| x <= 0.2)),
+        );
         r.commands = vec![
             format!("wrk -t2 -c32 -d{secs}s --latency http://127.0.0.1:PORT/1k.html"),
             format!(
