@@ -386,6 +386,9 @@ fn hostile_input_is_counted_escaped_and_never_exported() {
     exchange(&mut t, format!("GET /tf?{mq} HTTP/1.1\r\n\r\n").as_bytes());
     drop(t);
 
+    // A second of CPU in a thread whose comm is hostile, for the profiler.
+    once(port, b"GET /burn HTTP/1.1\r\n\r\n");
+
     // And plain requests afterwards, on a fresh connection.
     let mut s = connect(port);
     for _ in 0..7 {
@@ -406,6 +409,7 @@ fn hostile_input_is_counted_escaped_and_never_exported() {
         ("/{id}", 1.0),
         ("/neg", 2.0),
         ("/huge", 2.0),
+        ("/burn", 1.0),
         ("/after", 7.0),
     ];
     let samples = wait_until(Duration::from_secs(30), "exact counts per route", || {
@@ -560,6 +564,58 @@ fn hostile_input_is_counted_escaped_and_never_exported() {
         assert!(!log.contains(mk.as_str()), "marker {mk} in the agent's log");
     }
     assert!(!text.contains("pad=ppp"), "query string in /metrics");
+
+    // The CLI's tables escape control characters: the server's name stays
+    // on one line, and no escape sequence reaches the terminal.
+    let out = agent.cli(&["http", "--pid", &srv.pid().to_string()]);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "sonde http: {table}{out:?}");
+    let shown: String = service
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&shown) && l.contains("/after")),
+        "no /after row for {shown:?} in:\n{table}"
+    );
+    assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "control characters in `sonde http`: {table:?}"
+    );
+    // Folded stacks: one sample per line, whatever the comm holds.
+    let folded = wait_for(Duration::from_secs(30), "samples of the server", || {
+        let out = agent.cli(&[
+            "profile",
+            "--pid",
+            &srv.pid().to_string(),
+            "--last",
+            "--format",
+            "folded",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && !text.is_empty()).then_some(text)
+    });
+    for l in folded.lines() {
+        assert!(
+            !l.chars().any(char::is_control),
+            "control character in a folded line: {l:?}"
+        );
+        let n = l.rsplit_once(' ').and_then(|(_, n)| n.parse::<u64>().ok());
+        assert!(n.is_some(), "folded line without a count: {l:?}");
+    }
+    let root = String::from_utf8_lossy(COMM).replace(char::is_control, "?");
+    assert!(
+        folded.lines().any(|l| l.starts_with(&format!("{root};"))),
+        "no folded stack under the comm {root:?}:\n{folded}"
+    );
     drop(srv);
 }
 

@@ -174,12 +174,22 @@ fn calls(report: &Report, syscall: &str) -> u64 {
 /// The deadline bounds how late a drain (every second) may come on a
 /// loaded machine, not what is counted: generous.
 fn report_with(agent: &Agent, pid: u32, syscall: &str, n: u64) -> Report {
-    wait_for(
+    wait_until(
         Duration::from_secs(60),
         &format!("{n} {syscall} calls of pid {pid} in sonde's report"),
         || {
             let r: Report = agent.api(&format!("/api/v1/syscalls?pid={pid}&sort=count"));
-            (calls(&r, syscall) >= n).then_some(r)
+            if calls(&r, syscall) >= n {
+                return Ok(r);
+            }
+            // What the agent shows instead, and the end of its log: a
+            // timeout must say why.
+            let log = agent.log();
+            let from = (log.len().saturating_sub(2000)..log.len())
+                .find(|&i| log.is_char_boundary(i))
+                .unwrap_or(0);
+            let log = &log[from..];
+            Err(format!("{r:?}\n{log}"))
         },
     )
 }

@@ -10,6 +10,7 @@ Usage: hostile_server.py PORT TALK_FIRST_PORT COMM_HEX
   /neg   200 with `Content-Length: -5`, then closes
   /huge  200 with a Content-Length of 30 digits and a short body, then closes
   /double  200, then a second, unsolicited 200 (a response without a request)
+  /burn  200 after a second of CPU (so the profiler samples this comm)
   else   200 echoing the request's X-Marker header in a header and the body
 - TALK_FIRST_PORT: writes a response as soon as a client connects, before
   any request (a response without a request), then serves as PORT does.
@@ -98,6 +99,10 @@ def serve(conn: socket.socket) -> None:
                     + marker
                 )
                 return
+            if path.startswith(b"/burn"):
+                end = time.monotonic() + 1.0
+                while time.monotonic() < end:
+                    pass
             if path.startswith(b"/huge"):
                 conn.sendall(
                     b"HTTP/1.1 200 OK\r\nContent-Length: 999999999999999999999999999999\r\n"
