@@ -347,6 +347,15 @@ pub struct ProfileConfig {
     /// Debian's libc needs 0.43 MiB, python3.11 0.99 MiB). Least recently
     /// used files are evicted beyond it.
     pub unwind_table_budget_mib: Bounded<1, 1024>,
+    /// Distinct (process, stacks) keys the kernel counts between two
+    /// drains; beyond it samples are dropped and counted
+    /// (`counts_map_full`). Two maps of this size (one per generation).
+    pub max_keys: Bounded<16, 1_048_576>,
+    /// Distinct user or kernel stacks between two drains (1 KiB each);
+    /// beyond it a sample loses that stack, counted (`stack_map_full`, and
+    /// the unwinder's own `stack_map_full` for DWARF-unwound stacks). Four
+    /// maps of this size (frame-pointer and unwound, per generation).
+    pub max_stacks: Bounded<16, 262_144>,
 }
 
 impl Default for ProfileConfig {
@@ -361,6 +370,8 @@ impl Default for ProfileConfig {
             max_processes: Bounded(4096),
             unwind: true,
             unwind_table_budget_mib: Bounded(64),
+            max_keys: Bounded(u64::from(sonde_common::profile::PROFILE_MAX_KEYS)),
+            max_stacks: Bounded(u64::from(sonde_common::profile::PROFILE_MAX_STACKS)),
         }
     }
 }
@@ -535,6 +546,22 @@ mod tests {
             err.contains("line 2") && err.contains("between 64 and"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn profile_map_sizes_are_bounded_and_default_to_the_compiled_ones() {
+        let d = Config::default().collectors.profile;
+        assert_eq!((d.max_keys.get(), d.max_stacks.get()), (8_192, 8_192));
+        let c = parse("[collectors.profile]\nmax_keys = 16\nmax_stacks = 16\n").unwrap();
+        assert_eq!(c.collectors.profile.max_keys.get(), 16);
+        assert_eq!(c.collectors.profile.max_stacks.get(), 16);
+        for (text, line) in [
+            ("[collectors.profile]\nmax_keys = 15\n", "line 2"),
+            ("[collectors.profile]\n\nmax_stacks = 262145\n", "line 3"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(line) && err.contains("between"), "{err}");
+        }
     }
 
     #[test]

@@ -24,10 +24,22 @@ use crate::{
     telemetry::Telemetry,
 };
 
+/// A /proc file as text, invalid UTF-8 replaced. Any process chooses its
+/// comm (/proc/PID/stat), the paths it maps (/proc/PID/maps) and, with the
+/// rights to create one, its cgroup's name: none of them need be UTF-8,
+/// and a strict read would lose the whole file, not just those bytes.
+pub fn read_lossy(path: impl AsRef<Path>) -> Option<String> {
+    let bytes = fs::read(path).ok()?;
+    Some(match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
+}
+
 /// Reads what /proc knows of `pid`; `None` if it is gone.
 pub fn read_proc(pid: u32) -> Option<ProcessInfo> {
     let base = Path::new("/proc").join(pid.to_string());
-    let stat = fs::read_to_string(base.join("stat")).ok()?;
+    let stat = read_lossy(base.join("stat"))?;
     let (comm, ppid, start_ticks) = parse_stat(&stat)?;
     let exe = fs::read_link(base.join("exe"))
         .map(|p| {
@@ -36,7 +48,7 @@ pub fn read_proc(pid: u32) -> Option<ProcessInfo> {
                 .to_owned()
         })
         .unwrap_or_default();
-    let cgroup_text = fs::read_to_string(base.join("cgroup")).unwrap_or_default();
+    let cgroup_text = read_lossy(base.join("cgroup")).unwrap_or_default();
     let cgroup = cgroup_text
         .lines()
         .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
@@ -506,6 +518,20 @@ mod tests {
         q.container_id = id.into();
         t.insert(q);
         assert_eq!(t.get(9).unwrap().service, "app");
+    }
+
+    #[test]
+    fn a_comm_that_is_not_utf8_does_not_lose_the_process() {
+        let p = std::env::temp_dir().join(format!("sonde-stat-{}", std::process::id()));
+        fs::write(
+            &p,
+            b"7 (a\xff\n\x01\")) S 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 42",
+        )
+        .unwrap();
+        let stat = read_lossy(&p);
+        fs::remove_file(&p).unwrap();
+        let (comm, ppid, start) = parse_stat(&stat.unwrap()).unwrap();
+        assert_eq!((comm.as_str(), ppid, start), ("a\u{fffd}\n\u{1}\")", 1, 42));
     }
 
     #[test]

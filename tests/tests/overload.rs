@@ -496,3 +496,106 @@ fn full_http_connection_map_is_survived() {
         20.0,
     );
 }
+
+/// Folded stacks of `pid` over `secs` seconds from `sonde profile`.
+fn profile_folded(agent: &Agent, pid: u32, secs: u32) -> Vec<(String, u64)> {
+    let out = agent.cli(&[
+        "profile",
+        "--pid",
+        &pid.to_string(),
+        "--duration",
+        &format!("{secs}s"),
+        "--format",
+        "folded",
+    ]);
+    assert!(
+        out.status.success(),
+        "sonde profile: {}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (stack, n) = l.rsplit_once(' ')?;
+            Some((stack.to_owned(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn full_profiler_maps_are_counted_and_profiling_goes_on() {
+    let _x = exclusive();
+    // 32 keys and 32 stacks per drain (the compiled-in size is 8192): 96
+    // busy processes with their own address-space layout each bring keys
+    // and stacks of their own, far more than fit in one 2 s drain.
+    let agent =
+        Agent::start("[collectors.profile]\nfrequency_hz = 49\nmax_keys = 32\nmax_stacks = 32\n");
+    let bin = build_c("profile_abc", &["-O1", "-g", "-fno-omit-frame-pointer"]);
+    let m0 = agent.metrics();
+    let errors = |m: &str, reason: &str| {
+        sum(m, "sonde_profile_errors_total", &[("reason", reason)])
+            - sum(&m0, "sonde_profile_errors_total", &[("reason", reason)])
+    };
+    let unwind_full = |m: &str| {
+        sum(
+            m,
+            "sonde_unwind_errors_total",
+            &[("reason", "stack_map_full")],
+        ) - sum(
+            &m0,
+            "sonde_unwind_errors_total",
+            &[("reason", "stack_map_full")],
+        )
+    };
+    let storm: Vec<Workload> = (0..96)
+        .map(|_| Workload::spawn(Command::new(&bin).args(["cpu", "8"])))
+        .collect();
+    // Drops counted, and the collector says so while they happen (its
+    // health describes the last drain).
+    let mut degraded = None;
+    let m1 = wait_for(Duration::from_secs(30), "map-full drops counted", || {
+        let h = health(&agent);
+        if let Some(p) = h.components.iter().find(|c| c.name == "profile")
+            && p.status == HealthStatus::Degraded
+            && p.reason.contains("dropped")
+        {
+            degraded = Some(p.reason.clone());
+        }
+        let m = agent.metrics();
+        let counts = errors(&m, "counts_map_full");
+        let stacks = errors(&m, "stack_map_full") + unwind_full(&m);
+        (degraded.is_some() && counts > 0.0 && stacks > 0.0).then_some(m)
+    });
+    println!(
+        "max_keys 32, max_stacks 32, 96 busy processes: counts_map_full {}, stack_map_full {} (+{} unwound), health: {}",
+        errors(&m1, "counts_map_full"),
+        errors(&m1, "stack_map_full"),
+        unwind_full(&m1),
+        degraded.unwrap_or_default()
+    );
+    drop(storm);
+    // The agent survived, and profiles again: a process started after the
+    // storm is sampled with its call chain symbolized.
+    assert_eq!(agent.get("/health/live").0, 200);
+    assert_eq!(agent.get("/health/ready").0, 200);
+    let wl = Workload::spawn(Command::new(&bin).args(["cpu", "30"]));
+    let stacks = profile_folded(&agent, wl.pid(), 4);
+    let total: u64 = stacks.iter().map(|s| s.1).sum();
+    let chain: u64 = stacks
+        .iter()
+        .filter(|(s, _)| s.contains("sonde_wl_a;sonde_wl_b;sonde_wl_c"))
+        .map(|s| s.1)
+        .sum();
+    println!("after the storm: {chain} of {total} samples with a;b;c");
+    assert!(
+        total >= 20 && chain * 2 >= total,
+        "after the storm, {chain} of {total} samples show a;b;c: {stacks:?}"
+    );
+    let h = health(&agent);
+    let p = h.components.iter().find(|c| c.name == "profile");
+    assert!(
+        p.is_some_and(|p| p.status != HealthStatus::Unhealthy),
+        "{h:?}"
+    );
+}

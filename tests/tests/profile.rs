@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     io::Read as _,
     process::{Command, Output},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use sonde_tests::{
@@ -67,15 +67,6 @@ fn folded(agent: &Agent, pid: u32, duration: &str) -> Vec<(Vec<String>, u64)> {
         ],
     );
     parse_folded(&String::from_utf8(out).expect("utf-8 folded output"))
-}
-
-/// utime + stime of `pid` in seconds, from /proc/PID/stat.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    ticks / 100.0
 }
 
 #[test]
@@ -190,24 +181,96 @@ fn folded_shows_the_call_chain_and_pprof_decodes_with_lines() {
     assert!(metric_value(&m, "sonde_profile_cpus_attached").unwrap_or(0.0) >= 1.0);
 }
 
+/// Nanoseconds `pid` (its main thread) has run: /proc/PID/schedstat,
+/// exact, where /proc/PID/stat counts whole clock ticks.
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .expect("schedstat")
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("run time in schedstat")
+}
+
+/// Readings of (wall clock, `cpu_ns`) every 5 ms until `stop` is set.
+fn record_cpu(
+    pid: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(SystemTime, u64)>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            v.push((SystemTime::now(), cpu_ns(pid)));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        v
+    })
+}
+
+/// CPU time at `t`, interpolated between the readings around it.
+fn cpu_at(series: &[(SystemTime, u64)], t: SystemTime) -> f64 {
+    let i = series.partition_point(|(at, _)| *at <= t);
+    assert!(
+        i > 0 && i < series.len(),
+        "no CPU readings around {t:?} (readings from {:?} to {:?})",
+        series.first().map(|r| r.0),
+        series.last().map(|r| r.0)
+    );
+    let ((t0, c0), (t1, c1)) = (series[i - 1], series[i]);
+    let span = t1.duration_since(t0).unwrap_or_default().as_secs_f64();
+    let part = t.duration_since(t0).unwrap_or_default().as_secs_f64();
+    c0 as f64 + (c1 as f64 - c0 as f64) * if span > 0.0 { part / span } else { 0.0 }
+}
+
 #[test]
 fn sample_count_matches_cpu_time_at_19_hz() {
     let _x = exclusive();
     let agent = Agent::start("");
     let wl = workload("cpu", "30");
-    std::thread::sleep(Duration::from_millis(300));
-    let before = cpu_seconds(wl.pid());
-    let stacks = folded(&agent, wl.pid(), "5s");
-    let used = cpu_seconds(wl.pid()) - before;
-    let samples: u64 = stacks.iter().map(|s| s.1).sum();
-    // 95 ± 15 for 5 s fully on a CPU; on a shared machine the workload gets
-    // less, so the expectation follows the CPU time it really had (the
-    // tolerance stays the issue's ±15 samples).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readings = record_cpu(wl.pid(), stop.clone());
+    let file = agent.dir.path().join("window.pb.gz");
+    let p = wl.pid().to_string();
+    run_ok(
+        &agent,
+        &[
+            "profile",
+            "--pid",
+            &p,
+            "--duration",
+            "5s",
+            "--format",
+            "pprof",
+            "-o",
+            file.to_str().expect("utf-8 path"),
+        ],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let readings = readings.join().expect("CPU readings");
+    let prof = pprof::decode(&std::fs::read(&file).expect("pprof file"));
+    let samples: i64 = prof.samples.iter().map(|s| s.values[0]).sum();
+    // The profile's own window (from one generation flip to the next, in
+    // the pprof header) and the CPU time the workload had in exactly that
+    // window: on a shared machine it gets less than a CPU, and the CLI's
+    // start and the final flush, outside the window, take longer.
+    let start = SystemTime::UNIX_EPOCH + Duration::from_nanos(prof.time_nanos as u64);
+    let end = start + Duration::from_nanos(prof.duration_nanos as u64);
+    assert!(
+        prof.duration_nanos >= 5_000_000_000,
+        "window of {} ns",
+        prof.duration_nanos
+    );
+    let used = (cpu_at(&readings, end) - cpu_at(&readings, start)) / 1e9;
+    // 95 ± 15 for 5 s fully on a CPU; the expectation follows the CPU time
+    // the workload really had (the tolerance stays the issue's ±15).
     let expected = used * 19.0;
-    eprintln!("workload used {used:.2}s CPU, {samples} samples, expected {expected:.1}");
+    eprintln!(
+        "window {:.3}s, workload used {used:.3}s CPU in it, {samples} samples, expected {expected:.1}",
+        prof.duration_nanos as f64 / 1e9
+    );
     assert!(
         (samples as f64 - expected).abs() <= 15.0,
-        "{samples} samples for {used:.2}s of CPU at 19 Hz (expected {expected:.1})"
+        "{samples} samples for {used:.3}s of CPU at 19 Hz (expected {expected:.1})"
     );
 }
 
@@ -277,9 +340,14 @@ fn top3(m: &HashMap<String, f64>) -> Vec<(String, f64)> {
 #[test]
 fn top_leaves_agree_with_perf() {
     let _x = exclusive();
-    // Same rate as the peer: at 19 Hz, 5 s give too few samples for shares
-    // to be within 10 points of anything (binomial noise alone is ~9).
-    let agent = Agent::start("[collectors.profile]\nfrequency_hz = 99\n");
+    // Same rate as the peer. Each share is a binomial estimate: at 19 Hz,
+    // 5 s give too few samples for shares to be within 10 points of
+    // anything (noise alone is ~9); at 99 Hz a workload that a loaded
+    // machine gives a third of a CPU still has only ~165 samples, and two
+    // independent estimates of a 50 % share then differ by 10 points one
+    // time in ten. 499 Hz keeps the noise (SD of the difference ~2.5
+    // points at a third of a CPU) well under the 10 points allowed.
+    let agent = Agent::start("[collectors.profile]\nfrequency_hz = 499\n");
     let wl = workload("mix", "30");
     let pid = wl.pid().to_string();
     let data = agent.dir.path().join("perf.data");
@@ -288,7 +356,7 @@ fn top_leaves_agree_with_perf() {
         let pid = pid.clone();
         std::thread::spawn(move || {
             Command::new("perf")
-                .args(["record", "-F", "99", "-g", "-o"])
+                .args(["record", "-F", "499", "-g", "-o"])
                 .arg(&data)
                 .args(["-p", &pid, "--", "sleep", "5"])
                 .output()
@@ -466,6 +534,9 @@ mod pprof {
     }
 
     pub struct Profile {
+        /// Start of the profile's window (ns since the epoch) and its length.
+        pub time_nanos: i64,
+        pub duration_nanos: i64,
         pub strings: Vec<String>,
         pub sample_types: Vec<(u64, u64)>,
         pub samples: Vec<Sample>,
@@ -507,6 +578,8 @@ mod pprof {
             })
             .collect();
         Profile {
+            time_nanos: int(&top, 9) as i64,
+            duration_nanos: int(&top, 10) as i64,
             strings,
             sample_types: msgs(&top, 1)
                 .iter()

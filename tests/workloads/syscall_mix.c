@@ -5,7 +5,9 @@
 // then makes exactly GETPPID getppid(2), WRITES write(2) of 1 byte to
 // /dev/null, OPENS openat(2) of a missing file (ENOENT) and SLEEPS
 // nanosleep(2) of SLEEP_MS ms, all as raw syscalls (no libc caching), then
-// prints "done" and waits for another line before exiting.
+// prints "done MEDIAN_NS" (the median time its sleeps took, measured around
+// each call with the vDSO's clock_gettime, which makes no syscall here) and
+// waits for another line before exiting.
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -13,6 +15,11 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+static int cmp_ll(const void *a, const void *b) {
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
 
 int main(int argc, char **argv) {
     if (argc != 6) {
@@ -33,8 +40,17 @@ int main(int argc, char **argv) {
     for (long i = 0; i < n_open; i++)
         syscall(SYS_openat, AT_FDCWD, "/nonexistent/sonde-test-missing", O_RDONLY);
     struct timespec ts = {sleep_ms / 1000, (sleep_ms % 1000) * 1000000L};
-    for (long i = 0; i < n_sleep; i++) syscall(SYS_nanosleep, &ts, NULL);
-    printf("done\n");
+    long long *took = calloc(n_sleep > 0 ? n_sleep : 1, sizeof *took);
+    if (!took) return 1;
+    for (long i = 0; i < n_sleep; i++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        syscall(SYS_nanosleep, &ts, NULL);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        took[i] = (b.tv_sec - a.tv_sec) * 1000000000LL + (b.tv_nsec - a.tv_nsec);
+    }
+    qsort(took, n_sleep, sizeof *took, cmp_ll);
+    printf("done %lld\n", n_sleep > 0 ? took[(n_sleep - 1) / 2] : 0LL);
     fflush(stdout);
     if (!fgets(line, sizeof line, stdin)) return 0;
     return 0;

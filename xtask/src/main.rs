@@ -55,6 +55,13 @@ enum Task {
         #[arg(long)]
         no_lint: bool,
     },
+    /// Only the fuzz targets of tests/fuzz (those whose name contains the
+    /// filter), each for SONDE_FUZZ_SECONDS (default 15) with
+    /// SONDE_FUZZ_SANITIZER (default none); docs/reliability.md.
+    Fuzz {
+        /// Only targets whose name contains this filter.
+        filter: Option<String>,
+    },
 }
 
 fn main() {
@@ -65,6 +72,7 @@ fn main() {
         Task::PrometheusRule { check } => prometheus_rule(check),
         Task::Run { args } => run(args),
         Task::Test { filter, no_lint } => test(filter, no_lint),
+        Task::Fuzz { filter } => fuzz::run_targets(filter.as_deref()),
         Task::Bench(args) => bootstrap::setup()
             .and_then(|()| bootstrap::bench_dependencies())
             .and_then(|()| bench::run(args)),

@@ -1,12 +1,36 @@
 //! Plain-text tables for the query commands.
 
+/// `s` with its control characters escaped (`\n`, `\u{1b}`): cells hold
+/// names any process chooses (its comm, its executable's name), which must
+/// neither break a table's lines nor reach the terminal as escape sequences.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// Renders rows under a header, each column as wide as its widest cell.
 /// Columns whose header starts with '>' are right-aligned (numbers).
+/// Control characters in cells are escaped ([`printable`]).
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<std::borrow::Cow<'_, str>>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
     let right: Vec<bool> = header.iter().map(|h| h.starts_with('>')).collect();
     let header: Vec<&str> = header.iter().map(|h| h.trim_start_matches('>')).collect();
     let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             if let Some(w) = width.get_mut(i) {
                 *w = (*w).max(c.chars().count());
@@ -29,8 +53,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         s.trim_end().to_owned() + "\n"
     };
     let mut out = line(&mut header.iter().copied());
-    for r in rows {
-        out.push_str(&line(&mut r.iter().map(String::as_str)));
+    for r in &rows {
+        out.push_str(&line(&mut r.iter().map(|c| &**c)));
     }
     out
 }
@@ -96,6 +120,15 @@ mod tests {
             ],
         );
         assert_eq!(t, "NAME    N\na     100\nlong    2\n");
+    }
+
+    #[test]
+    fn control_characters_in_cells_are_escaped() {
+        let t = table(
+            &["NAME", ">N"],
+            &[vec!["x\"q\n\u{1b}[7m\u{fffd}".into(), "1".into()]],
+        );
+        assert_eq!(t, "NAME             N\nx\"q\\n\\u{1b}[7m\u{fffd}  1\n");
     }
 
     #[test]

@@ -434,8 +434,8 @@ struct ProcState {
 
 /// minflt + majflt of a process (/proc/PID/stat fields 10 and 12).
 fn faults(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let stat = crate::process_table::read_lossy(format!("/proc/{pid}/stat"))?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some(f.get(7)?.parse::<u64>().ok()? + f.get(9)?.parse::<u64>().ok()?)
 }

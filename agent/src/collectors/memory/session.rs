@@ -241,7 +241,7 @@ fn attach(req: &Request) -> Result<Attached, SessionError> {
     let pid = req.pid;
     let err = attach_err(pid);
     let libc = libc::find(pid)?;
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+    let comm = crate::process_table::read_lossy(format!("/proc/{pid}/comm"))
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
     let mut obj = ebpf::load(OBJECT, 0).map_err(|e| err(chain(&e)))?;

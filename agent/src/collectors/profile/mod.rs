@@ -196,8 +196,22 @@ impl Collector for ProfileCollector {
     fn start(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
         let hz = self.config.frequency_hz.get();
         let rows = unwind_rows(&self.config);
+        // Bounded by the config (at most 2^20 and 2^18): they fit a u32.
+        let keys = self.config.max_keys.get() as u32;
+        let stacks = self.config.max_stacks.get() as u32;
         let mut obj = ebpf::load_with(OBJECT, &ctx.kernel_log_level, |l| {
             l.map_max_entries("UNWIND_ROWS", rows);
+            for m in ["PROFILE_COUNTS_0", "PROFILE_COUNTS_1"] {
+                l.map_max_entries(m, keys);
+            }
+            for m in [
+                "PROFILE_STACKS_0",
+                "PROFILE_STACKS_1",
+                "UNWIND_STACKS_0",
+                "UNWIND_STACKS_1",
+            ] {
+                l.map_max_entries(m, stacks);
+            }
         })?;
         ebpf::spawn_kernel_logger(&mut obj, OBJECT.name);
         let maps = KernelMaps {

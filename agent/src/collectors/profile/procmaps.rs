@@ -1,11 +1,9 @@
 //! Executable mappings of a process, captured from `/proc/PID/maps` the first
 //! time the process is seen, so its stacks still resolve after it exits.
 
-use std::{
-    fs::{self, File},
-    os::unix::fs::MetadataExt,
-    path::PathBuf,
-};
+use std::{fs::File, os::unix::fs::MetadataExt, path::PathBuf};
+
+use crate::process_table::read_lossy;
 
 /// One executable, file-backed (or anonymous) mapping.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +37,7 @@ impl ProcMaps {
     /// (exited, not yet reaped) still has a maps file, but an empty one:
     /// that counts as gone too, so it never replaces what we captured.
     pub fn read(pid: u32) -> Option<Self> {
-        let text = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        let text = read_lossy(format!("/proc/{pid}/maps"))?;
         let m = Self::parse(pid, &text);
         (!m.maps.is_empty()).then_some(m)
     }
@@ -141,7 +139,7 @@ pub struct PerfMap {
 impl PerfMap {
     /// Reads the process's perf map through its root, when it has one.
     pub fn read(pid: u32) -> Option<Self> {
-        let text = fs::read_to_string(format!("/proc/{pid}/root/tmp/perf-{pid}.map")).ok()?;
+        let text = read_lossy(format!("/proc/{pid}/root/tmp/perf-{pid}.map"))?;
         Some(Self::parse(&text))
     }
 

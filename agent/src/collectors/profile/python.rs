@@ -178,8 +178,8 @@ pub fn tracker(
 /// Field 22 of /proc/PID/stat (start time in clock ticks); None when the
 /// process is gone.
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let stat = crate::process_table::read_lossy(format!("/proc/{pid}/stat"))?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 

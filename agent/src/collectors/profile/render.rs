@@ -5,11 +5,17 @@ use std::collections::HashMap;
 
 use super::store::{FrameKind, Profile, Sample};
 
+/// A name as one field of a folded line: `;` would split it and a control
+/// character (a newline in a comm or a symbol) break the line, so they are
+/// replaced.
+fn folded_name(s: &str) -> String {
+    s.replace(';', ":").replace(char::is_control, "?")
+}
+
 /// One frame as folded stacks write it: kernel, JIT and inlined frames get
-/// inferno's `_[k]`, `_[j]`, `_[i]` suffixes (it colours them); `;` would
-/// split a frame so it is replaced.
+/// inferno's `_[k]`, `_[j]`, `_[i]` suffixes (it colours them).
 fn folded_frame(f: &super::store::Frame) -> String {
-    let name = f.function.replace(';', ":");
+    let name = folded_name(&f.function);
     match f.kind {
         FrameKind::Kernel => format!("{name}_[k]"),
         FrameKind::Jit => format!("{name}_[j]"),
@@ -27,7 +33,7 @@ fn py_file(f: &super::store::Frame) -> &str {
 
 pub fn folded_line(s: &Sample) -> String {
     let mut parts = Vec::with_capacity(s.stack.len() + 1);
-    parts.push(s.comm.replace(';', ":"));
+    parts.push(folded_name(&s.comm));
     parts.extend(s.stack.iter().rev().map(folded_frame));
     parts.join(";")
 }
@@ -249,6 +255,18 @@ pub(crate) mod tests {
             f, "work;main;a;b;c 9\nwork;main;do_syscall_64_[k] 1\n",
             "{f}"
         );
+    }
+
+    #[test]
+    fn a_hostile_comm_or_symbol_stays_one_folded_field() {
+        let mut p = sample_profile();
+        p.samples.truncate(1);
+        p.samples[0].comm = "a;b\nc\u{1b}[7m".into();
+        let mut stack = p.samples[0].stack.to_vec();
+        stack[0].function = "c\nfake 99".into();
+        p.samples[0].stack = stack.into();
+        let f = folded(&p);
+        assert_eq!(f, "a:b?c?[7m;main;a;b;c?fake 99 8\n", "{f}");
     }
 
     #[test]

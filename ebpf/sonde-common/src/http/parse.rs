@@ -176,7 +176,16 @@ pub fn parse_request_line(prefix: &[u8]) -> Option<(Method, &str)> {
         .iter()
         .position(|&b| b == b' ' || b == b'?' || b == b'#' || b == b'\r' || b == b'\n')
         .unwrap_or(rest.len());
-    let target = core::str::from_utf8(&rest[..end]).ok()?;
+    let raw = &rest[..end];
+    let target = match core::str::from_utf8(raw) {
+        Ok(t) => t,
+        // The kernel's cut fell inside a multi-byte character: the target
+        // up to the cut, as for any other truncation.
+        Err(e) if end == rest.len() && e.error_len().is_none() => {
+            core::str::from_utf8(&raw[..e.valid_up_to()]).ok()?
+        }
+        Err(_) => return None,
+    };
     // Absolute form: keep only the path. (Looked for only when the target
     // is not a path already: the substring search cost ~5 % of the agent's
     // drain CPU when done for every request.)
@@ -329,6 +338,14 @@ mod tests {
         assert_eq!(p(b"FOO / HTTP/1.1"), None);
         assert_eq!(p(b"GET nope HTTP/1.1"), None);
         assert_eq!(p(b"GET /\xff\xfe HTTP/1.1"), None);
+        // Cut inside a character: up to the cut. Invalid bytes before the
+        // cut, or a cut character that can never be completed, stay refused.
+        assert_eq!(
+            p("GET /caf\u{e9}".as_bytes()[..9].as_ref()),
+            Some(("GET", "/caf"))
+        );
+        assert_eq!(p(b"GET /a\xffb"), None);
+        assert_eq!(p(b"GET /a\xff"), None);
         assert_eq!(p(b"\x00\xff garbage"), None);
         assert_eq!(p(b"HTTP/1.1 200 OK"), None);
     }
