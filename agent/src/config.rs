@@ -347,6 +347,9 @@ pub struct ProfileConfig {
     /// Debian's libc needs 0.43 MiB, python3.11 0.99 MiB). Least recently
     /// used files are evicted beyond it.
     pub unwind_table_budget_mib: Bounded<1, 1024>,
+    /// Walk the Python frames of CPython processes and show them in place
+    /// of the interpreter's eval loop (docs/profiling.md).
+    pub python: bool,
 }
 
 impl Default for ProfileConfig {
@@ -361,6 +364,7 @@ impl Default for ProfileConfig {
             max_processes: Bounded(4096),
             unwind: true,
             unwind_table_budget_mib: Bounded(64),
+            python: true,
         }
     }
 }
