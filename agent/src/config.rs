@@ -356,6 +356,9 @@ pub struct ProfileConfig {
     /// the unwinder's own `stack_map_full` for DWARF-unwound stacks). Four
     /// maps of this size (frame-pointer and unwound, per generation).
     pub max_stacks: Bounded<16, 262_144>,
+    /// Walk the Python frames of CPython processes and show them in place
+    /// of the interpreter's eval loop (docs/profiling.md).
+    pub python: bool,
 }
 
 impl Default for ProfileConfig {
@@ -372,6 +375,7 @@ impl Default for ProfileConfig {
             unwind_table_budget_mib: Bounded(64),
             max_keys: Bounded(u64::from(sonde_common::profile::PROFILE_MAX_KEYS)),
             max_stacks: Bounded(u64::from(sonde_common::profile::PROFILE_MAX_STACKS)),
+            python: true,
         }
     }
 }

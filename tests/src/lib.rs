@@ -15,6 +15,7 @@ use std::{
 };
 
 pub mod peers;
+pub mod python;
 pub mod workload;
 
 /// The `sonde` binary under test: `$SONDE_BIN` (set by `cargo xtask test`),

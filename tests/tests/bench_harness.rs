@@ -49,7 +49,14 @@ fn quick_bench_reports_or_refuses_every_scenario() {
         .collect();
     assert_eq!(
         names,
-        ["syscalls", "http", "profiler", "alloc", "footprint"],
+        [
+            "syscalls",
+            "http",
+            "profiler",
+            "python",
+            "alloc",
+            "footprint"
+        ],
         "{json}"
     );
     for s in scenarios {

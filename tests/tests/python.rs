@@ -3,10 +3,11 @@
 //! profile`, their Python frames walked by the kernel and spliced into the
 //! native stacks.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
 use sonde_tests::{
     Agent, exclusive, metric_value,
+    python::{folded, line_of, py_frame, pyenv, python3, require_modules, script},
     workload::{Workload, build_c},
 };
 
@@ -57,75 +58,6 @@ def thread_b():
 threading.Thread(target=thread_a, daemon=True).start()
 thread_b()
 ";
-
-fn line_of(src: &str, marker: &str) -> u32 {
-    src.lines()
-        .position(|l| l.contains(marker))
-        .expect("marker") as u32
-        + 1
-}
-
-/// The interpreter binary of pyenv's `version` (e.g. `3.12.1`).
-fn pyenv(version: &str) -> PathBuf {
-    let out = Command::new("pyenv")
-        .args(["prefix", version])
-        .output()
-        .expect("pyenv runs");
-    assert!(
-        out.status.success(),
-        "pyenv prefix {version}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let prefix = String::from_utf8(out.stdout).expect("utf-8");
-    let minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
-    PathBuf::from(prefix.trim()).join(format!("bin/python{minor}"))
-}
-
-fn script(dir: &std::path::Path, name: &str, src: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, src).expect("write script");
-    p
-}
-
-fn folded(agent: &Agent, pid: u32, duration: &str) -> Vec<(Vec<String>, u64)> {
-    let p = pid.to_string();
-    let out = agent.cli(&[
-        "profile",
-        "--pid",
-        &p,
-        "--duration",
-        duration,
-        "--format",
-        "folded",
-    ]);
-    assert!(
-        out.status.success(),
-        "sonde profile failed: {}\nagent log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.log()
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (stack, n) = l.rsplit_once(' ').expect("count");
-            (
-                stack.split(';').map(str::to_owned).collect(),
-                n.parse().expect("count"),
-            )
-        })
-        .collect()
-}
-
-/// `qualname (file:LINE)` → (qualname, file, line) for Python frames.
-fn py_frame(f: &str) -> Option<(&str, &str, u32)> {
-    let (name, rest) = f.rsplit_once(" (")?;
-    let (file, line) = rest.strip_suffix(')')?.rsplit_once(':')?;
-    file.ends_with(".py")
-        .then(|| line.parse().ok().map(|l| (name, file, l)))
-        .flatten()
-}
 
 /// True when `stack` (root first) holds outer → middle → hot of
 /// `file` in that order, `hot` being the youngest Python frame and on a
@@ -362,18 +294,24 @@ def checksum(n):
 @app.get(\"/cpu\")
 def cpu_route():
     return {\"sum\": checksum(300_000)}  # HANDLER
+
+
+@app.get(\"/async-cpu\")
+async def async_cpu_route():
+    return {\"sum\": checksum(300_000)}  # ASYNC HANDLER
 ";
 
-/// Sends `GET /cpu` on fresh connections until `stop`.
-fn load(port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
+/// Sends `GET path` on fresh connections until `stop`.
+fn load(port: u16, path: &str, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
     use std::io::{Read as _, Write as _};
     let mut done = 0;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
-        let _ = s.write_all(b"GET /cpu HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let _ = s.write_all(request.as_bytes());
         let mut body = Vec::new();
         if s.read_to_end(&mut body).is_ok() && body.starts_with(b"HTTP/1.1 200") {
             done += 1;
@@ -382,22 +320,15 @@ fn load(port: u16, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u64 {
     done
 }
 
-#[test]
-fn fastapi_cpu_route_shows_its_handler() {
+/// The FastAPI app under uvicorn, loaded on `path` by two clients for 6 s
+/// of profile: `handler` (app.py, the line marked `marker`) must be in
+/// >= 50 % of the app's samples.
+fn fastapi_route_shows_its_handler(path: &str, handler: &str, marker: &str) {
     let _x = exclusive();
-    let python = pyenv("3.11.7");
-    let have = Command::new(&python)
-        .args(["-c", "import fastapi, uvicorn"])
-        .status()
-        .is_ok_and(|s| s.success())
-        || Command::new(&python)
-            .args(["-m", "pip", "install", "-q", "fastapi", "uvicorn"])
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(
-        have,
-        "cannot pip install fastapi uvicorn (needed for this test)"
-    );
+    // FastAPI and uvicorn are pinned in tests/requirements.txt, which the
+    // bootstrap installs into the `python3` on PATH.
+    let python = python3();
+    require_modules(&python, "fastapi, uvicorn");
     let agent = Agent::start("");
     script(agent.dir.path(), "app.py", APP);
     let port = sonde_tests::free_port();
@@ -412,21 +343,22 @@ fn fastapi_cpu_route_shows_its_handler() {
     let clients: Vec<_> = (0..2)
         .map(|_| {
             let stop = stop.clone();
-            std::thread::spawn(move || load(port, stop))
+            let path = path.to_owned();
+            std::thread::spawn(move || load(port, &path, stop))
         })
         .collect();
     std::thread::sleep(Duration::from_secs(5));
     let stacks = folded(&agent, srv.pid(), "6s");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let served: u64 = clients.into_iter().map(|c| c.join().expect("client")).sum();
-    let handler = line_of(APP, "# HANDLER");
+    let line = line_of(APP, marker);
     let total: u64 = stacks.iter().map(|s| s.1).sum();
     let in_handler: u64 = stacks
         .iter()
         .filter(|(s, _)| {
             s.iter()
                 .filter_map(|f| py_frame(f))
-                .any(|(n, f, l)| n == "cpu_route" && f == "app.py" && l.abs_diff(handler) <= 1)
+                .any(|(n, f, l)| n == handler && f == "app.py" && l.abs_diff(line) <= 1)
         })
         .map(|s| s.1)
         .sum();
@@ -434,10 +366,169 @@ fn fastapi_cpu_route_shows_its_handler() {
     assert!(total >= 10, "too few samples ({total}): {stacks:#?}");
     assert!(
         in_handler * 100 >= total * 50,
-        "cpu_route (app.py:{handler}) in {in_handler} of {total} samples: {stacks:#?}"
+        "{handler} (app.py:{line}) in {in_handler} of {total} samples: {stacks:#?}"
     );
     eprintln!(
-        "fastapi: cpu_route (app.py:{handler}) in {in_handler} of {total} samples ({:.1}%), {served} requests",
+        "fastapi {path}: {handler} (app.py:{line}) in {in_handler} of {total} samples ({:.1}%), {served} requests",
         100.0 * in_handler as f64 / total as f64
     );
+}
+
+/// A sync handler: FastAPI runs it in a worker thread of anyio's pool.
+#[test]
+fn fastapi_cpu_route_shows_its_handler() {
+    fastapi_route_shows_its_handler("/cpu", "cpu_route", "# HANDLER");
+}
+
+/// An `async def` handler burns CPU on the event-loop thread itself, under
+/// asyncio's C task stepping (`_asyncio`'s task_step between eval calls).
+#[test]
+fn fastapi_async_route_shows_its_handler() {
+    fastapi_route_shows_its_handler("/async-cpu", "async_cpu_route", "# ASYNC HANDLER");
+}
+
+/// Six functions burning CPU in proportion to their loop counts (about
+/// 40/25/15/10/8/2 % of the time), called in turn by `main`.
+const PEER: &str = "\
+def f1():
+    x = 0
+    for i in range(40_000):
+        x += i
+
+
+def f2():
+    x = 0
+    for i in range(25_000):
+        x += i
+
+
+def f3():
+    x = 0
+    for i in range(15_000):
+        x += i
+
+
+def f4():
+    x = 0
+    for i in range(10_000):
+        x += i
+
+
+def f5():
+    x = 0
+    for i in range(8_000):
+        x += i
+
+
+def f6():
+    x = 0
+    for i in range(2_000):
+        x += i
+
+
+def main():
+    while True:
+        f1()
+        f2()
+        f3()
+        f4()
+        f5()
+        f6()
+
+
+main()
+";
+
+/// Self time of a Python function, as both profilers are read here: the
+/// samples whose leaf-most Python frame (the youngest one; native frames
+/// above it, e.g. a builtin it calls, are ignored) is that function,
+/// keyed by (qualname, file base name), as a percentage of the samples
+/// that have any Python frame. py-spy's raw output holds only Python
+/// frames; sonde's also holds native ones around them.
+fn python_self_shares(stacks: &[(Vec<String>, u64)]) -> (Vec<(String, f64)>, u64) {
+    let mut by: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut total = 0;
+    for (s, n) in stacks {
+        let Some((name, file, _)) = s.iter().rev().find_map(|f| py_frame(f)) else {
+            continue;
+        };
+        let file = file.rsplit('/').next().unwrap_or(file);
+        *by.entry(format!("{name} ({file})")).or_default() += n;
+        total += n;
+    }
+    let mut v: Vec<(String, f64)> = by
+        .into_iter()
+        .map(|(k, n)| (k, 100.0 * n as f64 / total.max(1) as f64))
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    (v, total)
+}
+
+/// py-spy (pinned in tests/requirements.txt) and sonde sample the same
+/// process over the same window at the same rate: their top 5 Python
+/// functions by self time are the same set, each share within 10 points.
+#[test]
+fn python_self_time_agrees_with_py_spy() {
+    let _x = exclusive();
+    let python = python3();
+    let py_spy = python.with_file_name("py-spy");
+    let py_spy = if py_spy.exists() {
+        py_spy
+    } else {
+        "py-spy".into()
+    };
+    let ok = Command::new(&py_spy)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"py-spy 0.4.3"));
+    assert!(
+        ok,
+        "py-spy 0.4.3 is not installed: run `cargo xtask test` (it installs tests/requirements.txt)"
+    );
+    let agent = Agent::start("[collectors.profile]\nfrequency_hz = 99\n");
+    let src = script(agent.dir.path(), "peer.py", PEER);
+    let wl = Workload::spawn(Command::new(&python).arg(&src));
+    std::thread::sleep(Duration::from_secs(5));
+    let raw = agent.dir.path().join("py-spy.txt");
+    let secs = 8;
+    // --nonblocking: py-spy would otherwise stop the process at each of
+    // its samples, which sonde's samples would then see.
+    let spy = Command::new(&py_spy)
+        .args(["record", "--rate", "99", "--nonblocking", "--format", "raw"])
+        .args(["--duration", &secs.to_string(), "--pid"])
+        .arg(wl.pid().to_string())
+        .arg("--output")
+        .arg(&raw)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn py-spy");
+    let ours = folded(&agent, wl.pid(), &format!("{secs}s"));
+    let spy_out = spy.wait_with_output().expect("py-spy");
+    assert!(
+        spy_out.status.success(),
+        "py-spy failed: {}",
+        String::from_utf8_lossy(&spy_out.stderr)
+    );
+    let theirs = sonde_tests::python::parse_folded(
+        &std::fs::read_to_string(&raw).expect("py-spy's raw output"),
+    );
+    let (a, na) = python_self_shares(&ours);
+    let (b, nb) = python_self_shares(&theirs);
+    let report = format!("sonde ({na} samples): {a:.1?}\npy-spy ({nb} samples): {b:.1?}");
+    eprintln!("{report}");
+    assert!(na >= 300 && nb >= 300, "too few samples: {report}");
+    let top = |v: &[(String, f64)]| {
+        let mut t: Vec<String> = v.iter().take(5).map(|x| x.0.clone()).collect();
+        t.sort();
+        t
+    };
+    assert_eq!(top(&a), top(&b), "top 5 sets differ: {report}");
+    for (f, share) in a.iter().take(5) {
+        let peer = b.iter().find(|x| &x.0 == f).map_or(0.0, |x| x.1);
+        assert!(
+            (share - peer).abs() <= 10.0,
+            "{f}: sonde {share:.1} % vs py-spy {peer:.1} %: {report}"
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use sonde_common::python::py_code_checksum;
+use sonde_common::python::{PyCodeIdentity, py_code_checksum};
 
 use crate::{
     mem::{MemError, ProcMem},
@@ -141,14 +141,21 @@ pub fn locations_line(table: &[u8], first_line: i32, instr: u64) -> Option<i32> 
     None
 }
 
-/// The checksum fields of the code object at `code`, as the kernel hashes them.
+/// The checksum of the code object at `code`, as the kernel hashes it.
 pub fn read_checksum(mem: &ProcMem, o: &Offsets, code: u64) -> Result<u32, MemError> {
-    Ok(py_code_checksum(
-        mem.i32(code + o.code_argcount)?,
-        mem.i32(code + o.code_kwonlyargcount)?,
-        mem.i32(code + o.code_flags)?,
-        mem.i32(code + o.code_firstlineno)?,
-    ))
+    let name = mem.u64(code + o.code_name)?;
+    Ok(py_code_checksum(&PyCodeIdentity {
+        argcount: mem.i32(code + o.code_argcount)?,
+        kwonly: mem.i32(code + o.code_kwonlyargcount)?,
+        flags: mem.i32(code + o.code_flags)?,
+        firstlineno: mem.i32(code + o.code_firstlineno)?,
+        version: match o.code_version {
+            Some(v) => mem.u32(code + v)?,
+            None => 0,
+        },
+        filename: mem.u64(code + o.code_filename)?,
+        name_hash: mem.u64(name + o.unicode_hash)?,
+    }))
 }
 
 /// A `str` object's text (compact objects only, which all code-object

@@ -69,9 +69,17 @@ pub struct Offsets {
     pub code_linetable: u64,
     /// `co_code_adaptive` (3.11+): bytecode inline in the code object.
     pub code_adaptive: Option<u64>,
+    /// `co_version` (3.12+): a u32 the interpreter gives each code object
+    /// from a counter (`_Py_next_func_version`, 3.13
+    /// `interp->func_state.next_version`), so two code objects at one
+    /// address in turn tell apart by it. Just before `co_localsplusnames`.
+    pub code_version: Option<u64>,
     pub line_table: LineTable,
     // PyASCIIObject / PyCompactUnicodeObject (Include/cpython/unicodeobject.h)
     pub unicode_length: u64,
+    /// `PyASCIIObject.hash`: the str's cached hash (set for the interned
+    /// names of code objects).
+    pub unicode_hash: u64,
     pub unicode_state: u64,
     pub unicode_ascii_size: u64,
     pub unicode_compact_size: u64,
@@ -109,8 +117,10 @@ pub fn table(minor: u32) -> Option<Offsets> {
         code_qualname: Some(128),
         code_linetable: 136,
         code_adaptive: Some(184),
+        code_version: None,
         line_table: LineTable::Locations,
         unicode_length: 16,
+        unicode_hash: 24,
         unicode_state: 32,
         unicode_ascii_size: 48,
         unicode_compact_size: 72,
@@ -158,6 +168,7 @@ pub fn table(minor: u32) -> Option<Offsets> {
             code_kwonlyargcount: 60,
             code_firstlineno: 68,
             code_adaptive: Some(192),
+            code_version: Some(92),
             unicode_ascii_size: 40,
             unicode_compact_size: 56,
             ..t311
@@ -178,6 +189,7 @@ pub fn table(minor: u32) -> Option<Offsets> {
             code_kwonlyargcount: 60,
             code_firstlineno: 68,
             code_adaptive: Some(200),
+            code_version: Some(92),
             unicode_ascii_size: 40,
             unicode_compact_size: 56,
             ..t311
@@ -207,6 +219,7 @@ mod debug13 {
     pub const CODE_LINETABLE: usize = 304;
     pub const CODE_FIRSTLINENO: usize = 312;
     pub const CODE_ARGCOUNT: usize = 320;
+    pub const CODE_LOCALSPLUSNAMES: usize = 328;
     pub const CODE_ADAPTIVE: usize = 344;
     pub const BYTES_SIZE: usize = 520;
     pub const BYTES_SVAL: usize = 528;
@@ -262,6 +275,7 @@ pub fn from_debug_offsets_313(mem: &ProcMem, runtime: u64) -> Result<Offsets, De
     o.code_linetable = f(CODE_LINETABLE);
     o.code_firstlineno = f(CODE_FIRSTLINENO);
     o.code_argcount = f(CODE_ARGCOUNT);
+    o.code_version = f(CODE_LOCALSPLUSNAMES).checked_sub(4);
     o.code_adaptive = Some(f(CODE_ADAPTIVE));
     o.bytes_size = f(BYTES_SIZE);
     o.bytes_sval = f(BYTES_SVAL);

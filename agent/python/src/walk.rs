@@ -8,7 +8,7 @@
 use sonde_common::python::{
     PY_CODE_CHECK_LEN, PY_FRAME_ENTRY, PY_FRAME_KIND_ENTRY_FLAG, PY_FRAME_KIND_OBJECT,
     PY_FRAME_KIND_OWNER, PY_FRAME_NO_CHECKSUM, PY_FRAME_READ_MAX, PY_FRAMES_MAX,
-    PY_PROC_CFRAME_HOP, PyFrameRecord, PyProcInfo, py_code_checksum,
+    PY_PROC_CFRAME_HOP, PyCodeIdentity, PyFrameRecord, PyProcInfo, py_code_checksum,
 };
 
 use crate::{
@@ -61,19 +61,23 @@ pub fn proc_info(interp: &Interpreter, mem: &ProcMem) -> Result<PyProcInfo, Reje
     if read_len > PY_FRAME_READ_MAX as u64 {
         return Err(Rejected::Layout(format!("frame read of {read_len} bytes")));
     }
-    let code_fields = [
-        o.code_argcount,
-        o.code_kwonlyargcount,
-        o.code_flags,
-        o.code_firstlineno,
+    // (offset, size) of the identity fields in the code object.
+    let mut code_fields = vec![
+        (o.code_argcount, 4),
+        (o.code_kwonlyargcount, 4),
+        (o.code_flags, 4),
+        (o.code_firstlineno, 4),
+        (o.code_filename, 8),
+        (o.code_name, 8),
     ];
-    let check = *code_fields.iter().min().expect("four fields");
+    code_fields.extend(o.code_version.map(|v| (v, 4)));
+    let check = code_fields.iter().map(|f| f.0).min().expect("fields");
     if code_fields
         .iter()
-        .any(|f| f + 4 > check + PY_CODE_CHECK_LEN as u64)
+        .any(|(f, len)| f + len > check + PY_CODE_CHECK_LEN as u64 || (f - check) % 4 != 0)
     {
         return Err(Rejected::Layout(
-            "code checksum fields span more than the window".into(),
+            "code identity fields misaligned or beyond the checksum window".into(),
         ));
     }
     Ok(PyProcInfo {
@@ -99,6 +103,10 @@ pub fn proc_info(interp: &Interpreter, mem: &ProcMem) -> Result<PyProcInfo, Reje
         code_flags: u16_of(o.code_flags, "flags")?,
         code_firstlineno: u16_of(o.code_firstlineno, "firstlineno")?,
         code_adaptive: u16_of(o.code_adaptive.unwrap_or(0), "adaptive")?,
+        code_version: u16_of(o.code_version.unwrap_or(0), "version")?,
+        code_filename: u16_of(o.code_filename, "filename")?,
+        code_name: u16_of(o.code_name, "name")?,
+        str_hash: u16_of(o.unicode_hash, "str hash")?,
         version: ((interp.major << 8) | interp.minor) as u16,
         frame_kind: kind,
         owner_cstack,
@@ -159,18 +167,28 @@ pub fn kernel_walk(
             continue;
         }
         let mut window = [0u8; PY_CODE_CHECK_LEN];
-        let checksum = match mem.read(code + u64::from(info.code_check), &mut window) {
-            Ok(()) => {
-                let f = |off: u16| {
-                    le_u32(&window, usize::from(off - info.code_check)).unwrap_or(0) as i32
-                };
-                py_code_checksum(
-                    f(info.code_argcount),
-                    f(info.code_kwonly),
-                    f(info.code_flags),
-                    f(info.code_firstlineno),
-                )
-            }
+        let identity = mem
+            .read(code + u64::from(info.code_check), &mut window)
+            .and_then(|()| {
+                let at = |off: u16| usize::from(off - info.code_check);
+                let f = |off: u16| le_u32(&window, at(off)).unwrap_or(0) as i32;
+                let name = le_u64(&window, at(info.code_name)).unwrap_or(0);
+                Ok(PyCodeIdentity {
+                    argcount: f(info.code_argcount),
+                    kwonly: f(info.code_kwonly),
+                    flags: f(info.code_flags),
+                    firstlineno: f(info.code_firstlineno),
+                    version: if info.code_version != 0 {
+                        f(info.code_version) as u32
+                    } else {
+                        0
+                    },
+                    filename: le_u64(&window, at(info.code_filename)).unwrap_or(0),
+                    name_hash: mem.u64(name + u64::from(info.str_hash))?,
+                })
+            });
+        let checksum = match identity {
+            Ok(id) => py_code_checksum(&id),
             Err(_) => {
                 flags |= PY_FRAME_NO_CHECKSUM;
                 0

@@ -206,6 +206,22 @@ fn check(python: &str, tag: &str, minor: u32) -> sonde_python::Interpreter {
         }
     }
     assert!(seen_main && seen_sleeper);
+    // co_version (3.12+) tells code objects apart: the distinct code
+    // objects on the stacks have distinct, non-zero versions.
+    if let Some(v) = interp.offsets.code_version {
+        let mut codes: Vec<u64> = threads
+            .iter()
+            .flat_map(|t| walk::frames_of(&interp, &mem, t.tstate).unwrap())
+            .map(|r| r.code)
+            .collect();
+        codes.sort_unstable();
+        codes.dedup();
+        let mut versions: Vec<u32> = codes.iter().map(|c| mem.u32(c + v).unwrap()).collect();
+        assert!(versions.iter().all(|&x| x != 0), "{python}: {versions:?}");
+        versions.sort_unstable();
+        versions.dedup();
+        assert_eq!(versions.len(), codes.len(), "{python}: co_version repeats");
+    }
     // A second symbolization is served by the cache.
     let before = cache.hits;
     let t = &threads[0];

@@ -23,14 +23,16 @@
 //!      just before (the younger frame); otherwise as for ENTRY_FLAG;
 //!
 //!    then one read of [`PY_CODE_CHECK_LEN`] bytes at `code + code_check`
-//!    for [`py_code_checksum`] of the four `code_*` fields (each an `i32` at
-//!    its offset minus `code_check` in that window), and emit the record;
-//!    `frame = u64 at frame_previous`.
+//!    (the `code_*` fields of [`PyCodeIdentity`], each at its offset minus
+//!    `code_check` in that window: four `i32`s, the `co_version` u32 when
+//!    `code_version` is not 0, the `co_filename` and `co_name` pointers),
+//!    one u64 read at `co_name + str_hash` (the name's hash), and emit the
+//!    record with [`py_code_checksum`]; `frame = u64 at frame_previous`.
 
 /// Most Python frames the kernel walks per sample.
 pub const PY_FRAMES_MAX: usize = 128;
 /// Bytes of the code object read for the checksum, from `code_check`.
-pub const PY_CODE_CHECK_LEN: usize = 32;
+pub const PY_CODE_CHECK_LEN: usize = 128;
 /// Largest `frame_read_len` any supported version needs (3.10: 104).
 pub const PY_FRAME_READ_MAX: usize = 112;
 
@@ -94,6 +96,14 @@ pub struct PyProcInfo {
     pub code_firstlineno: u16,
     /// `co_code_adaptive`: the bytecode, inline in the code object (3.11+).
     pub code_adaptive: u16,
+    /// `co_version` (3.12+), 0 when the version has none.
+    pub code_version: u16,
+    /// `co_filename`.
+    pub code_filename: u16,
+    /// `co_name`.
+    pub code_name: u16,
+    /// `PyASCIIObject.hash` in the `co_name` string.
+    pub str_hash: u16,
     /// `(major << 8) | minor`, e.g. `0x030b`.
     pub version: u16,
     /// `PY_FRAME_KIND_*`.
@@ -103,7 +113,7 @@ pub struct PyProcInfo {
     pub _pad: [u8; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<PyProcInfo>() == 56);
+const _: () = assert!(core::mem::size_of::<PyProcInfo>() == 64);
 
 /// One Python frame as the kernel emits it, youngest first.
 #[repr(C)]
@@ -150,21 +160,45 @@ const _: () = assert!(core::mem::size_of::<PyStack>() == 8 + 24 * PY_FRAMES_MAX)
 
 crate::user_pod!(PyProcInfo, PyFrameRecord, PyStack);
 
+/// What tells one code object from another that later took its memory:
+/// the fields [`py_code_checksum`] hashes, as read with the sample.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyCodeIdentity {
+    pub argcount: i32,
+    pub kwonly: i32,
+    pub flags: i32,
+    pub firstlineno: i32,
+    /// `co_version` (3.12+: unique per code object); 0 before 3.12.
+    pub version: u32,
+    /// The `co_filename` pointer.
+    pub filename: u64,
+    /// The cached hash of the `co_name` string (its content, unlike the
+    /// pointer: a function of another name compiled into the freed memory
+    /// of a code object may get its name string at the freed name's
+    /// address too).
+    pub name_hash: u64,
+}
+
 /// Identity check of a code object: a cached name for a code address is
 /// trusted only while these fields still hash the same (code objects are
-/// freed and their memory reused). FNV-1a over the four fields, so the
-/// kernel computes it with a few multiplies.
-pub const fn py_code_checksum(argcount: i32, kwonly: i32, flags: i32, firstlineno: i32) -> u32 {
-    let fields = [
-        argcount as u32,
-        kwonly as u32,
-        flags as u32,
-        firstlineno as u32,
+/// freed and their memory reused). FNV-1a over 32-bit words, so the kernel
+/// computes it with a few multiplies.
+pub const fn py_code_checksum(id: &PyCodeIdentity) -> u32 {
+    let words = [
+        id.argcount as u32,
+        id.kwonly as u32,
+        id.flags as u32,
+        id.firstlineno as u32,
+        id.version,
+        id.filename as u32,
+        (id.filename >> 32) as u32,
+        id.name_hash as u32,
+        (id.name_hash >> 32) as u32,
     ];
     let mut h: u32 = 0x811c_9dc5;
     let mut i = 0;
-    while i < fields.len() {
-        h = (h ^ fields[i]).wrapping_mul(0x0100_0193);
+    while i < words.len() {
+        h = (h ^ words[i]).wrapping_mul(0x0100_0193);
         i += 1;
     }
     h

@@ -5,10 +5,10 @@
 //! The recipe is documented on `sonde_common::python` (and run in
 //! userspace by `sonde_python::walk::kernel_walk`): fsbase from the task,
 //! the thread state from glibc's TSD slot, then one `bpf_loop` iteration
-//! per frame, each one read of the frame and one of the code object's
-//! checksum window. The records go to a hash map keyed by their hash, one
-//! map per generation like the native stacks, and the id joins the count
-//! key.
+//! per frame, each one read of the frame, one of the code object's
+//! checksum window and one of its name's hash. The records go to a hash
+//! map keyed by their hash, one map per generation like the native
+//! stacks, and the id joins the count key.
 
 use core::ffi::c_void;
 
@@ -27,7 +27,7 @@ use sonde_common::{
         PY_CODE_CHECK_LEN, PY_CONFIG_ENTRIES, PY_CONFIG_FSBASE, PY_FRAME_ENTRY,
         PY_FRAME_KIND_ENTRY_FLAG, PY_FRAME_KIND_OBJECT, PY_FRAME_KIND_OWNER, PY_FRAME_NO_CHECKSUM,
         PY_FRAME_READ_MAX, PY_FRAMES_MAX, PY_MAX_PROCS, PY_MAX_STACKS, PY_PROC_CFRAME_HOP,
-        PY_STACK_ID_BASE, PyFrameRecord, PyProcInfo, PyStack, py_code_checksum,
+        PY_STACK_ID_BASE, PyCodeIdentity, PyFrameRecord, PyProcInfo, PyStack, py_code_checksum,
     },
 };
 
@@ -114,6 +114,34 @@ fn code_field(w: &PyWalk, off: u16) -> i32 {
     w.code[i & (CODE_WORDS - 1)] as i32
 }
 
+/// The u64 at `off` (a multiple of 8) of the code window.
+#[inline(always)]
+fn code_word(w: &PyWalk, off: u16) -> u64 {
+    u64::from(code_field(w, off) as u32)
+        | u64::from(code_field(w, off.wrapping_add(4)) as u32) << 32
+}
+
+/// The identity fields of the code object whose window `w.code` holds;
+/// None when its name string cannot be read.
+#[inline(always)]
+fn identity(w: &PyWalk) -> Option<PyCodeIdentity> {
+    let info = &w.info;
+    let name = code_word(w, info.code_name);
+    Some(PyCodeIdentity {
+        argcount: code_field(w, info.code_argcount),
+        kwonly: code_field(w, info.code_kwonly),
+        flags: code_field(w, info.code_flags),
+        firstlineno: code_field(w, info.code_firstlineno),
+        version: if info.code_version != 0 {
+            code_field(w, info.code_version) as u32
+        } else {
+            0
+        },
+        filename: code_word(w, info.code_filename),
+        name_hash: read_user(name.wrapping_add(u64::from(info.str_hash)))?,
+    })
+}
+
 #[inline(always)]
 fn push(w: &mut PyWalk, rec: PyFrameRecord) -> i64 {
     let n = w.stack.len as usize;
@@ -190,16 +218,12 @@ fn step(w: &mut PyWalk) -> i64 {
             code.wrapping_add(u64::from(w.info.code_check)) as *const c_void,
         )
     };
-    let checksum = if r == 0 {
-        py_code_checksum(
-            code_field(w, w.info.code_argcount),
-            code_field(w, w.info.code_kwonly),
-            code_field(w, w.info.code_flags),
-            code_field(w, w.info.code_firstlineno),
-        )
-    } else {
-        flags |= PY_FRAME_NO_CHECKSUM;
-        0
+    let checksum = match (r == 0).then(|| identity(w)).flatten() {
+        Some(id) => py_code_checksum(&id),
+        None => {
+            flags |= PY_FRAME_NO_CHECKSUM;
+            0
+        }
     };
     w.frame = previous;
     push(

@@ -15,6 +15,8 @@ pub struct Agent {
     pub child: Child,
     /// The control socket (`sonde alloc`, `sonde memory` talk to it).
     pub socket: std::path::PathBuf,
+    /// The HTTP API's port on 127.0.0.1 (/metrics).
+    pub port: u16,
 }
 
 impl Agent {
@@ -37,7 +39,11 @@ impl Agent {
         let child = c
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let mut a = Agent { child, socket };
+        let mut a = Agent {
+            child,
+            socket,
+            port,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(st) = a.child.try_wait()? {

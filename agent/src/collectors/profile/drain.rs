@@ -273,13 +273,15 @@ impl Symbolizing {
     pub fn process(&mut self, raw: RawBatch) {
         let Some(at) = raw.at else { return };
         self.resolver.next_drain();
-        if let Some(py) = &mut self.python {
-            py.sweep();
-        }
         let mut samples = Vec::with_capacity(raw.rows.len());
         let mut services = HashMap::new();
         for (k, n) in &raw.rows {
             samples.push(self.sample(k, *n, &raw, &mut services));
+        }
+        // After the batch: a process that exited since the last drain
+        // still has its samples of this batch spliced.
+        if let Some(py) = &mut self.python {
+            py.sweep();
         }
         for s in &samples {
             let label = if self.services.contains(&s.service) {

@@ -269,7 +269,12 @@ impl Collector for ProfileCollector {
             )));
         }
         let (dm, cpus) = metrics(ctx.telemetry);
-        let py_tracker = python::tracker(ctx.btf, py_procs, py_config, dm.python.clone());
+        // Without a tracker PY_PROCS stays empty: the kernel walks nothing.
+        let py_tracker = self
+            .config
+            .python
+            .then(|| python::tracker(ctx.btf, py_procs, py_config, dm.python.clone()))
+            .flatten();
         cpus.set(att.ok.len() as i64);
         self.base.set_health(describe(&att, hz));
         tracing::info!(collector = NAME, hz, cpus = ?att.ok, failed = att.failed.len(), verified_insns, "profiler attached");

@@ -5,6 +5,7 @@ mod alloc;
 mod footprint;
 mod http;
 mod profiler;
+mod python;
 mod syscalls;
 
 pub use alloc::alloc;
@@ -17,6 +18,7 @@ use anyhow::{Context as _, Result};
 pub use footprint::footprint;
 pub use http::http;
 pub use profiler::profiler;
+pub use python::python;
 pub use syscalls::syscalls;
 
 use super::{

@@ -74,7 +74,7 @@ fn agent_cost(ctx: &Ctx, env: &[(&str, String)], secs: u64) -> Result<Vec<(&'sta
 
 pub fn profiler(ctx: &Ctx) -> ScenarioResult {
     let name = "profiler";
-    let what = "The agent's own CPU (% of one core, from /proc/PID/stat) and RSS (median and peak \
+    let what = "The agent's own CPU (% of one core, from its threads' schedstat, ns) and RSS (median and peak \
                 of VmRSS read every second) with the CPU profiler sampling at 19 Hz and 99 Hz, on \
                 an idle machine and with every CPU busy, and the kernel's run time per sample of \
                 the profiler's perf_event program (kernel.bpf_stats_enabled, read through bpftool) \
@@ -238,7 +238,7 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
         r.commands = vec![
             format!(
                 "SONDE_COLLECTORS__PROFILE__FREQUENCY_HZ=19|99 [SONDE_COLLECTORS__PROFILE__UNWIND=false] \
-                 sonde agent; CPU from /proc/PID/stat over {secs} s after a warm-up, RSS = median \
+                 sonde agent; CPU from its threads' schedstat, ns over {secs} s after a warm-up, RSS = median \
                  (and peak) of VmRSS read once a second over the same {secs} s; busy = `sh -c 'while :; do :; done'` \
                  or tests/workloads/unwind_chain.c (-O2 -fomit-frame-pointer) per CPU"
             ),
