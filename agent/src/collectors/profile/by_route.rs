@@ -16,9 +16,13 @@
 //!   thread's or, for threads without one, the process's latest open
 //!   request (`route_src = PROCESS`), is a vote. A handler is mapped once
 //!   it has [`MIN_VOTES`] votes and one route holds [`CLEAR_SHARE`] of
-//!   them; then every sample in it is that route's, whichever thread runs
-//!   it. A handler whose votes stay split (one function serving several
-//!   routes) is never mapped; its samples fall back to the thread's tag.
+//!   them; then samples in it that have no tag of their thread's (worker
+//!   threads) are that route's. A handler whose votes stay split (one
+//!   function serving several routes) is never mapped.
+//!
+//! A sample with its thread's tag keeps that tag's route: on a
+//! thread-per-request server it is exact, and there one function often
+//! serves every route (`do_GET`), so its votes follow the CPU-heavy one.
 //!
 //! Attributed samples add to `sonde_http_server_cpu_seconds_total` and to
 //! the CPU column of `sonde http`.
@@ -160,13 +164,14 @@ impl Attribution {
                 .and_then(|h| self.handlers.get(&handler_key(s.pid, h)))
                 .and_then(Votes::clear)
                 .cloned();
-            s.route = by_handler.or_else(|| {
-                if t.src == src::THREAD {
-                    label(&dict, s, t)
-                } else {
-                    None
-                }
-            });
+            // The thread's own tag first: it is exact on a thread-per-request
+            // server, where one handler function often serves every route
+            // (`do_GET`) and its votes follow the CPU-heavy one.
+            s.route = if t.src == src::THREAD {
+                label(&dict, s, t).or(by_handler)
+            } else {
+                by_handler
+            };
         }
         drop(dict);
         for s in samples.iter() {
@@ -322,6 +327,17 @@ mod tests {
             }],
         );
         assert_eq!(c[0].route, None);
+        // The thread's own tag wins over a mapped handler (a shared do_GET
+        // whose votes follow the heavy route).
+        let mut d = vec![sample(heavy(), 1)];
+        a.assign(
+            &mut d,
+            &[Tag {
+                tag: 2,
+                src: src::THREAD,
+            }],
+        );
+        assert_eq!(d[0].route, Some(label("/cheap")));
         assert!((share.cpu("app", "GET", "/heavy") - 0.10).abs() < 1e-9);
     }
 
