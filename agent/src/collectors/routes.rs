@@ -62,7 +62,7 @@ pub fn load_with<'a>(
         configure(l);
     });
     if let Some(s) = share {
-        s.released();
+        s.released(r.is_ok());
     }
     r
 }
@@ -83,6 +83,8 @@ struct Inner {
     cpu: HashMap<(Arc<str>, &'static str, Arc<str>), f64>,
     pin: Option<Pin>,
     released: u32,
+    /// A collector of the pair failed to load: the other need not tag.
+    failed: bool,
 }
 
 /// The bpffs mounted for the pin, and the pin's path.
@@ -132,8 +134,9 @@ impl RouteShare {
         if let Some(p) = &g.pin {
             return Some(p.path.clone());
         }
-        if g.released > 0 {
-            // One collector already loaded without it.
+        if g.released > 0 || g.failed {
+            // One collector already loaded without it, or failed to load:
+            // tags would have no reader (or no writer).
             return None;
         }
         let base = base_dir();
@@ -166,12 +169,15 @@ impl RouteShare {
         Some(path)
     }
 
-    /// A collector is done loading its object (or gave up): once both are,
-    /// the pin and the bpffs go (the map lives on in the objects).
-    pub fn released(&self) {
+    /// A collector is done loading its object (`ok`) or gave up: once both
+    /// are, the pin and the bpffs go (the map lives on in the objects). A
+    /// failure also removes them at once, so the other collector loads
+    /// with tagging off.
+    pub fn released(&self, ok: bool) {
         let mut g = self.lock();
         g.released += 1;
-        if g.released >= HOLDERS
+        g.failed |= !ok;
+        if (g.released >= HOLDERS || g.failed)
             && let Some(p) = g.pin.take()
         {
             p.remove();
@@ -321,5 +327,12 @@ mod tests {
         }
         assert!(s.lock().tags.len() <= MAX_TAGS);
         assert!(s.lookup(1, MAX_TAGS as u32 + 10).is_some(), "newest kept");
+    }
+
+    #[test]
+    fn a_failed_load_turns_tagging_off_for_the_other_collector() {
+        let s = RouteShare::default();
+        s.released(false);
+        assert_eq!(s.pin_path(), None, "no mount after the first failed");
     }
 }
