@@ -32,6 +32,7 @@ pub const KNOWN: &[&str] = &[
     "http_server_request_duration_seconds",
     "http_server_active_requests",
     "http_client_request_duration_seconds",
+    "sonde_http_server_cpu_seconds_total",
     // Syscalls collector.
     "sonde_syscalls_total",
     "sonde_syscall_errors_total",

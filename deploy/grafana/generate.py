@@ -168,6 +168,18 @@ def red():
              (f"sum(rate(http_server_response_body_size_bytes_sum{{{sel}}}[{RATE}])) / "
               f"sum(rate(http_server_response_body_size_bytes_count{{{sel}}}[{RATE}]))", "response")],
             unit="bytes")
+    cpu = "sonde_http_server_cpu_seconds_total"
+    d.row("CPU")
+    d.panel("timeseries", "CPU by route",
+            "CPU time spent serving each route, in cores: profiler samples of the threads serving a "
+            "request of that route (thread-per-request servers), or of its handler (asyncio); see "
+            "docs/profiling.md. Needs the profile and http collectors.",
+            [(f"sum by (service_name, http_request_method, http_route) (rate({cpu}{{{sel}}}[{RATE}]))",
+              "{{service_name}} {{http_request_method}} {{http_route}}")])
+    d.panel("timeseries", "CPU per request by route", "CPU seconds per request of each route.",
+            [(f"sum by (service_name, http_route) (rate({cpu}{{{sel}}}[{RATE}])) / "
+              f"sum by (service_name, http_route) (rate({m}_count{{{sel}}}[{RATE}]))",
+              "{{service_name}} {{http_route}}")], unit="s")
     return d
 
 

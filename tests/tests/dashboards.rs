@@ -296,9 +296,30 @@ fn dashboard_and_rule_metrics_are_exported_by_the_agent() {
         "http_client_request_duration_seconds_bucket{",
         "http_server_active_requests{",
         "sonde_profile_samples_total{",
+        "sonde_http_server_cpu_seconds_total{",
         // Any process mapping memory (the agent itself does) makes one.
         "sonde_memory_mapped_bytes{",
     ];
+    // CPU by route needs a server burning CPU in requests while the
+    // profiler samples it: the thread-per-request test server, driven for
+    // as long as the wait below may take.
+    let port = sonde_tests::free_port();
+    let workloads = root().join("tests/workloads/http");
+    let _srv = sonde_tests::workload::Workload::spawn(
+        Command::new("python3")
+            .arg(workloads.join("route_threads.py"))
+            .arg(port.to_string()),
+    );
+    let _client = sonde_tests::workload::Workload::spawn(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "sleep 1; exec python3 {} {port} 40 /heavy/{{i}} /cheap",
+                workloads.join("alternate.py").display()
+            ))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
     // A request that never completes keeps one in flight for the gauge.
     let mut pending = std::net::TcpStream::connect(agent.addr).unwrap();
     std::io::Write::write_all(&mut pending, b"GET /health/live HTTP/1.1\r\nHost: x\r\n").unwrap();

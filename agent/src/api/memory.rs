@@ -56,6 +56,7 @@ pub async fn memory(State(s): State<AppState>, Query(q): Query<MemoryQuery>) -> 
         pid: q.pid,
         name: q.name.clone(),
         service: None,
+        route: None,
     };
     let (p, events) = memory.profile(group, &filter);
     let mut order: Vec<usize> = (0..p.samples.len()).collect();

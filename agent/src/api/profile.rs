@@ -1,7 +1,7 @@
 //! `GET /api/v1/profile`: a CPU profile of the next `duration` (the handler
 //! waits), or of the retained window with `last=true`, filtered by pid,
-//! process name or service, as pprof, folded stacks, SVG, a top table or
-//! per-line sample counts.
+//! process name, service or HTTP route, as pprof, folded stacks, SVG, a
+//! top table or per-line sample counts; `by=route` splits by route first.
 
 use std::time::{Duration, SystemTime};
 
@@ -69,6 +69,16 @@ pub async fn profile(State(s): State<AppState>, Query(q): Query<ProfileQuery>) -
             ),
         );
     }
+    let by_route = match q.by.as_deref() {
+        None => false,
+        Some("route") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("by must be `route`, not {other:?}"),
+            );
+        }
+    };
     let Some(store) = s
         .handles
         .get::<crate::collectors::profile::store::ProfileStore>()
@@ -91,6 +101,7 @@ pub async fn profile(State(s): State<AppState>, Query(q): Query<ProfileQuery>) -
         pid: q.pid,
         name: q.name.clone(),
         service: q.service.clone(),
+        route: q.route.clone(),
     };
     let start = match store.flush().await {
         Ok(t) => t,
@@ -109,7 +120,13 @@ pub async fn profile(State(s): State<AppState>, Query(q): Query<ProfileQuery>) -
         };
         store.cut(&filter, start, end)
     };
-    respond(&profile, format, &title(&q), q.function.as_deref())
+    respond(
+        &profile,
+        format,
+        &title(&q),
+        q.function.as_deref(),
+        by_route,
+    )
 }
 
 fn title(q: &ProfileQuery) -> String {
@@ -122,11 +139,24 @@ fn title(q: &ProfileQuery) -> String {
     format!("sonde CPU profile: {what}")
 }
 
-fn respond(p: &Profile, format: Format, title: &str, function: Option<&str>) -> Response {
+fn respond(
+    p: &Profile,
+    format: Format,
+    title: &str,
+    function: Option<&str>,
+    by_route: bool,
+) -> Response {
     let samples = p.total().to_string();
     let (ctype, body): (&str, Vec<u8>) = match format {
         Format::Pprof => ("application/vnd.google.protobuf+gzip", pprof::encode(p)),
-        Format::Folded => ("text/plain; charset=utf-8", render::folded(p).into_bytes()),
+        Format::Folded => (
+            "text/plain; charset=utf-8",
+            render::folded_with(p, by_route).into_bytes(),
+        ),
+        Format::Top if by_route => (
+            "text/plain; charset=utf-8",
+            format!("{}\n{}", render::routes_table(p), render::top_table(p, 40)).into_bytes(),
+        ),
         Format::Top => (
             "text/plain; charset=utf-8",
             render::top_table(p, 40).into_bytes(),
@@ -135,7 +165,7 @@ fn respond(p: &Profile, format: Format, title: &str, function: Option<&str>) -> 
             "text/plain; charset=utf-8",
             lines::lines_table(p, function, 60).into_bytes(),
         ),
-        Format::Svg => match render::svg(p, title) {
+        Format::Svg => match render::svg_with(p, title, by_route) {
             Ok(b) => ("image/svg+xml", b),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },

@@ -1,4 +1,5 @@
-//! `sonde http`: per-route HTTP RED summary (rate, errors, latency, in-flight).
+//! `sonde http`: per-route HTTP RED summary (rate, errors, latency, in-flight)
+//! and the CPU each request of the route used (sampled by the profiler).
 
 use clap::Args;
 use sonde_wire::http::RouteRow;
@@ -84,13 +85,24 @@ fn render(rows: &[RouteRow]) -> String {
                 ms(r.p95_seconds),
                 ms(r.p99_seconds),
                 r.in_flight.to_string(),
+                r.cpu_ms_per_request
+                    .map_or("-".into(), |c| format!("{c:.2}")),
             ]
         })
         .collect();
     output::table(
         &[
-            "SERVICE", "METHOD", "ROUTE", "REQS", "RATE/S", "ERR%", "P50MS", "P95MS", "P99MS",
+            "SERVICE",
+            "METHOD",
+            "ROUTE",
+            "REQS",
+            "RATE/S",
+            "ERR%",
+            "P50MS",
+            "P95MS",
+            "P99MS",
             "INFLIGHT",
+            "CPUMS/REQ",
         ],
         &body,
     )
@@ -115,12 +127,14 @@ mod tests {
             p95_seconds: None,
             p99_seconds: Some(0.3),
             in_flight: 0,
+            cpu_ms_per_request: Some(12.345),
         };
         let t = render(&[r]);
         assert!(
             t.contains("/items/{id}") && t.contains("2.000") && t.contains("300.0"),
             "{t}"
         );
+        assert!(t.contains("CPUMS/REQ") && t.contains("12.35"), "{t}");
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
     }
 }

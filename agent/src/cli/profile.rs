@@ -19,6 +19,8 @@ pub const AFTER: &str = "Examples:
   sudo sonde profile --pid 1234 --format top                 functions by cumulative share
   sudo sonde profile --pid 1234 -f lines --function handle   samples per line of one function
   sudo sonde profile --service api --last --format folded    the retained window, no wait
+  sudo sonde profile --name uvicorn --by route -f top        CPU by HTTP route, then functions
+  sudo sonde profile --by route --route 'GET /items/*' -f svg -o items.svg
 
 Frames come from frame pointers: build with -fno-omit-frame-pointer (C/C++) or
 -C force-frame-pointers=yes (Rust) for full user stacks. See docs/profiling.md.";
@@ -47,12 +49,27 @@ pub struct ProfileArgs {
     /// qualified name such as `Handler.handle`).
     #[arg(long, value_name = "NAME")]
     pub function: Option<String>,
+    /// Split by HTTP route: `METHOD ROUTE` (or `[no route]`) as the first
+    /// frame of folded stacks and flamegraphs, a route table above `top`.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub by: Option<ProfileBy>,
+    /// Only samples of requests whose route matches PATTERN (`METHOD ROUTE`
+    /// or `ROUTE`, `*` matches anything: `/items/*`; `-`: samples not
+    /// attributed to a route).
+    #[arg(long, value_name = "PATTERN")]
+    pub route: Option<String>,
     /// Write to FILE instead of stdout.
     #[arg(long = "output", short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// The agent's control socket.
     #[arg(long, env = "SONDE_SOCKET", default_value = DEFAULT_SOCKET, value_name = "PATH")]
     pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileBy {
+    /// The HTTP route the sampled thread was serving.
+    Route,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,6 +124,12 @@ fn request_path(a: &ProfileArgs) -> String {
     }
     if let Some(f) = &a.function {
         q.push(format!("function={}", encode(f)));
+    }
+    if a.by == Some(ProfileBy::Route) {
+        q.push("by=route".into());
+    }
+    if let Some(r) = &a.route {
+        q.push(format!("route={}", encode(r)));
     }
     if a.last {
         q.push("last=true".into());
@@ -179,6 +202,11 @@ mod tests {
         assert_eq!(
             request_path(&a),
             "/api/v1/profile?format=top&name=my%20app&last=true"
+        );
+        let a = args(&["--by", "route", "--route", "GET /items/*", "--last"]);
+        assert_eq!(
+            request_path(&a),
+            "/api/v1/profile?format=top&by=route&route=GET%20%2Fitems%2F%2A&last=true"
         );
     }
 

@@ -13,6 +13,7 @@ pub mod kit;
 pub mod memory;
 pub mod process;
 pub mod profile;
+pub mod routes;
 pub mod syscalls;
 
 use std::sync::{Arc, RwLock};
@@ -37,6 +38,11 @@ pub fn build(c: &CollectorsConfig, deps: &Deps) -> Vec<Box<dyn Collector>> {
             &c.syscalls,
             deps,
         )));
+    }
+    // CPU by route needs both: the HTTP object tags threads, the profile
+    // object reads the tags.
+    if c.profile.enabled && c.http.enabled {
+        deps.handles.register(routes::RouteShare::default());
     }
     if c.profile.enabled {
         v.push(Box::new(profile::ProfileCollector::new(&c.profile, deps)));

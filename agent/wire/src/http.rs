@@ -33,4 +33,9 @@ pub struct RouteRow {
     pub p99_seconds: Option<f64>,
     /// Requests in flight at the last scan of the kernel's connection table.
     pub in_flight: u64,
+    /// CPU the route's requests used, in ms per request (server rows; CPU
+    /// samples attributed to the route since the agent started, divided
+    /// by `requests`). `None` when the profiler does not run.
+    #[serde(default)]
+    pub cpu_ms_per_request: Option<f64>,
 }

@@ -18,4 +18,10 @@ pub struct ProfileQuery {
     pub format: Option<String>,
     /// With `lines`: only this function's lines.
     pub function: Option<String>,
+    /// `route`: split by HTTP route (the route as the first folded frame,
+    /// a route table above `top`).
+    pub by: Option<String>,
+    /// Only samples attributed to a route matching this pattern (`*` is a
+    /// wildcard; `METHOD ROUTE` or `ROUTE`; `-` for unattributed samples).
+    pub route: Option<String>,
 }

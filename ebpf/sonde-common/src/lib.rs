@@ -15,6 +15,7 @@ pub mod memory;
 pub mod process;
 pub mod profile;
 pub mod python;
+pub mod route;
 pub mod syscalls;
 pub mod unwind;
 

@@ -12,7 +12,7 @@
 use crate::COMM_LEN;
 
 /// Key of the in-kernel sample counts: one process, one user stack, one
-/// kernel stack. Negative stack ids are `-errno` of `bpf_get_stackid` (no
+/// kernel stack, one Python stack, one route tag. Negative stack ids are `-errno` of `bpf_get_stackid` (no
 /// stack captured), kept so the sample still counts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,9 +28,15 @@ pub struct StackKey {
     pub python_stack_id: i32,
     /// `comm` of the sampled thread.
     pub comm: [u8; COMM_LEN],
+    /// The route tag of the request the thread (or, as a hint, its
+    /// process) was serving (`crate::route::route_tag`), 0 for none.
+    pub route_tag: u32,
+    /// Where `route_tag` came from: `crate::route::src`.
+    pub route_src: u8,
+    pub _pad: [u8; 3],
 }
 
-const _: () = assert!(core::mem::size_of::<StackKey>() == 32);
+const _: () = assert!(core::mem::size_of::<StackKey>() == 40);
 const _: () = assert!(core::mem::align_of::<StackKey>() == 4);
 
 /// Index of the generation selector (0 or 1) in the control array.

@@ -1,7 +1,8 @@
 //! CPU profiler hook: a `perf_event` program on `cpu-clock`, one event per
 //! online CPU, that counts (process, user stack, kernel stack, Python stack)
 //! in the kernel; the Python stack comes from python.rs's walk, only for
-//! processes the agent marked as CPython.
+//! processes the agent marked as CPython; the route tag of the request the
+//! thread serves comes from route_tag.rs (the HTTP object writes it).
 //!
 //! Two generations of maps let the agent drain one while the other fills:
 //! the agent flips [`PROFILE_GEN_SLOT`], and stack ids of the drained
@@ -113,12 +114,16 @@ fn record(
         )
     };
     let python_stack_id = crate::python::python_stack(tgid, generation);
+    let (route_tag, route_src) = crate::route_tag::current(bpf_get_current_pid_tgid());
     let key = StackKey {
         tgid,
         user_stack_id: user,
         kernel_stack_id: kernel,
         python_stack_id,
         comm,
+        route_tag,
+        route_src,
+        _pad: [0; 3],
     };
     if let Some(p) = counts.get_ptr_mut(key) {
         // SAFETY: `p` comes from a successful lookup and points at this

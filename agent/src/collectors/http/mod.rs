@@ -21,9 +21,12 @@ use std::{
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use prometheus::{Histogram, IntCounter};
-use sonde_common::http::{
-    CONN_GONE, EVENT_CLOSED, HttpConn, HttpConnKey, HttpCounter, HttpEvent, HttpEventKind,
-    HttpRole, state,
+use sonde_common::{
+    http::{
+        CONN_GONE, EVENT_CLOSED, HttpConn, HttpConnKey, HttpCounter, HttpEvent, HttpEventKind,
+        HttpRole, state,
+    },
+    route::route_tag,
 };
 use sonde_wire::http::RouteRow;
 
@@ -41,6 +44,7 @@ use super::{
         ring::{Events, Ring},
         take_map,
     },
+    routes::{self, RouteShare},
 };
 use crate::{
     config::{HttpConfig, HttpHook},
@@ -161,9 +165,23 @@ struct Inner {
     series: FastMap<Group, FastMap<String, Arc<Series>>>,
 }
 
+/// CPU by route: the shared dictionary and CPU totals (see
+/// `collectors::routes`); `None` when the profiler is disabled.
+fn route_cpu(share: Option<&RouteShare>, rows: &mut [RouteRow]) {
+    let Some(share) = share else { return };
+    for r in rows.iter_mut().filter(|r| r.role == "server") {
+        let secs = share.cpu(&r.service, &r.method, &r.route);
+        r.cpu_ms_per_request = Some(if r.requests == 0 {
+            0.0
+        } else {
+            secs * 1e3 / r.requests as f64
+        });
+    }
+}
+
 /// The query side: what `/api/v1/http` reads. Cheap to clone.
 #[derive(Clone, Default)]
-pub struct HttpQuery(Arc<Mutex<Option<Inner>>>);
+pub struct HttpQuery(Arc<Mutex<Option<Inner>>>, Option<RouteShare>);
 
 /// Which rows a query wants.
 #[derive(Debug, Clone, Default)]
@@ -178,6 +196,10 @@ impl HttpQuery {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn routes(&self) -> Option<RouteShare> {
+        self.1.clone()
+    }
+
     /// `None` when the collector is not running.
     pub fn rows(&self, f: &HttpFilter, processes: &ProcessTable) -> Option<Vec<RouteRow>> {
         let g = self.lock();
@@ -189,7 +211,10 @@ impl HttpQuery {
                     k.service == n || processes.get(k.pid).is_some_and(|p| p.comm == n)
                 })
         };
-        Some(stats::rows(&inner.stats, &inner.inflight, keep))
+        let mut rows = stats::rows(&inner.stats, &inner.inflight, keep);
+        drop(g);
+        route_cpu(self.routes().as_ref(), &mut rows);
+        Some(rows)
     }
 }
 
@@ -203,7 +228,7 @@ pub struct HttpCollector {
 impl HttpCollector {
     /// Registers the [`HttpQuery`] for the control API.
     pub fn new(config: &HttpConfig, deps: &Deps) -> Self {
-        let query = HttpQuery::default();
+        let query = HttpQuery(Arc::default(), deps.handles.get::<RouteShare>());
         deps.handles.register(query.clone());
         Self {
             config: config.clone(),
@@ -284,7 +309,8 @@ impl Collector for HttpCollector {
         // Parsed when the config was read.
         let patterns = self.config.routes.clone();
         let conns = u32::try_from(self.config.max_connections.get()).unwrap_or(u32::MAX);
-        let mut obj = ebpf::load_with(OBJECT, &ctx.kernel_log_level, |l| {
+        let share = self.query.routes();
+        let mut obj = routes::load_with(share.as_ref(), OBJECT, &ctx.kernel_log_level, |l| {
             l.map_max_entries("HTTP_CONNS", conns)
                 .map_max_entries("HTTP_SOCKS", conns)
                 .map_max_entries("HTTP_FRESH", conns);
@@ -507,6 +533,11 @@ impl Worker {
         let (client, tgid, port, status, method) = group;
         let service = self.service(&mut inner.services, tgid, &ev.comm);
         let (route, overflow) = inner.routes.route(&service, path);
+        if !client && let Some(share) = self.query.routes() {
+            // The kernel tagged the serving thread with this request's tag.
+            let tag = route_tag(&ev.prefix, usize::from(ev.prefix_len).min(ev.prefix.len()));
+            share.learn(tgid, tag, method, &route);
+        }
         let status = status.to_string();
         let m = &self.metrics;
         let (duration, sizes) = if client {

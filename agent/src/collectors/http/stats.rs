@@ -277,6 +277,7 @@ pub fn rows(
                     p95_seconds: s.hist.quantile(0.95),
                     p99_seconds: s.hist.quantile(0.99),
                     in_flight: infl,
+                    cpu_ms_per_request: None,
                 }
             },
         )

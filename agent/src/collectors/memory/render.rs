@@ -144,6 +144,7 @@ pub fn profile(r: &Report, m: Measure) -> Profile {
                 service: comm.clone(),
                 stack: f.clone(),
                 count: m.of(s),
+                route: None,
             })
             .collect(),
         start: super::session::started_at(Duration::from_millis(r.duration_ms)),

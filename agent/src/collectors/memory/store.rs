@@ -160,6 +160,7 @@ impl MemoryStore {
                 service: p.service.clone(),
                 stack: stack.clone(),
                 count: r.bytes,
+                route: None,
             };
             if filter.matches(&s) {
                 samples.push(s);

@@ -21,6 +21,7 @@ use sonde_common::{
 };
 
 use super::{
+    by_route::{Attribution, Tag},
     procmaps::Captured,
     python::{PyTracker, PythonMetrics},
     store::{Batch, Frame, ProfileStore, Sample},
@@ -235,6 +236,8 @@ pub struct Symbolizing {
     /// Python frames for CPython processes (absent when the kernel maps
     /// for them could not be set up).
     python: Option<PyTracker>,
+    /// CPU by HTTP route (absent when the HTTP collector is disabled).
+    routes: Option<Attribution>,
 }
 
 impl Symbolizing {
@@ -253,7 +256,13 @@ impl Symbolizing {
             stacks: HashSet::new(),
             strings: HashSet::new(),
             python: None,
+            routes: None,
         }
+    }
+
+    pub fn with_routes(mut self, a: Attribution) -> Self {
+        self.routes = Some(a);
+        self
     }
 
     pub fn with_python(mut self, tracker: PyTracker) -> Self {
@@ -274,9 +283,17 @@ impl Symbolizing {
         let Some(at) = raw.at else { return };
         self.resolver.next_drain();
         let mut samples = Vec::with_capacity(raw.rows.len());
+        let mut tags = Vec::with_capacity(raw.rows.len());
         let mut services = HashMap::new();
         for (k, n) in &raw.rows {
             samples.push(self.sample(k, *n, &raw, &mut services));
+            tags.push(Tag {
+                tag: k.route_tag,
+                src: k.route_src,
+            });
+        }
+        if let Some(a) = &mut self.routes {
+            a.assign(&mut samples, &tags);
         }
         // After the batch: a process that exited since the last drain
         // still has its samples of this batch spliced.
@@ -347,6 +364,7 @@ impl Symbolizing {
             service: intern(&mut self.strings, service),
             stack: intern_stack(&mut self.stacks, stack),
             count,
+            route: None,
         }
     }
 }

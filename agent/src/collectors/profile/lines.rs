@@ -117,6 +117,7 @@ mod tests {
             service: "python".into(),
             stack: stack.into(),
             count,
+            route: None,
         };
         let p = Profile {
             samples: vec![

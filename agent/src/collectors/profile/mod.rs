@@ -3,7 +3,8 @@
 //! the agent drains the counts on an interval, symbolizes them with blazesym
 //! and keeps a rolling window that the control API cuts profiles from.
 //!
-//! Layout: `drain` (kernel maps -> batches), `symbolize` (addresses ->
+//! Layout: `drain` (kernel maps -> batches), `by_route` (which HTTP route
+//! each sample served), `symbolize` (addresses ->
 //! frames, cached), `python` (CPython detection, `PY_PROCS`, splicing the
 //! kernel's Python frames in place of the interpreter's), `procmaps`
 //! (/proc/PID/maps, perf maps), `store` (the window), `pprof`, `render` and
@@ -17,6 +18,7 @@
 //! workers. They stop when the collector's token fires (the drain thread
 //! gets `Cmd::Stop`, the others follow when their senders are gone).
 
+pub mod by_route;
 pub mod drain;
 pub mod lines;
 pub mod pprof;
@@ -59,6 +61,7 @@ use super::{
         ring::Ring,
         take_map,
     },
+    routes,
 };
 use crate::{config::ProfileConfig, ebpf, process_table::ProcessTable};
 
@@ -81,6 +84,8 @@ const KEEP_PARSED: Duration = Duration::from_secs(60);
 
 pub struct ProfileCollector {
     config: ProfileConfig,
+    /// CPU by route, when the HTTP collector runs too.
+    routes: Option<routes::RouteShare>,
     store: ProfileStore,
     table: ProcessTable,
     base: Base,
@@ -95,6 +100,7 @@ impl ProfileCollector {
         deps.handles.register(store.clone());
         Self {
             config: config.clone(),
+            routes: deps.handles.get::<routes::RouteShare>(),
             store,
             table: deps.processes.clone(),
             base: Base::new(),
@@ -199,20 +205,21 @@ impl Collector for ProfileCollector {
         // Bounded by the config (at most 2^20 and 2^18): they fit a u32.
         let keys = self.config.max_keys.get() as u32;
         let stacks = self.config.max_stacks.get() as u32;
-        let mut obj = ebpf::load_with(OBJECT, &ctx.kernel_log_level, |l| {
-            l.map_max_entries("UNWIND_ROWS", rows);
-            for m in ["PROFILE_COUNTS_0", "PROFILE_COUNTS_1"] {
-                l.map_max_entries(m, keys);
-            }
-            for m in [
-                "PROFILE_STACKS_0",
-                "PROFILE_STACKS_1",
-                "UNWIND_STACKS_0",
-                "UNWIND_STACKS_1",
-            ] {
-                l.map_max_entries(m, stacks);
-            }
-        })?;
+        let mut obj =
+            routes::load_with(self.routes.as_ref(), OBJECT, &ctx.kernel_log_level, |l| {
+                l.map_max_entries("UNWIND_ROWS", rows);
+                for m in ["PROFILE_COUNTS_0", "PROFILE_COUNTS_1"] {
+                    l.map_max_entries(m, keys);
+                }
+                for m in [
+                    "PROFILE_STACKS_0",
+                    "PROFILE_STACKS_1",
+                    "UNWIND_STACKS_0",
+                    "UNWIND_STACKS_1",
+                ] {
+                    l.map_max_entries(m, stacks);
+                }
+            })?;
         ebpf::spawn_kernel_logger(&mut obj, OBJECT.name);
         let maps = KernelMaps {
             control: take_map(&mut obj, "PROFILE_CONTROL")?,
@@ -318,6 +325,10 @@ impl Collector for ProfileCollector {
         // blazesym's symbolizer is not Send: it is built on, and never
         // leaves, a thread of its own.
         let (store, table) = (self.store.clone(), self.table.clone());
+        let attribution = self
+            .routes
+            .clone()
+            .map(|r| by_route::Attribution::new(r, ctx.telemetry, hz));
         std::thread::Builder::new()
             .name("sonde-prof-sym".into())
             .spawn(move || {
@@ -326,6 +337,9 @@ impl Collector for ProfileCollector {
                 let mut s = Symbolizing::new(resolver, store, table, samples);
                 if let Some(t) = py_tracker {
                     s = s.with_python(t);
+                }
+                if let Some(a) = attribution {
+                    s = s.with_routes(a);
                 }
                 run_symbolize(s, sym_rx);
             })?;

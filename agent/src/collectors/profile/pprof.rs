@@ -289,7 +289,7 @@ pub fn build_values(
             .into_iter()
             .map(|g| b.location(g))
             .collect();
-        let label = vec![
+        let mut label = vec![
             Label {
                 key: k_pid,
                 str: 0,
@@ -306,6 +306,19 @@ pub fn build_values(
                 num: 0,
             },
         ];
+        if let Some(r) = &s.route {
+            // OTel semconv attribute names, as the HTTP metrics use.
+            label.push(Label {
+                key: b.s("http_route"),
+                str: b.s(&r.route),
+                num: 0,
+            });
+            label.push(Label {
+                key: b.s("http_request_method"),
+                str: b.s(r.method),
+                num: 0,
+            });
+        }
         b.p.sample.push(PSample {
             location_id,
             value: values(i, s),

@@ -514,6 +514,7 @@ mod tests {
                 service: "app".into(),
                 stack: vec![f, frame("main", FrameKind::User, 3)].into(),
                 count: 2,
+                route: None,
             }],
             start: std::time::SystemTime::UNIX_EPOCH,
             duration: Duration::from_secs(1),

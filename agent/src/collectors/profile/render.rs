@@ -41,9 +41,24 @@ pub fn folded_line(s: &Sample) -> String {
 /// Folded stacks: `process;root;...;leaf count`, one line per distinct
 /// stack, sorted so output is stable.
 pub fn folded(p: &Profile) -> String {
+    folded_with(p, false)
+}
+
+/// [`folded`], with `by_route` the sample's route (`METHOD ROUTE`, or
+/// `[no route]`) as the first frame, so a flamegraph splits by route first.
+pub fn folded_with(p: &Profile, by_route: bool) -> String {
     let mut agg: HashMap<String, u64> = HashMap::new();
     for s in &p.samples {
-        *agg.entry(folded_line(s)).or_default() += s.count;
+        let line = if by_route {
+            format!(
+                "{};{}",
+                super::by_route::root_frame(s.route.as_ref()).replace(';', ":"),
+                folded_line(s)
+            )
+        } else {
+            folded_line(s)
+        };
+        *agg.entry(line).or_default() += s.count;
     }
     let mut lines: Vec<(String, u64)> = agg.into_iter().collect();
     lines.sort();
@@ -63,7 +78,12 @@ pub struct SvgError(String);
 
 /// An SVG flamegraph of the folded stacks.
 pub fn svg(p: &Profile, title: &str) -> Result<Vec<u8>, SvgError> {
-    let folded = folded(p);
+    svg_with(p, title, false)
+}
+
+/// [`svg`], split by route first with `by_route` (see [`folded_with`]).
+pub fn svg_with(p: &Profile, title: &str, by_route: bool) -> Result<Vec<u8>, SvgError> {
+    let folded = folded_with(p, by_route);
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = title.to_owned();
     opts.count_name = "samples".to_owned();
@@ -144,6 +164,53 @@ pub fn top(p: &Profile) -> Vec<TopRow> {
     out
 }
 
+/// One route's share of a profile (`--by route`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteShareRow {
+    /// `METHOD ROUTE`, or `[no route]`.
+    pub route: String,
+    pub samples: u64,
+    pub pct: f64,
+    pub cpu_seconds: f64,
+}
+
+/// Samples per route, largest first; unattributed samples as `[no route]`.
+pub fn routes(p: &Profile) -> Vec<RouteShareRow> {
+    let total = p.total().max(1) as f64;
+    let mut agg: HashMap<String, u64> = HashMap::new();
+    for s in &p.samples {
+        *agg.entry(super::by_route::root_frame(s.route.as_ref()))
+            .or_default() += s.count;
+    }
+    let mut out: Vec<RouteShareRow> = agg
+        .into_iter()
+        .map(|(route, samples)| RouteShareRow {
+            route,
+            samples,
+            pct: 100.0 * samples as f64 / total,
+            cpu_seconds: samples as f64 * p.period_ns as f64 / 1e9,
+        })
+        .collect();
+    out.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.route.cmp(&b.route)));
+    out
+}
+
+/// The route table of `--by route -f top`, printed above the functions.
+pub fn routes_table(p: &Profile) -> String {
+    let rows: Vec<Vec<String>> = routes(p)
+        .into_iter()
+        .map(|r| {
+            vec![
+                format!("{:.1}", r.pct),
+                r.samples.to_string(),
+                format!("{:.3}", r.cpu_seconds),
+                r.route,
+            ]
+        })
+        .collect();
+    crate::cli::output::table(&["SHARE%", "SAMPLES", "CPU_S", "ROUTE"], &rows)
+}
+
 /// The top table as text, at most `limit` rows.
 pub fn top_table(p: &Profile, limit: usize) -> String {
     let rows: Vec<Vec<String>> = top(p)
@@ -213,6 +280,7 @@ pub(crate) mod tests {
                 .collect::<Vec<_>>()
                 .into(),
             count,
+            route: None,
         };
         Profile {
             samples: vec![
@@ -282,6 +350,20 @@ pub(crate) mod tests {
 
     #[test]
     fn svg_renders() {
+        let mut by = sample_profile();
+        by.samples[0].route = Some(super::super::store::RouteLabel {
+            method: "GET",
+            route: "/items/{id}".into(),
+        });
+        let f = folded_with(&by, true);
+        assert!(
+            f.lines().any(|l| l.starts_with("GET /items/{id};work;")),
+            "{f}"
+        );
+        assert!(f.lines().any(|l| l.starts_with("[no route];work;")), "{f}");
+        let r = routes(&by);
+        assert_eq!(r.iter().map(|r| r.samples).sum::<u64>(), by.total());
+        assert!(routes_table(&by).contains("GET /items/{id}"));
         let s = String::from_utf8(svg(&sample_profile(), "t").unwrap()).unwrap();
         assert!(s.contains("<svg") && s.contains("a"), "{s}");
         let empty = Profile {

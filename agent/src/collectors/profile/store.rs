@@ -12,6 +12,8 @@ use std::{
 
 use tokio::sync::oneshot;
 
+pub use crate::collectors::routes::RouteLabel;
+
 /// What kind of code a frame is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FrameKind {
@@ -58,6 +60,9 @@ pub struct Sample {
     /// Leaf first: kernel frames (if any), then user frames.
     pub stack: Arc<[Frame]>,
     pub count: u64,
+    /// The HTTP route whose request the samples were serving (see
+    /// `by_route`), `None` when not attributed.
+    pub route: Option<RouteLabel>,
 }
 
 /// Everything drained at one instant; covers the time since the previous drain.
@@ -74,11 +79,17 @@ pub struct Filter {
     /// Matches the process name (comm) or the service name.
     pub name: Option<String>,
     pub service: Option<String>,
+    /// Only samples attributed to a route matching this pattern
+    /// (`by_route::route_matches`).
+    pub route: Option<String>,
 }
 
 impl Filter {
     pub fn matches(&self, s: &Sample) -> bool {
-        self.pid.is_none_or(|p| p == s.pid)
+        self.route
+            .as_deref()
+            .is_none_or(|pat| super::by_route::route_matches(pat, s.route.as_ref()))
+            && self.pid.is_none_or(|p| p == s.pid)
             && self
                 .name
                 .as_deref()
@@ -231,6 +242,7 @@ mod tests {
             service: service.into(),
             stack: Arc::from(Vec::new()),
             count: 2,
+            route: None,
         }
     }
 

@@ -24,6 +24,8 @@ mod counters;
 mod http;
 #[path = "../http_floor.rs"]
 mod http_floor;
+#[path = "../../../sonde-ebpf/src/route_tag.rs"]
+mod route_tag;
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use sonde_ebpf as _; // Its panic handler: the library holds nothing else.

@@ -22,6 +22,8 @@ mod arch;
 mod counters;
 #[path = "../http/mod.rs"]
 mod http;
+#[path = "../route_tag.rs"]
+mod route_tag;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},

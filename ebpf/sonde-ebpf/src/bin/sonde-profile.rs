@@ -17,6 +17,8 @@ mod profile;
 #[allow(dead_code, reason = "the walk uses a few of the ABI helpers")]
 #[path = "../python.rs"]
 mod python;
+#[path = "../route_tag.rs"]
+mod route_tag;
 #[path = "../unwind.rs"]
 mod unwind;
 

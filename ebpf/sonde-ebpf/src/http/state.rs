@@ -121,6 +121,9 @@ pub(crate) fn on_data(
             // size matters, so no user-memory read. (A status line here
             // would be a response without a request: counted as body.)
             c.resp_bytes += n;
+            if c.role == HttpRole::Server as u8 {
+                crate::route_tag::more();
+            }
             return Ok(());
         }
     }
@@ -251,6 +254,9 @@ pub(crate) fn on_data(
                     c.prev_resp_bytes = 0;
                 }
                 start_request(c, buf, n, have_prefix)?;
+                if c.role == HttpRole::Server as u8 {
+                    crate::route_tag::begin(&c.prefix, c.prefix_len);
+                }
             }
             Head::Http2 => {
                 c.state = state::NOT_HTTP;
@@ -279,6 +285,9 @@ pub(crate) fn on_data(
                         c.state = state::RESPONSE;
                         // SAFETY: helper without arguments.
                         let now = unsafe { bpf_ktime_get_ns() };
+                        if c.role == HttpRole::Server as u8 {
+                            crate::route_tag::end();
+                        }
                         emit(key, c, HttpEventKind::Complete, now, 0)?;
                     }
                 } else {
