@@ -347,6 +347,15 @@ pub struct ProfileConfig {
     /// Debian's libc needs 0.43 MiB, python3.11 0.99 MiB). Least recently
     /// used files are evicted beyond it.
     pub unwind_table_budget_mib: Bounded<1, 1024>,
+    /// Off-CPU profiles (`sonde profile --off-cpu`): a `sched_switch`
+    /// program takes the stack of user threads leaving the CPU and weighs
+    /// it by the time until they come back (docs/profiling.md).
+    pub off_cpu: bool,
+    /// Shorter blocks are not counted (their stack was still taken).
+    pub off_cpu_min_block: Dur<0, 60>,
+    /// Most stacks taken per CPU per second as threads leave it; switches
+    /// beyond it are counted (`capped`) and not profiled.
+    pub off_cpu_max_rate: Bounded<16, 1_000_000>,
 }
 
 impl Default for ProfileConfig {
@@ -361,6 +370,9 @@ impl Default for ProfileConfig {
             max_processes: Bounded(4096),
             unwind: true,
             unwind_table_budget_mib: Bounded(64),
+            off_cpu: true,
+            off_cpu_min_block: Dur(Duration::from_millis(1)),
+            off_cpu_max_rate: Bounded(1000),
         }
     }
 }

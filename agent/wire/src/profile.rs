@@ -18,4 +18,8 @@ pub struct ProfileQuery {
     pub format: Option<String>,
     /// With `lines`: only this function's lines.
     pub function: Option<String>,
+    /// Where threads waited instead of where they ran: samples weighted by
+    /// the nanoseconds they were off CPU.
+    #[serde(default)]
+    pub off_cpu: bool,
 }

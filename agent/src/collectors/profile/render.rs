@@ -57,10 +57,15 @@ pub struct SvgError(String);
 
 /// An SVG flamegraph of the folded stacks.
 pub fn svg(p: &Profile, title: &str) -> Result<Vec<u8>, SvgError> {
+    svg_counted(p, title, "samples")
+}
+
+/// An SVG flamegraph whose counts are in `count_name` (e.g. `ns`).
+pub fn svg_counted(p: &Profile, title: &str, count_name: &str) -> Result<Vec<u8>, SvgError> {
     let folded = folded(p);
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = title.to_owned();
-    opts.count_name = "samples".to_owned();
+    opts.count_name = count_name.to_owned();
     let mut out = Vec::new();
     if folded.is_empty() {
         // inferno refuses empty input; an empty profile is still an answer.
