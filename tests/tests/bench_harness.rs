@@ -49,7 +49,14 @@ fn quick_bench_reports_or_refuses_every_scenario() {
         .collect();
     assert_eq!(
         names,
-        ["syscalls", "http", "profiler", "alloc", "footprint"],
+        [
+            "syscalls",
+            "http",
+            "profiler",
+            "offcpu",
+            "alloc",
+            "footprint"
+        ],
         "{json}"
     );
     for s in scenarios {
@@ -88,7 +95,14 @@ fn quick_bench_reports_or_refuses_every_scenario() {
         }
     }
     // Every scenario needs only what this machine has: each must be reported.
-    for must in ["syscalls", "http", "profiler", "alloc", "footprint"] {
+    for must in [
+        "syscalls",
+        "http",
+        "profiler",
+        "offcpu",
+        "alloc",
+        "footprint",
+    ] {
         let s = scenarios.iter().find(|s| s["name"] == must).unwrap();
         assert!(
             s["failed"].is_null(),

@@ -25,6 +25,7 @@ pub enum Which {
     Syscalls,
     Http,
     Profiler,
+    OffCpu,
     Alloc,
     Footprint,
     All,
@@ -89,10 +90,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let started = Instant::now();
     let mut results = Vec::new();
     type Scenario = fn(&Ctx) -> ScenarioResult;
-    let list: [(Which, Scenario); 5] = [
+    let list: [(Which, Scenario); 6] = [
         (Which::Syscalls, scenarios::syscalls),
         (Which::Http, scenarios::http),
         (Which::Profiler, scenarios::profiler),
+        (Which::OffCpu, scenarios::offcpu),
         (Which::Alloc, scenarios::alloc),
         (Which::Footprint, scenarios::footprint),
     ];

@@ -4,6 +4,7 @@
 mod alloc;
 mod footprint;
 mod http;
+mod offcpu;
 mod profiler;
 mod syscalls;
 
@@ -16,6 +17,7 @@ use std::{
 use anyhow::{Context as _, Result};
 pub use footprint::footprint;
 pub use http::http;
+pub use offcpu::offcpu;
 pub use profiler::profiler;
 pub use syscalls::syscalls;
 
