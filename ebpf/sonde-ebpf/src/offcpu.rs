@@ -85,13 +85,12 @@ fn task_u32(task: u64, off: u64) -> Option<u32> {
     unsafe { bpf_probe_read_kernel((task + off) as *const u32) }.ok()
 }
 
-/// Whether this CPU may take one more stack in the current window.
+/// This CPU's rate state when it may take one more stack in the current
+/// window (the caller then counts it with [`take`]).
 #[inline(always)]
-fn within_rate(now: u64) -> bool {
+fn within_rate(now: u64) -> Option<&'static mut OffCpuRate> {
     let cap = control(OFFCPU_CAP_SLOT);
-    let Some(r) = OFFCPU_RATE.get_ptr_mut(0) else {
-        return false;
-    };
+    let r = OFFCPU_RATE.get_ptr_mut(0)?;
     // SAFETY: this CPU's own slot; sched_switch programs do not nest on
     // one CPU (they run with interrupts off).
     let r = unsafe { &mut *r };
@@ -99,11 +98,7 @@ fn within_rate(now: u64) -> bool {
         r.window_start = now;
         r.taken = 0;
     }
-    if r.taken >= cap {
-        return false;
-    }
-    r.taken += 1;
-    true
+    (r.taken < cap).then_some(r)
 }
 
 /// The incoming thread: account its block if it was parked.
@@ -150,6 +145,11 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64) {
     if tgid == 0 {
         return;
     }
+    // The cap first: past it (a switch-heavy CPU) nothing else is read.
+    let Some(rate) = within_rate(now) else {
+        count(OffCpuCounter::Capped);
+        return;
+    };
     // SAFETY: the helper returns the current task's address, used only as
     // the base of a fault-safe read.
     let task = unsafe { bpf_get_current_task() };
@@ -161,10 +161,7 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64) {
             return;
         }
     }
-    if !within_rate(now) {
-        count(OffCpuCounter::Capped);
-        return;
-    }
+    rate.taken += 1;
     count(OffCpuCounter::Taken);
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     announce_new(tgid, &comm);
