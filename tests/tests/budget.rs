@@ -135,7 +135,11 @@ fn every_program_stays_well_inside_the_verifier_budget() {
     // The preferred hooks of every collector, every fallback set through
     // attach_first, and an alloc session's uprobes.
     {
-        let agent = Agent::start_with_env("[collectors.syscalls]\nenabled = true\n", &env);
+        // Off-CPU on whatever its default: its program must be verified.
+        let agent = Agent::start_with_env(
+            "[collectors.syscalls]\nenabled = true\n[collectors.profile]\noff_cpu = true\n",
+            &env,
+        );
         let wl = Workload::spawn(Command::new("sleep").arg("30"));
         std::thread::sleep(Duration::from_millis(200));
         let pid = wl.pid().to_string();
