@@ -359,6 +359,15 @@ pub struct ProfileConfig {
     /// Walk the Python frames of CPython processes and show them in place
     /// of the interpreter's eval loop (docs/profiling.md).
     pub python: bool,
+    /// Off-CPU profiles (`sonde profile --off-cpu`): a `sched_switch`
+    /// program takes the stack of user threads leaving the CPU and weighs
+    /// it by the time until they come back (docs/profiling.md).
+    pub off_cpu: bool,
+    /// Shorter blocks are not counted (their stack was still taken).
+    pub off_cpu_min_block: Dur<0, 60>,
+    /// Most stacks taken per CPU per second as threads leave it; switches
+    /// beyond it are counted (`capped`) and not profiled.
+    pub off_cpu_max_rate: Bounded<16, 1_000_000>,
 }
 
 impl Default for ProfileConfig {
@@ -376,6 +385,9 @@ impl Default for ProfileConfig {
             max_keys: Bounded(u64::from(sonde_common::profile::PROFILE_MAX_KEYS)),
             max_stacks: Bounded(u64::from(sonde_common::profile::PROFILE_MAX_STACKS)),
             python: true,
+            off_cpu: true,
+            off_cpu_min_block: Dur(Duration::from_millis(1)),
+            off_cpu_max_rate: Bounded(1000),
         }
     }
 }

@@ -71,6 +71,7 @@ pub const KNOWN: &[&str] = &[
     "sonde_profile_files_cached",
     "sonde_profile_files_parsed",
     "sonde_profile_kernel_stack_absent_total",
+    "sonde_profile_offcpu_events_total",
     "sonde_profile_processes_mapped",
     "sonde_profile_python_errors_total",
     "sonde_profile_python_processes",

@@ -54,6 +54,7 @@ fn quick_bench_reports_or_refuses_every_scenario() {
             "http",
             "profiler",
             "python",
+            "offcpu",
             "alloc",
             "footprint"
         ],
@@ -95,7 +96,14 @@ fn quick_bench_reports_or_refuses_every_scenario() {
         }
     }
     // Every scenario needs only what this machine has: each must be reported.
-    for must in ["syscalls", "http", "profiler", "alloc", "footprint"] {
+    for must in [
+        "syscalls",
+        "http",
+        "profiler",
+        "offcpu",
+        "alloc",
+        "footprint",
+    ] {
         let s = scenarios.iter().find(|s| s["name"] == must).unwrap();
         assert!(
             s["failed"].is_null(),

@@ -1,7 +1,9 @@
 //! `GET /api/v1/profile`: a CPU profile of the next `duration` (the handler
 //! waits), or of the retained window with `last=true`, filtered by pid,
 //! process name, service or HTTP route, as pprof, folded stacks, SVG, a
-//! top table or per-line sample counts; `by=route` splits by route first.
+//! top table or per-line sample counts; `by=route` splits by route first;
+//! `off_cpu=true` gives the off-CPU profile, the same formats weighted by
+//! blocked nanoseconds.
 
 use std::time::{Duration, SystemTime};
 
@@ -15,7 +17,9 @@ use sonde_wire::profile::ProfileQuery;
 use super::{AppState, error};
 use crate::{
     collectors::profile::{
-        lines, pprof, render,
+        lines,
+        offcpu::{self, OffCpuStore},
+        pprof, render,
         store::{Filter, Profile},
     },
     duration::parse_duration,
@@ -56,6 +60,12 @@ pub async fn profile(State(s): State<AppState>, Query(q): Query<ProfileQuery>) -
             );
         }
     };
+    if q.off_cpu && format == Format::Lines {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "format lines is for CPU profiles; off-CPU profiles are pprof, folded, svg or top",
+        );
+    }
     let duration = match q.duration.as_deref().map(parse_duration).transpose() {
         Ok(d) => d.unwrap_or(Duration::from_secs(10)),
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -88,6 +98,29 @@ pub async fn profile(State(s): State<AppState>, Query(q): Query<ProfileQuery>) -
             "the profile collector is disabled (collectors.profile.enabled = false)",
         );
     };
+    let store = if q.off_cpu {
+        match s.handles.get::<OffCpuStore>() {
+            Some(o) => o.0,
+            None => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "off-CPU profiling is off (collectors.profile.off_cpu = false)",
+                );
+            }
+        }
+    } else {
+        store
+    };
+    let not_running = |e: crate::collectors::profile::store::StoreError| {
+        if q.off_cpu {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "off-CPU profiling is not running (see `sonde status`)",
+            )
+        } else {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+    };
     if let Some(pid) = q.pid
         && !std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !store.has_pid(pid)
@@ -105,7 +138,7 @@ pub async fn profile(State(s): State<AppState>, Query(q): Query<ProfileQuery>) -
     };
     let start = match store.flush().await {
         Ok(t) => t,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => return not_running(e),
     };
     let profile = if q.last {
         store.last_window(&filter)
@@ -116,10 +149,19 @@ pub async fn profile(State(s): State<AppState>, Query(q): Query<ProfileQuery>) -
         tokio::time::sleep(duration.saturating_sub(waited)).await;
         let end = match store.flush().await {
             Ok(t) => t,
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            Err(e) => return not_running(e),
         };
         store.cut(&filter, start, end)
     };
+    if q.off_cpu {
+        return respond_off_cpu(
+            &profile,
+            format,
+            &title(&q),
+            q.function.as_deref(),
+            by_route,
+        );
+    }
     respond(
         &profile,
         format,
@@ -136,7 +178,46 @@ fn title(q: &ProfileQuery) -> String {
         (_, _, Some(svc)) => format!("service {svc}"),
         _ => "all processes".into(),
     };
-    format!("sonde CPU profile: {what}")
+    let kind = if q.off_cpu { "off-CPU" } else { "CPU" };
+    format!("sonde {kind} profile: {what}")
+}
+
+/// An off-CPU profile: the formats of a CPU profile, weighted by blocked
+/// nanoseconds (`X-Sonde-Samples` is then the total in nanoseconds).
+fn respond_off_cpu(
+    p: &Profile,
+    format: Format,
+    title: &str,
+    function: Option<&str>,
+    by_route: bool,
+) -> Response {
+    let (ctype, body): (&str, Vec<u8>) = match format {
+        Format::Pprof => ("application/vnd.google.protobuf+gzip", offcpu::pprof(p)),
+        Format::Top if by_route => (
+            "text/plain; charset=utf-8",
+            format!("{}\n{}", offcpu::routes_table(p), offcpu::top_table(p, 40)).into_bytes(),
+        ),
+        Format::Top => (
+            "text/plain; charset=utf-8",
+            offcpu::top_table(p, 40).into_bytes(),
+        ),
+        Format::Svg => match render::svg_with(p, title, by_route, "ns") {
+            Ok(b) => ("image/svg+xml", b),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        Format::Folded | Format::Lines => return respond(p, format, title, function, by_route),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, ctype.to_owned()),
+            (
+                header::HeaderName::from_static("x-sonde-samples"),
+                p.total().to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn respond(
@@ -165,7 +246,7 @@ fn respond(
             "text/plain; charset=utf-8",
             lines::lines_table(p, function, 60).into_bytes(),
         ),
-        Format::Svg => match render::svg_with(p, title, by_route) {
+        Format::Svg => match render::svg_with(p, title, by_route, "samples") {
             Ok(b) => ("image/svg+xml", b),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },

@@ -1,5 +1,6 @@
 //! `sonde profile`: a CPU profile from the running agent's always-on
-//! sampler, as pprof, folded stacks, an SVG flamegraph or a top table.
+//! sampler, or with `--off-cpu` an off-CPU profile (where threads waited),
+//! as pprof, folded stacks, an SVG flamegraph or a top table.
 
 use std::{io::IsTerminal as _, path::PathBuf, time::Duration};
 
@@ -21,6 +22,8 @@ pub const AFTER: &str = "Examples:
   sudo sonde profile --service api --last --format folded    the retained window, no wait
   sudo sonde profile --name uvicorn --by route -f top        CPU by HTTP route, then functions
   sudo sonde profile --by route --route 'GET /items/*' -f svg -o items.svg
+  sudo sonde profile --pid 1234 --off-cpu -f svg -o wait.svg where it waits: stacks
+                                                             weighted by time off CPU
 
 Frames come from frame pointers: build with -fno-omit-frame-pointer (C/C++) or
 -C force-frame-pointers=yes (Rust) for full user stacks. See docs/profiling.md.";
@@ -58,6 +61,12 @@ pub struct ProfileArgs {
     /// attributed to a route).
     #[arg(long, value_name = "PATTERN")]
     pub route: Option<String>,
+    /// Where the threads waited instead of where they ran: stacks taken as
+    /// threads leave the CPU (blocking in a syscall, on a lock, preempted),
+    /// weighted by the time until they ran again. Top shows milliseconds,
+    /// folded/svg/pprof nanoseconds (pprof sample type off_cpu/nanoseconds).
+    #[arg(long)]
+    pub off_cpu: bool,
     /// Write to FILE instead of stdout.
     #[arg(long = "output", short = 'o', value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -131,6 +140,9 @@ fn request_path(a: &ProfileArgs) -> String {
     if let Some(r) = &a.route {
         q.push(format!("route={}", encode(r)));
     }
+    if a.off_cpu {
+        q.push("off_cpu=true".into());
+    }
     if a.last {
         q.push("last=true".into());
     } else {
@@ -152,6 +164,13 @@ fn encode(s: &str) -> String {
 }
 
 pub fn run(a: &ProfileArgs) -> anyhow::Result<()> {
+    if a.off_cpu && a.format == ProfileFormat::Lines {
+        return Err(UsageError(
+            "--format lines is for CPU profiles; with --off-cpu use top, folded, svg or pprof"
+                .into(),
+        )
+        .into());
+    }
     if a.format == ProfileFormat::Pprof && a.output.is_none() && std::io::stdout().is_terminal() {
         return Err(UsageError(
             "pprof output is binary: pass -o FILE (or pipe stdout), or use --format top".into(),
@@ -207,6 +226,11 @@ mod tests {
         assert_eq!(
             request_path(&a),
             "/api/v1/profile?format=top&by=route&route=GET%20%2Fitems%2F%2A&last=true"
+        );
+        let a = args(&["--pid", "7", "--off-cpu", "-f", "pprof", "--last"]);
+        assert_eq!(
+            request_path(&a),
+            "/api/v1/profile?format=pprof&pid=7&off_cpu=true&last=true"
         );
     }
 

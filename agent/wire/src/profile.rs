@@ -24,4 +24,8 @@ pub struct ProfileQuery {
     /// Only samples attributed to a route matching this pattern (`*` is a
     /// wildcard; `METHOD ROUTE` or `ROUTE`; `-` for unattributed samples).
     pub route: Option<String>,
+    /// Where threads waited instead of where they ran: samples weighted by
+    /// the nanoseconds they were off CPU.
+    #[serde(default)]
+    pub off_cpu: bool,
 }

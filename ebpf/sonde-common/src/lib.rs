@@ -12,6 +12,7 @@
 
 pub mod http;
 pub mod memory;
+pub mod offcpu;
 pub mod process;
 pub mod profile;
 pub mod python;

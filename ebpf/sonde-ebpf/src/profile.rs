@@ -3,6 +3,8 @@
 //! in the kernel; the Python stack comes from python.rs's walk, only for
 //! processes the agent marked as CPython; the route tag of the request the
 //! thread serves comes from route_tag.rs (the HTTP object writes it).
+//! [`stack_key`] builds that key, for this program and for offcpu.rs's
+//! `sched_switch` program.
 //!
 //! Two generations of maps let the agent drain one while the other fills:
 //! the agent flips [`PROFILE_GEN_SLOT`], and stack ids of the drained
@@ -81,27 +83,31 @@ fn stack_id(r: Result<i64, i32>, missing: ProfileCounter) -> i32 {
     }
 }
 
+/// The count key of the current thread's stacks: the user stack (the DWARF
+/// unwinder when the agent loaded tables for this process, else the
+/// kernel's frame-pointer walk), the kernel stack (skipped when `in_user`:
+/// a sample that interrupted user mode has none), the Python stack, and
+/// `comm`. The CPU sampler and the off-CPU `sched_switch` program both key
+/// their counts with it, in the generation's stack maps; `user_regs` says
+/// where the unwinder's registers come from.
 #[inline(always)]
-fn record(
-    ctx: &PerfEventContext,
-    counts: &PerCpuHashMap<StackKey, u64>,
-    stacks: &StackTrace,
+pub fn stack_key<C: StackIdContext>(
+    ctx: &C,
+    user_regs: impl FnOnce() -> Option<crate::unwind::UserRegs>,
+    in_user: bool,
     tgid: u32,
     comm: [u8; COMM_LEN],
     generation: u32,
-) -> Result<(), ProfileError> {
-    // The DWARF unwinder when the agent loaded tables for this process,
-    // else the kernel's frame-pointer walk.
-    let user = match crate::unwind::user_stack(ctx, tgid, generation) {
+) -> StackKey {
+    let stacks = stacks(generation);
+    let user = match crate::unwind::user_stack(user_regs, tgid, generation) {
         Some(id) => id,
         None => stack_id(
             ctx.get_stackid(stacks, BPF_F_USER_STACK as u64),
             ProfileCounter::UserStackMissing,
         ),
     };
-    // A sample that interrupted user mode has no kernel stack: skip the
-    // helper (it would find none after setting up a callchain buffer).
-    let kernel = if crate::unwind::in_user_mode(ctx) {
+    let kernel = if in_user {
         bump(
             &PROFILE_COUNTERS_MAP,
             ProfileCounter::KernelStackAbsent as u32,
@@ -115,7 +121,7 @@ fn record(
     };
     let python_stack_id = crate::python::python_stack(tgid, generation);
     let (route_tag, route_src) = crate::route_tag::current(bpf_get_current_pid_tgid());
-    let key = StackKey {
+    StackKey {
         tgid,
         user_stack_id: user,
         kernel_stack_id: kernel,
@@ -124,22 +130,43 @@ fn record(
         route_tag,
         route_src,
         _pad: [0; 3],
-    };
+    }
+}
+
+/// The generation the programs write to now (0 or 1).
+#[inline(always)]
+pub fn generation() -> u32 {
+    PROFILE_CONTROL.get(PROFILE_GEN_SLOT).copied().unwrap_or(0) & 1
+}
+
+/// The stack trace map of `generation`.
+#[inline(always)]
+fn stacks(generation: u32) -> &'static StackTrace {
+    if generation == 0 {
+        &PROFILE_STACKS_0
+    } else {
+        &PROFILE_STACKS_1
+    }
+}
+
+/// Adds `n` to this CPU's slot of `key` in a per-CPU counts map.
+#[inline(always)]
+pub fn add<K>(counts: &PerCpuHashMap<K, u64>, key: &K, n: u64) -> Result<(), ProfileError> {
     if let Some(p) = counts.get_ptr_mut(key) {
         // SAFETY: `p` comes from a successful lookup and points at this
         // CPU's 8-byte value slot, which no other CPU writes and which stays
         // valid for the program's run (a per-CPU map needs no atomics).
-        unsafe { *p += 1 };
+        unsafe { *p += n };
         return Ok(());
     }
-    match counts.insert(key, 1, BPF_NOEXIST as u64) {
+    match counts.insert(key, n, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
         // Another CPU inserted the same key between our lookup and insert;
         // our own per-CPU slot of it is still zero.
         Err(e) if -e == EEXIST => {
             if let Some(p) = counts.get_ptr_mut(key) {
                 // SAFETY: as above: this CPU's own slot of a found entry.
-                unsafe { *p += 1 };
+                unsafe { *p += n };
             }
             Ok(())
         }
@@ -167,6 +194,24 @@ fn announce(tgid: u32, comm: &[u8; COMM_LEN]) {
     }
 }
 
+/// Tells the agent about a process it has not been told about; unlike
+/// [`announce`], a comm other than the remembered one is not taken for an
+/// exec: the off-CPU program sees every thread of a process switch, and
+/// threads often have names of their own, so it would announce the same
+/// process again and again.
+#[inline(always)]
+pub fn announce_new(tgid: u32, comm: &[u8; COMM_LEN]) {
+    if PROFILE_SEEN.get_ptr(tgid).is_some() {
+        return;
+    }
+    if PROFILE_SEEN.insert(tgid, *comm, 0).is_err() {
+        return;
+    }
+    if PROFILE_NEW_PIDS.output::<u32>(tgid, 0).is_err() {
+        bump(&PROFILE_COUNTERS_MAP, ProfileCounter::NewPidDropped as u32);
+    }
+}
+
 /// One sample of whatever runs on this CPU.
 #[inline(always)]
 pub fn try_sample(ctx: &PerfEventContext) -> Result<(), ProfileError> {
@@ -179,12 +224,30 @@ pub fn try_sample(ctx: &PerfEventContext) -> Result<(), ProfileError> {
     bump(&PROFILE_COUNTERS_MAP, ProfileCounter::Samples as u32);
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     announce(tgid, &comm);
-    let generation = PROFILE_CONTROL.get(PROFILE_GEN_SLOT).copied().unwrap_or(0);
-    if generation == 0 {
-        record(ctx, &PROFILE_COUNTS_0, &PROFILE_STACKS_0, tgid, comm, 0)
+    let generation = generation();
+    // The unwinder starts from the interrupted registers when the sample
+    // hit user mode, else from those saved at kernel entry.
+    let (in_user, regs) = crate::unwind::perf_regs(ctx);
+    let key = stack_key(
+        ctx,
+        || {
+            if in_user {
+                Some(regs)
+            } else {
+                crate::unwind::task_user_regs()
+            }
+        },
+        in_user,
+        tgid,
+        comm,
+        generation,
+    );
+    let counts = if generation == 0 {
+        &PROFILE_COUNTS_0
     } else {
-        record(ctx, &PROFILE_COUNTS_1, &PROFILE_STACKS_1, tgid, comm, 1)
-    }
+        &PROFILE_COUNTS_1
+    };
+    add(counts, &key, 1)
 }
 
 /// Entry points call this and turn the error into a counted drop.

@@ -1,6 +1,7 @@
 //! Python (CPython) stack walk, run by the profiler's `perf_event` program
-//! after the native unwind for processes the agent put in `PY_PROCS`; any
-//! other process costs one hash-map miss.
+//! and the off-CPU `sched_switch` program after the native unwind, for
+//! processes the agent put in `PY_PROCS`; any other process costs one
+//! hash-map miss.
 //!
 //! The recipe is documented on `sonde_common::python` (and run in
 //! userspace by `sonde_python::walk::kernel_walk`): fsbase from the task,
@@ -244,8 +245,9 @@ extern "C" fn step_cb(_index: u64, _ctx: *mut c_void) -> i64 {
     let Some(w) = PY_WALK.get_ptr_mut(0) else {
         return STOP;
     };
-    // SAFETY: this CPU's own scratch slot; perf_event programs do not nest
-    // on one CPU.
+    // SAFETY: this CPU's own scratch slot; the profile object's programs
+    // do not nest on one CPU (sched_switch runs with interrupts off, the
+    // cpu-clock sample in a hard interrupt).
     step(unsafe { &mut *w })
 }
 
@@ -291,8 +293,9 @@ pub fn python_stack(tgid: u32, generation: u32) -> i32 {
     let Some(w) = PY_WALK.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: this CPU's own scratch slot; perf_event programs do not nest
-    // on one CPU.
+    // SAFETY: this CPU's own scratch slot; the profile object's programs
+    // do not nest on one CPU (sched_switch runs with interrupts off, the
+    // cpu-clock sample in a hard interrupt).
     let w = unsafe { &mut *w };
     // SAFETY: a successful lookup's value, valid for this program run (the
     // agent may rewrite it concurrently: at worst a wrong stack, which the

@@ -312,36 +312,41 @@ extern "C" fn step_cb(_index: u64, _ctx: *mut c_void) -> i64 {
     let Some(w) = UNWIND_WALK.get_ptr_mut(0) else {
         return STOP;
     };
-    // SAFETY: this CPU's own scratch slot; perf_event programs do not nest
-    // on one CPU.
+    // SAFETY: this CPU's own scratch slot; the profile object's programs
+    // do not nest on one CPU (sched_switch runs with interrupts off, the
+    // cpu-clock sample in a hard interrupt).
     step(unsafe { &mut *w })
 }
 
-/// True when the sample interrupted user mode (CPL 3 in the saved cs).
+/// User registers (ip, sp, bp) the walk starts from.
+pub type UserRegs = (u64, u64, u64);
+
+/// The registers a `perf_event` sample interrupted, read from the context
+/// once, up front: whether it was user mode (CPL 3 in the saved cs), and
+/// ip, sp, bp. Reading the context in one place keeps LLVM from keeping a
+/// pointer into it (ctx + offset) in a register for a later load, which
+/// the verifier rejects ("dereference of modified ctx ptr").
 #[inline(always)]
-pub fn in_user_mode(ctx: &PerfEventContext) -> bool {
+pub fn perf_regs(ctx: &PerfEventContext) -> (bool, UserRegs) {
     let regs = ctx.as_ptr() as *const u8;
     // SAFETY: the context of a perf_event program starts with the
-    // interrupted `pt_regs`; the verifier checks this fixed-offset read.
-    let cs = unsafe { *(regs.add(REG_CS) as *const u64) };
-    user_mode(cs)
-}
-
-/// The sampled task's user registers (ip, sp, bp): the interrupted ones
-/// when the sample hit user mode, else those saved at kernel entry.
-#[inline(always)]
-fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
-    let regs = ctx.as_ptr() as *const u8;
-    if in_user_mode(ctx) {
-        // SAFETY: as above.
-        return Some(unsafe {
+    // interrupted `pt_regs`; the verifier checks these fixed-offset reads.
+    unsafe {
+        (
+            user_mode(*(regs.add(REG_CS) as *const u64)),
             (
                 *(regs.add(REG_IP) as *const u64),
                 *(regs.add(REG_SP) as *const u64),
                 *(regs.add(REG_BP) as *const u64),
-            )
-        });
+            ),
+        )
     }
+}
+
+/// The current task's user registers as saved at kernel entry: what a
+/// program running in kernel context (a tracepoint) starts the walk from.
+#[inline(always)]
+pub fn task_user_regs() -> Option<UserRegs> {
     // SAFETY: both helpers accept the current task; bpf_task_pt_regs
     // returns its user-mode registers saved at kernel entry.
     let saved = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as usize as *const u8;
@@ -366,15 +371,20 @@ fn user_regs(ctx: &PerfEventContext) -> Option<(u64, u64, u64)> {
     clippy::needless_borrows_for_generic_args,
     reason = "by value, the 1 KiB stack would be copied onto the 512-byte BPF stack"
 )]
-pub fn user_stack(ctx: &PerfEventContext, tgid: u32, generation: u32) -> Option<i32> {
+pub fn user_stack(
+    regs: impl FnOnce() -> Option<UserRegs>,
+    tgid: u32,
+    generation: u32,
+) -> Option<i32> {
     UNWIND_PROCS.get_ptr(tgid)?;
-    let Some((ip, sp, bp)) = user_regs(ctx) else {
+    let Some((ip, sp, bp)) = regs() else {
         count(UnwindCounter::NoRegisters);
         return Some(-14);
     };
     let w = UNWIND_WALK.get_ptr_mut(0)?;
-    // SAFETY: this CPU's own scratch slot; perf_event programs do not nest
-    // on one CPU.
+    // SAFETY: this CPU's own scratch slot; the profile object's programs
+    // do not nest on one CPU (sched_switch runs with interrupts off, the
+    // cpu-clock sample in a hard interrupt).
     let w = unsafe { &mut *w };
     w.stack.len = 0;
     w.pc = ip;

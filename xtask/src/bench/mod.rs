@@ -26,6 +26,7 @@ pub enum Which {
     Http,
     Profiler,
     Python,
+    OffCpu,
     Alloc,
     Footprint,
     All,
@@ -90,11 +91,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let started = Instant::now();
     let mut results = Vec::new();
     type Scenario = fn(&Ctx) -> ScenarioResult;
-    let list: [(Which, Scenario); 6] = [
+    let list: [(Which, Scenario); 7] = [
         (Which::Syscalls, scenarios::syscalls),
         (Which::Http, scenarios::http),
         (Which::Profiler, scenarios::profiler),
         (Which::Python, scenarios::python),
+        (Which::OffCpu, scenarios::offcpu),
         (Which::Alloc, scenarios::alloc),
         (Which::Footprint, scenarios::footprint),
     ];

@@ -521,7 +521,7 @@ fn stack_error(id: i32) -> &'static str {
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut ts = ::libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -113,6 +113,11 @@ pub fn handler(stack: &[Frame]) -> Option<&Frame> {
     None
 }
 
+/// The route a sample's own kernel tag names, if the dictionary knows it.
+fn own_label(d: &Lookup<'_>, s: &Sample, t: &Tag) -> Option<RouteLabel> {
+    (t.src != src::NONE).then(|| d.get(s.pid, t.tag)).flatten()
+}
+
 fn handler_key(pid: u32, f: &Frame) -> HandlerKey {
     (
         pid,
@@ -143,14 +148,12 @@ impl Attribution {
     }
 
     /// Sets `route` on each sample of a batch (`tags[i]` is `samples[i]`'s
-    /// kernel tag): first learns from the batch's votes, then attributes.
+    /// kernel tag): first learns from the batch's votes, then attributes,
+    /// then counts the routed CPU.
     pub fn assign(&mut self, samples: &mut [Sample], tags: &[Tag]) {
         let dict = self.share.lookup_all();
-        let label = |d: &Lookup<'_>, s: &Sample, t: &Tag| {
-            (t.src != src::NONE).then(|| d.get(s.pid, t.tag)).flatten()
-        };
         for (s, t) in samples.iter().zip(tags) {
-            let (Some(h), Some(l)) = (handler(&s.stack), label(&dict, s, t)) else {
+            let (Some(h), Some(l)) = (handler(&s.stack), own_label(&dict, s, t)) else {
                 continue;
             };
             let key = handler_key(s.pid, h);
@@ -159,20 +162,7 @@ impl Attribution {
             }
             self.handlers.entry(key).or_default().add(&l, s.count);
         }
-        for (s, t) in samples.iter_mut().zip(tags) {
-            let by_handler = handler(&s.stack)
-                .and_then(|h| self.handlers.get(&handler_key(s.pid, h)))
-                .and_then(Votes::clear)
-                .cloned();
-            // The thread's own tag first: it is exact on a thread-per-request
-            // server, where one handler function often serves every route
-            // (`do_GET`) and its votes follow the CPU-heavy one.
-            s.route = if t.src == src::THREAD {
-                label(&dict, s, t).or(by_handler)
-            } else {
-                by_handler
-            };
-        }
+        self.attribute(&dict, samples, tags);
         drop(dict);
         for s in samples.iter() {
             if let Some(l) = &s.route {
@@ -182,6 +172,31 @@ impl Attribution {
                     .inc_by(secs);
                 self.share.add_cpu(&s.service, l, secs);
             }
+        }
+    }
+
+    /// Sets `route` on samples from what the CPU samples taught, without
+    /// learning from them or counting them as CPU (off-CPU samples, whose
+    /// weight is time blocked).
+    pub fn label(&self, samples: &mut [Sample], tags: &[Tag]) {
+        let dict = self.share.lookup_all();
+        self.attribute(&dict, samples, tags);
+    }
+
+    fn attribute(&self, dict: &Lookup<'_>, samples: &mut [Sample], tags: &[Tag]) {
+        for (s, t) in samples.iter_mut().zip(tags) {
+            let by_handler = handler(&s.stack)
+                .and_then(|h| self.handlers.get(&handler_key(s.pid, h)))
+                .and_then(Votes::clear)
+                .cloned();
+            // The thread's own tag first: it is exact on a thread-per-request
+            // server, where one handler function often serves every route
+            // (`do_GET`) and its votes follow the CPU-heavy one.
+            s.route = if t.src == src::THREAD {
+                own_label(dict, s, t).or(by_handler)
+            } else {
+                by_handler
+            };
         }
     }
 }

@@ -22,6 +22,7 @@ use sonde_common::{
 
 use super::{
     by_route::{Attribution, Tag},
+    offcpu::{OffCpuMaps, OffCpuStore},
     procmaps::Captured,
     python::{PyTracker, PythonMetrics},
     store::{Batch, Frame, ProfileStore, Sample},
@@ -66,22 +67,114 @@ pub struct RawBatch {
     pub traces: HashMap<i32, Vec<u64>>,
     /// Python stacks by `python_stack_id`, youngest frame first.
     pub python: HashMap<i32, Vec<PyFrameRecord>>,
+    /// Off-CPU nanoseconds per key whose stacks are in `traces` and
+    /// `python`.
+    pub offcpu: Vec<(StackKey, u64)>,
+    /// Off-CPU rows whose stacks were taken before the previous flip, with
+    /// their own stacks (another generation's ids).
+    pub offcpu_late: Stacks,
     /// Samples the kernel dropped since the previous drain.
     pub dropped: u64,
+}
+
+/// A key's route tag, as the attribution reads it.
+fn tag(k: &StackKey) -> Tag {
+    Tag {
+        tag: k.route_tag,
+        src: k.route_src,
+    }
+}
+
+/// Rows with the stacks they name.
+#[derive(Debug, Default)]
+pub struct Stacks {
+    pub rows: Vec<(StackKey, u64)>,
+    pub traces: HashMap<i32, Vec<u64>>,
+    pub python: HashMap<i32, Vec<PyFrameRecord>>,
+}
+
+impl KernelMaps {
+    /// Reads the stacks `keys` name from generation `g` into `traces` and
+    /// `python`; returns how many were missing.
+    fn read_stacks<'a>(
+        &self,
+        g: usize,
+        keys: impl Iterator<Item = &'a StackKey>,
+        traces: &mut HashMap<i32, Vec<u64>>,
+        python: &mut HashMap<i32, Vec<PyFrameRecord>>,
+    ) -> u64 {
+        let mut lost = 0;
+        for k in keys {
+            let id = k.user_stack_id;
+            if id >= UNWIND_STACK_ID_BASE && !traces.contains_key(&id) {
+                match self.unwound[g].get(&(id as u32), 0) {
+                    Ok(s) => {
+                        let n = (s.len as usize).min(s.frames.len());
+                        traces.insert(id, s.frames[..n].to_vec());
+                    }
+                    Err(_) => lost += 1,
+                }
+            }
+            for id in [k.user_stack_id, k.kernel_stack_id] {
+                if (0..UNWIND_STACK_ID_BASE).contains(&id) && !traces.contains_key(&id) {
+                    match self.stacks[g].get(&(id as u32), 0) {
+                        Ok(t) => {
+                            traces.insert(id, t.frames().iter().map(|f| f.ip).collect());
+                        }
+                        Err(_) => lost += 1,
+                    }
+                }
+            }
+            let id = k.python_stack_id;
+            if id >= PY_STACK_ID_BASE && !python.contains_key(&id) {
+                match self.python[g].get(&(id as u32), 0) {
+                    Ok(s) => {
+                        let n = (s.len as usize).min(s.frames.len());
+                        python.insert(id, s.frames[..n].to_vec());
+                    }
+                    Err(_) => lost += 1,
+                }
+            }
+        }
+        lost
+    }
+
+    /// Clears generation `g`'s stacks, but for the ids in `keep` (stacks of
+    /// threads still parked off CPU), so the generation starts empty.
+    fn clear(&mut self, g: usize, keep: &HashSet<i32>) {
+        let kept = |id: &u32| keep.contains(&(*id as i32));
+        let py = &mut self.python[g];
+        let ids: Vec<u32> = py.keys().filter_map(Result::ok).collect();
+        for id in ids.iter().filter(|id| !kept(id)) {
+            let _ = py.remove(id);
+        }
+        let stacks = &mut self.stacks[g];
+        let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
+        for id in ids.iter().filter(|id| !kept(id)) {
+            let _ = stacks.remove(id);
+        }
+        let unwound = &mut self.unwound[g];
+        let ids: Vec<u32> = unwound.keys().filter_map(Result::ok).collect();
+        for id in ids.iter().filter(|id| !kept(id)) {
+            let _ = unwound.remove(id);
+        }
+    }
 }
 
 pub struct RawDrainer {
     maps: KernelMaps,
     metrics: DrainMetrics,
     generation: u32,
+    offcpu: Option<OffCpuMaps>,
 }
 
 impl RawDrainer {
-    pub fn new(maps: KernelMaps, metrics: DrainMetrics) -> Self {
+    pub fn new(maps: KernelMaps, metrics: DrainMetrics, offcpu: Option<OffCpuMaps>) -> Self {
         Self {
             maps,
             metrics,
             generation: 0,
+            offcpu,
         }
     }
 
@@ -116,70 +209,54 @@ impl RawDrainer {
             let _ = counts.remove(k);
         }
 
-        let stacks = &mut self.maps.stacks[idle];
-        let mut traces: HashMap<i32, Vec<u64>> = HashMap::new();
-        let mut lost = 0u64;
-        for (k, _) in &rows {
-            let id = k.user_stack_id;
-            if id >= UNWIND_STACK_ID_BASE && !traces.contains_key(&id) {
-                match self.maps.unwound[idle].get(&(id as u32), 0) {
-                    Ok(s) => {
-                        let n = (s.len as usize).min(s.frames.len());
-                        traces.insert(id, s.frames[..n].to_vec());
-                    }
-                    Err(_) => lost += 1,
-                }
-            }
-            for id in [k.user_stack_id, k.kernel_stack_id] {
-                if (0..UNWIND_STACK_ID_BASE).contains(&id) && !traces.contains_key(&id) {
-                    match stacks.get(&(id as u32), 0) {
-                        Ok(t) => {
-                            traces.insert(id, t.frames().iter().map(|f| f.ip).collect());
-                        }
-                        Err(_) => lost += 1,
-                    }
-                }
-            }
-        }
-        let mut python: HashMap<i32, Vec<PyFrameRecord>> = HashMap::new();
-        let py_stacks = &mut self.maps.python[idle];
-        for (k, _) in &rows {
-            let id = k.python_stack_id;
-            if id >= PY_STACK_ID_BASE && !python.contains_key(&id) {
-                match py_stacks.get(&(id as u32), 0) {
-                    Ok(s) => {
-                        let n = (s.len as usize).min(s.frames.len());
-                        python.insert(id, s.frames[..n].to_vec());
-                    }
-                    Err(_) => lost += 1,
-                }
-            }
-        }
-        let ids: Vec<u32> = py_stacks.keys().filter_map(Result::ok).collect();
-        for id in ids {
-            let _ = py_stacks.remove(&id);
-        }
-        // Clear every id, referenced or not, so the generation starts empty.
-        let ids: Vec<u32> = stacks.stack_ids().filter_map(Result::ok).collect();
-        for id in ids {
-            let _ = stacks.remove(&id);
-        }
-        let unwound = &mut self.maps.unwound[idle];
-        let ids: Vec<u32> = unwound.keys().filter_map(Result::ok).collect();
-        for id in ids {
-            let _ = unwound.remove(&id);
-        }
+        let active = idle ^ 1;
+        let offcpu = self
+            .offcpu
+            .as_mut()
+            .map(|o| o.take(idle, active))
+            .unwrap_or_default();
+        let mut traces = HashMap::new();
+        let mut python = HashMap::new();
+        let mut lost = self.maps.read_stacks(
+            idle,
+            rows.iter().chain(&offcpu.idle).map(|(k, _)| k),
+            &mut traces,
+            &mut python,
+        );
+        // Threads parked before the previous flip: their stacks are in the
+        // generation now current, kept there by the previous drain.
+        let mut late = Stacks {
+            rows: offcpu.active,
+            ..Stacks::default()
+        };
+        lost += self.maps.read_stacks(
+            active,
+            late.rows.iter().map(|(k, _)| k),
+            &mut late.traces,
+            &mut late.python,
+        );
+        let keep = self
+            .offcpu
+            .as_mut()
+            .map(|o| o.referenced_ids(idle, active))
+            .unwrap_or_default();
+        self.maps.clear(idle, &keep);
         if lost > 0 {
             self.metrics
                 .errors
                 .with_label_values(&["stack_lost"])
                 .inc_by(lost);
         }
+        if let Some(o) = &mut self.offcpu {
+            o.export_counters();
+        }
         RawBatch {
             at: Some(at),
             rows,
             traces,
             python,
+            offcpu: offcpu.idle,
+            offcpu_late: late,
             dropped: self.export_counters(),
         }
     }
@@ -238,6 +315,8 @@ pub struct Symbolizing {
     python: Option<PyTracker>,
     /// CPU by HTTP route (absent when the HTTP collector is disabled).
     routes: Option<Attribution>,
+    /// The off-CPU window, when off-CPU profiling runs.
+    offcpu: Option<OffCpuStore>,
 }
 
 impl Symbolizing {
@@ -257,11 +336,17 @@ impl Symbolizing {
             strings: HashSet::new(),
             python: None,
             routes: None,
+            offcpu: None,
         }
     }
 
     pub fn with_routes(mut self, a: Attribution) -> Self {
         self.routes = Some(a);
+        self
+    }
+
+    pub fn with_offcpu(mut self, store: OffCpuStore) -> Self {
+        self.offcpu = Some(store);
         self
     }
 
@@ -286,14 +371,30 @@ impl Symbolizing {
         let mut tags = Vec::with_capacity(raw.rows.len());
         let mut services = HashMap::new();
         for (k, n) in &raw.rows {
-            samples.push(self.sample(k, *n, &raw, &mut services));
-            tags.push(Tag {
-                tag: k.route_tag,
-                src: k.route_src,
-            });
+            samples.push(self.sample(k, *n, &raw.traces, &raw.python, &mut services));
+            tags.push(tag(k));
         }
         if let Some(a) = &mut self.routes {
             a.assign(&mut samples, &tags);
+        }
+        if let Some(store) = self.offcpu.clone() {
+            let late = &raw.offcpu_late;
+            let mut off = Vec::with_capacity(raw.offcpu.len() + late.rows.len());
+            let mut off_tags = Vec::with_capacity(off.capacity());
+            for (k, ns) in &raw.offcpu {
+                off.push(self.sample(k, *ns, &raw.traces, &raw.python, &mut services));
+                off_tags.push(tag(k));
+            }
+            for (k, ns) in &late.rows {
+                off.push(self.sample(k, *ns, &late.traces, &late.python, &mut services));
+                off_tags.push(tag(k));
+            }
+            // Labelled with what the CPU samples taught, but neither
+            // learned from nor counted as CPU: their weight is time blocked.
+            if let Some(a) = &self.routes {
+                a.label(&mut off, &off_tags);
+            }
+            store.0.push(Batch { at, samples: off });
         }
         // After the batch: a process that exited since the last drain
         // still has its samples of this batch spliced.
@@ -322,15 +423,24 @@ impl Symbolizing {
         &mut self,
         k: &StackKey,
         count: u64,
-        raw: &RawBatch,
+        traces: &HashMap<i32, Vec<u64>>,
+        python: &HashMap<i32, Vec<PyFrameRecord>>,
         services: &mut HashMap<u32, String>,
     ) -> Sample {
-        let traces = &raw.traces;
         let pid = k.tgid;
         self.resolver.see(pid);
         let mut stack = Vec::new();
         if let Some(ips) = traces.get(&k.kernel_stack_id) {
-            stack.extend(self.resolver.kernel(ips));
+            // The off-CPU program's kernel stacks start in the program
+            // itself and the tracepoint's trampoline: not the program's.
+            let frames = self.resolver.kernel(ips);
+            let ours = frames
+                .iter()
+                .take_while(|f| {
+                    f.function.starts_with("bpf_prog_") || f.function.starts_with("bpf_trace_run")
+                })
+                .count();
+            stack.extend(frames.into_iter().skip(ours));
         }
         let mut user = traces
             .get(&k.user_stack_id)
@@ -338,8 +448,7 @@ impl Symbolizing {
             .unwrap_or_default();
         if let Some(py) = &mut self.python {
             py.sampled(pid);
-            let records = raw
-                .python
+            let records = python
                 .get(&k.python_stack_id)
                 .map(Vec::as_slice)
                 .unwrap_or_default();

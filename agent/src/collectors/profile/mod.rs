@@ -21,6 +21,7 @@
 pub mod by_route;
 pub mod drain;
 pub mod lines;
+pub mod offcpu;
 pub mod pprof;
 pub mod procmaps;
 pub mod python;
@@ -87,6 +88,8 @@ pub struct ProfileCollector {
     /// CPU by route, when the HTTP collector runs too.
     routes: Option<routes::RouteShare>,
     store: ProfileStore,
+    /// The off-CPU window, when `off_cpu` is on.
+    offcpu: Option<offcpu::OffCpuStore>,
     table: ProcessTable,
     base: Base,
 }
@@ -98,22 +101,42 @@ impl ProfileCollector {
         // still bounds memory when thousands of stacks are live.
         let store = ProfileStore::new(config.window.get(), config.frequency_hz.get(), 2_000_000);
         deps.handles.register(store.clone());
+        let offcpu = config.off_cpu.then(|| {
+            let s = offcpu::OffCpuStore(ProfileStore::new(config.window.get(), 1, 2_000_000));
+            deps.handles.register(s.clone());
+            s
+        });
         Self {
             config: config.clone(),
             routes: deps.handles.get::<routes::RouteShare>(),
             store,
+            offcpu,
             table: deps.processes.clone(),
             base: Base::new(),
         }
     }
 }
 
-fn describe(att: &PerCpu, hz: u64) -> ComponentHealth {
-    let base = format!("perf_event cpu-clock at {hz} Hz on {} CPU(s)", att.ok.len());
-    if att.failed.is_empty() {
-        ComponentHealth::healthy(base)
+/// `offcpu`: how off-CPU profiling runs, `Err` when it was asked for and
+/// could not start.
+fn describe(att: &PerCpu, hz: u64, offcpu: &Option<Result<String, String>>) -> ComponentHealth {
+    let mut base = format!("perf_event cpu-clock at {hz} Hz on {} CPU(s)", att.ok.len());
+    let mut degraded = !att.failed.is_empty();
+    if degraded {
+        base = format!("{base}; not attached on {}", att.failures());
+    }
+    match offcpu {
+        Some(Ok(what)) => base = format!("{base}; {what}"),
+        Some(Err(why)) => {
+            base = format!("{base}; off-CPU not running: {why}");
+            degraded = true;
+        }
+        None => {}
+    }
+    if degraded {
+        ComponentHealth::degraded(base)
     } else {
-        ComponentHealth::degraded(format!("{base}; not attached on {}", att.failures()))
+        ComponentHealth::healthy(base)
     }
 }
 
@@ -196,6 +219,9 @@ impl Collector for ProfileCollector {
 
     fn stop(&mut self) {
         self.store.set_flusher(None);
+        if let Some(o) = &self.offcpu {
+            o.0.set_flusher(None);
+        }
         self.base.stop();
     }
 
@@ -205,6 +231,7 @@ impl Collector for ProfileCollector {
         // Bounded by the config (at most 2^20 and 2^18): they fit a u32.
         let keys = self.config.max_keys.get() as u32;
         let stacks = self.config.max_stacks.get() as u32;
+        let off_cpu = self.config.off_cpu;
         let mut obj =
             routes::load_with(self.routes.as_ref(), OBJECT, &ctx.kernel_log_level, |l| {
                 l.map_max_entries("UNWIND_ROWS", rows);
@@ -218,6 +245,11 @@ impl Collector for ProfileCollector {
                     "UNWIND_STACKS_1",
                 ] {
                     l.map_max_entries(m, stacks);
+                }
+                if !off_cpu {
+                    for m in offcpu::MAPS {
+                        l.map_max_entries(m, 1);
+                    }
                 }
             })?;
         ebpf::spawn_kernel_logger(&mut obj, OBJECT.name);
@@ -267,6 +299,24 @@ impl Collector for ProfileCollector {
             .and_then(|i| i.verified_instruction_count())
             .unwrap_or(0);
         budget::record(PROGRAM, prog.info());
+        // Before anything drops a map it took (the Python tracker drops
+        // PY_CONFIG once set): the program's map references are the fds of
+        // the object's maps, which must still be open when it loads.
+        let (offcpu_maps, offcpu_status) = if off_cpu {
+            match offcpu::attach(&mut obj, ctx.btf, &self.config, ctx.telemetry) {
+                Ok(m) => (Some(m), Some(Ok(offcpu::describe(&self.config)))),
+                Err(e) => {
+                    tracing::warn!(
+                        collector = NAME,
+                        "off-CPU profiling not running: {}",
+                        chain(&e)
+                    );
+                    (None, Some(Err(chain(&e))))
+                }
+            }
+        } else {
+            (None, None)
+        };
         let mut att = PerCpu::default();
         attach_cpus(&mut obj, hz, &mut att)?;
         if att.ok.is_empty() {
@@ -283,7 +333,7 @@ impl Collector for ProfileCollector {
             .then(|| python::tracker(ctx.btf, py_procs, py_config, dm.python.clone()))
             .flatten();
         cpus.set(att.ok.len() as i64);
-        self.base.set_health(describe(&att, hz));
+        self.base.set_health(describe(&att, hz, &offcpu_status));
         tracing::info!(collector = NAME, hz, cpus = ?att.ok, failed = att.failed.len(), verified_insns, "profiler attached");
 
         let limits = Limits {
@@ -306,13 +356,18 @@ impl Collector for ProfileCollector {
         let (tx, rx) = mpsc::channel();
         let (sym_tx, sym_rx) = mpsc::channel();
         self.store.set_flusher(Some(tx.clone()));
+        let offcpu_store = self.offcpu.clone().filter(|_| offcpu_maps.is_some());
+        if let Some(o) = &offcpu_store {
+            o.0.set_flusher(Some(tx.clone()));
+        }
         let token = self.base.begin(&ctx);
         let samples = dm.samples.clone();
         let worker = Worker {
-            raw: RawDrainer::new(maps, dm),
+            raw: RawDrainer::new(maps, dm, offcpu_maps),
             obj,
             att,
             hz,
+            offcpu: offcpu_status,
             cpus,
             health: self.base.shared_health(),
         };
@@ -340,6 +395,9 @@ impl Collector for ProfileCollector {
                 }
                 if let Some(a) = attribution {
                     s = s.with_routes(a);
+                }
+                if let Some(o) = offcpu_store {
+                    s = s.with_offcpu(o);
                 }
                 run_symbolize(s, sym_rx);
             })?;
@@ -370,6 +428,7 @@ struct Worker {
     obj: Ebpf,
     att: PerCpu,
     hz: u64,
+    offcpu: Option<Result<String, String>>,
     cpus: IntGauge,
     health: SharedHealth,
 }
@@ -381,7 +440,7 @@ impl Worker {
         }
         self.cpus.set(self.att.ok.len() as i64);
         let r = self.raw.drain();
-        let mut h = describe(&self.att, self.hz);
+        let mut h = describe(&self.att, self.hz, &self.offcpu);
         if r.dropped > 0 {
             h = ComponentHealth::degraded(format!(
                 "{}; {} samples dropped (counts map full) in the last drain",
@@ -432,7 +491,7 @@ pub enum SymCmd {
     /// A process was sampled for the first time: its maps and files.
     Seen(procmaps::Captured),
     /// A drained batch, and who waits for it to be in the window.
-    Batch(RawBatch, Option<oneshot::Sender<SystemTime>>),
+    Batch(Box<RawBatch>, Option<oneshot::Sender<SystemTime>>),
 }
 
 /// Drains every `interval` and on every flush request; returns (dropping
@@ -466,8 +525,13 @@ fn run_drain(
         // Capture processes new to this thread before handing the batch
         // over, so their maps are in before their samples even when the
         // ring-buffer announcement is late.
-        for (k, _) in &batch.rows {
-            if known.get(&k.tgid) == Some(&k.comm) {
+        // Off-CPU rows name every thread that blocked, each with its own
+        // comm: a new comm there is not an exec, only a new pid is news.
+        let cpu = batch.rows.iter().map(|(k, _)| (k, false));
+        let off = batch.offcpu.iter().chain(&batch.offcpu_late.rows);
+        for (k, off) in cpu.chain(off.map(|(k, _)| (k, true))) {
+            let seen = known.get(&k.tgid);
+            if seen == Some(&k.comm) || (off && seen.is_some()) {
                 continue;
             }
             if known.len() >= MAX_KNOWN {
@@ -487,7 +551,7 @@ fn run_drain(
             }
             let _ = h.send(unwind::UnwindCmd::Hot(per_pid.into_iter().collect()));
         }
-        if out.send(SymCmd::Batch(batch, reply)).is_err() {
+        if out.send(SymCmd::Batch(Box::new(batch), reply)).is_err() {
             return;
         }
     }
@@ -499,7 +563,7 @@ fn run_symbolize(mut s: Symbolizing, cmds: mpsc::Receiver<SymCmd>) {
             SymCmd::Seen(c) => s.seen(c),
             SymCmd::Batch(raw, reply) => {
                 let at = raw.at.unwrap_or_else(SystemTime::now);
-                s.process(raw);
+                s.process(*raw);
                 if let Some(r) = reply {
                     let _ = r.send(at);
                 }

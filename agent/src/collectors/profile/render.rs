@@ -78,15 +78,21 @@ pub struct SvgError(String);
 
 /// An SVG flamegraph of the folded stacks.
 pub fn svg(p: &Profile, title: &str) -> Result<Vec<u8>, SvgError> {
-    svg_with(p, title, false)
+    svg_with(p, title, false, "samples")
 }
 
-/// [`svg`], split by route first with `by_route` (see [`folded_with`]).
-pub fn svg_with(p: &Profile, title: &str, by_route: bool) -> Result<Vec<u8>, SvgError> {
+/// [`svg`], split by route first with `by_route` (see [`folded_with`]),
+/// with counts in `count_name` (`samples`, or `ns` off CPU).
+pub fn svg_with(
+    p: &Profile,
+    title: &str,
+    by_route: bool,
+    count_name: &str,
+) -> Result<Vec<u8>, SvgError> {
     let folded = folded_with(p, by_route);
     let mut opts = inferno::flamegraph::Options::default();
     opts.title = title.to_owned();
-    opts.count_name = "samples".to_owned();
+    opts.count_name = count_name.to_owned();
     let mut out = Vec::new();
     if folded.is_empty() {
         // inferno refuses empty input; an empty profile is still an answer.

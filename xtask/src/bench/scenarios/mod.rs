@@ -4,6 +4,7 @@
 mod alloc;
 mod footprint;
 mod http;
+mod offcpu;
 mod profiler;
 mod python;
 mod syscalls;
@@ -17,6 +18,7 @@ use std::{
 use anyhow::{Context as _, Result};
 pub use footprint::footprint;
 pub use http::http;
+pub use offcpu::offcpu;
 pub use profiler::profiler;
 pub use python::python;
 pub use syscalls::syscalls;
