@@ -255,7 +255,7 @@ impl Collector for ProfileCollector {
             )));
         }
         let (dm, cpus) = metrics(ctx.telemetry);
-        let py_tracker = python::tracker(ctx.btf, py_procs, py_config, dm.python.clone());
+        let py_tracker = python::tracker(ctx.btf, py_procs, py_config, dm.python.clone(), NAME);
         cpus.set(att.ok.len() as i64);
         self.base.set_health(describe(&att, hz));
         tracing::info!(collector = NAME, hz, cpus = ?att.ok, failed = att.failed.len(), verified_insns, "profiler attached");
