@@ -5,6 +5,7 @@ mod alloc;
 mod footprint;
 mod http;
 mod profiler;
+mod pyalloc;
 mod syscalls;
 
 pub use alloc::alloc;
