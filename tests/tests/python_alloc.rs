@@ -227,6 +227,29 @@ fn alloc_attributes_python_lines_like_tracemalloc() {
     assert!(bad.is_empty(), "beyond ±10 %:\n{}", bad.join("\n"));
 }
 
+/// Polls `sonde memory` until `pid`'s RSS stacks show the fault loop's
+/// Python frames; returns the folded stacks.
+fn fault_stacks_with_python(agent: &Agent, pid: u32) -> String {
+    let pid = pid.to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = agent.cli(&["memory", "--pid", &pid, "--kind", "rss", "-f", "folded"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let found = text
+            .lines()
+            .any(|l| l.contains("touch_pages (faults.py:") && l.contains("fault_loop (faults.py:"));
+        if found {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Python frames in the fault stacks after 30 s:\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 #[test]
 fn page_fault_stacks_of_a_python_process_show_python_frames() {
     let _x = exclusive();
@@ -235,28 +258,38 @@ fn page_fault_stacks_of_a_python_process_show_python_frames() {
     let script = dir.path().join("faults.py");
     std::fs::write(&script, FAULTS).expect("write script");
     let wl = Workload::spawn(Command::new(pyenv("3.12.1")).arg(&script));
-    let pid = wl.pid().to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let folded = loop {
-        let out = agent.cli(&["memory", "--pid", &pid, "--kind", "rss", "-f", "folded"]);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let found = text
-            .lines()
-            .any(|l| l.contains("touch_pages (faults.py:") && l.contains("fault_loop (faults.py:"));
-        if found {
-            break text;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no Python frames in the fault stacks after 30 s:\n{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    };
+    let folded = fault_stacks_with_python(&agent, wl.pid());
     println!("{folded}");
     let m = agent.metrics();
     assert!(
         metric_value(&m, "sonde_memory_python_walks_total").unwrap_or(0.0) > 0.0,
         "the kernel walked Python stacks: {m}"
     );
+}
+
+/// A shell that the collector saw (not Python) and that then execs Python
+/// (an entrypoint wrapper): detected afresh when its comm changes.
+#[test]
+fn a_shell_that_execs_python_gets_python_frames_in_fault_stacks() {
+    let _x = exclusive();
+    let agent = Agent::start("[collectors.memory]\nenabled = true\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("faults.py");
+    std::fs::write(&script, FAULTS).expect("write script");
+    let ready = dir.path().join("ready");
+    let wl = Workload::spawn(Command::new("sh").arg("-c").arg(format!(
+        "while [ ! -e {} ]; do sleep 0.1; done; exec {} {}",
+        ready.display(),
+        pyenv("3.12.1").display(),
+        script.display()
+    )));
+    let pid = wl.pid().to_string();
+    // The shell's own rows, drained (each CLI call drains): not Python.
+    wait_for(Duration::from_secs(20), "the shell's rows", || {
+        let out = agent.cli(&["memory", "--pid", &pid, "--kind", "mapped", "-f", "folded"]);
+        (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+    });
+    std::fs::write(&ready, "").expect("ready file");
+    let folded = fault_stacks_with_python(&agent, wl.pid());
+    println!("{folded}");
 }

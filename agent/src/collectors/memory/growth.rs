@@ -472,7 +472,15 @@ struct ProcState {
     size: u64,
     rss: u64,
     faults: Option<u64>,
+    /// The comm of its rows at the last drain, to notice an exec.
+    comm: [u8; sonde_common::COMM_LEN],
+    /// When a comm change last made it detected afresh.
+    redetected: Option<Instant>,
 }
+
+/// A process whose threads carry different comms would look like it
+/// exec'd at every drain: it is detected afresh at most this often.
+const REDETECT_EVERY: Duration = Duration::from_secs(30);
 
 /// minflt + majflt of a process (/proc/PID/stat fields 10 and 12).
 fn faults(pid: u32) -> Option<u64> {
@@ -650,9 +658,23 @@ impl Drainer {
             if seen.insert(pid) {
                 resolver.see(pid);
                 // Detected once (again while its interpreter starts): its
-                // next rows carry Python frames.
+                // next rows carry Python frames. A process that was not a
+                // walked CPython and changed its comm exec'd (a shell
+                // wrapper exec'ing python): detect it afresh.
                 if let Some(py) = &mut self.python {
-                    py.sampled(pid);
+                    let exec = py.interpreter(pid).is_none()
+                        && self.procs.get(&pid).is_some_and(|p| {
+                            p.comm != k.comm
+                                && p.redetected.is_none_or(|t| t.elapsed() >= REDETECT_EVERY)
+                        });
+                    if exec {
+                        if let Some(p) = self.procs.get_mut(&pid) {
+                            p.redetected = Some(Instant::now());
+                        }
+                        py.announced(pid);
+                    } else {
+                        py.sampled(pid);
+                    }
                 }
             }
             let mut stack = traces
@@ -671,10 +693,13 @@ impl Drainer {
                 bytes,
                 events: n,
             });
-            self.procs.entry(pid).or_insert_with(|| ProcState {
-                label,
-                ..Default::default()
-            });
+            self.procs
+                .entry(pid)
+                .or_insert_with(|| ProcState {
+                    label,
+                    ..Default::default()
+                })
+                .comm = k.comm;
         }
         let dropped = self.store.add(updates);
         if dropped > 0 {
