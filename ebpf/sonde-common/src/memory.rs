@@ -68,8 +68,10 @@ pub struct MemKey {
     pub user_stack_id: i32,
     /// A [`MemKind`].
     pub kind: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// The Python stack walked with a sampled fault of a CPython process
+    /// the agent marked (an id of the generation's `PY_STACKS_*`, >=
+    /// `PY_STACK_ID_BASE`), else 0 or `-errno`.
+    pub python_stack_id: i32,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -115,6 +117,14 @@ crate::counters! {
         /// Two threads in an mmap-family call at once hashed to one pending
         /// slot of the mmap_lock hooks: the earlier call was not counted.
         SlotCollision = 4 => "slot_collision",
+        /// Sampled faults of a CPython process: a Python walk was attempted.
+        PythonWalks = 5 => "python_walks",
+        /// A Python walk stopped at a failed read.
+        PythonReadFault = 6 => "python_read_fault",
+        /// A Python walk stopped at `PY_FRAMES_MAX` frames.
+        PythonTruncated = 7 => "python_truncated",
+        /// A walked Python stack was not stored (id collision, map full).
+        PythonStackLost = 8 => "python_stack_lost",
     }
 }
 
@@ -162,10 +172,22 @@ pub struct AllocLive {
     /// `bpf_ktime_get_ns` at allocation.
     pub ts_ns: u64,
     pub stack_id: i32,
-    pub _pad: u32,
+    /// The Python stack walked at the allocation (CPython processes the
+    /// agent marked): an id of `PY_STACKS_0`, else 0 or `-errno`.
+    pub python_stack_id: i32,
 }
 
 const _: () = assert!(core::mem::size_of::<AllocLive>() == 32);
+
+/// Key of the per-stack totals: the native and the Python stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AllocStackKey {
+    pub stack_id: i32,
+    pub python_stack_id: i32,
+}
+
+const _: () = assert!(core::mem::size_of::<AllocStackKey>() == 8);
 
 /// Per-stack totals of a session (per CPU).
 #[repr(C)]
@@ -220,7 +242,22 @@ crate::counters! {
         /// Allocations returned while the session was not recording (during
         /// attach or detach).
         Inactive = 10 => "outside_session",
+        /// Allocations of a CPython process: a Python walk was attempted.
+        PythonWalks = 11 => "python_walks",
+        /// A Python walk stopped at a failed read.
+        PythonReadFault = 12 => "python_read_fault",
+        /// A Python walk stopped at `PY_FRAMES_MAX` frames.
+        PythonTruncated = 13 => "python_truncated",
+        /// A walked Python stack was not stored (id collision, map full).
+        PythonStackLost = 14 => "python_stack_lost",
     }
 }
 
-crate::user_pod!(MemKey, MemValue, AllocPending, AllocLive, AllocTotals);
+crate::user_pod!(
+    MemKey,
+    MemValue,
+    AllocPending,
+    AllocLive,
+    AllocStackKey,
+    AllocTotals
+);

@@ -3,6 +3,13 @@
 //! (where the caller's frame is the top of the user stack) record the
 //! allocation in a bounded live map; `free` removes it.
 //!
+//! For CPython processes the agent marks in `PY_PROCS` (python.rs, in this
+//! object too), the return probe also walks the Python stack, and the agent
+//! probes the interpreter's allocator entry points (`PyObject_Malloc`, ...)
+//! with these same programs: a call nested in a tracked one (pymalloc
+//! falling through to `malloc` for a large object) is ignored by `depth`,
+//! so each allocation counts once, at the outermost entry point.
+//!
 //! Probe points are chosen by the agent so the kernel can emulate the
 //! probed instruction (see agent/src/collectors/memory/probe_point.rs);
 //! these programs only need the argument registers to be intact there.
@@ -19,7 +26,7 @@ use aya_ebpf::{
 use sonde_common::memory::{
     ALLOC_ACTIVE_SLOT, ALLOC_CONTROL_ENTRIES, ALLOC_COUNTERS, ALLOC_MAX_LIVE, ALLOC_MAX_PENDING,
     ALLOC_MAX_STACKS, ALLOC_SAMPLE_BYTES_SLOT, AllocCounter, AllocFn, AllocLive, AllocPending,
-    AllocTotals,
+    AllocStackKey, AllocTotals,
 };
 
 use crate::counters::bump;
@@ -40,7 +47,7 @@ static ALLOC_LIVE: HashMap<u64, AllocLive> = HashMap::with_max_entries(ALLOC_MAX
 
 /// Per-stack totals.
 #[map]
-static ALLOC_TOTALS: PerCpuHashMap<i32, AllocTotals> =
+static ALLOC_TOTALS: PerCpuHashMap<AllocStackKey, AllocTotals> =
     PerCpuHashMap::with_max_entries(ALLOC_MAX_STACKS, 0);
 
 #[map]
@@ -90,13 +97,21 @@ pub fn enter(func: AllocFn, size: u64, arg: u64) -> u32 {
     0
 }
 
-pub fn malloc_enter(ctx: &ProbeContext) -> u32 {
-    enter(AllocFn::Malloc, ctx.arg::<u64>(0).unwrap_or(0), 0)
+// The `*_enter` functions take the index of the first argument they read:
+// 0 for malloc and CPython's `PyObject_Malloc`, 1 for CPython's
+// allocator implementations (`_PyObject_Malloc(void *ctx, size_t size)`).
+// Inlined, so that the index is a constant: the verifier rejects a context
+// access at a computed offset.
+
+#[inline(always)]
+pub fn malloc_enter(ctx: &ProbeContext, a: usize) -> u32 {
+    enter(AllocFn::Malloc, ctx.arg::<u64>(a).unwrap_or(0), 0)
 }
 
-pub fn calloc_enter(ctx: &ProbeContext) -> u32 {
-    let n = ctx.arg::<u64>(0).unwrap_or(0);
-    let size = ctx.arg::<u64>(1).unwrap_or(0);
+#[inline(always)]
+pub fn calloc_enter(ctx: &ProbeContext, a: usize) -> u32 {
+    let n = ctx.arg::<u64>(a).unwrap_or(0);
+    let size = ctx.arg::<u64>(a + 1).unwrap_or(0);
     // Overflowing calloc fails; `saturating_mul` would need 128-bit
     // arithmetic the BPF backend lacks.
     let total = if n <= 1 || size <= 1 || (n >> 32 == 0 && size >> 32 == 0) {
@@ -108,9 +123,10 @@ pub fn calloc_enter(ctx: &ProbeContext) -> u32 {
     enter(AllocFn::Calloc, total, 0)
 }
 
-pub fn realloc_enter(ctx: &ProbeContext) -> u32 {
-    let old = ctx.arg::<u64>(0).unwrap_or(0);
-    enter(AllocFn::Realloc, ctx.arg::<u64>(1).unwrap_or(0), old)
+#[inline(always)]
+pub fn realloc_enter(ctx: &ProbeContext, a: usize) -> u32 {
+    let old = ctx.arg::<u64>(a).unwrap_or(0);
+    enter(AllocFn::Realloc, ctx.arg::<u64>(a + 1).unwrap_or(0), old)
 }
 
 pub fn memalign_enter(ctx: &ProbeContext) -> u32 {
@@ -224,6 +240,21 @@ fn record(ctx: &RetProbeContext, ptr: u64, size: u64) {
             e
         }
     };
+    let py = crate::python::python_stack((bpf_get_current_pid_tgid() >> 32) as u32, 0);
+    for (hit, c) in [
+        (py.walked, AllocCounter::PythonWalks),
+        (py.fault, AllocCounter::PythonReadFault),
+        (py.truncated, AllocCounter::PythonTruncated),
+        (py.lost, AllocCounter::PythonStackLost),
+    ] {
+        if hit {
+            count(c);
+        }
+    }
+    let key = AllocStackKey {
+        stack_id,
+        python_stack_id: py.id,
+    };
     // SAFETY: a helper call with no arguments and no memory access.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let live = AllocLive {
@@ -231,19 +262,19 @@ fn record(ctx: &RetProbeContext, ptr: u64, size: u64) {
         weight: w,
         ts_ns,
         stack_id,
-        _pad: 0,
+        python_stack_id: py.id,
     };
     // An address reused without our seeing its free (freed through a path
     // we do not probe) is simply overwritten.
     if ALLOC_LIVE.insert(ptr, live, 0).is_err() {
         count(AllocCounter::LiveFull);
     }
-    add_totals(stack_id, w, 1, 0, 0);
+    add_totals(key, w, 1, 0, 0);
 }
 
 #[inline(always)]
-fn add_totals(stack_id: i32, ab: u64, ac: u64, fb: u64, fc: u64) {
-    if let Some(t) = ALLOC_TOTALS.get_ptr_mut(stack_id) {
+fn add_totals(key: AllocStackKey, ab: u64, ac: u64, fb: u64, fc: u64) {
+    if let Some(t) = ALLOC_TOTALS.get_ptr_mut(key) {
         // SAFETY: this CPU's own slot of a found per-CPU entry.
         let t = unsafe { &mut *t };
         t.alloc_bytes += ab;
@@ -258,7 +289,7 @@ fn add_totals(stack_id: i32, ab: u64, ac: u64, fb: u64, fc: u64) {
         free_bytes: fb,
         free_count: fc,
     };
-    if ALLOC_TOTALS.insert(stack_id, t, 0).is_err() {
+    if ALLOC_TOTALS.insert(key, t, 0).is_err() {
         count(AllocCounter::TotalsFull);
     }
 }
@@ -273,11 +304,16 @@ fn release(ptr: u64) {
         return;
     };
     let _ = ALLOC_LIVE.remove(ptr);
-    add_totals(live.stack_id, 0, 0, live.weight, 1);
+    let key = AllocStackKey {
+        stack_id: live.stack_id,
+        python_stack_id: live.python_stack_id,
+    };
+    add_totals(key, 0, 0, live.weight, 1);
 }
 
-pub fn free_enter(ctx: &ProbeContext) -> u32 {
-    let ptr = ctx.arg::<u64>(0).unwrap_or(0);
+#[inline(always)]
+pub fn free_enter(ctx: &ProbeContext, a: usize) -> u32 {
+    let ptr = ctx.arg::<u64>(a).unwrap_or(0);
     if ptr != 0 {
         release(ptr);
     }

@@ -22,7 +22,8 @@
 //! `getppid`, docs/memory.md); and a software perf event sampling faults.
 //!
 //! Two generations of counts and stacks, flipped by the agent, as in the
-//! CPU profiler (see profile.rs).
+//! CPU profiler (see profile.rs). Rows with a stack of a CPython process
+//! the agent marked also carry its Python stack (python.rs).
 
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
@@ -159,11 +160,28 @@ fn account<C: StackIdContext>(ctx: &C, kind: MemKind, bytes: u64, n: u64, with_s
     } else {
         MEM_NO_STACK
     };
+    // CPython processes the agent marked: their Python stack too.
+    let python_stack_id = if with_stack {
+        let py = crate::python::python_stack(tgid, generation as u32);
+        for (hit, c) in [
+            (py.walked, MemCounter::PythonWalks),
+            (py.fault, MemCounter::PythonReadFault),
+            (py.truncated, MemCounter::PythonTruncated),
+            (py.lost, MemCounter::PythonStackLost),
+        ] {
+            if hit {
+                bump(&MEM_COUNTERS_MAP, c as u32);
+            }
+        }
+        py.id
+    } else {
+        0
+    };
     let key = MemKey {
         tgid,
         user_stack_id,
         kind: kind as u32,
-        _pad: 0,
+        python_stack_id,
         comm,
     };
     add(counts, &key, bytes, n);

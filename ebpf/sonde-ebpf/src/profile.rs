@@ -54,8 +54,7 @@ static PROFILE_SEEN: LruHashMap<u32, [u8; COMM_LEN]> =
 static PROFILE_NEW_PIDS: RingBuf = RingBuf::with_byte_size(16 * 1024, 0);
 
 #[map]
-pub(crate) static PROFILE_COUNTERS_MAP: PerCpuArray<u64> =
-    PerCpuArray::with_max_entries(PROFILE_COUNTERS, 0);
+static PROFILE_COUNTERS_MAP: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROFILE_COUNTERS, 0);
 
 const EEXIST: i32 = 17;
 const ENOMEM: i32 = 12;
@@ -119,7 +118,18 @@ pub fn stack_key<C: StackIdContext>(
             ProfileCounter::KernelStackAbsent,
         )
     };
-    let python_stack_id = crate::python::python_stack(tgid, generation);
+    let py = crate::python::python_stack(tgid, generation);
+    for (hit, c) in [
+        (py.walked, ProfileCounter::PythonWalks),
+        (py.fault, ProfileCounter::PythonReadFault),
+        (py.truncated, ProfileCounter::PythonTruncated),
+        (py.lost, ProfileCounter::PythonStackLost),
+    ] {
+        if hit {
+            bump(&PROFILE_COUNTERS_MAP, c as u32);
+        }
+    }
+    let python_stack_id = py.id;
     let (route_tag, route_src) = crate::route_tag::current(bpf_get_current_pid_tgid());
     StackKey {
         tgid,

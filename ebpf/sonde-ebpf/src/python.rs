@@ -1,7 +1,10 @@
-//! Python (CPython) stack walk, run by the profiler's `perf_event` program
-//! and the off-CPU `sched_switch` program after the native unwind, for
-//! processes the agent put in `PY_PROCS`; any other process costs one
-//! hash-map miss.
+//! Python (CPython) stack walk, run for processes the agent put in
+//! `PY_PROCS` (any other process costs one hash-map miss) by the programs
+//! that capture user stacks: the profiler's `perf_event` program after the
+//! native unwind and its off-CPU `sched_switch` program, `sonde alloc`'s
+//! return probe, and the memory collector's sampled page faults. Each
+//! object that includes this file has its own copy of the maps; the caller
+//! counts the outcome in its own counters.
 //!
 //! The recipe is documented on `sonde_common::python` (and run in
 //! userspace by `sonde_python::walk::kernel_walk`): fsbase from the task,
@@ -22,17 +25,12 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray},
 };
-use sonde_common::{
-    profile::ProfileCounter,
-    python::{
-        PY_CODE_CHECK_LEN, PY_CONFIG_ENTRIES, PY_CONFIG_FSBASE, PY_FRAME_ENTRY,
-        PY_FRAME_KIND_ENTRY_FLAG, PY_FRAME_KIND_OBJECT, PY_FRAME_KIND_OWNER, PY_FRAME_NO_CHECKSUM,
-        PY_FRAME_READ_MAX, PY_FRAMES_MAX, PY_MAX_PROCS, PY_MAX_STACKS, PY_PROC_CFRAME_HOP,
-        PY_STACK_ID_BASE, PyCodeIdentity, PyFrameRecord, PyProcInfo, PyStack, py_code_checksum,
-    },
+use sonde_common::python::{
+    PY_CODE_CHECK_LEN, PY_CONFIG_ENTRIES, PY_CONFIG_FSBASE, PY_FRAME_ENTRY,
+    PY_FRAME_KIND_ENTRY_FLAG, PY_FRAME_KIND_OBJECT, PY_FRAME_KIND_OWNER, PY_FRAME_NO_CHECKSUM,
+    PY_FRAME_READ_MAX, PY_FRAMES_MAX, PY_MAX_PROCS, PY_MAX_STACKS, PY_PROC_CFRAME_HOP,
+    PY_STACK_ID_BASE, PyCodeIdentity, PyFrameRecord, PyProcInfo, PyStack, py_code_checksum,
 };
-
-use crate::{counters::bump, profile::PROFILE_COUNTERS_MAP};
 
 /// CPython processes to walk, filled by the agent.
 #[map]
@@ -55,6 +53,8 @@ pub struct PyWalk {
     frame: u64,
     hash: u64,
     check: u64,
+    /// A frame read failed (the walk stopped there).
+    fault: bool,
     /// The frame as read; a power of two of words so that a masked index
     /// needs no bounds check the verifier could lose track of.
     buf: [u64; BUF_WORDS],
@@ -75,9 +75,21 @@ const EFAULT: i32 = 14;
 const CONTINUE: i64 = 0;
 const STOP: i64 = 1;
 
-#[inline(always)]
-fn count(c: ProfileCounter) {
-    bump(&PROFILE_COUNTERS_MAP, c as u32);
+/// What one walk did, for the caller's counters.
+#[derive(Clone, Copy, Default)]
+pub struct PyOutcome {
+    /// 0: no Python stack (not a marked process, no Python state, or a
+    /// failure below); else the stored stack's id (>= PY_STACK_ID_BASE);
+    /// negative: `-errno` of the failure.
+    pub id: i32,
+    /// The process is in `PY_PROCS`: a walk was attempted.
+    pub walked: bool,
+    /// A read failed (fsbase, thread state, frame).
+    pub fault: bool,
+    /// Stopped at PY_FRAMES_MAX frames.
+    pub truncated: bool,
+    /// Walked but not stored (id collision, map full).
+    pub lost: bool,
 }
 
 #[inline(always)]
@@ -179,7 +191,7 @@ fn step(w: &mut PyWalk) -> i64 {
         )
     };
     if r != 0 {
-        count(ProfileCounter::PythonReadFault);
+        w.fault = true;
         w.frame = 0;
         return STOP;
     }
@@ -277,39 +289,42 @@ fn first_frame(info: &PyProcInfo) -> Result<u64, ()> {
     Ok(frame)
 }
 
-/// The Python stack of the sampled thread for the count key: 0 when
-/// `tgid` is not a marked CPython process or the thread runs no Python,
-/// else the stored stack's id (>= PY_STACK_ID_BASE) or `-errno`.
+/// The Python stack of the current thread, stored in generation
+/// `generation`'s map: see [`PyOutcome`].
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
     reason = "by value, the 3 KiB stack would be copied onto the 512-byte BPF stack"
 )]
-pub fn python_stack(tgid: u32, generation: u32) -> i32 {
+pub fn python_stack(tgid: u32, generation: u32) -> PyOutcome {
+    let mut out = PyOutcome::default();
     let Some(info) = PY_PROCS.get_ptr(tgid) else {
-        return 0;
+        return out;
     };
-    count(ProfileCounter::PythonWalks);
+    out.walked = true;
     let Some(w) = PY_WALK.get_ptr_mut(0) else {
-        return 0;
+        return out;
     };
-    // SAFETY: this CPU's own scratch slot; the profile object's programs
-    // do not nest on one CPU (sched_switch runs with interrupts off, the
-    // cpu-clock sample in a hard interrupt).
+    // SAFETY: this CPU's own scratch slot; the programs that walk (perf
+    // event, sched_switch, uprobe, tracepoint) do not nest on one CPU
+    // (sched_switch runs with interrupts off, the cpu-clock sample in a
+    // hard interrupt).
     let w = unsafe { &mut *w };
     // SAFETY: a successful lookup's value, valid for this program run (the
     // agent may rewrite it concurrently: at worst a wrong stack, which the
     // agent's checksums catch).
     w.info = unsafe { *info };
     let frame = match first_frame(&w.info) {
-        Ok(0) => return 0,
+        Ok(0) => return out,
         Ok(f) => f,
         Err(()) => {
-            count(ProfileCounter::PythonReadFault);
-            return -EFAULT;
+            out.fault = true;
+            out.id = -EFAULT;
+            return out;
         }
     };
     w.frame = frame;
+    w.fault = false;
     w.stack.len = 0;
     w.hash = 0xcbf2_9ce4_8422_2325;
     w.check = 0;
@@ -323,11 +338,10 @@ pub fn python_stack(tgid: u32, generation: u32) -> i32 {
             0,
         )
     };
-    if w.frame != 0 {
-        count(ProfileCounter::PythonTruncated);
-    }
+    out.fault = w.fault;
+    out.truncated = w.frame != 0;
     if w.stack.len == 0 {
-        return 0;
+        return out;
     }
     let id = (w.hash as u32 ^ (w.hash >> 32) as u32) & (PY_STACK_ID_BASE as u32 - 1)
         | PY_STACK_ID_BASE as u32;
@@ -337,7 +351,7 @@ pub fn python_stack(tgid: u32, generation: u32) -> i32 {
     } else {
         &PY_STACKS_1
     };
-    match stacks.insert(id, &w.stack, BPF_NOEXIST as u64) {
+    out.id = match stacks.insert(id, &w.stack, BPF_NOEXIST as u64) {
         Ok(()) => id as i32,
         Err(e) if -e == EEXIST => {
             let same = stacks.get_ptr(id).is_some_and(|old| {
@@ -348,13 +362,14 @@ pub fn python_stack(tgid: u32, generation: u32) -> i32 {
             if same {
                 id as i32
             } else {
-                count(ProfileCounter::PythonStackLost);
+                out.lost = true;
                 -EEXIST
             }
         }
         Err(e) => {
-            count(ProfileCounter::PythonStackLost);
+            out.lost = true;
             e
         }
-    }
+    };
+    out
 }

@@ -3,7 +3,10 @@
 //! kernel lacks those tracepoints) and sampled page faults count bytes by
 //! (process, user stack, kind) in the kernel; a drain thread flips the map
 //! generation, symbolizes the rows into [`MemoryStore`], and keeps the
-//! per-service metrics.
+//! per-service metrics. CPython processes (detected when they first show
+//! up in a drain, as the profiler does: profile/python.rs) are marked in
+//! the object's `PY_PROCS`; their rows then carry the Python stack, spliced
+//! into the native one.
 //!
 //! The drain is a thread, not a tokio task: each drain reads whole maps and
 //! symbolizes with blazesym (not `Send`, and long blocking work that would
@@ -18,16 +21,19 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuHashMap, StackTraceMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap, StackTraceMap},
     programs::{
         PerfEvent,
         perf_event::{PerfEventConfig, SamplePolicy, SoftwareEvent},
     },
 };
 use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts};
-use sonde_common::memory::{
-    MEM_FAULT_SAMPLE_SLOT, MEM_GEN_SLOT, MEM_PAGE_SIZE_SLOT, MEM_TOTAL_VM_OFF_SLOT, MemCounter,
-    MemKey, MemKind, MemValue,
+use sonde_common::{
+    memory::{
+        MEM_FAULT_SAMPLE_SLOT, MEM_GEN_SLOT, MEM_PAGE_SIZE_SLOT, MEM_TOTAL_VM_OFF_SLOT, MemCounter,
+        MemKey, MemKind, MemValue,
+    },
+    python::{PY_STACK_ID_BASE, PyFrameRecord, PyStack},
 };
 use tokio::sync::oneshot;
 
@@ -44,7 +50,10 @@ use crate::{
             counters::KernelCounters,
             program, take_map,
         },
-        profile::symbolize::{Limits, Resolver, SymbolizeMetrics},
+        profile::{
+            python::{self, PyTracker, PythonMetrics},
+            symbolize::{Limits, Resolver, SymbolizeMetrics},
+        },
     },
     config::{MemoryConfig, MemoryHook},
     ebpf::{self, KernelBtf},
@@ -55,6 +64,11 @@ pub const NAME: &str = "memory";
 
 /// This collector's eBPF object.
 pub const OBJECT: ebpf::Object = ebpf::object!("sonde-memory");
+
+/// Distinct Python stacks per generation (`PY_STACKS_*`, 3 KiB each): the
+/// object's default is sized for the profiler; faults and mappings of
+/// Python code see far fewer.
+const PY_STACKS: u32 = 512;
 
 /// Most distinct `service_name` label values; the rest go under `other`.
 const MAX_SERVICE_LABELS: usize = 1000;
@@ -126,6 +140,7 @@ struct Metrics {
     faults: IntCounterVec,
     errors: IntCounterVec,
     drains: IntCounter,
+    python_walks: IntCounter,
 }
 
 impl Metrics {
@@ -161,13 +176,22 @@ impl Metrics {
             errors: counter(
                 "sonde_memory_errors_total",
                 "Memory collector drops, by reason: counts_map_full (event not counted), \
-                 stack_missing (counted without a stack), brk_map_full, slot_collision (an mmap-family call not counted: two threads shared a pending slot), store_full.",
+                 stack_missing (counted without a stack), brk_map_full, slot_collision (an mmap-family call not counted: two threads shared a pending slot), store_full, \
+                 python_read_fault, python_truncated, python_stack_lost (a Python stack \
+                 not walked whole or not stored).",
                 &["reason"],
             ),
             drains: t.register(
                 IntCounter::new(
                     "sonde_memory_drains_total",
                     "Times the agent drained the memory collector's kernel counts.",
+                )
+                .expect("valid"),
+            ),
+            python_walks: t.register(
+                IntCounter::new(
+                    "sonde_memory_python_walks_total",
+                    "Memory events of CPython processes whose Python frames the kernel walked.",
                 )
                 .expect("valid"),
             ),
@@ -202,12 +226,18 @@ struct Kernel {
     control: Array<MapData, u64>,
     counts: [PerCpuHashMap<MapData, MemKey, MemValue>; 2],
     stacks: [StackTraceMap<MapData>; 2],
+    /// Python stacks walked by the kernel (ids >= PY_STACK_ID_BASE).
+    py_stacks: [BpfHashMap<MapData, u32, PyStack>; 2],
     counters: KernelCounters<MemCounter>,
 }
 
 impl MemoryCollector {
     fn start_inner(&mut self, ctx: StartContext<'_>) -> Result<(), CollectorError> {
-        let mut obj = ebpf::load(OBJECT, ctx.kernel_log_level)?;
+        let level = ctx.kernel_log_level;
+        let mut obj = ebpf::load_with(OBJECT, &level, |l| {
+            l.map_max_entries("PY_STACKS_0", PY_STACKS);
+            l.map_max_entries("PY_STACKS_1", PY_STACKS);
+        })?;
         let mut k = Kernel {
             control: take_map(&mut obj, "MEM_CONTROL")?,
             counts: [
@@ -217,6 +247,10 @@ impl MemoryCollector {
             stacks: [
                 take_map(&mut obj, "MEM_STACKS_0")?,
                 take_map(&mut obj, "MEM_STACKS_1")?,
+            ],
+            py_stacks: [
+                take_map(&mut obj, "PY_STACKS_0")?,
+                take_map(&mut obj, "PY_STACKS_1")?,
             ],
             counters: KernelCounters::new(take_map(&mut obj, "MEM_COUNTERS_MAP")?),
         };
@@ -277,6 +311,13 @@ impl MemoryCollector {
         };
         self.base.set_health(health.clone());
         tracing::info!(collector = NAME, attached = ?ok, failed = failed.len(), "memory collector attached");
+        let python = python::tracker(
+            ctx.btf,
+            take_map(&mut obj, "PY_PROCS")?,
+            take_map(&mut obj, "PY_CONFIG")?,
+            PythonMetrics::unregistered(),
+            NAME,
+        );
         let metrics = Metrics::new(ctx.telemetry);
         let (tx, rx) = mpsc::channel();
         self.store.set_flusher(Some(tx.clone()));
@@ -284,6 +325,7 @@ impl MemoryCollector {
         let worker = Drainer {
             k,
             _obj: obj,
+            python,
             generation: 0,
             metrics,
             store: self.store.clone(),
@@ -430,7 +472,15 @@ struct ProcState {
     size: u64,
     rss: u64,
     faults: Option<u64>,
+    /// The comm of its rows at the last drain, to notice an exec.
+    comm: [u8; sonde_common::COMM_LEN],
+    /// When a comm change last made it detected afresh.
+    redetected: Option<Instant>,
 }
+
+/// A process whose threads carry different comms would look like it
+/// exec'd at every drain: it is detected afresh at most this often.
+const REDETECT_EVERY: Duration = Duration::from_secs(30);
 
 /// minflt + majflt of a process (/proc/PID/stat fields 10 and 12).
 fn faults(pid: u32) -> Option<u64> {
@@ -444,6 +494,8 @@ struct Drainer {
     k: Kernel,
     /// Holds the programs attached; dropped (detached) when the thread ends.
     _obj: Ebpf,
+    /// Python frames for CPython processes (None without BTF).
+    python: Option<PyTracker>,
     generation: u64,
     metrics: Metrics,
     store: MemoryStore,
@@ -543,6 +595,25 @@ impl Drainer {
         for id in ids {
             let _ = stacks.remove(&id);
         }
+        let py_stacks = &mut self.k.py_stacks[idle];
+        let mut python: HashMap<i32, Vec<PyFrameRecord>> = HashMap::new();
+        for (k, _, _) in &rows {
+            let id = k.python_stack_id;
+            if id >= PY_STACK_ID_BASE
+                && !python.contains_key(&id)
+                && let Ok(s) = py_stacks.get(&(id as u32), 0)
+            {
+                let n = (s.len as usize).min(s.frames.len());
+                python.insert(id, s.frames[..n].to_vec());
+            }
+        }
+        let ids: Vec<u32> = py_stacks.keys().filter_map(Result::ok).collect();
+        for id in ids {
+            let _ = py_stacks.remove(&id);
+        }
+        if let Some(py) = &mut self.python {
+            py.sweep();
+        }
 
         let mut updates = Vec::new();
         let mut active: HashSet<u32> = HashSet::new();
@@ -586,11 +657,33 @@ impl Drainer {
             }
             if seen.insert(pid) {
                 resolver.see(pid);
+                // Detected once (again while its interpreter starts): its
+                // next rows carry Python frames. A process that was not a
+                // walked CPython and changed its comm exec'd (a shell
+                // wrapper exec'ing python): detect it afresh.
+                if let Some(py) = &mut self.python {
+                    let exec = py.interpreter(pid).is_none()
+                        && self.procs.get(&pid).is_some_and(|p| {
+                            p.comm != k.comm
+                                && p.redetected.is_none_or(|t| t.elapsed() >= REDETECT_EVERY)
+                        });
+                    if exec {
+                        if let Some(p) = self.procs.get_mut(&pid) {
+                            p.redetected = Some(Instant::now());
+                        }
+                        py.announced(pid);
+                    } else {
+                        py.sampled(pid);
+                    }
+                }
             }
-            let stack = traces
+            let mut stack = traces
                 .get(&k.user_stack_id)
                 .map(|ips| resolver.user(pid, ips))
                 .unwrap_or_default();
+            if let (Some(py), Some(records)) = (&mut self.python, python.get(&k.python_stack_id)) {
+                stack = py.splice(pid, stack, records);
+            }
             updates.push(Update {
                 pid,
                 comm: comm.into(),
@@ -600,10 +693,13 @@ impl Drainer {
                 bytes,
                 events: n,
             });
-            self.procs.entry(pid).or_insert_with(|| ProcState {
-                label,
-                ..Default::default()
-            });
+            self.procs
+                .entry(pid)
+                .or_insert_with(|| ProcState {
+                    label,
+                    ..Default::default()
+                })
+                .comm = k.comm;
         }
         let dropped = self.store.add(updates);
         if dropped > 0 {
@@ -673,11 +769,14 @@ impl Drainer {
     }
 
     fn export_counters(&mut self) {
-        let lost = self
-            .k
-            .counters
-            .export(&self.metrics.errors, &[MemCounter::Events])
-            .get(MemCounter::CountsFull);
+        let d = self.k.counters.export(
+            &self.metrics.errors,
+            &[MemCounter::Events, MemCounter::PythonWalks],
+        );
+        self.metrics
+            .python_walks
+            .inc_by(d.get(MemCounter::PythonWalks));
+        let lost = d.get(MemCounter::CountsFull);
         let h = if lost > 0 {
             ComponentHealth::degraded(format!(
                 "{}; {lost} events not counted (counts map full) in the last drain",

@@ -92,32 +92,37 @@ pub fn find(pid: u32) -> Result<Libc, LibcError> {
     })
 }
 
+/// The probe target of the function `name` (a definition in `.dynsym` or
+/// `.symtab`) in `elf`, whose bytes are `data`, at a point where its first
+/// `args` argument registers still hold the arguments.
+pub fn target(elf: &object::File, data: &[u8], name: &'static str, args: usize) -> Option<Target> {
+    let sym = elf
+        .dynamic_symbols()
+        .chain(elf.symbols())
+        .find(|s| s.is_definition() && s.name() == Ok(name))?;
+    let section = elf.section_by_index(sym.section_index()?).ok()?;
+    let (file_start, size) = section.file_range()?;
+    let in_section = sym.address().checked_sub(section.address())?;
+    if in_section >= size {
+        return None;
+    }
+    let file_offset = file_start + in_section;
+    let code = data.get(file_offset as usize..(file_offset as usize + 32).min(data.len()))?;
+    let point = probe_point::choose_keeping(code, args);
+    Some(Target {
+        function: name,
+        file_offset: file_offset + point.offset,
+        point,
+    })
+}
+
 /// Probe targets in the ELF image `data`.
 pub fn targets(data: &[u8], path: &str) -> Result<(Vec<Target>, Target), LibcError> {
     let elf = object::File::parse(data).map_err(|e| LibcError::Elf {
         path: path.into(),
         detail: e.to_string(),
     })?;
-    let find = |name: &'static str| -> Option<Target> {
-        let sym = elf
-            .dynamic_symbols()
-            .chain(elf.symbols())
-            .find(|s| s.is_definition() && s.name() == Ok(name))?;
-        let section = elf.section_by_index(sym.section_index()?).ok()?;
-        let (file_start, size) = section.file_range()?;
-        let in_section = sym.address().checked_sub(section.address())?;
-        if in_section >= size {
-            return None;
-        }
-        let file_offset = file_start + in_section;
-        let code = data.get(file_offset as usize..(file_offset as usize + 32).min(data.len()))?;
-        let point = probe_point::choose(code);
-        Some(Target {
-            function: name,
-            file_offset: file_offset + point.offset,
-            point,
-        })
-    };
+    let find = |name: &'static str| target(&elf, data, name, 6);
     let free = find("free").ok_or(LibcError::Missing {
         path: path.into(),
         name: "free",

@@ -7,6 +7,7 @@ pub mod growth;
 pub mod kernel_layout;
 pub mod libc;
 pub mod probe_point;
+pub mod pyalloc;
 pub mod render;
 pub mod session;
 pub mod store;

@@ -8,8 +8,12 @@
 //! holds the pointer there. So: skip a short prefix of instructions that
 //! write only flags (they leave the argument registers and the stack as
 //! they were at entry, which also keeps a return probe valid), and probe
-//! the first instruction the kernel emulates. Anything else: the entry,
-//! reported as single-stepped.
+//! the first instruction the kernel emulates. For a function whose
+//! arguments the program reads are known ([`choose_keeping`]), moves and
+//! loads into other scratch registers may be skipped too (CPython's
+//! allocator entry points start with `mov %rdi,%rsi` or loads of the
+//! allocator's globals). Anything else: the entry, reported as
+//! single-stepped.
 
 /// A probe offset inside a function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,12 +62,52 @@ fn flags_only(code: &[u8]) -> Option<usize> {
         [0x48 | 0x49, 0x83, m, _, ..] if modrm_reg(Some(m)) && (m >> 3) & 7 == 7 => Some(4),
         // cmpb $imm8, disp32(%rip)
         [0x80, 0x3d, _, _, _, _, _, ..] => Some(7),
+        // cmp $imm32, %rax
+        [0x48, 0x3d, _, _, _, _, ..] => Some(6),
         _ => None,
     }
 }
 
-/// The cheapest safe probe point in a function starting with `code`.
+/// System V argument registers in order, as x86 register numbers (rdi,
+/// rsi, rdx, rcx, r8, r9).
+const ARG_REGS: [u8; 6] = [7, 6, 2, 1, 8, 9];
+
+/// Length of an instruction that writes one general register and nothing
+/// else (no memory, no stack, flags at most), with that register's number,
+/// if `code` starts with one we know.
+fn writes_one_register(code: &[u8]) -> Option<(usize, u8)> {
+    let rex = *code.first()?;
+    if rex & 0xf0 != 0x40 {
+        return None;
+    }
+    let (r, b) = ((rex >> 2) & 1, rex & 1);
+    let op = *code.get(1)?;
+    let m = *code.get(2)?;
+    let (md, reg, rm) = (m >> 6, (m >> 3) & 7, m & 7);
+    match (op, md, rm) {
+        // mov %reg,%rm
+        (0x89, 3, _) => Some((3, rm | b << 3)),
+        // mov %rm,%reg
+        (0x8b, 3, _) => Some((3, reg | r << 3)),
+        // mov disp32(%rip),%reg
+        (0x8b, 0, 5) if code.len() >= 7 => Some((7, reg | r << 3)),
+        // lea disp8(%base),%reg (no SIB)
+        (0x8d, 1, _) if rm != 4 && code.len() >= 4 => Some((4, reg | r << 3)),
+        _ => None,
+    }
+}
+
+/// The cheapest safe probe point in a function starting with `code`,
+/// keeping every argument register intact.
+#[cfg(test)]
 pub fn choose(code: &[u8]) -> ProbePoint {
+    choose_keeping(code, ARG_REGS.len())
+}
+
+/// The cheapest probe point where the first `args` argument registers, the
+/// stack and the frame pointer still hold what they held at entry.
+pub fn choose_keeping(code: &[u8], args: usize) -> ProbePoint {
+    let kept = &ARG_REGS[..args.min(ARG_REGS.len())];
     let mut at = 0usize;
     for _ in 0..=MAX_SKIP {
         let rest = code.get(at..).unwrap_or_default();
@@ -73,9 +117,23 @@ pub fn choose(code: &[u8]) -> ProbePoint {
                 emulated: true,
             };
         }
-        match flags_only(rest) {
-            Some(n) => at += n,
-            None => break,
+        if let Some(n) = flags_only(rest) {
+            at += n;
+            continue;
+        }
+        // Only for a known arity: libc's functions are probed with every
+        // argument register kept and no register write skipped.
+        match writes_one_register(rest) {
+            // Not %rsp or %rbp: the stack and frame chain stay as at entry.
+            Some((n, dest))
+                if kept.len() < ARG_REGS.len()
+                    && dest != 4
+                    && dest != 5
+                    && !kept.contains(&dest) =>
+            {
+                at += n
+            }
+            _ => break,
         }
     }
     ProbePoint {
@@ -115,6 +173,32 @@ mod tests {
         assert_eq!(choose(&m).offset, 7);
         // endbr64 ; push %rbp
         assert_eq!(choose(&[0xf3, 0x0f, 0x1e, 0xfa, 0x55]).offset, 4);
+    }
+
+    #[test]
+    fn cpython_allocator_entries_skip_scratch_register_writes() {
+        // pyenv 3.11 _PyObject_Malloc(ctx, size): lea -0x1(%rsi),%rax ;
+        // push %rbx — keeps rdi and rsi.
+        let m = [0x48, 0x8d, 0x46, 0xff, 0x53];
+        assert_eq!(choose_keeping(&m, 2).offset, 4);
+        assert!(choose_keeping(&m, 2).emulated);
+        // PyObject_Malloc(size): mov %rdi,%rsi ; test %rdi,%rdi ; js
+        let m = [0x48, 0x89, 0xfe, 0x48, 0x85, 0xff, 0x78, 0x10];
+        assert_eq!(choose_keeping(&m, 1).offset, 6);
+        // ...but not when rsi is an argument read.
+        assert!(!choose_keeping(&m, 2).emulated);
+        // Debian PyObject_Free(p): mov disp(%rip),%rax ; mov disp(%rip),%rdx
+        // ; cmp $imm32,%rax ; jne
+        let f = [
+            0x48, 0x8b, 0x05, 1, 2, 3, 4, 0x48, 0x8b, 0x15, 1, 2, 3, 4, 0x48, 0x3d, 1, 2, 3, 4,
+            0x75, 0x10,
+        ];
+        assert_eq!(choose_keeping(&f, 1).offset, 20);
+        // mov disp(%rip),%rdi overwrites the pointer: not skipped.
+        let f = [0x48, 0x89, 0xfe, 0x48, 0x8b, 0x3d, 1, 2, 3, 4, 0xff, 0x25];
+        assert!(!choose_keeping(&f, 1).emulated);
+        // Writing %rbp or %rsp is never skipped.
+        assert!(!choose_keeping(&[0x48, 0x89, 0xe5, 0x90], 1).emulated);
     }
 
     #[test]

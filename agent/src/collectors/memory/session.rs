@@ -2,7 +2,11 @@
 //! bounded time, then a report of live and allocated bytes by stack.
 //!
 //! The probes are attached for this pid only, to the libc it maps, at
-//! probe points the kernel emulates (see probe_point.rs). A session ends at
+//! probe points the kernel emulates (see probe_point.rs). For a CPython
+//! process (detected as the profiler does, profile/python.rs) the session
+//! also probes the interpreter's allocator (pyalloc.rs), marks the process
+//! in the object's `PY_PROCS` so each allocation carries its Python stack,
+//! and splices those frames into the native stacks of the report. A session ends at
 //! its duration, when cancelled (`DELETE /api/v1/alloc`, which the CLI
 //! sends on Ctrl-C), when the target exits, or at agent shutdown; in every
 //! case the programs are dropped (detached) before the maps are read.
@@ -25,17 +29,26 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap, StackTraceMap},
     programs::{UProbe, uprobe::UProbeScope},
 };
-use sonde_common::memory::{
-    ALLOC_ACTIVE_SLOT, ALLOC_SAMPLE_BYTES_SLOT, AllocCounter, AllocLive, AllocTotals,
+use sonde_common::{
+    memory::{
+        ALLOC_ACTIVE_SLOT, ALLOC_SAMPLE_BYTES_SLOT, AllocCounter, AllocLive, AllocStackKey,
+        AllocTotals,
+    },
+    python::{PY_STACK_ID_BASE, PyFrameRecord, PyStack},
 };
 use tokio_util::sync::CancellationToken;
 
-use super::libc::{self, Libc, LibcError, Target};
+use super::{
+    libc::{self, Libc, LibcError, Target},
+    pyalloc::{self, PyAlloc},
+};
 use crate::{
     collectors::{
         kit::{budget, chain, counters::KernelCounters, program, take_map},
         profile::{
             procmaps::Captured,
+            python::{self, PyTracker, PythonMetrics},
+            render::frame_name,
             store::Frame,
             symbolize::{Limits, Resolver, SymbolizeMetrics},
         },
@@ -209,8 +222,10 @@ struct Attached {
     obj: Option<Ebpf>,
     control: Array<MapData, u64>,
     live: BpfHashMap<MapData, u64, AllocLive>,
-    totals: PerCpuHashMap<MapData, i32, AllocTotals>,
+    totals: PerCpuHashMap<MapData, AllocStackKey, AllocTotals>,
     stacks: StackTraceMap<MapData>,
+    /// A CPython process's Python side.
+    python: Option<PySession>,
     counters: KernelCounters<AllocCounter>,
     libc: Libc,
     started_ns: u64,
@@ -221,13 +236,22 @@ struct Attached {
     comm: String,
 }
 
+/// The Python side of a session on a CPython process.
+struct PySession {
+    tracker: PyTracker,
+    /// Python stacks by id (the kernel's `PY_STACKS_0`).
+    stacks: BpfHashMap<MapData, u32, PyStack>,
+    /// The interpreter's allocator probes; None when it exports none.
+    alloc: Option<PyAlloc>,
+}
+
 fn attach_err(pid: u32) -> impl Fn(String) -> SessionError {
     move |detail| SessionError::Attach { pid, detail }
 }
 
 /// Every uprobe program of the object, loaded before any is attached (the
 /// attach points are the libc's, found at run time).
-const PROGRAMS: [&str; 7] = [
+const PROGRAMS: [&str; 11] = [
     "alloc_malloc",
     "alloc_calloc",
     "alloc_realloc",
@@ -235,6 +259,10 @@ const PROGRAMS: [&str; 7] = [
     "alloc_posix_memalign",
     "alloc_return",
     "alloc_free",
+    "alloc_py_malloc",
+    "alloc_py_calloc",
+    "alloc_py_realloc",
+    "alloc_py_free",
 ];
 
 fn attach(req: &Request) -> Result<Attached, SessionError> {
@@ -244,7 +272,12 @@ fn attach(req: &Request) -> Result<Attached, SessionError> {
     let comm = crate::process_table::read_lossy(format!("/proc/{pid}/comm"))
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
-    let mut obj = ebpf::load(OBJECT, 0).map_err(|e| err(chain(&e)))?;
+    // Sessions use one generation of Python stacks; the other map only
+    // exists because the walk is shared with collectors that flip two.
+    let mut obj = ebpf::load_with(OBJECT, &0, |l| {
+        l.map_max_entries("PY_STACKS_1", 1);
+    })
+    .map_err(|e| err(chain(&e)))?;
     let mut control: Array<MapData, u64> =
         take_map(&mut obj, "ALLOC_CONTROL").map_err(|e| err(chain(&e)))?;
     control
@@ -295,10 +328,12 @@ fn attach(req: &Request) -> Result<Attached, SessionError> {
         attach_one(entry_prog(t.function), t)?;
     }
     attach_one("alloc_free", &libc.free)?;
+    let python = attach_python(&mut obj, pid, scope)?;
     tracing::info!(
         pid,
         libc = %libc.path,
         probes = libc.allocs.len() + 1,
+        python = python.as_ref().and_then(|p| p.alloc.as_ref()).map(|a| a.path.as_str()),
         "alloc session attached"
     );
     // Record from now on: every probe is in place.
@@ -312,6 +347,7 @@ fn attach(req: &Request) -> Result<Attached, SessionError> {
         live,
         totals,
         stacks,
+        python,
         counters,
         captured: Captured::read(pid),
         libc,
@@ -321,13 +357,76 @@ fn attach(req: &Request) -> Result<Attached, SessionError> {
     })
 }
 
-/// Live bytes by stack id, weighted.
-fn live_by_stack(live: &BpfHashMap<MapData, u64, AllocLive>) -> HashMap<i32, u64> {
-    let mut out: HashMap<i32, u64> = HashMap::new();
+/// For a CPython process: marks it in `PY_PROCS` (the return probe then
+/// walks its Python stack) and attaches the interpreter's allocator
+/// probes. None for other processes, or when Python frames cannot be
+/// walked (no BTF, an unsupported build: logged).
+fn attach_python(
+    obj: &mut Ebpf,
+    pid: u32,
+    scope: UProbeScope,
+) -> Result<Option<PySession>, SessionError> {
+    let err = attach_err(pid);
+    let procs = take_map(obj, "PY_PROCS").map_err(|e| err(chain(&e)))?;
+    let config = take_map(obj, "PY_CONFIG").map_err(|e| err(chain(&e)))?;
+    let stacks = take_map(obj, "PY_STACKS_0").map_err(|e| err(chain(&e)))?;
+    // Sessions start long after start-up, when the daemon's copy is gone.
+    let btf = ebpf::KernelBtf::read();
+    let Some(mut tracker) =
+        python::tracker(&btf, procs, config, PythonMetrics::unregistered(), "alloc")
+    else {
+        return Ok(None);
+    };
+    tracker.announced(pid);
+    let Some(interp) = tracker.interpreter(pid) else {
+        if let Some(why) = tracker.rejected(pid) {
+            tracing::info!(pid, "CPython process without Python frames: {why}");
+        }
+        return Ok(None);
+    };
+    let alloc = match pyalloc::find(pid, &interp.path) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::warn!(pid, "CPython's allocator not probed: {e}");
+            None
+        }
+    };
+    if let Some(a) = &alloc {
+        let mut attach_one = |prog: &str, t: &Target| -> Result<(), SessionError> {
+            let p: &mut UProbe = program(obj, prog).map_err(|e| err(chain(&e)))?;
+            p.attach(t.file_offset, &a.host_path, scope)
+                .map(drop)
+                .map_err(|e| err(format!("{prog} at {}: {}", t.function, chain(&e))))
+        };
+        // Return probes first, as for libc.
+        for t in a.targets.iter().filter(|t| t.allocates) {
+            attach_one("alloc_return", &t.target)?;
+        }
+        for t in &a.targets {
+            attach_one(t.program, &t.target)?;
+        }
+    }
+    Ok(Some(PySession {
+        tracker,
+        stacks,
+        alloc,
+    }))
+}
+
+/// Live bytes by stack, weighted.
+fn live_by_stack(live: &BpfHashMap<MapData, u64, AllocLive>) -> HashMap<AllocStackKey, u64> {
+    let mut out: HashMap<AllocStackKey, u64> = HashMap::new();
     for (_, v) in live.iter().filter_map(Result::ok) {
-        *out.entry(v.stack_id).or_default() += v.weight;
+        *out.entry(stack_key(&v)).or_default() += v.weight;
     }
     out
+}
+
+fn stack_key(v: &AllocLive) -> AllocStackKey {
+    AllocStackKey {
+        stack_id: v.stack_id,
+        python_stack_id: v.python_stack_id,
+    }
 }
 
 /// Waits for the end; takes the `--diff` snapshot on the way; detaches.
@@ -339,7 +438,7 @@ async fn wait(
     started: Instant,
 ) -> (
     Ended,
-    Option<(Duration, HashMap<i32, u64>)>,
+    Option<(Duration, HashMap<AllocStackKey, u64>)>,
     Attached,
     Duration,
 ) {
@@ -390,7 +489,7 @@ fn report(
     req: &Request,
     ended: Ended,
     elapsed: Duration,
-    snapshot: Option<(Duration, HashMap<i32, u64>)>,
+    snapshot: Option<(Duration, HashMap<AllocStackKey, u64>)>,
 ) -> Report {
     // Ages at the session's end, not at report time (detaching takes a
     // while).
@@ -403,9 +502,9 @@ fn report(
         alloc: (u64, u64),
         freed: (u64, u64),
     }
-    let mut by: HashMap<i32, Acc> = HashMap::new();
+    let mut by: HashMap<AllocStackKey, Acc> = HashMap::new();
     for (_, v) in a.live.iter().filter_map(Result::ok) {
-        let e = by.entry(v.stack_id).or_default();
+        let e = by.entry(stack_key(&v)).or_default();
         e.in_use.0 += v.weight;
         e.in_use.1 += 1;
         if now_ns.saturating_sub(v.ts_ns) >= min_age_ns {
@@ -439,25 +538,40 @@ fn report(
     }
     resolver.see(req.pid);
     let mut rows: Vec<(StackRow, Arc<[Frame]>)> = Vec::with_capacity(by.len());
-    for (id, acc) in by {
-        let frames: Arc<[Frame]> = if id >= 0 {
+    let mut py_records: HashMap<i32, Vec<PyFrameRecord>> = HashMap::new();
+    for (key, acc) in by {
+        let id = key.stack_id;
+        let mut native: Vec<Frame> = if id >= 0 {
             match a.stacks.get(&(id as u32), 0) {
                 Ok(t) => {
                     let ips: Vec<u64> = t.frames().iter().map(|f| f.ip).collect();
-                    resolver.user(req.pid, &ips).into()
+                    resolver.user(req.pid, &ips)
                 }
-                Err(_) => Arc::from([]),
+                Err(_) => Vec::new(),
             }
         } else {
-            Arc::from([])
+            Vec::new()
         };
+        let py_id = key.python_stack_id;
+        if let Some(py) = &mut a.python
+            && py_id >= PY_STACK_ID_BASE
+        {
+            let records = py_records.entry(py_id).or_insert_with(|| {
+                py.stacks
+                    .get(&(py_id as u32), 0)
+                    .map(|s| s.frames[..(s.len as usize).min(s.frames.len())].to_vec())
+                    .unwrap_or_default()
+            });
+            native = py.tracker.splice(req.pid, native, records);
+        }
+        let frames: Arc<[Frame]> = native.into();
         let growth = snapshot
             .as_ref()
-            .map(|(_, s)| acc.in_use.0 as i64 - s.get(&id).copied().unwrap_or(0) as i64);
+            .map(|(_, s)| acc.in_use.0 as i64 - s.get(&key).copied().unwrap_or(0) as i64);
         let names: Vec<String> = if frames.is_empty() {
             vec![format!("[no stack: {}]", stack_error(id))]
         } else {
-            frames.iter().map(|f| f.function.to_string()).collect()
+            frames.iter().map(frame_name).collect()
         };
         rows.push((
             StackRow {
@@ -499,6 +613,12 @@ fn report(
             .allocs
             .iter()
             .chain(std::iter::once(&a.libc.free))
+            .chain(
+                a.python
+                    .iter()
+                    .filter_map(|p| p.alloc.as_ref())
+                    .flat_map(|p| p.targets.iter().map(|t| &t.target)),
+            )
             .map(|t| ProbeInfo {
                 function: t.function.into(),
                 offset: t.point.offset,

@@ -330,7 +330,7 @@ impl Collector for ProfileCollector {
         let py_tracker = self
             .config
             .python
-            .then(|| python::tracker(ctx.btf, py_procs, py_config, dm.python.clone()))
+            .then(|| python::tracker(ctx.btf, py_procs, py_config, dm.python.clone(), NAME))
             .flatten();
         cpus.set(att.ok.len() as i64);
         self.base.set_health(describe(&att, hz, &offcpu_status));

@@ -45,6 +45,19 @@ pub struct PythonMetrics {
 }
 
 impl PythonMetrics {
+    /// The same metrics, registered nowhere: for trackers whose errors are
+    /// not exported (`sonde alloc` sessions, the memory collector, which
+    /// count the kernel's side in their own counters).
+    pub fn unregistered() -> Self {
+        Self {
+            walks: IntCounter::new("walks", "unexported").expect("valid metric"),
+            errors: IntCounterVec::new(Opts::new("errors", "unexported"), &["reason"])
+                .expect("valid metric"),
+            processes: IntGaugeVec::new(Opts::new("processes", "unexported"), &["status"])
+                .expect("valid metric"),
+        }
+    }
+
     pub fn new(t: &crate::telemetry::Telemetry) -> Self {
         Self {
             walks: t.register(
@@ -132,47 +145,35 @@ pub struct PyTracker {
 
 /// A tracker when the kernel's fsbase offset is known (from BTF), which
 /// it then hands to the program; None (and no Python walks) otherwise.
+/// `who` names the collector or session in the log.
 pub fn tracker(
     btf: &crate::ebpf::KernelBtf,
     procs: BpfHashMap<MapData, u32, PyProcInfo>,
     mut config: Array<MapData, u32>,
     metrics: PythonMetrics,
+    who: &str,
 ) -> Option<PyTracker> {
-    let raw = match btf.raw() {
-        Ok(raw) => raw,
-        Err(e) => {
-            tracing::warn!(collector = super::NAME, "no Python frames: {e}");
-            return None;
-        }
-    };
-    let mut off = 0;
-    for (ty, field) in sonde_python::FSBASE_BTF_PATH {
-        match crate::collectors::memory::kernel_layout::field_offset_in(raw, ty, field) {
-            Ok(o) => off += o,
-            Err(e) => {
-                tracing::warn!(
-                    collector = super::NAME,
-                    "no Python frames: {ty}.{field} not found in the kernel's BTF: {e}"
-                );
-                return None;
-            }
-        }
-    }
-    let set = u32::try_from(off)
-        .map_err(|_| "offset too large".to_owned())
-        .and_then(|o| {
-            config
-                .set(PY_CONFIG_FSBASE, o, 0)
-                .map_err(|e| e.to_string())
-        });
+    let set = fsbase_offset(btf).and_then(|o| {
+        config
+            .set(PY_CONFIG_FSBASE, o, 0)
+            .map_err(|e| format!("setting the fsbase offset: {e}"))
+    });
     if let Err(e) = set {
-        tracing::warn!(
-            collector = super::NAME,
-            "no Python frames: setting the fsbase offset: {e}"
-        );
+        tracing::warn!(collector = who, "no Python frames: {e}");
         return None;
     }
     Some(PyTracker::new(procs, metrics))
+}
+
+/// `task_struct.thread.fsbase`'s offset, from the kernel's BTF.
+fn fsbase_offset(btf: &crate::ebpf::KernelBtf) -> Result<u32, String> {
+    let raw = btf.raw()?;
+    let mut off = 0;
+    for (ty, field) in sonde_python::FSBASE_BTF_PATH {
+        off += crate::collectors::memory::kernel_layout::field_offset_in(raw, ty, field)
+            .map_err(|e| format!("{ty}.{field} not found in the kernel's BTF: {e}"))?;
+    }
+    u32::try_from(off).map_err(|_| "fsbase offset too large".to_owned())
 }
 
 /// Field 22 of /proc/PID/stat (start time in clock ticks); None when the
@@ -203,6 +204,23 @@ impl PyTracker {
         self.forget(pid);
         self.pids.remove(&pid);
         self.detect(pid);
+    }
+
+    /// The interpreter of `pid`, when its Python frames are walked.
+    pub fn interpreter(&self, pid: u32) -> Option<&Interpreter> {
+        match self.pids.get(&pid) {
+            Some(Tracked::Walked(w)) => Some(&w.interp),
+            _ => None,
+        }
+    }
+
+    /// Why `pid`'s Python frames are not walked, if it was looked at and
+    /// is a CPython the tracker cannot walk.
+    pub fn rejected(&self, pid: u32) -> Option<&'static str> {
+        match self.pids.get(&pid) {
+            Some(Tracked::Rejected { label, .. }) => Some(label),
+            _ => None,
+        }
     }
 
     /// `pid` is in a drained batch: detect it if nothing did yet, or again

@@ -25,6 +25,15 @@ fn folded_frame(f: &super::store::Frame) -> String {
     }
 }
 
+/// A frame's name in lists of names (`sonde alloc`'s rows): a Python
+/// frame as `qualname (file.py:LINE)`, others by function.
+pub fn frame_name(f: &super::store::Frame) -> String {
+    match f.kind {
+        FrameKind::Python => format!("{} ({}:{})", f.function, py_file(f), f.line),
+        _ => f.function.to_string(),
+    }
+}
+
 /// A Python frame's source file as shown: its base name.
 fn py_file(f: &super::store::Frame) -> &str {
     let file = f.file.as_deref().unwrap_or("?");

@@ -1,7 +1,8 @@
 //! The memory collector's object: tp_btf programs on the mmap lock for
 //! mmap, munmap, mremap and brk (a tp_btf `sys_exit` program, then
 //! per-syscall tracepoints, as fallbacks) and on `page_fault_user` for
-//! sampled faults (a perf_event program as the fallback).
+//! sampled faults (a perf_event program as the fallback); rows with a stack
+//! of a marked CPython process also carry its Python stack (python.rs).
 #![no_std]
 #![no_main]
 
@@ -16,6 +17,9 @@ mod arch;
 mod counters;
 #[path = "../memory.rs"]
 mod memory;
+#[allow(dead_code, reason = "the walk uses a few of the ABI helpers")]
+#[path = "../python.rs"]
+mod python;
 
 use aya_ebpf::{
     macros::{btf_tracepoint, perf_event, tracepoint},

@@ -1,6 +1,7 @@
 //! `alloc`: `sonde alloc` sessions on a malloc loop, against the floor of
-//! the uprobe machinery; tier 1, the memory collector on real and worst-case
-//! workloads, against the floor of its hooks.
+//! the uprobe machinery, and on a CPython allocation loop, against
+//! tracemalloc (pyalloc.rs); tier 1, the memory collector on real and
+//! worst-case workloads, against the floor of its hooks.
 
 use std::{
     path::Path,
@@ -43,7 +44,11 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
                 runs 3 times as many alternations as the rest, shorter ones (10 compiles), \
                 since a 2 % effect is inside this machine's run-to-run spread. The agent's \
                 own CPU during the compiles (it runs on the other core) is added to the \
-                compilers' for the tier-1 target.";
+                compilers' for the tier-1 target. CPython: CPU ns per allocation of a Python \
+                loop making and dropping bytearray(100) (2 allocations per iteration) on \
+                pyenv 3.12, with no tool, under a `sonde alloc` session (CPython's allocator \
+                and libc probed, native and Python stack per allocation), and with \
+                tracemalloc on in the program (its default 1-frame tracebacks).";
     let run = || -> Result<ScenarioResult> {
         let bin = build_c("xtask/bench/malloc_loop.c", ctx.work.path())?;
         // Few pairs: with uprobes each costs microseconds.
@@ -81,6 +86,7 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
                 ),
             ],
         )?;
+        metrics.extend(super::pyalloc::python_alloc(ctx)?);
         let churn = build_c("xtask/bench/page_churn.c", ctx.work.path())?;
         // Pinned to the last CPU: a perf event opened on CPU 0 makes work
         // there dearer (see docs/benchmarks.md), which is not what we
@@ -211,6 +217,20 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
             "ns/pair",
             None,
         );
+        let py = super::pyalloc::METRIC;
+        for (label, v) in [
+            ("sonde alloc", "CPython: sonde alloc session"),
+            ("tracemalloc", "CPython: tracemalloc"),
+        ] {
+            r.derive(
+                &format!("CPython: {label} added"),
+                r.median_added(py, v, "CPython: no tool"),
+                "ns/allocation",
+                None,
+            );
+            let slowdown = r.paired_ratio(py, v, "CPython: no tool");
+            r.derive_paired(&format!("CPython: {label} slowdown"), slowdown, None);
+        }
         // Times, so no agent over the variant: a throughput ratio.
         let gcc = r.paired_ratio("gcc -O2 -g -c", "no agent", "memory collector");
         r.derive_paired(
@@ -268,7 +288,8 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
                 None,
             );
         }
-        r.commands = vec![
+        r.commands = super::pyalloc::commands(ctx.quick);
+        r.commands.extend([
             format!(
                 "gcc -O2 xtask/bench/malloc_loop.c && taskset -c LAST_CPU ./a.out {n}  (CPU ns/pair)"
             ),
@@ -302,14 +323,14 @@ pub fn alloc(ctx: &Ctx) -> ScenarioResult {
              SONDE_COLLECTORS__MEMORY__HOOK=syscall: the fallback hooks (tp_btf sys_exit, a \
              page-fault perf event)"
                 .into(),
-        ];
+        ]);
         Ok(r)
     };
     finish(name, what, run())
 }
 
 /// GET on the agent's control socket; the body of a 200 reply.
-fn control_get(socket: &std::path::Path, path: &str) -> Result<String> {
+pub(super) fn control_get(socket: &std::path::Path, path: &str) -> Result<String> {
     use std::io::{Read as _, Write as _};
     let mut s = std::os::unix::net::UnixStream::connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;

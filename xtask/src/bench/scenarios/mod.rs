@@ -6,6 +6,7 @@ mod footprint;
 mod http;
 mod offcpu;
 mod profiler;
+mod pyalloc;
 mod python;
 mod syscalls;
 
