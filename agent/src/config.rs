@@ -349,7 +349,9 @@ pub struct ProfileConfig {
     pub unwind_table_budget_mib: Bounded<1, 1024>,
     /// Off-CPU profiles (`sonde profile --off-cpu`): a `sched_switch`
     /// program takes the stack of user threads leaving the CPU and weighs
-    /// it by the time until they come back (docs/profiling.md).
+    /// it by the time until they come back (docs/profiling.md). Off by
+    /// default: every context switch of the host pays for the program
+    /// (~100 ns here), which a switch-heavy workload feels.
     pub off_cpu: bool,
     /// Shorter blocks are not counted (their stack was still taken).
     pub off_cpu_min_block: Dur<0, 60>,
@@ -370,7 +372,7 @@ impl Default for ProfileConfig {
             max_processes: Bounded(4096),
             unwind: true,
             unwind_table_budget_mib: Bounded(64),
-            off_cpu: true,
+            off_cpu: false,
             off_cpu_min_block: Dur(Duration::from_millis(1)),
             off_cpu_max_rate: Bounded(1000),
         }
