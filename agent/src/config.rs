@@ -361,7 +361,9 @@ pub struct ProfileConfig {
     pub python: bool,
     /// Off-CPU profiles (`sonde profile --off-cpu`): a `sched_switch`
     /// program takes the stack of user threads leaving the CPU and weighs
-    /// it by the time until they come back (docs/profiling.md).
+    /// it by the time until they come back (docs/profiling.md). Off by
+    /// default: every context switch of the host pays for the program
+    /// (~100 ns here), which a switch-heavy workload feels.
     pub off_cpu: bool,
     /// Shorter blocks are not counted (their stack was still taken).
     pub off_cpu_min_block: Dur<0, 60>,
@@ -385,7 +387,7 @@ impl Default for ProfileConfig {
             max_keys: Bounded(u64::from(sonde_common::profile::PROFILE_MAX_KEYS)),
             max_stacks: Bounded(u64::from(sonde_common::profile::PROFILE_MAX_STACKS)),
             python: true,
-            off_cpu: true,
+            off_cpu: false,
             off_cpu_min_block: Dur(Duration::from_millis(1)),
             off_cpu_max_rate: Bounded(1000),
         }

@@ -98,6 +98,7 @@ pub fn offcpu(ctx: &Ctx) -> ScenarioResult {
                 a.stop()?;
                 Ok(out)
             };
+        let on = vec![("SONDE_COLLECTORS__PROFILE__OFF_CPU", "true".to_owned())];
         let off = vec![("SONDE_COLLECTORS__PROFILE__OFF_CPU", "false".to_owned())];
         let metrics = alternate(
             ctx.reps,
@@ -114,7 +115,7 @@ pub fn offcpu(ctx: &Ctx) -> ScenarioResult {
                         Ok(vec![("round trips", rate), ("CPU per round trip", cpu)])
                     }),
                 ),
-                ("agent, off-CPU on", Box::new(|| with_agent(&[], true))),
+                ("agent, off-CPU on", Box::new(|| with_agent(&on, true))),
                 ("agent, off-CPU off", Box::new(|| with_agent(&off, false))),
             ],
         )?;
@@ -135,8 +136,8 @@ pub fn offcpu(ctx: &Ctx) -> ScenarioResult {
         r.commands = vec![
             format!(
                 "xtask/bench/pipe_pingpong.c (gcc -O2) {n} round trips; sonde agent with the \
-                 default config (off-CPU on: blocks >= 1 ms, <= 1000 stacks/s per CPU) or \
-                 SONDE_COLLECTORS__PROFILE__OFF_CPU=false, after a {}s warm-up",
+                 default config and SONDE_COLLECTORS__PROFILE__OFF_CPU=true (blocks >= 1 ms, \
+                 <= 1000 stacks/s per CPU) or =false, after a {}s warm-up",
                 warm.as_secs()
             ),
             format!(
