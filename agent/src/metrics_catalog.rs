@@ -46,6 +46,7 @@ pub const KNOWN: &[&str] = &[
     "sonde_memory_page_faults_total",
     "sonde_memory_errors_total",
     "sonde_memory_drains_total",
+    "sonde_memory_python_walks_total",
     // Alerts (this engine).
     "sonde_alerts",
     "sonde_alert_evaluation_duration_seconds",

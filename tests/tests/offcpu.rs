@@ -45,10 +45,33 @@ fn blocked_time_goes_to_the_blocking_stack_and_adds_up_to_wall_minus_cpu() {
     let bin = build_c("offcpu_wait", &["-O1", "-g", "-fno-omit-frame-pointer"]);
     // 2 ms of CPU, then 8 ms in nanosleep: ~80 % of wall time off CPU.
     let wl = Workload::spawn(Command::new(&bin).args(["sleep", "60", "2000", "8000"]));
-    // Let the agent announce it and build its unwind tables, so its stacks
-    // are walked with DWARF, not frame pointers through libc.
-    std::thread::sleep(Duration::from_secs(3));
     let pid = wl.pid().to_string();
+    // Wait (with a deadline) until the agent has announced it and loaded
+    // its unwind tables: before that its stacks are walked with frame
+    // pointers, which lose `sonde_wl_block` behind libc's nanosleep. A
+    // fixed sleep was not enough with the rest of the suite's load.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let probe = agent.cli(&[
+            "profile",
+            "--pid",
+            &pid,
+            "--off-cpu",
+            "--duration",
+            "1s",
+            "--format",
+            "folded",
+        ]);
+        let text = String::from_utf8_lossy(&probe.stdout);
+        if probe.status.success() && text.contains("main;sonde_wl_block") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no DWARF-unwound off-CPU stack of the workload after 60 s; last profile:\n{text}\nagent log:\n{}",
+            agent.log()
+        );
+    }
     let (cpu0, t0) = (cpu_ns(wl.pid()), Instant::now());
     let out = agent.cli(&[
         "profile",

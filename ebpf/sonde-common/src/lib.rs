@@ -132,6 +132,6 @@ mod tests {
         unique_labels::<crate::profile::ProfileCounter>();
         unique_labels::<crate::unwind::UnwindCounter>();
         assert_eq!(crate::http::HTTP_COUNTERS, 8);
-        assert_eq!(crate::memory::ALLOC_COUNTERS, 11);
+        assert_eq!(crate::memory::ALLOC_COUNTERS, 15);
     }
 }
