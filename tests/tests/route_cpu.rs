@@ -13,6 +13,10 @@
 //!   worker's samples carry one, and the 1 MiB file's route outweighs the
 //!   1 KiB one's.
 //!
+//! - Off CPU (FastAPI): a sync route that only sleeps 50 ms, driven 1:1
+//!   with the cheap route, shows ~50 ms of blocked time per request it
+//!   served under its route in `sonde profile --off-cpu --by route`.
+//!
 //! Also checked on the way: `sonde http`'s CPU column, the
 //! `sonde_http_server_cpu_seconds_total` metric, `--route` filtering.
 
@@ -190,14 +194,12 @@ fn python_ok(module: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-#[test]
-fn fastapi_cpu_by_route_matches_the_handlers_own_cpu_time() {
-    let _x = exclusive();
+/// tests/workloads/http/route_app.py under uvicorn, listening.
+fn fastapi() -> (Workload, u16) {
     assert!(
         python_ok("fastapi, uvicorn"),
         "python3 cannot import fastapi and uvicorn: run `cargo xtask test` or `python3 -m pip install -r tests/requirements.txt`"
     );
-    let agent = agent();
     let port = free_port();
     let srv = Workload::spawn(
         Command::new("python3")
@@ -216,6 +218,14 @@ fn fastapi_cpu_by_route_matches_the_handlers_own_cpu_time() {
             .stderr(Stdio::null()),
     );
     wait_port(port);
+    (srv, port)
+}
+
+#[test]
+fn fastapi_cpu_by_route_matches_the_handlers_own_cpu_time() {
+    let _x = exclusive();
+    let agent = agent();
+    let (srv, port) = fastapi();
     check_python_server(&agent, "FastAPI/uvicorn", srv.pid(), port);
 }
 
@@ -294,5 +304,140 @@ fn nginx_cpu_by_raw_normalised_route() {
     assert!(
         big > small,
         "nginx: the 1 MiB route should dominate: {by:?}"
+    );
+}
+
+const SLEEP: &str = "GET /sleep/{id}";
+/// How long the off-CPU profile's window is; the client drives inside it.
+const OFFCPU_SECS: u64 = 10;
+
+/// The sleeping handler's own wait: its frame, then the kernel's sleep.
+fn in_handler_sleep(stack: &str) -> bool {
+    stack.contains(";sleep (route_app.py:") && stack.contains("do_nanosleep")
+}
+
+/// Off-CPU nanoseconds per route frame of `--off-cpu --by route` folded
+/// stacks of `pid` (`--last`, or a window of `-d secs`), and those of
+/// them under [`SLEEP`] in the handler's own sleep.
+fn offcpu_by_route(agent: &Agent, pid: u32, window: Option<u64>) -> (HashMap<String, u64>, u64) {
+    let pid_s = pid.to_string();
+    let d = window.map(|s| format!("{s}s"));
+    let mut args = vec![
+        "profile",
+        "--pid",
+        &pid_s,
+        "--off-cpu",
+        "--by",
+        "route",
+        "-f",
+        "folded",
+    ];
+    match &d {
+        Some(d) => args.extend(["-d", d]),
+        None => args.push("--last"),
+    }
+    let out = agent.cli(&args);
+    assert!(
+        out.status.success(),
+        "sonde profile --off-cpu failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (mut by, mut handler): (HashMap<String, u64>, u64) = Default::default();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((stack, n)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let n = n.parse::<u64>().expect("nanoseconds");
+        let route = stack.split(';').next().unwrap_or("");
+        if route == SLEEP && in_handler_sleep(stack) {
+            handler += n;
+        }
+        *by.entry(route.to_owned()).or_default() += n;
+    }
+    (by, handler)
+}
+
+/// Requests `/sleep/{n}` has served, from the app's `/served`.
+fn sleeps_served(port: u16) -> u64 {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let (code, body) = http_get(addr, "/served").expect("GET /served");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("served JSON");
+    v["sleep"].as_u64().expect("sleep")
+}
+
+#[test]
+fn fastapi_off_cpu_by_route_shows_the_sleep_of_each_request() {
+    let _x = exclusive();
+    let agent = agent();
+    let (srv, port) = fastapi();
+    let pid = srv.pid();
+    // Warm-up until the sleeping handler is mapped to its route: it is
+    // almost never on CPU, so it is learned from its off-CPU rows (one
+    // vote per row and drain, 8 needed; the drain runs every 2 s).
+    let mut learned = false;
+    for _ in 0..10 {
+        let st = alternate(port, 4, "/sleep/{i}", "/cheap")
+            .status()
+            .expect("run alternate.py");
+        assert!(st.success(), "warm-up client failed");
+        if offcpu_by_route(&agent, pid, None).1 > 0 {
+            learned = true;
+            break;
+        }
+    }
+    assert!(
+        learned,
+        "the sleeping handler's wait never showed under {SLEEP} in the off-CPU profile"
+    );
+
+    // The client drives only inside the profile's window (1 s after it
+    // opens, 2 s before it closes), so every request it sends is served,
+    // and its 50 ms block ends (where a block is counted) in the window.
+    let before = sleeps_served(port);
+    let (by, handler_ns) = std::thread::scope(|sc| {
+        let profile = sc.spawn(|| offcpu_by_route(&agent, pid, Some(OFFCPU_SECS)));
+        std::thread::sleep(Duration::from_secs(1));
+        let st = alternate(port, OFFCPU_SECS - 3, "/sleep/{i}", "/cheap")
+            .status()
+            .expect("run alternate.py");
+        assert!(st.success(), "client failed");
+        profile.join().expect("profile thread")
+    });
+    let served = sleeps_served(port) - before;
+    let sleep_ns = by.get(SLEEP).copied().unwrap_or(0);
+    let cheap_ns = by.get(CHEAP).copied().unwrap_or(0);
+    let per_request_ms = sleep_ns as f64 / 1e6 / served.max(1) as f64;
+    eprintln!(
+        "FastAPI off-CPU: {served} sleep requests served, {:.1} ms blocked under {SLEEP} \
+         ({per_request_ms:.2} ms per request; {:.1} % in the handler's sleep), \
+         {:.1} ms under {CHEAP}, by route (ms) {:?}",
+        sleep_ns as f64 / 1e6,
+        100.0 * handler_ns as f64 / sleep_ns.max(1) as f64,
+        cheap_ns as f64 / 1e6,
+        by.iter()
+            .map(|(r, ns)| (r.as_str(), *ns / 1_000_000))
+            .collect::<HashMap<_, _>>()
+    );
+    assert!(served >= 40, "too few sleep requests to judge: {served}");
+    // 50 ms of `time.sleep` per request, exact per block; on top, the wait
+    // for a CPU and the GIL after the wake-up (a loaded 2-CPU machine:
+    // a few ms). Below, nothing of the window is lost (1 ms minimum block,
+    // rate cap far off). 25 % covers the scheduling noise; an attribution
+    // that dropped or doubled requests' blocks would be far outside it.
+    assert!(
+        (37.5..=62.5).contains(&per_request_ms),
+        "blocked time under {SLEEP} per request: {per_request_ms:.2} ms, not ~50 ms: {by:?}"
+    );
+    // And it is the handler's wait, not the event loop's (whose thread
+    // tag names the sleeping request while it idles in epoll_wait).
+    assert!(
+        handler_ns as f64 >= 0.9 * sleep_ns as f64,
+        "only {handler_ns} of {sleep_ns} ns under {SLEEP} are the handler's sleep"
+    );
+    // The cheap async route runs on the event loop and never sleeps.
+    assert!(
+        cheap_ns < sleep_ns / 10,
+        "{CHEAP} has {cheap_ns} ns blocked against {sleep_ns} ns under {SLEEP}"
     );
 }

@@ -1,7 +1,9 @@
-"""FastAPI app for sonde's CPU-by-route test: a CPU-heavy sync route (run
+"""FastAPI app for sonde's by-route tests: a CPU-heavy sync route (run
 in a worker thread, which never touches the socket), a cheap async route
-(on the event loop), and /cputime: the CPU each route's handlers measured
-themselves with time.thread_time()."""
+(on the event loop), /cputime: the CPU each route's handlers measured
+themselves with time.thread_time(); a sync route that sleeps 50 ms and
+does nothing else (off-CPU by route), and /served: how many requests it
+has served."""
 import threading
 import time
 
@@ -10,6 +12,7 @@ from fastapi import FastAPI
 app = FastAPI()
 _cpu = {"heavy": 0.0, "cheap": 0.0}
 _lock = threading.Lock()
+_served = {"sleep": 0}
 
 
 def burn(seconds):
@@ -47,3 +50,17 @@ async def cheap():
 def cputime():
     with _lock:
         return dict(_cpu)
+
+
+@app.get("/sleep/{n}")
+def sleep(n: int):
+    time.sleep(0.05)
+    with _lock:
+        _served["sleep"] += 1
+    return {"n": n}
+
+
+@app.get("/served")
+def served():
+    with _lock:
+        return dict(_served)

@@ -126,6 +126,35 @@ fn handler_key(pid: u32, f: &Frame) -> HandlerKey {
     )
 }
 
+/// Whether a stack waits in `epoll_wait` (any of its syscalls: they all
+/// go through `do_epoll_wait`).
+fn in_epoll_wait(stack: &[Frame]) -> bool {
+    stack
+        .iter()
+        .any(|f| f.kind == FrameKind::Kernel && f.function.starts_with("do_epoll_wait"))
+}
+
+/// Adds each sample's vote, `weight(sample)`, for its own tag's route to
+/// its handler.
+fn learn(
+    handlers: &mut HashMap<HandlerKey, Votes>,
+    dict: &Lookup<'_>,
+    samples: &[Sample],
+    tags: &[Tag],
+    weight: impl Fn(&Sample) -> u64,
+) {
+    for (s, t) in samples.iter().zip(tags) {
+        let (Some(h), Some(l)) = (handler(&s.stack), own_label(dict, s, t)) else {
+            continue;
+        };
+        let key = handler_key(s.pid, h);
+        if !handlers.contains_key(&key) && handlers.len() >= MAX_HANDLERS {
+            handlers.clear();
+        }
+        handlers.entry(key).or_default().add(&l, weight(s));
+    }
+}
+
 impl Attribution {
     pub fn new(share: RouteShare, t: &crate::telemetry::Telemetry, frequency_hz: u64) -> Self {
         let cpu = t.register(
@@ -152,17 +181,8 @@ impl Attribution {
     /// then counts the routed CPU.
     pub fn assign(&mut self, samples: &mut [Sample], tags: &[Tag]) {
         let dict = self.share.lookup_all();
-        for (s, t) in samples.iter().zip(tags) {
-            let (Some(h), Some(l)) = (handler(&s.stack), own_label(&dict, s, t)) else {
-                continue;
-            };
-            let key = handler_key(s.pid, h);
-            if !self.handlers.contains_key(&key) && self.handlers.len() >= MAX_HANDLERS {
-                self.handlers.clear();
-            }
-            self.handlers.entry(key).or_default().add(&l, s.count);
-        }
-        self.attribute(&dict, samples, tags);
+        learn(&mut self.handlers, &dict, samples, tags, |s| s.count);
+        self.attribute(&dict, samples, tags, false);
         drop(dict);
         for s in samples.iter() {
             if let Some(l) = &s.route {
@@ -175,15 +195,27 @@ impl Attribution {
         }
     }
 
-    /// Sets `route` on samples from what the CPU samples taught, without
-    /// learning from them or counting them as CPU (off-CPU samples, whose
-    /// weight is time blocked).
-    pub fn label(&self, samples: &mut [Sample], tags: &[Tag]) {
+    /// Sets `route` on off-CPU samples (weighted by time blocked), which
+    /// are not counted as CPU. They vote too, one vote per row: a handler
+    /// that only waits (`time.sleep`, a socket) is rarely on CPU, so CPU
+    /// samples alone would never map it. A row is one stack key of one
+    /// drain, so at least one switch: the kernel adds nanoseconds per key,
+    /// not switches, and nanoseconds would let one long block outvote
+    /// hundreds of CPU samples.
+    ///
+    /// A block in `epoll_wait` is not its thread's tag's: a thread waiting
+    /// there (an event loop: asyncio's, nginx's) waits for any of its
+    /// connections, not for the request it read last, and while a sync
+    /// FastAPI handler sleeps in a worker thread the loop's wait would
+    /// count the request's time a second time. Such a block keeps only a
+    /// handler's route (an event loop's wait has no handler frame).
+    pub fn label(&mut self, samples: &mut [Sample], tags: &[Tag]) {
         let dict = self.share.lookup_all();
-        self.attribute(&dict, samples, tags);
+        learn(&mut self.handlers, &dict, samples, tags, |_| 1);
+        self.attribute(&dict, samples, tags, true);
     }
 
-    fn attribute(&self, dict: &Lookup<'_>, samples: &mut [Sample], tags: &[Tag]) {
+    fn attribute(&self, dict: &Lookup<'_>, samples: &mut [Sample], tags: &[Tag], off_cpu: bool) {
         for (s, t) in samples.iter_mut().zip(tags) {
             let by_handler = handler(&s.stack)
                 .and_then(|h| self.handlers.get(&handler_key(s.pid, h)))
@@ -192,7 +224,7 @@ impl Attribution {
             // The thread's own tag first: it is exact on a thread-per-request
             // server, where one handler function often serves every route
             // (`do_GET`) and its votes follow the CPU-heavy one.
-            s.route = if t.src == src::THREAD {
+            s.route = if t.src == src::THREAD && !(off_cpu && in_epoll_wait(&s.stack)) {
                 own_label(dict, s, t).or(by_handler)
             } else {
                 by_handler
@@ -354,6 +386,51 @@ mod tests {
         );
         assert_eq!(d[0].route, Some(label("/cheap")));
         assert!((share.cpu("app", "GET", "/heavy") - 0.10).abs() < 1e-9);
+    }
+
+    #[test]
+    fn off_cpu_rows_vote_one_each_and_are_not_cpu() {
+        let (mut a, share) = attribution();
+        share.learn(7, 3, "GET", "/sleep");
+        let sleeper = || vec![py("sleepy", "/srv/app.py"), py("_bootstrap", STD)];
+        let hint = Tag {
+            tag: 3,
+            src: src::PROCESS,
+        };
+        // 7 rows of 50 ms each: 7 votes, not 350 million; not mapped yet.
+        let mut batch: Vec<Sample> = (0..7).map(|_| sample(sleeper(), 50_000_000)).collect();
+        a.label(&mut batch, &[hint; 7]);
+        assert!(batch.iter().all(|s| s.route.is_none()));
+        let mut batch = vec![sample(sleeper(), 50_000_000)];
+        a.label(&mut batch, &[hint]);
+        assert_eq!(
+            batch[0].route,
+            Some(label("/sleep")),
+            "the 8th vote maps it"
+        );
+        assert_eq!(
+            share.cpu("app", "GET", "/sleep"),
+            0.0,
+            "blocked time is not CPU"
+        );
+        // A CPU sample in the same handler is now attributed by it.
+        let mut cpu = vec![sample(sleeper(), 1)];
+        a.assign(&mut cpu, &[Tag::default()]);
+        assert_eq!(cpu[0].route, Some(label("/sleep")));
+        // The event loop's thread tag names the request it read last; its
+        // wait in epoll_wait is not that request's, a read's is.
+        let own = Tag {
+            tag: 3,
+            src: src::THREAD,
+        };
+        let waiting = |k: &str| {
+            let f = |n| frame(n, FrameKind::Kernel, 0);
+            sample(vec![f("schedule"), f(k), py("select", LIB)], 1_000_000)
+        };
+        let mut off = vec![waiting("do_epoll_wait"), waiting("pipe_read")];
+        a.label(&mut off, &[own; 2]);
+        assert_eq!(off[0].route, None);
+        assert_eq!(off[1].route, Some(label("/sleep")));
     }
 
     #[test]

@@ -389,9 +389,9 @@ impl Symbolizing {
                 off.push(self.sample(k, *ns, &late.traces, &late.python, &mut services));
                 off_tags.push(tag(k));
             }
-            // Labelled with what the CPU samples taught, but neither
-            // learned from nor counted as CPU: their weight is time blocked.
-            if let Some(a) = &self.routes {
+            // Not counted as CPU (their weight is time blocked); they vote
+            // one per row, so a handler that only waits gets mapped too.
+            if let Some(a) = &mut self.routes {
                 a.label(&mut off, &off_tags);
             }
             store.0.push(Batch { at, samples: off });
