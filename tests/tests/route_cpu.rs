@@ -369,7 +369,8 @@ fn sleeps_served(port: u16) -> u64 {
 #[test]
 fn fastapi_off_cpu_by_route_shows_the_sleep_of_each_request() {
     let _x = exclusive();
-    let agent = agent();
+    // Off-CPU profiling is off by default (its cost per context switch).
+    let agent = Agent::start("[collectors.profile]\nfrequency_hz = 99\noff_cpu = true\n");
     let (srv, port) = fastapi();
     let pid = srv.pid();
     // Warm-up until the sleeping handler is mapped to its route: it is
