@@ -22,6 +22,10 @@ fn quick_bench_reports_or_refuses_every_scenario() {
             "--",
             "bench",
             "--quick",
+            // Two repetitions are enough to check the harness (pairs,
+            // ranges, verdicts) and keep the suite within its 30 minutes.
+            "--reps",
+            "2",
             "--bin",
         ])
         .arg(sonde_bin())

@@ -13,7 +13,7 @@ use crate::cmd::{run, workspace_root};
 
 /// Seconds each target runs in `cargo xtask test` (override:
 /// `SONDE_FUZZ_SECONDS`). docs/reliability.md has the long-run command.
-const DEFAULT_SECONDS: u64 = 15;
+const DEFAULT_SECONDS: u64 = 10;
 
 /// The fuzz crate, relative to the workspace root.
 const FUZZ_DIR: &str = "tests/fuzz";
