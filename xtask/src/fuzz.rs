@@ -5,7 +5,11 @@
 //! docs/reliability.md) and runs every target for a fixed time. A crash fails the suite; libFuzzer leaves the input in
 //! tests/fuzz/artifacts/<target>/ and the log says how to replay it.
 
-use std::{path::Path, process::Command, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -24,16 +28,83 @@ const TARGET_DIR: &str = "target/fuzz";
 /// files (gcc -O2, with and without frame pointers).
 const ELF_SEEDS: &[&str] = &["unwind_chain.c", "sleeper.c", "profile_abc.c"];
 
-/// Builds the targets and runs those whose name contains `filter` (every
-/// one when `filter` is `None` or "fuzz"), each for a bounded time.
-pub fn run_targets(filter: Option<&str>) -> Result<()> {
+/// The fuzz build, started in the background at the lowest CPU priority so
+/// that it uses the cores the test suite leaves idle (most e2e tests wait on
+/// agents and workloads). On a cold clone the instrumented build of the
+/// agent library takes about 4 minutes of the suite's 30.
+pub struct Build {
+    /// `None` once waited for.
+    child: Option<std::process::Child>,
+    started: Instant,
+    log: PathBuf,
+}
+
+/// Starts the fuzz build in the background when some target's name contains
+/// `filter` (see [`run_targets`]); its output goes to target/fuzz/build.log.
+/// [`run_targets`] waits for it; dropping it stops it.
+pub fn start_build(filter: Option<&str>) -> Result<Option<Build>> {
+    let root = workspace_root();
+    if chosen(&list(&root.join(FUZZ_DIR))?, filter).is_empty() {
+        return Ok(None);
+    }
+    let target_dir = root.join(TARGET_DIR);
+    std::fs::create_dir_all(&target_dir)?;
+    let log = target_dir.join("build.log");
+    let out = std::fs::File::create(&log)?;
+    let mut c = fuzz_cmd(&root.join(FUZZ_DIR), "build", &target_dir, true);
+    c.stdout(out.try_clone()?).stderr(out);
+    eprintln!(
+        "xtask: building the fuzz targets in the background (nice 19; log: {})",
+        log.display()
+    );
+    let child = c.spawn().context("cannot start the fuzz build")?;
+    Ok(Some(Build {
+        child: Some(child),
+        started: Instant::now(),
+        log,
+    }))
+}
+
+/// The targets whose name contains `filter` (all for `None` or "fuzz").
+fn chosen<'a>(targets: &'a [String], filter: Option<&str>) -> Vec<&'a String> {
+    targets
+        .iter()
+        .filter(|t| filter.is_none_or(|f| f == "fuzz" || t.contains(f)))
+        .collect()
+}
+
+impl Build {
+    /// Waits for the build; on failure the error carries its log's end.
+    fn wait(mut self) -> Result<std::time::Duration> {
+        let mut child = self.child.take().context("fuzz build already waited for")?;
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("the fuzz build failed ({status}):\n{}", tail(&self.log, 60));
+        }
+        Ok(self.started.elapsed())
+    }
+}
+
+impl Drop for Build {
+    /// An early error (a lint, the build) must not leave it running.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the targets whose name contains `filter` (every one when `filter` is
+/// `None` or "fuzz"), each for a bounded time, after `build` (or a build in
+/// the foreground when there is none). Each target's libFuzzer output goes
+/// to target/fuzz/logs/<target>.log; the console gets one line per target,
+/// and the log's end when a target crashes.
+pub fn run_targets(filter: Option<&str>, build: Option<Build>) -> Result<()> {
     let root = workspace_root();
     let dir = root.join(FUZZ_DIR);
     let targets = list(&dir)?;
-    let chosen: Vec<&String> = targets
-        .iter()
-        .filter(|t| filter.is_none_or(|f| f == "fuzz" || t.contains(f)))
-        .collect();
+    let chosen = chosen(&targets, filter);
     if chosen.is_empty() {
         return Ok(());
     }
@@ -43,15 +114,26 @@ pub fn run_targets(filter: Option<&str>) -> Result<()> {
     };
     let target_dir = root.join(TARGET_DIR);
     let t0 = Instant::now();
-    eprintln!("xtask: building the fuzz targets ({FUZZ_DIR})");
-    run(&mut fuzz_cmd(&dir, "build", &target_dir))?;
-    let built = t0.elapsed();
+    let build = match build {
+        Some(b) => b,
+        None => start_build(filter)?.context("no fuzz target to build")?,
+    };
+    let built = build.wait()?;
+    eprintln!(
+        "xtask: fuzz build done ({:.0} s since it started, {:.0} s waited for)",
+        built.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
     elf_seeds(&root, &target_dir.join("seeds/unwind_table"))?;
+    let logs = target_dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
     let mut failed = Vec::new();
     for t in &chosen {
         let corpus = target_dir.join("corpus").join(t);
         std::fs::create_dir_all(&corpus)?;
-        let mut c = fuzz_cmd(&dir, "run", &target_dir);
+        let log = logs.join(format!("{t}.log"));
+        let out = std::fs::File::create(&log)?;
+        let mut c = fuzz_cmd(&dir, "run", &target_dir, false);
         c.arg(t.as_str()).arg(&corpus);
         for seeds in [dir.join("seeds").join(t), target_dir.join("seeds").join(t)] {
             if seeds.is_dir() {
@@ -66,17 +148,20 @@ pub fn run_targets(filter: Option<&str>) -> Result<()> {
             "-rss_limit_mb=2048",
             "-print_final_stats=1",
         ]);
-        eprintln!("xtask: fuzzing {t} for {seconds} s");
-        if let Err(e) = run(&mut c) {
-            eprintln!("xtask: fuzz target {t} failed: {e:#}");
-            failed.push(t.as_str());
+        c.stdout(out.try_clone()?).stderr(out);
+        match run(&mut c) {
+            Ok(()) => eprintln!("xtask: fuzzed {t} for {seconds} s: {}", done_line(&log)),
+            Err(e) => {
+                eprintln!("xtask: fuzz target {t} failed: {e:#}\n{}", tail(&log, 60));
+                failed.push(t.as_str());
+            }
         }
     }
     eprintln!(
-        "xtask: fuzzing: build {:.0} s, {} target(s) x {seconds} s, {:.0} s in all",
-        built.as_secs_f64(),
+        "xtask: fuzzing: {} target(s) x {seconds} s, {:.0} s after the tests (logs: {})",
         chosen.len(),
-        t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64(),
+        logs.display()
     );
     if !failed.is_empty() {
         bail!(
@@ -87,10 +172,37 @@ pub fn run_targets(filter: Option<&str>) -> Result<()> {
     Ok(())
 }
 
-/// `cargo +nightly fuzz <sub> --target-dir <target_dir>`, run in the fuzz crate.
-fn fuzz_cmd(dir: &Path, sub: &str, target_dir: &Path) -> Command {
+/// libFuzzer's closing "Done N runs in S second(s)" line of a log.
+fn done_line(log: &Path) -> String {
+    std::fs::read_to_string(log)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .rev()
+                .find(|l| l.starts_with("Done "))
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "no summary line in its log".into())
+}
+
+/// The last `n` lines of a file, for error messages.
+fn tail(path: &Path, n: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// `cargo +nightly fuzz <sub> --target-dir <target_dir>`, run in the fuzz
+/// crate; under `nice -n 19` when `low_priority`.
+fn fuzz_cmd(dir: &Path, sub: &str, target_dir: &Path, low_priority: bool) -> Command {
     let sanitizer = std::env::var("SONDE_FUZZ_SANITIZER").unwrap_or_else(|_| "none".into());
-    let mut c = Command::new("cargo");
+    let mut c = if low_priority {
+        let mut c = Command::new("nice");
+        c.args(["-n", "19", "cargo"]);
+        c
+    } else {
+        Command::new("cargo")
+    };
     c.args([
         "+nightly",
         "fuzz",

@@ -56,7 +56,7 @@ enum Task {
         no_lint: bool,
     },
     /// Only the fuzz targets of tests/fuzz (those whose name contains the
-    /// filter), each for SONDE_FUZZ_SECONDS (default 15) with
+    /// filter), each for SONDE_FUZZ_SECONDS (default 10) with
     /// SONDE_FUZZ_SANITIZER (default none); docs/reliability.md.
     Fuzz {
         /// Only targets whose name contains this filter.
@@ -72,7 +72,7 @@ fn main() {
         Task::PrometheusRule { check } => prometheus_rule(check),
         Task::Run { args } => run(args),
         Task::Test { filter, no_lint } => test(filter, no_lint),
-        Task::Fuzz { filter } => fuzz::run_targets(filter.as_deref()),
+        Task::Fuzz { filter } => fuzz::run_targets(filter.as_deref(), None),
         Task::Bench(args) => bootstrap::setup()
             .and_then(|()| bootstrap::bench_dependencies())
             .and_then(|()| bench::run(args)),
@@ -136,6 +136,9 @@ fn run(args: Vec<String>) -> Result<()> {
 fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
     bootstrap::setup()?;
     bootstrap::test_dependencies()?;
+    // The fuzz targets build in the background, on the CPU the lints,
+    // the build and the (mostly waiting) e2e tests leave idle.
+    let fuzz_build = fuzz::start_build(filter.as_deref())?;
     if !no_lint {
         // Nightly rustfmt: rustfmt.toml groups imports, an unstable option.
         cmd::cargo(&["+nightly", "fmt", "--all", "--check"])?;
@@ -192,6 +195,6 @@ fn test(filter: Option<String>, no_lint: bool) -> Result<()> {
         cmd::cargo_test_summarized(&args, &[("SONDE_BIN", bin.to_str().unwrap_or_default())]);
     // Bounded fuzzing of the parsers of untrusted input (docs/reliability.md),
     // even when tests failed, so one run reports both.
-    let fuzzed = fuzz::run_targets(filter.as_deref());
+    let fuzzed = fuzz::run_targets(filter.as_deref(), fuzz_build);
     tests.and(fuzzed)
 }
