@@ -330,6 +330,21 @@ fn alloc_rejects_bad_input_with_exit_2() {
     let (code, body) =
         sonde_tests::unix_get(&agent.socket, &format!("/api/v1/alloc?pid={dead}")).unwrap();
     assert_eq!(code, 400, "{body}");
+    // A misspelt parameter is refused by name, not ignored: ignoring it
+    // would answer a different question (here: every process's profile).
+    for path in [
+        "/api/v1/profile?pidd=1&duration=1s",
+        "/api/v1/memory?kind=mapped&top=3",
+        "/api/v1/syscalls?sort=count&pids=1",
+    ] {
+        let (code, body) = sonde_tests::unix_get(&agent.socket, path).unwrap();
+        let field = path.rsplit('&').next().unwrap().split('=').next().unwrap();
+        assert_eq!(code, 400, "{path}: {body}");
+        assert!(
+            body.contains(&format!("unknown field `{field}`")),
+            "{path}: {body}"
+        );
+    }
     // A static binary maps no libc.
     let st = build_c("sleeper", &["-O1", "-static"]);
     let wl = Workload::spawn(Command::new(&st).arg("30"));

@@ -31,7 +31,8 @@ const ELF_SEEDS: &[&str] = &["unwind_chain.c", "sleeper.c", "profile_abc.c"];
 /// The fuzz build, started in the background at the lowest CPU priority so
 /// that it uses the cores the test suite leaves idle (most e2e tests wait on
 /// agents and workloads). On a cold clone the instrumented build of the
-/// agent library takes about 4 minutes of the suite's 30.
+/// agent library takes about 4 minutes of the suite's 30. A Ctrl-C of
+/// `cargo xtask test` leaves it to finish on its own (its own process group).
 pub struct Build {
     /// `None` once waited for.
     child: Option<std::process::Child>,
@@ -57,6 +58,9 @@ pub fn start_build(filter: Option<&str>) -> Result<Option<Build>> {
         "xtask: building the fuzz targets in the background (nice 19; log: {})",
         log.display()
     );
+    // Its own process group, so that stopping it (Drop) also stops the
+    // `cargo build` that cargo-fuzz runs under it.
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
     let child = c.spawn().context("cannot start the fuzz build")?;
     Ok(Some(Build {
         child: Some(child),
@@ -89,7 +93,9 @@ impl Drop for Build {
     /// An early error (a lint, the build) must not leave it running.
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
+            let _ = Command::new("kill")
+                .args(["-TERM", "--", &format!("-{}", c.id())])
+                .status();
             let _ = c.wait();
         }
     }

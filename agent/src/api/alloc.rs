@@ -28,6 +28,7 @@ use crate::{
 pub const MAX_SAMPLE_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AllocQuery {
     pub pid: Option<u32>,
     /// Default 30s, at most 10m.

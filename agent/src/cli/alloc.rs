@@ -186,6 +186,7 @@ mod tests {
             "/api/v1/alloc?pid=42&duration=5000ms&min_age=1000ms&sample_bytes=0\
              &format=json&measure=in_use&diff=true"
         );
+        crate::cli::assert_agent_accepts::<crate::api::alloc::AllocQuery>(&request_path(&a));
     }
 
     #[test]

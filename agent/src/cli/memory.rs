@@ -121,6 +121,7 @@ mod tests {
             request_path(&a),
             "/api/v1/memory?kind=mapped&format=top&pid=9"
         );
+        crate::cli::assert_agent_accepts::<sonde_wire::memory::MemoryQuery>(&request_path(&a));
         assert!(Cli::try_parse_from(["sonde", "memory", "--pid", "1", "--name", "x"]).is_err());
     }
 }

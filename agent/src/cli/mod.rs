@@ -217,6 +217,17 @@ fn agent(a: AgentArgs) -> anyhow::Result<()> {
     crate::daemon::run(config, source)
 }
 
+/// Panics unless the agent's query extractor accepts `path` as a `T`: the
+/// CLI builds its query strings by hand, and the agent refuses unknown
+/// parameters (`deny_unknown_fields`), so each CLI test checks both sides.
+#[cfg(test)]
+pub(crate) fn assert_agent_accepts<T: serde::de::DeserializeOwned>(path: &str) {
+    let uri: axum::http::Uri = path.parse().expect("a URI");
+    if let Err(e) = axum::extract::Query::<T>::try_from_uri(&uri) {
+        panic!("the agent refuses {path}: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;

@@ -232,6 +232,24 @@ mod tests {
             request_path(&a),
             "/api/v1/profile?format=pprof&pid=7&off_cpu=true&last=true"
         );
+        for v in [
+            &["--pid", "42", "--duration", "5s", "-f", "folded"][..],
+            &["--name", "my app", "--last"],
+            &["--by", "route", "--route", "GET /items/*", "--last"],
+            &["--pid", "7", "--off-cpu", "-f", "pprof", "--last"],
+        ] {
+            crate::cli::assert_agent_accepts::<sonde_wire::profile::ProfileQuery>(&request_path(
+                &args(v),
+            ));
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "unknown field `pidd`")]
+    fn the_agent_refuses_unknown_parameters() {
+        crate::cli::assert_agent_accepts::<sonde_wire::profile::ProfileQuery>(
+            "/api/v1/profile?pidd=42",
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub type Labels = BTreeMap<String, String>;
 
 /// Query of `GET /api/v1/alerts`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AlertsQuery {
     /// Add the history of resolved alerts.
     #[serde(default)]

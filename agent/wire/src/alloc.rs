@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Query of `DELETE /api/v1/alloc`: end the session on `pid` early.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CancelQuery {
     pub pid: u32,
 }

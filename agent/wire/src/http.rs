@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Query of `GET /api/v1/http`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpQuery {
     pub pid: Option<u32>,
     /// Matches the service or the process name.

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// Query of `GET /api/v1/profile`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProfileQuery {
     pub pid: Option<u32>,
     pub name: Option<String>,

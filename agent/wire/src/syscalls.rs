@@ -21,6 +21,7 @@ pub enum SortBy {
 
 /// Query of `GET /api/v1/syscalls`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SyscallsQuery {
     pub pid: Option<u32>,
     /// Matches the comm or the service name.
@@ -46,12 +47,14 @@ pub enum Mode {
 /// Query of `POST /api/v1/syscalls/lease`: no `renew` takes a new lease
 /// (attaching the hooks if none is live); `renew=ID` extends lease ID.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LeaseQuery {
     pub renew: Option<u64>,
 }
 
 /// Query of `DELETE /api/v1/syscalls/lease`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReleaseQuery {
     pub id: u64,
 }

@@ -25,7 +25,11 @@ pub fn footprint(ctx: &Ctx) -> ScenarioResult {
     let run = || -> Result<ScenarioResult> {
         let loop_bin = build_c("tests/workloads/getppid_loop.c", ctx.work.path())?;
         let metrics = alternate(
-            if ctx.quick { ctx.reps.min(2) } else { ctx.reps.min(3) },
+            if ctx.quick {
+                ctx.reps.min(2)
+            } else {
+                ctx.reps.min(3)
+            },
             &[
                 ("startup peak RSS", "MiB"),
                 ("steady RSS", "MiB"),

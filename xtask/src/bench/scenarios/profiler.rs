@@ -93,7 +93,11 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
         let chain = build_chain(ctx.work.path())?;
         let busy_chain = || Busy::start_with(&chain, &["spin", "1000000"]);
         let metrics = alternate(
-            if ctx.quick { ctx.reps.min(2) } else { ctx.reps.min(3) },
+            if ctx.quick {
+                ctx.reps.min(2)
+            } else {
+                ctx.reps.min(3)
+            },
             &[
                 ("agent CPU", "% of one core"),
                 ("agent RSS", "MiB"),
@@ -166,7 +170,11 @@ pub fn profiler(ctx: &Ctx) -> ScenarioResult {
             ..Default::default()
         };
         r.metrics.extend(alternate(
-            if ctx.quick { ctx.reps.min(2) } else { ctx.reps.min(5) },
+            if ctx.quick {
+                ctx.reps.min(2)
+            } else {
+                ctx.reps.min(5)
+            },
             &[
                 ("unwind table build time", "ms"),
                 ("unwind table memory", "MiB"),
