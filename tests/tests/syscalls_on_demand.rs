@@ -258,6 +258,64 @@ fn concurrent_clients_share_one_attachment() {
     wait_detached(&agent, Duration::from_secs(3));
 }
 
+/// Sends SIGINT, as Ctrl-C in a terminal does.
+fn ctrl_c(child: &Child) {
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(st.success());
+}
+
+#[test]
+fn ctrl_c_reports_what_was_counted_and_releases_the_lease_at_once() {
+    let _x = exclusive();
+    let agent = Agent::start(CONFIG);
+    // `sonde syscalls` for a minute, stopped after its window began: it
+    // reports what it counted so far (as `strace -c` does) and releases
+    // its lease, so the hooks go now, not at the lease's expiry.
+    let mut cli = Cli::spawn(&agent, &["syscalls", "--duration", "60s", "-o", "json"]);
+    cli.counting();
+    assert!(attached(&agent));
+    std::thread::sleep(Duration::from_millis(1500));
+    let stopped = Instant::now();
+    ctrl_c(&cli.child);
+    let (out, said) = cli.finish();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "sonde syscalls took {:?} to stop",
+        stopped.elapsed()
+    );
+    assert!(said.contains("interrupted: reporting the"), "{said}");
+    let r: Report = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(
+        (1.0..10.0).contains(&r.window_seconds),
+        "window {}",
+        r.window_seconds
+    );
+    assert!(r.total.calls > 0, "{r:#?}");
+    wait_detached(&agent, Duration::from_secs(3));
+
+    // `sonde top` (not on a terminal) quits on SIGINT the same way.
+    let mut top = Command::new(sonde_bin())
+        .args(["top", "-d", "1", "-n", "1000", "-o", "json"])
+        .arg("--socket")
+        .arg(&agent.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sonde top");
+    let mut frames = BufReader::new(top.stdout.take().unwrap());
+    let mut line = String::new();
+    frames.read_line(&mut line).expect("top frame");
+    assert!(line.starts_with('{'), "sonde top printed {line:?}");
+    assert!(attached(&agent));
+    ctrl_c(&top);
+    let st = sonde_tests::wait_child_or_kill(&mut top, Duration::from_secs(10), "sonde top");
+    assert!(st.success(), "sonde top exited with {st} on SIGINT");
+    wait_detached(&agent, Duration::from_secs(3));
+}
+
 #[test]
 fn a_killed_client_leaves_the_hooks_attached_only_until_its_lease_expires() {
     let _x = exclusive();

@@ -110,14 +110,25 @@ fn progress(guard: &LeaseGuard, wait: Duration) {
         "sonde syscalls: {how}; counting for {}...",
         output::human_duration(wait.as_secs_f64())
     );
-    let end = Instant::now() + wait;
+    let start = Instant::now();
+    let end = start + wait;
     let tty = std::io::stderr().is_terminal();
     while let Some(left) = end.checked_duration_since(Instant::now()) {
+        if lease::interrupted() {
+            if tty {
+                eprint!("\r\x1b[K");
+            }
+            eprintln!(
+                "sonde syscalls: interrupted: reporting the {} counted",
+                output::human_duration(start.elapsed().as_secs_f64())
+            );
+            return;
+        }
         if tty {
             eprint!("\r{:>6.1}s left ", left.as_secs_f64());
             let _ = std::io::stderr().flush();
         }
-        std::thread::sleep(left.min(Duration::from_millis(200)));
+        std::thread::sleep(left.min(Duration::from_millis(100)));
     }
     if tty {
         eprint!("\r\x1b[K");

@@ -328,17 +328,23 @@ impl Drop for RawInput {
 }
 
 /// Waits up to `d`; true when the user asked to quit (q, Q, Ctrl-C, Esc).
-fn wait_or_quit(raw: bool, d: Duration) -> bool {
-    if !raw {
-        std::thread::sleep(d);
-        return false;
-    }
+fn wait_or_quit(mut raw: bool, d: Duration) -> bool {
     let end = Instant::now() + d;
     loop {
+        // Ctrl-C or SIGTERM (caught while a syscall lease is held) quits
+        // like `q`, so that the lease is released now, not at its expiry.
+        if lease::interrupted() {
+            return true;
+        }
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return false;
         }
+        if !raw {
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+            continue;
+        }
+        let left = left.min(Duration::from_millis(100));
         let mut fds = libc::pollfd {
             fd: 0,
             events: libc::POLLIN,
@@ -355,8 +361,8 @@ fn wait_or_quit(raw: bool, d: Duration) -> bool {
         let got = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
         if got <= 0 {
             // End of input: nothing more to wait for from the keyboard.
-            std::thread::sleep(left);
-            return false;
+            raw = false;
+            continue;
         }
         if buf[..got as usize]
             .iter()
