@@ -189,7 +189,19 @@ fn report_with(agent: &Agent, pid: u32, syscall: &str, n: u64) -> Report {
                 .find(|&i| log.is_char_boundary(i))
                 .unwrap_or(0);
             let log = &log[from..];
-            Err(format!("{r:?}\n{log}"))
+            // And the counters that say where calls can go missing: full
+            // kernel maps, releases, and the process collector's backlog.
+            let counters: Vec<String> = agent
+                .metrics()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("sonde_syscalls_")
+                        || l.starts_with("sonde_events_lost_total")
+                        || l.starts_with("sonde_process_")
+                })
+                .map(str::to_owned)
+                .collect();
+            Err(format!("{r:?}\n{}\n{log}", counters.join("\n")))
         },
     )
 }
