@@ -1,12 +1,17 @@
 //! Route tags: the link between a thread serving an HTTP request and the
 //! CPU samples taken of it.
 //!
-//! The HTTP object writes, at a server request's start, `thread -> tag` (and
-//! `process -> tag`, a hint for threads that do not touch the socket) into
-//! [`ROUTE_TAGS`](ROUTE_TAGS_MAX), and deletes them when the response's
-//! status line is written; the profile object reads them when it builds a
-//! sample's key. The two objects share the one map (the agent pins it in a
-//! private bpffs while both load).
+//! The HTTP object writes, at a server request's start, `thread -> request
+//! line` (and `process -> request line`, a hint for threads that do not
+//! touch the socket) into [`ROUTE_TAGS`](ROUTE_TAGS_MAX), and stamps the
+//! thread's entry when the response's status line is written; the profile
+//! object reads them when it builds a sample's key. The two objects share
+//! the one map (the agent pins it in a private bpffs while both load).
+//!
+//! The writer only copies the request's first bytes: hashing them costs a
+//! loop over the line (~0.4 us per request as a `bpf_loop`), which is paid
+//! only when a sample lands on the thread, by the reader, and cached in the
+//! entry ([`RouteTagValue::tag`]). Most requests are never sampled.
 //!
 //! The kernel cannot run the agent's route normaliser, so the tag is a hash
 //! of the method and a coarsely normalised path ([`route_tag`]): segments
@@ -17,9 +22,13 @@
 //! tag -> (service, method, route). One copy of the function serves both
 //! sides.
 
-/// Entries of the shared tag map (threads and processes with a request in
-/// flight). LRU: a thread whose response was never seen ages out.
-pub const ROUTE_TAGS_MAX: u32 = 16_384;
+use crate::http::HTTP_PREFIX_LEN;
+
+/// Entries of the shared tag map (threads that served a request, and
+/// processes with one in flight). LRU: a thread whose response was never
+/// seen ages out. Each entry holds a request line (~190 B with the
+/// kernel's element header): 8192 of them are ~1.5 MiB of kernel memory.
+pub const ROUTE_TAGS_MAX: u32 = 8_192;
 
 /// Key bit of a process-wide hint (`PROCESS_KEY | tgid`); a thread's entry
 /// is keyed by its tid alone.
@@ -27,19 +36,27 @@ pub const PROCESS_KEY: u64 = 1 << 32;
 
 /// A thread's (or process's) entry in the shared map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RouteTagValue {
-    /// [`route_tag`] of the request.
+    /// [`route_tag`] of `line[..len]`; 0 until a reader first needed it
+    /// (the writer does not hash, see the module header).
     pub tag: u32,
-    pub _pad: u32,
+    /// Valid bytes in `line`.
+    pub len: u16,
+    pub _pad: u16,
+    /// Which request this is (its start time): the status line removes the
+    /// process hint only if the hint is still this request's.
+    pub id: u64,
     /// `bpf_ktime_get_ns()` when the response's status line was written, 0
     /// while the request is being handled. The tag still holds for
     /// [`ROUTE_TAG_GRACE_NS`] after it: the response's body and the
     /// request's teardown run after the status line (nginx's `sendfile`).
     pub end_ns: u64,
+    /// The request's first bytes, as the HTTP event carries them.
+    pub line: [u8; HTTP_PREFIX_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<RouteTagValue>() == 16);
+const _: () = assert!(core::mem::size_of::<RouteTagValue>() == 24 + HTTP_PREFIX_LEN);
 
 /// How long after its status line a thread's CPU still counts for the
 /// request; later, or once the thread reads another request, it does not.
@@ -194,7 +211,6 @@ impl TagState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::HTTP_PREFIX_LEN;
 
     fn tag(s: &str) -> u32 {
         let n = s.len().min(HTTP_PREFIX_LEN);

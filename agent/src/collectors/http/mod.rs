@@ -11,6 +11,7 @@
 
 pub mod port;
 pub mod route;
+mod series;
 pub mod stats;
 
 use std::{
@@ -20,7 +21,7 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
-use prometheus::{Histogram, IntCounter};
+use prometheus::IntCounter;
 use sonde_common::{
     http::{
         CONN_GONE, EVENT_CLOSED, HttpConn, HttpConnKey, HttpCounter, HttpEvent, HttpEventKind,
@@ -33,6 +34,7 @@ use sonde_wire::http::RouteRow;
 use self::{
     port::PortResolver,
     route::{RouteTable, parse_request_line},
+    series::{Group, Series, SeriesCache},
     stats::{HttpMetrics, RouteStats, StatKey, now_secs},
 };
 use super::{
@@ -119,35 +121,6 @@ const TRACEPOINTS: HookSet = HookSet::new(
 /// Most (role, pid, service, method, route) summaries kept for `sonde http`;
 /// beyond it new keys are not summarized (metrics are unaffected).
 const MAX_STAT_KEYS: usize = 100_000;
-/// Most exchanges awaiting their ResponseEnd (sizes).
-const MAX_PENDING: usize = 65_536;
-
-/// Size histograms of a completed server exchange, kept until its final
-/// sizes arrive.
-#[derive(Clone)]
-struct Pending {
-    req: Histogram,
-    resp: Histogram,
-}
-
-/// (client, tgid, server port or 0, status, method): with the raw path,
-/// what determines an exchange's series.
-type Group = (bool, u32, u16, u16, &'static str);
-
-/// Resolved labels and metric handles of one (group, raw path): resolving
-/// them (route normalization, label hashing) once per path instead of once
-/// per request keeps the agent's cost per event around a microsecond.
-#[derive(Clone)]
-struct Series {
-    duration: Histogram,
-    sizes: Option<Pending>,
-    overflow: bool,
-    stat: StatKey,
-}
-
-/// Bounds of the series cache (it is only a cache: clearing is harmless).
-const MAX_SERIES_GROUPS: usize = 10_000;
-const MAX_PATHS_PER_GROUP: usize = 1_000;
 
 /// The maps the drain touches for every event: foldhash, not std's SipHash,
 /// which took ~30 % of the drain's CPU under wrk (perf, release build).
@@ -156,13 +129,15 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct Inner {
     routes: RouteTable,
-    stats: FastMap<StatKey, RouteStats>,
+    /// `sonde http`'s summaries, in creation order; series find theirs by
+    /// index (`Series::stat_slot`), not by hashing the key's strings.
+    stats: Vec<(StatKey, RouteStats)>,
+    stat_index: FastMap<StatKey, usize>,
     inflight: FastMap<StatKey, u64>,
-    pending: FastMap<(u32, u32), Pending>,
     ports: PortResolver,
     /// tgid -> service_name, refreshed every few seconds (pids get reused).
     services: FastMap<u32, String>,
-    series: FastMap<Group, FastMap<String, Arc<Series>>>,
+    series: SeriesCache,
 }
 
 /// CPU by route: the shared dictionary and CPU totals (see
@@ -211,7 +186,7 @@ impl HttpQuery {
                     k.service == n || processes.get(k.pid).is_some_and(|p| p.comm == n)
                 })
         };
-        let mut rows = stats::rows(&inner.stats, &inner.inflight, keep);
+        let mut rows = stats::rows(inner.stats.iter(), &inner.inflight, keep);
         drop(g);
         route_cpu(self.routes().as_ref(), &mut rows);
         Some(rows)
@@ -343,12 +318,12 @@ impl Collector for HttpCollector {
         });
         *self.query.lock() = Some(Inner {
             routes: RouteTable::new(patterns, self.config.max_routes_per_service.get() as usize),
-            stats: FastMap::default(),
+            stats: Vec::new(),
+            stat_index: FastMap::default(),
             inflight: FastMap::default(),
-            pending: FastMap::default(),
             ports: PortResolver::default(),
             services: FastMap::default(),
-            series: FastMap::default(),
+            series: SeriesCache::default(),
         });
         let metrics = HttpMetrics::new(ctx.telemetry);
         let lost = ctx.telemetry.events_lost.with_label_values(&[NAME]);
@@ -407,6 +382,7 @@ impl Worker {
         for ev in events {
             self.apply(inner, &ev, now);
         }
+        inner.series.flush();
     }
 
     /// The process's service name; its comm when it is already gone.
@@ -433,7 +409,9 @@ impl Worker {
         match HttpEventKind::from_u32(ev.kind) {
             Some(HttpEventKind::Complete) => self.complete(inner, ev, client, now),
             Some(HttpEventKind::ResponseEnd) => {
-                self.sizes(inner, ev.tgid, ev.fd, ev.req_bytes, ev.resp_bytes)
+                inner
+                    .series
+                    .sizes((ev.tgid, ev.fd), ev.req_bytes, ev.resp_bytes)
             }
             Some(HttpEventKind::Aborted) => {
                 let svc = self.service(&mut inner.services, ev.tgid, &ev.comm);
@@ -443,15 +421,7 @@ impl Worker {
         }
         if closed {
             inner.ports.forget(ev.tgid, ev.fd);
-            inner.pending.remove(&(ev.tgid, ev.fd));
-        }
-    }
-
-    /// Final sizes of the exchange last completed on (tgid, fd).
-    fn sizes(&self, inner: &mut Inner, tgid: u32, fd: u32, req: u64, resp: u64) {
-        if let Some(p) = inner.pending.remove(&(tgid, fd)) {
-            p.req.observe(req as f64);
-            p.resp.observe(resp as f64);
+            inner.series.forget((ev.tgid, ev.fd));
         }
     }
 
@@ -459,7 +429,9 @@ impl Worker {
     /// than once per event.
     fn complete(&self, inner: &mut Inner, ev: &HttpEvent, client: bool, now: u64) {
         if ev.prev_req_bytes > 0 {
-            self.sizes(inner, ev.tgid, ev.fd, ev.prev_req_bytes, ev.prev_resp_bytes);
+            inner
+                .series
+                .sizes((ev.tgid, ev.fd), ev.prev_req_bytes, ev.prev_resp_bytes);
         }
         let Some((method, path)) = parse_request_line(prefix(ev)) else {
             self.metrics
@@ -476,55 +448,29 @@ impl Worker {
             inner.ports.port(ev.tgid, ev.fd).unwrap_or(0)
         };
         let group = (client, ev.tgid, port, ev.status, method);
-        let cached = inner
-            .series
-            .get(&group)
-            .and_then(|paths| paths.get(path))
-            .cloned();
-        let series = match cached {
-            Some(s) => s,
+        let i = match inner.series.find(&group, path) {
+            Some(i) => i,
             None => {
-                // Shared, so a cache hit costs a reference count, not a
-                // copy of the label strings.
-                let s = Arc::new(self.new_series(inner, ev, group, path));
-                if inner.series.len() >= MAX_SERIES_GROUPS {
-                    inner.series.clear();
-                }
-                let paths = inner.series.entry(group).or_default();
-                if paths.len() >= MAX_PATHS_PER_GROUP {
-                    paths.clear();
-                }
-                paths.insert(path.to_owned(), Arc::clone(&s));
-                s
+                let s = self.new_series(inner, ev, group, path);
+                inner.series.insert(group, path, s)
             }
         };
+        let secs = ev.end_ns.saturating_sub(ev.start_ns) as f64 / 1e9;
+        inner.series.observe(i, secs, (ev.tgid, ev.fd));
+        let series = inner.series.get(i);
         if series.overflow {
             self.metrics
                 .route_overflow
                 .with_label_values(&[&series.stat.service])
                 .inc();
         }
-        let secs = ev.end_ns.saturating_sub(ev.start_ns) as f64 / 1e9;
-        series.duration.observe(secs);
-        if let Some(sizes) = series.sizes.clone() {
-            if inner.pending.len() >= MAX_PENDING {
-                inner.pending.clear();
-            }
-            inner.pending.insert((ev.tgid, ev.fd), sizes);
-        }
         let error = if client {
             ev.status >= 400
         } else {
             ev.status >= 500
         };
-        if let Some(s) = inner.stats.get_mut(&series.stat) {
-            s.observe(secs, error, now);
-        } else if inner.stats.len() < MAX_STAT_KEYS {
-            inner
-                .stats
-                .entry(series.stat.clone())
-                .or_default()
-                .observe(secs, error, now);
+        if let Some(s) = series.stat_slot.and_then(|i| inner.stats.get_mut(i)) {
+            s.1.observe(secs, error, now);
         }
     }
 
@@ -534,7 +480,8 @@ impl Worker {
         let service = self.service(&mut inner.services, tgid, &ev.comm);
         let (route, overflow) = inner.routes.route(&service, path);
         if !client && let Some(share) = self.query.routes() {
-            // The kernel tagged the serving thread with this request's tag.
+            // The profiler tags samples of the serving thread with this
+            // request's tag (hashed from the line the kernel recorded).
             let tag = route_tag(&ev.prefix, usize::from(ev.prefix_len).min(ev.prefix.len()));
             share.learn(tgid, tag, method, &route);
         }
@@ -543,7 +490,8 @@ impl Worker {
         let (duration, sizes) = if client {
             (
                 m.client_duration
-                    .with_label_values(&[method, &status, &route, &service]),
+                    .with_label_values(&[method, &status, &route, &service])
+                    .local(),
                 None,
             )
         } else {
@@ -554,24 +502,35 @@ impl Worker {
             };
             let l = [method, status.as_str(), &route, &service, &port];
             (
-                m.server_duration.with_label_values(&l),
-                Some(Pending {
-                    req: m.server_req_size.with_label_values(&l),
-                    resp: m.server_resp_size.with_label_values(&l),
-                }),
+                m.server_duration.with_label_values(&l).local(),
+                Some((
+                    m.server_req_size.with_label_values(&l).local(),
+                    m.server_resp_size.with_label_values(&l).local(),
+                )),
             )
+        };
+        let stat = StatKey {
+            client,
+            pid: tgid,
+            service,
+            method,
+            route,
+        };
+        let stat_slot = match inner.stat_index.get(&stat) {
+            Some(&i) => Some(i),
+            None if inner.stats.len() < MAX_STAT_KEYS => {
+                inner.stats.push((stat.clone(), RouteStats::default()));
+                inner.stat_index.insert(stat.clone(), inner.stats.len() - 1);
+                Some(inner.stats.len() - 1)
+            }
+            None => None,
         };
         Series {
             duration,
             sizes,
             overflow,
-            stat: StatKey {
-                client,
-                pid: tgid,
-                service,
-                method,
-                route,
-            },
+            stat,
+            stat_slot,
         }
     }
 

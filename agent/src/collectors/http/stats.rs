@@ -226,15 +226,15 @@ impl RouteStats {
 
 /// Builds the rows for a query: merges per-pid stats by (role, service,
 /// method, route).
-pub fn rows(
-    stats: &super::FastMap<StatKey, RouteStats>,
+pub fn rows<'a>(
+    stats: impl Iterator<Item = &'a (StatKey, RouteStats)>,
     inflight: &super::FastMap<StatKey, u64>,
     keep: impl Fn(&StatKey) -> bool,
 ) -> Vec<RouteRow> {
     let now = now_secs();
     type Group = (bool, String, &'static str, String);
     let mut groups: HashMap<Group, (Vec<u32>, RouteStats, u64, u64)> = HashMap::new();
-    for (k, s) in stats.iter().filter(|(k, _)| keep(k)) {
+    for (k, s) in stats.filter(|(k, _)| keep(k)) {
         let g = groups
             .entry((k.client, k.service.clone(), k.method, k.route.clone()))
             .or_default();

@@ -255,7 +255,7 @@ pub(crate) fn on_data(
                 }
                 start_request(c, buf, n, have_prefix)?;
                 if c.role == HttpRole::Server as u8 {
-                    crate::route_tag::begin(&c.prefix, c.prefix_len);
+                    crate::route_tag::begin(&c.prefix, c.prefix_len, c.start_ns);
                 }
             }
             Head::Http2 => {
