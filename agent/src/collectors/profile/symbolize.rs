@@ -10,9 +10,10 @@
 //! has its own blazesym symbolizer, and [`Resolver::release`] drops the
 //! parsed state of every file (and of the kernel's symbol table) that had
 //! no miss for a while ([`Resolver::keep_parsed_for`]), then returns the freed heap
-//! to the kernel. Resolved frames stay cached, so a steady workload holds
-//! no parsed files at all, while a burst of new addresses parses each file
-//! once, not once per drain.
+//! to the kernel. Resolved frames stay cached, also past their file's
+//! eviction from the open files, so a steady workload holds no parsed
+//! files at all, while a burst of new addresses parses each file once, not
+//! once per drain.
 
 use std::{
     collections::HashMap,
@@ -329,6 +330,14 @@ impl Resolver {
 
     fn user_one(&mut self, pid: u32, addr: u64) -> Arc<[Frame]> {
         let mut found = self.locate(pid, addr);
+        // Frames are cached by file identity, so they outlive the file's
+        // eviction: a hot address of an evicted file needs neither the maps
+        // re-read nor the file reopened and parsed again.
+        if let Some(Located::File { key, offset }) = &found
+            && let Some(f) = self.cached(*key, *offset)
+        {
+            return f;
+        }
         // No mapping holds it (a dlopen since), or its file was evicted
         // while the process lives (a busy host churns through more files
         // than the bound): re-capture the maps, which reopens the files.
@@ -426,15 +435,21 @@ impl Resolver {
         Some(Located::Jit(name))
     }
 
-    fn file_frames(&mut self, key: FileKey, offset: u64) -> Arc<[Frame]> {
+    /// The cached frames at `offset` in file `key`.
+    fn cached(&mut self, key: FileKey, offset: u64) -> Option<Arc<[Frame]>> {
+        let f = self.user_cache.get(&(key, offset))?.clone();
+        self.metrics.result("cached").inc();
         // A hit uses the file too: without this a hot, fully cached file
         // looked idle and was the first evicted.
-        if let Some(f) = self.files.get_mut(&key) {
-            f.last_used = self.tick;
+        if let Some(file) = self.files.get_mut(&key) {
+            file.last_used = self.tick;
         }
-        if let Some(f) = self.user_cache.get(&(key, offset)) {
-            self.metrics.result("cached").inc();
-            return f.clone();
+        Some(f)
+    }
+
+    fn file_frames(&mut self, key: FileKey, offset: u64) -> Arc<[Frame]> {
+        if let Some(f) = self.cached(key, offset) {
+            return f;
         }
         let Some(file) = self.files.get_mut(&key) else {
             return unknown(
@@ -510,7 +525,8 @@ impl Resolver {
 
     /// Keeps every cache within its bound. An evicted file takes its own
     /// blazesym symbolizer with it, so a reused `/proc/self/fd/N` path
-    /// never meets a stale parse.
+    /// never meets a stale parse; its resolved frames stay (keyed by the
+    /// file's identity, they are still right, and bounded with the rest).
     fn evict(&mut self) {
         if self.procs.len() > self.limits.processes {
             let n = evict_lru(&mut self.procs, self.limits.processes, |p| p.last_used);
@@ -525,8 +541,6 @@ impl Resolver {
                 .evictions
                 .with_label_values(&["files"])
                 .inc_by(n);
-            self.user_cache
-                .retain(|(k, _), _| self.files.contains_key(k));
         }
         // Resolved addresses are cheap to recompute: drop them wholesale.
         let symbols = self.user_cache.len() + self.kernel_cache.len();
@@ -680,5 +694,11 @@ mod tests {
         r.next_drain();
         assert_eq!(r.user(pid, &[addr]), first);
         assert_eq!(parsed(&r), 0, "a cache hit parses nothing");
+        // Nor once the file is evicted: no reopening, no parse.
+        r.limits.files = 0;
+        r.next_drain();
+        assert!(r.files.is_empty(), "every file evicted");
+        assert_eq!(r.user(pid, &[addr]), first);
+        assert!(r.files.is_empty(), "a cache hit reopens nothing");
     }
 }

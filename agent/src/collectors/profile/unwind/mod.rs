@@ -43,6 +43,13 @@ const SWEEP: Duration = Duration::from_secs(5);
 const GRACE: Duration = Duration::from_secs(60);
 /// Files remembered as having no usable table.
 const MAX_FAILED: usize = 4096;
+/// A table is not evicted before it has been loaded this long, and a file
+/// that found no room is not built again before this long: when the hot
+/// files do not fit the budget together, each new table evicted another
+/// hot one, whose process then reloaded it, evicting the next. On a build
+/// machine that rebuilt ~20 tables a second, half of the agent's CPU; now
+/// each table is built at most once per this period.
+const MIN_RESIDENCY: Duration = Duration::from_secs(10);
 
 /// Work for the unwinder thread.
 pub enum UnwindCmd {
@@ -192,6 +199,8 @@ struct Loaded {
     rows: u32,
     /// `(p_offset, p_vaddr, p_filesz)` of the file's segments.
     segs: Vec<(u64, u64, u64)>,
+    /// Not evicted before [`MIN_RESIDENCY`] from here.
+    loaded_at: Instant,
     last_used: u64,
     users: u32,
     idle_since: Option<Instant>,
@@ -213,6 +222,8 @@ pub struct Unwinder {
     space: Space,
     loaded: HashMap<FileKey, Loaded>,
     failed: HashMap<FileKey, &'static str>,
+    /// Files that found no room, and when (see [`MIN_RESIDENCY`]).
+    no_room: HashMap<FileKey, Instant>,
     free_ids: Vec<u32>,
     pids: HashMap<u32, Proc>,
     /// Processes without any table, with the mappings they had then.
@@ -231,6 +242,7 @@ impl Unwinder {
             space: Space::new(capacity),
             loaded: HashMap::new(),
             failed: HashMap::new(),
+            no_room: HashMap::new(),
             free_ids: (0..UNWIND_MAX_FILES).rev().collect(),
             pids: HashMap::new(),
             tableless: HashMap::new(),
@@ -385,7 +397,12 @@ impl Unwinder {
             l.last_used = self.tick;
             return Some(l);
         }
-        if self.failed.contains_key(&key) {
+        if self.failed.contains_key(&key)
+            || self
+                .no_room
+                .get(&key)
+                .is_some_and(|t| t.elapsed() < MIN_RESIDENCY)
+        {
             return None;
         }
         match self.load(key, file) {
@@ -400,9 +417,15 @@ impl Unwinder {
                     self.failed.clear();
                 }
                 // Running out of room is not the file's fault: try again
-                // when another process needs it.
+                // when another process needs it, once tables may have
+                // become evictable.
                 if reason != "no_room" && reason != "too_many_files" {
                     self.failed.insert(key, reason);
+                } else {
+                    if self.no_room.len() >= MAX_FAILED {
+                        self.no_room.clear();
+                    }
+                    self.no_room.insert(key, Instant::now());
                 }
                 None
             }
@@ -469,11 +492,13 @@ impl Unwinder {
             ms = t0.elapsed().as_millis() as u64,
             "unwind table built"
         );
+        self.no_room.remove(&key);
         Ok(Loaded {
             id,
             first,
             rows: n,
             segs,
+            loaded_at: Instant::now(),
             last_used: self.tick,
             users: 0,
             idle_since: Some(Instant::now()),
@@ -492,12 +517,13 @@ impl Unwinder {
     }
 
     /// Evicts the least recently used table not used by the process being
-    /// added; false when there is none.
+    /// added nor loaded less than [`MIN_RESIDENCY`] ago; false when there
+    /// is none.
     fn evict_lru(&mut self) -> bool {
         let Some((&key, _)) = self
             .loaded
             .iter()
-            .filter(|(_, l)| l.last_used < self.tick)
+            .filter(|(_, l)| l.last_used < self.tick && l.loaded_at.elapsed() >= MIN_RESIDENCY)
             .min_by_key(|(_, l)| (l.users > 0, l.last_used))
         else {
             return false;
@@ -584,6 +610,7 @@ impl Unwinder {
         for k in stale {
             self.unload(k);
         }
+        self.no_room.retain(|_, t| t.elapsed() < MIN_RESIDENCY);
     }
 
     fn gauges(&self) {
