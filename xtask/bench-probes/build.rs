@@ -17,6 +17,7 @@ const OBJECTS: &[&str] = &[
     "sonde-bench-http",
     "sonde-bench-memory",
     "sonde-bench-alloc",
+    "sonde-bench-offcpu",
 ];
 
 fn main() -> Result<()> {

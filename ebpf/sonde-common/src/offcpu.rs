@@ -2,8 +2,9 @@
 //!
 //! A tp_btf `sched_switch` program in the profile object takes the stack of
 //! a user thread as it leaves the CPU (the same [`StackKey`] the CPU sampler
-//! builds, in the same per-generation stack maps) and parks it in a global
-//! pending map under the thread id; when the thread is switched back in, on
+//! builds, in the same per-generation stack maps) and parks it in the
+//! thread's task-local storage, with a copy in a global pending map under
+//! the thread id for the agent; when the thread is switched back in, on
 //! whatever CPU, the time it was away is added to the off-CPU counts of the
 //! generation then current.
 //!
@@ -48,8 +49,8 @@ impl OffCpuPending {
 }
 
 /// Slots of the off-CPU control array (`u64`s written by the agent).
-/// `task_struct.pid`'s offset, from the kernel's BTF; 0 = off-CPU off.
-pub const OFFCPU_PID_OFF_SLOT: u32 = 0;
+/// Non-zero turns the program on; 0 = off-CPU off (it returns at once).
+pub const OFFCPU_ON_SLOT: u32 = 0;
 /// `task_struct.flags`' offset, from the kernel's BTF.
 pub const OFFCPU_FLAGS_OFF_SLOT: u32 = 1;
 /// Shortest block counted, in nanoseconds.
@@ -81,9 +82,12 @@ pub struct OffCpuRate {
     pub window_start: u64,
     /// Stacks taken in it.
     pub taken: u64,
+    /// `jiffies` when the clock was last read: the window can only have
+    /// ended on a later tick, so switches within one tick skip the clock.
+    pub last_tick: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<OffCpuRate>() == 16);
+const _: () = assert!(core::mem::size_of::<OffCpuRate>() == 24);
 
 crate::counters! {
     /// Indexes into the off-CPU per-CPU counter array. Values are ABI.
@@ -97,7 +101,9 @@ crate::counters! {
         Short = 2 => "short",
         /// A block counted into the off-CPU counts.
         Counted = 3 => "counted",
-        /// The pending map had no room: the block is not in the profile.
+        /// The pending map had no room (or evicted the entry, or the
+        /// thread's task-local storage could not be created): the block is
+        /// not in the profile.
         PendingFull = 4 => "pending_full",
         /// The counts map had no room: the block was dropped.
         CountsFull = 5 => "counts_map_full",

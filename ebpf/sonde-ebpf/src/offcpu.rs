@@ -2,29 +2,31 @@
 //! prev_state)`, in the profile object so that it shares the sampler's
 //! stack maps, DWARF unwinder and Python walk.
 //!
-//! - **Switch-out** (`prev`, which is still the current task): a user
-//!   thread's stack key is built by `profile::stack_key` (user registers
-//!   from `bpf_task_pt_regs`, the kernel stack from the tracepoint's call
-//!   site) and parked in the global `OFFCPU_PENDING` map under its thread
-//!   id, with the time. Kernel threads and the idle task are skipped, and
-//!   at most `OFFCPU_CAP_SLOT` stacks are taken per CPU per 1/16 s; the
-//!   rest are counted as capped.
-//! - **Switch-in** (`next`, read through `task_struct.pid`'s offset from
-//!   the kernel's BTF): a parked entry is removed, and a block of at least
-//!   `OFFCPU_MIN_BLOCK_SLOT` ns is added to the current generation's counts
-//!   under the parked key. The thread may come back on another CPU, which
-//!   is why the pending map is global.
-//!
-//! Every switch costs a few helper calls and one hash lookup; the stack
-//! walks run only for the switches the cap lets through.
+//! Every context switch of the host runs it, so the common case must cost
+//! next to nothing above the hook itself:
+//! - **Switch-in** (`next`): one task-local storage lookup on `next`
+//!   (`OFFCPU_PARKED`, no hashing, no pid read, no clock read); threads
+//!   with nothing parked stop there. A parked block is added, if it lasted
+//!   at least `OFFCPU_MIN_BLOCK_SLOT` ns, to the current generation's
+//!   counts under its stack key. The thread may come back on another CPU:
+//!   task-local storage follows the thread, not the CPU.
+//! - **Switch-out** (`prev`, which is still the current task): the idle
+//!   task stops at once, then the per-CPU rate cap (at most
+//!   `OFFCPU_CAP_SLOT` stacks per CPU per 1/16 s; the clock is read at
+//!   most once per tick) stops switches past it, counted as capped. Kernel threads are
+//!   skipped. A user thread within the cap gets its stack key built by
+//!   `profile::stack_key` and parked, with the time, in its task-local
+//!   storage and in `OFFCPU_PENDING` (a global hash by thread id, the
+//!   agent's view: it keeps the stacks parked keys name, and prunes
+//!   entries of threads that exited).
 
 use aya_ebpf::{
-    EbpfContext,
+    bindings::task_struct,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::bpf_get_current_task,
+        generated::{bpf_get_current_task, bpf_get_current_task_btf, bpf_jiffies64},
     },
-    macros::map,
+    macros::{btf_map, map},
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::BtfTracePointContext,
 };
@@ -32,7 +34,7 @@ use sonde_common::{
     COMM_LEN,
     offcpu::{
         OFFCPU_CAP_SLOT, OFFCPU_CONTROL_ENTRIES, OFFCPU_COUNTERS, OFFCPU_FLAGS_OFF_SLOT,
-        OFFCPU_MAX_KEYS, OFFCPU_MAX_PENDING, OFFCPU_MIN_BLOCK_SLOT, OFFCPU_PID_OFF_SLOT,
+        OFFCPU_MAX_KEYS, OFFCPU_MAX_PENDING, OFFCPU_MIN_BLOCK_SLOT, OFFCPU_ON_SLOT,
         OFFCPU_RATE_WINDOW_NS, OffCpuCounter, OffCpuKey, OffCpuPending, OffCpuRate, PF_KTHREAD,
     },
 };
@@ -40,15 +42,33 @@ use sonde_common::{
 use crate::{
     counters::bump,
     profile::{ProfileError, add, announce_new, generation, stack_key},
+    task_storage::TaskStorage,
 };
 
-/// Offsets and limits from the agent ([`OFFCPU_PID_OFF_SLOT`], ...).
+/// Offsets and limits from the agent ([`OFFCPU_ON_SLOT`], ...).
 #[map]
 static OFFCPU_CONTROL: Array<u64> = Array::with_max_entries(OFFCPU_CONTROL_ENTRIES, 0);
 
-/// Threads off CPU whose stack was taken, by thread id. LRU: a thread that
-/// exits while parked is never switched in again, and its entry must not
-/// hold a slot for ever (the agent also prunes entries of dead threads).
+/// A thread's parked block, in its own task-local storage. Kernel-only:
+/// the agent reads the `OFFCPU_PENDING` copy.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Parked {
+    pending: OffCpuPending,
+    /// The thread id the `OFFCPU_PENDING` copy is under.
+    tid: u32,
+    /// Non-zero while a block is parked: the value is created once per
+    /// thread and reused by its later blocks.
+    parked: u32,
+}
+
+#[btf_map]
+static OFFCPU_PARKED: TaskStorage<Parked> = TaskStorage::new();
+
+/// Threads off CPU whose stack was taken, by thread id: the agent's view of
+/// the parked keys. LRU: a thread that exits while parked is never switched
+/// in again, and its entry must not hold a slot for ever (the agent also
+/// prunes entries of dead threads).
 #[map]
 static OFFCPU_PENDING: LruHashMap<u32, OffCpuPending> =
     LruHashMap::with_max_entries(OFFCPU_MAX_PENDING, 0);
@@ -77,48 +97,51 @@ fn control(slot: u32) -> u64 {
     OFFCPU_CONTROL.get(slot).copied().unwrap_or(0)
 }
 
-/// The u32 at `off` in the task struct at `task`.
-#[inline(always)]
-fn task_u32(task: u64, off: u64) -> Option<u32> {
-    // SAFETY: a fault-safe kernel read of 4 bytes at an offset the agent
-    // took from the kernel's BTF for `struct task_struct`.
-    unsafe { bpf_probe_read_kernel((task + off) as *const u32) }.ok()
-}
-
 /// This CPU's rate state when it may take one more stack in the current
-/// window (the caller then counts it with [`take`]).
+/// window (the caller then counts it in `taken`).
 #[inline(always)]
-fn within_rate(now: u64) -> Option<&'static mut OffCpuRate> {
-    let cap = control(OFFCPU_CAP_SLOT);
+fn within_rate() -> Option<&'static mut OffCpuRate> {
     let r = OFFCPU_RATE.get_ptr_mut(0)?;
     // SAFETY: this CPU's own slot; sched_switch programs do not nest on
     // one CPU (they run with interrupts off).
     let r = unsafe { &mut *r };
-    if now.wrapping_sub(r.window_start) >= OFFCPU_RATE_WINDOW_NS {
-        r.window_start = now;
-        r.taken = 0;
+    // The clock is read once per tick at most: `jiffies` is a plain load,
+    // and a window can only have ended on a tick not seen yet. (The coarse
+    // clock helper is refused to tracing programs.)
+    // SAFETY: the helper takes no arguments and reads `jiffies_64`.
+    let tick = unsafe { bpf_jiffies64() };
+    if tick != r.last_tick {
+        r.last_tick = tick;
+        // SAFETY: the helper takes no arguments and only reads the clock.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if now.wrapping_sub(r.window_start) >= OFFCPU_RATE_WINDOW_NS {
+            r.window_start = now;
+            r.taken = 0;
+        }
     }
-    (r.taken < cap).then_some(r)
+    (r.taken < control(OFFCPU_CAP_SLOT)).then_some(r)
 }
 
-/// The incoming thread: account its block if it was parked.
+/// The incoming thread: account its block if one is parked.
 #[inline(always)]
-fn switch_in(next: u64, pid_off: u64, now: u64) {
-    let Some(tid) = task_u32(next, pid_off) else {
-        count(OffCpuCounter::TaskRead);
+fn switch_in(next: *mut task_struct) {
+    let Some(p) = OFFCPU_PARKED.get_mut(next) else {
         return;
     };
-    if tid == 0 {
+    if p.parked == 0 {
         return;
     }
-    let Some(p) = OFFCPU_PENDING.get_ptr(tid) else {
+    p.parked = 0;
+    // SAFETY: the helper takes no arguments and only reads the clock.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let blocked = now.wrapping_sub(p.pending.since_ns());
+    // The agent's copy is gone if it was evicted (a full map): the agent
+    // may then have cleared the parked stacks, so the key would name
+    // stacks that are no longer there.
+    if OFFCPU_PENDING.get_ptr(p.tid).is_none() {
+        count(OffCpuCounter::PendingFull);
         return;
-    };
-    // SAFETY: a successful lookup's value, valid for this program run;
-    // only this thread's own switches write its entry, and it is not
-    // running anywhere else while it is being switched in here.
-    let p = unsafe { *p };
-    let blocked = now.wrapping_sub(p.since_ns());
+    }
     if blocked < control(OFFCPU_MIN_BLOCK_SLOT) || blocked > i64::MAX as u64 {
         count(OffCpuCounter::Short);
     } else {
@@ -127,36 +150,40 @@ fn switch_in(next: u64, pid_off: u64, now: u64) {
         } else {
             &OFFCPU_COUNTS_1
         };
-        match add(counts, &p.key, blocked) {
+        match add(counts, &p.pending.key, blocked) {
             Ok(()) => count(OffCpuCounter::Counted),
             Err(ProfileError::CountsFull) => count(OffCpuCounter::CountsFull),
         }
     }
     // Only now: the agent keeps a parked key's stacks while the entry or
     // a count names them, and looks at the entries first.
-    let _ = OFFCPU_PENDING.remove(tid);
+    let _ = OFFCPU_PENDING.remove(p.tid);
 }
 
 /// The outgoing thread (the current task): park its stack key.
 #[inline(always)]
-fn switch_out(ctx: &BtfTracePointContext, now: u64) {
+fn switch_out(ctx: &BtfTracePointContext) {
     let id = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((id >> 32) as u32, id as u32);
     if tgid == 0 {
         return;
     }
     // The cap first: past it (a switch-heavy CPU) nothing else is read.
-    let Some(rate) = within_rate(now) else {
+    let Some(rate) = within_rate() else {
         count(OffCpuCounter::Capped);
         return;
     };
     // SAFETY: the helper returns the current task's address, used only as
     // the base of a fault-safe read.
     let task = unsafe { bpf_get_current_task() };
-    match task_u32(task, control(OFFCPU_FLAGS_OFF_SLOT)) {
-        Some(flags) if flags & PF_KTHREAD != 0 => return,
-        Some(_) => {}
-        None => {
+    // SAFETY: a fault-safe kernel read of 4 bytes at an offset the agent
+    // took from the kernel's BTF for `struct task_struct`.
+    let flags =
+        unsafe { bpf_probe_read_kernel((task + control(OFFCPU_FLAGS_OFF_SLOT)) as *const u32) };
+    match flags {
+        Ok(flags) if flags & PF_KTHREAD != 0 => return,
+        Ok(_) => {}
+        Err(_) => {
             count(OffCpuCounter::TaskRead);
             return;
         }
@@ -174,6 +201,8 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64) {
         comm,
         generation,
     );
+    // SAFETY: the helper takes no arguments and only reads the clock.
+    let now = unsafe { bpf_ktime_get_ns() };
     let pending = OffCpuPending {
         key: OffCpuKey {
             stack,
@@ -181,31 +210,35 @@ fn switch_out(ctx: &BtfTracePointContext, now: u64) {
         },
         since: [now as u32, (now >> 32) as u32],
     };
+    // The agent's copy first: the switch-in accounts a block only while
+    // it is there.
     if OFFCPU_PENDING.insert(tid, pending, 0).is_err() {
         count(OffCpuCounter::PendingFull);
+        return;
     }
+    // SAFETY: the helper takes no arguments and returns the current task
+    // as a trusted BTF pointer, which task storage helpers accept.
+    let current = unsafe { bpf_get_current_task_btf() };
+    let Some(p) = OFFCPU_PARKED.get_or_create(current) else {
+        count(OffCpuCounter::PendingFull);
+        let _ = OFFCPU_PENDING.remove(tid);
+        return;
+    };
+    p.pending = pending;
+    p.tid = tid;
+    p.parked = 1;
 }
 
 /// One context switch. Entry points call this.
 #[inline(always)]
 pub fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
-    let pid_off = control(OFFCPU_PID_OFF_SLOT);
-    if pid_off == 0 {
+    if control(OFFCPU_ON_SLOT) == 0 {
         // The agent has not configured (or has turned off) off-CPU.
         return Ok(());
     }
-    // SAFETY: the helper takes no arguments and only reads the clock.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // Argument 2 of sched_switch is `struct task_struct *next`. Read as
-    // a plain number: the verifier refuses arithmetic with a run-time
-    // offset (from BTF, in a map) on the typed pointer `ctx.arg` gives.
-    // SAFETY: a fault-safe kernel read of the third u64 of the context
-    // (the tracepoint's argument array).
-    let next = unsafe { bpf_probe_read_kernel((ctx.as_ptr() as *const u64).wrapping_add(2)) };
-    match next {
-        Ok(next) => switch_in(next, pid_off, now),
-        Err(_) => count(OffCpuCounter::TaskRead),
-    }
-    switch_out(ctx, now);
+    // Argument 2 of sched_switch is `struct task_struct *next`, a trusted
+    // BTF pointer for the verifier (read straight from the context).
+    switch_in(ctx.arg::<*mut task_struct>(2));
+    switch_out(ctx);
     Ok(())
 }

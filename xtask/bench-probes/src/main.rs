@@ -37,6 +37,7 @@ const SYSCALLS: Object = object!("sonde-bench-syscalls");
 const HTTP: Object = object!("sonde-bench-http");
 const MEMORY: Object = object!("sonde-bench-memory");
 const ALLOC: Object = object!("sonde-bench-alloc");
+const OFFCPU: Object = object!("sonde-bench-offcpu");
 
 fn load(obj: &Object) -> Result<Ebpf> {
     if obj.bytes.is_empty() {
@@ -82,6 +83,9 @@ enum What {
         #[arg(long)]
         pid: u32,
     },
+    /// An empty tp_btf sched_switch program (the off-CPU profiler's hook):
+    /// the floor of any off-CPU profiler there.
+    Offcpu,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -145,6 +149,11 @@ fn main() -> Result<()> {
         What::Alloc { pid } => {
             let obj = attach_alloc(pid)?;
             hold(obj.0, &format!("{} empty uprobes on pid {pid}", obj.1))
+        }
+        What::Offcpu => {
+            let mut obj = load(&OFFCPU)?;
+            attach_btf(&mut obj, &[("offcpu_floor", "sched_switch")])?;
+            hold(obj, "empty tp_btf sched_switch")
         }
     }
 }

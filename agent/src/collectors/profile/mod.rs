@@ -251,6 +251,10 @@ impl Collector for ProfileCollector {
                         l.map_max_entries(m, 1);
                     }
                 }
+                // The off-CPU program's task-local storage: aya 0.14 creates
+                // the map but has no user-space type for it, which the agent
+                // never reads.
+                l.allow_unsupported_maps();
             })?;
         ebpf::spawn_kernel_logger(&mut obj, OBJECT.name);
         let maps = KernelMaps {

@@ -20,7 +20,7 @@ use aya::{
 use prometheus::{IntCounterVec, Opts};
 use sonde_common::{
     offcpu::{
-        OFFCPU_CAP_SLOT, OFFCPU_FLAGS_OFF_SLOT, OFFCPU_MIN_BLOCK_SLOT, OFFCPU_PID_OFF_SLOT,
+        OFFCPU_CAP_SLOT, OFFCPU_FLAGS_OFF_SLOT, OFFCPU_MIN_BLOCK_SLOT, OFFCPU_ON_SLOT,
         OffCpuCounter, OffCpuKey, OffCpuPending,
     },
     profile::StackKey,
@@ -103,7 +103,7 @@ pub fn attach(
             CollectorError::NoHook(format!("task_struct.{field} in the kernel's BTF: {e}"))
         })
     };
-    let (pid_off, flags_off) = (offset("pid")?, offset("flags")?);
+    let flags_off = offset("flags")?;
     let mut control: Array<MapData, u64> = take_map(obj, "OFFCPU_CONTROL")?;
     let cap = config.off_cpu_max_rate.get().div_ceil(WINDOWS_PER_S);
     let min_block = config.off_cpu_min_block.get().as_nanos() as u64;
@@ -111,8 +111,8 @@ pub fn attach(
         (OFFCPU_FLAGS_OFF_SLOT, flags_off),
         (OFFCPU_MIN_BLOCK_SLOT, min_block),
         (OFFCPU_CAP_SLOT, cap),
-        // Last: a non-zero pid offset is what turns the program on.
-        (OFFCPU_PID_OFF_SLOT, pid_off),
+        // Last: it turns the program on.
+        (OFFCPU_ON_SLOT, 1),
     ] {
         control
             .set(slot, v, 0)

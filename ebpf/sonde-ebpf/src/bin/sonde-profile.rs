@@ -23,6 +23,8 @@ mod profile;
 mod python;
 #[path = "../route_tag.rs"]
 mod route_tag;
+#[path = "../task_storage.rs"]
+mod task_storage;
 #[path = "../unwind.rs"]
 mod unwind;
 

@@ -1,7 +1,9 @@
 //! `offcpu`: what the off-CPU profiler's `sched_switch` program costs: its
 //! run time per context switch, and the round-trip rate of a pipe
 //! ping-pong (two processes, every round trip two blocking reads and four
-//! switches) with the agent next to none.
+//! switches) with the agent next to none and next to the floor, an empty
+//! tp_btf `sched_switch` program (ebpf/sonde-bench-ebpf, attached by
+//! xtask/bench-probes): what any off-CPU profiler on that hook pays.
 
 use std::{process::Command, time::Duration};
 
@@ -10,12 +12,15 @@ use anyhow::{Context as _, Result, bail};
 use super::{alternate, finish};
 use crate::bench::{
     Ctx,
-    agent::{Agent, BpfStats, build_c},
+    agent::{Agent, BpfStats, bpf_run_stats_named, build_c},
+    probes::Probes,
     report::ScenarioResult,
 };
 
 /// The program whose run time is measured (bpftool shows the name).
 const PROGRAM: &str = "profile_offcpu";
+/// The floor's program (xtask/bench-probes `offcpu`).
+const FLOOR: &str = "offcpu_floor";
 
 /// (round trips per second from wall time, CPU ns per round trip).
 fn pingpong(bin: &std::path::Path, n: u64) -> Result<(f64, f64)> {
@@ -38,33 +43,6 @@ fn pingpong(bin: &std::path::Path, n: u64) -> Result<(f64, f64)> {
     Ok((1e9 / wall, cpu))
 }
 
-/// (run_time_ns, run_cnt) of the program named `name` held by `pid`.
-fn program_stats(pid: u32, name: &str) -> Result<(u64, u64)> {
-    let mut ids = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
-        if let Ok(text) = std::fs::read_to_string(e.path()) {
-            ids.extend(
-                text.lines()
-                    .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u64>().ok()),
-            );
-        }
-    }
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "--json"])
-        .output()
-        .context("bpftool")?;
-    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool JSON")?;
-    let (mut ns, mut cnt) = (0, 0);
-    for p in progs.as_array().into_iter().flatten() {
-        let id = p["id"].as_u64().unwrap_or(0);
-        if ids.contains(&id) && p["name"].as_str() == Some(name) {
-            ns += p["run_time_ns"].as_u64().unwrap_or(0);
-            cnt += p["run_cnt"].as_u64().unwrap_or(0);
-        }
-    }
-    Ok((ns, cnt))
-}
-
 pub fn offcpu(ctx: &Ctx) -> ScenarioResult {
     let name = "offcpu";
     let what = "The off-CPU profiler's cost: the kernel's run time per context switch of the \
@@ -72,12 +50,27 @@ pub fn offcpu(ctx: &Ctx) -> ScenarioResult {
                 through bpftool, in a run of its own so the accounting does not slow the rate \
                 runs), and the round-trip rate of a pipe ping-pong between two processes \
                 (xtask/bench/pipe_pingpong.c, 4 context switches per round trip) with no agent, \
-                with the default agent (off-CPU on) and with off-CPU off, run alternately; \
-                ratios are taken run by run.";
+                with the floor (an empty tp_btf sched_switch program, benchmark-only), with the \
+                default agent and off-CPU on, and with off-CPU off, run alternately; ratios \
+                are taken run by run.";
     let run = || -> Result<ScenarioResult> {
         let bin = build_c("xtask/bench/pipe_pingpong.c", ctx.work.path())?;
         let n: u64 = if ctx.quick { 100_000 } else { 400_000 };
         let warm = Duration::from_secs(if ctx.quick { 2 } else { 5 });
+        // The run time per switch of `program` held by `pid`, over a ping-pong
+        // of its own: the accounting adds two clock reads per run, which must
+        // not slow the rate runs.
+        let per_switch = |pid: u32, program: &str| -> Result<f64> {
+            let s = BpfStats::enable()?;
+            let (ns0, n0) = bpf_run_stats_named(pid, "tracing", program)?;
+            pingpong(&bin, n / 2)?;
+            let (ns1, n1) = bpf_run_stats_named(pid, "tracing", program)?;
+            drop(s);
+            if n1 <= n0 {
+                bail!("the {program} program never ran (is it attached to sched_switch?)");
+            }
+            Ok((ns1 - ns0) as f64 / (n1 - n0) as f64)
+        };
         let with_agent =
             |env: &[(&str, String)], stats: bool| -> Result<Vec<(&'static str, f64)>> {
                 let a = Agent::start(&ctx.sonde, ctx.work.path(), env)?;
@@ -85,15 +78,7 @@ pub fn offcpu(ctx: &Ctx) -> ScenarioResult {
                 let (rate, cpu) = pingpong(&bin, n)?;
                 let mut out = vec![("round trips", rate), ("CPU per round trip", cpu)];
                 if stats {
-                    let s = BpfStats::enable()?;
-                    let (ns0, n0) = program_stats(a.pid(), PROGRAM)?;
-                    pingpong(&bin, n / 2)?;
-                    let (ns1, n1) = program_stats(a.pid(), PROGRAM)?;
-                    drop(s);
-                    if n1 <= n0 {
-                        bail!("the {PROGRAM} program never ran (is off-CPU profiling attached?)");
-                    }
-                    out.push(("BPF time per switch", (ns1 - ns0) as f64 / (n1 - n0) as f64));
+                    out.push(("BPF time per switch", per_switch(a.pid(), PROGRAM)?));
                 }
                 a.stop()?;
                 Ok(out)
@@ -115,6 +100,20 @@ pub fn offcpu(ctx: &Ctx) -> ScenarioResult {
                         Ok(vec![("round trips", rate), ("CPU per round trip", cpu)])
                     }),
                 ),
+                (
+                    "empty sched_switch (floor)",
+                    Box::new(|| {
+                        let p = Probes::start(&ctx.probes, &["offcpu"])?;
+                        let (rate, cpu) = pingpong(&bin, n)?;
+                        let bpf = per_switch(p.pid(), FLOOR)?;
+                        drop(p);
+                        Ok(vec![
+                            ("round trips", rate),
+                            ("CPU per round trip", cpu),
+                            ("BPF time per switch", bpf),
+                        ])
+                    }),
+                ),
                 ("agent, off-CPU on", Box::new(|| with_agent(&on, true))),
                 ("agent, off-CPU off", Box::new(|| with_agent(&off, false))),
             ],
@@ -123,16 +122,43 @@ pub fn offcpu(ctx: &Ctx) -> ScenarioResult {
             metrics,
             ..Default::default()
         };
-        let on = r.paired_ratio("round trips", "agent, off-CPU on", "no agent");
+        let ratio = |num: &str, den: &str| r.paired_ratio("round trips", num, den);
+        let on = ratio("agent, off-CPU on", "no agent");
+        let floor = ratio("empty sched_switch (floor)", "no agent");
+        let above = ratio("agent, off-CPU on", "empty sched_switch (floor)");
+        let program = ratio("agent, off-CPU on", "agent, off-CPU off");
+        let off = ratio("agent, off-CPU off", "no agent");
         r.derive_paired(
             "ping-pong rate, off-CPU on / no agent",
             on,
             Some(("≥ 0.97", |x| x >= 0.97)),
         );
-        let off = r.paired_ratio("round trips", "agent, off-CPU off", "no agent");
+        r.derive_paired(
+            "ping-pong rate, floor (empty sched_switch) / no agent",
+            floor,
+            None,
+        );
+        r.derive_paired(
+            "ping-pong rate, off-CPU on / floor (sonde's share above it)",
+            above,
+            None,
+        );
+        r.derive_paired(
+            "ping-pong rate, off-CPU on / off-CPU off (the program alone)",
+            program,
+            None,
+        );
         r.derive_paired("ping-pong rate, off-CPU off / no agent", off, None);
         let per = r.median("BPF time per switch", "agent, off-CPU on");
+        let floor_per = r.median("BPF time per switch", "empty sched_switch (floor)");
         r.derive("BPF time per context switch", per, "ns", None);
+        r.derive("BPF time per switch, floor", floor_per, "ns", None);
+        r.derive(
+            "BPF time per switch above the floor",
+            per.zip(floor_per).map(|(a, b)| a - b),
+            "ns",
+            None,
+        );
         r.commands = vec![
             format!(
                 "xtask/bench/pipe_pingpong.c (gcc -O2) {n} round trips; sonde agent with the \
@@ -141,10 +167,11 @@ pub fn offcpu(ctx: &Ctx) -> ScenarioResult {
                 warm.as_secs()
             ),
             format!(
-                "BPF time per switch: run_time_ns / run_cnt of {PROGRAM} over a further {} round \
-                 trips with kernel.bpf_stats_enabled=1",
+                "BPF time per switch: run_time_ns / run_cnt of {PROGRAM} (or {FLOOR}) over a \
+                 further {} round trips with kernel.bpf_stats_enabled=1",
                 n / 2
             ),
+            "floor: sonde-bench-probes offcpu (an empty tp_btf sched_switch program)".to_owned(),
         ];
         Ok(r)
     };
