@@ -39,23 +39,18 @@ fn cpu_ns(pid: u32) -> u64 {
         .expect("schedstat run time")
 }
 
-#[test]
-fn blocked_time_goes_to_the_blocking_stack_and_adds_up_to_wall_minus_cpu() {
-    let agent = Agent::start(CONFIG);
-    let bin = build_c("offcpu_wait", &["-O1", "-g", "-fno-omit-frame-pointer"]);
-    // 2 ms of CPU, then 8 ms in nanosleep: ~80 % of wall time off CPU.
-    let wl = Workload::spawn(Command::new(&bin).args(["sleep", "60", "2000", "8000"]));
-    let pid = wl.pid().to_string();
-    // Wait (with a deadline) until the agent has announced it and loaded
-    // its unwind tables: before that its stacks are walked with frame
-    // pointers, which lose `sonde_wl_block` behind libc's nanosleep. A
-    // fixed sleep was not enough with the rest of the suite's load.
+/// Waits (with a deadline) until the agent has announced `pid` and loaded
+/// its unwind tables: before that its stacks are walked with frame
+/// pointers, which lose `sonde_wl_block` behind libc's nanosleep. A fixed
+/// sleep was not enough with the rest of the suite's load (it failed in a
+/// whole-suite run of 2026-12-07, 2 s after the workload started).
+fn wait_for_unwound_stacks(agent: &Agent, pid: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let probe = agent.cli(&[
             "profile",
             "--pid",
-            &pid,
+            pid,
             "--off-cpu",
             "--duration",
             "1s",
@@ -64,7 +59,7 @@ fn blocked_time_goes_to_the_blocking_stack_and_adds_up_to_wall_minus_cpu() {
         ]);
         let text = String::from_utf8_lossy(&probe.stdout);
         if probe.status.success() && text.contains("main;sonde_wl_block") {
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
@@ -72,6 +67,16 @@ fn blocked_time_goes_to_the_blocking_stack_and_adds_up_to_wall_minus_cpu() {
             agent.log()
         );
     }
+}
+
+#[test]
+fn blocked_time_goes_to_the_blocking_stack_and_adds_up_to_wall_minus_cpu() {
+    let agent = Agent::start(CONFIG);
+    let bin = build_c("offcpu_wait", &["-O1", "-g", "-fno-omit-frame-pointer"]);
+    // 2 ms of CPU, then 8 ms in nanosleep: ~80 % of wall time off CPU.
+    let wl = Workload::spawn(Command::new(&bin).args(["sleep", "60", "2000", "8000"]));
+    let pid = wl.pid().to_string();
+    wait_for_unwound_stacks(&agent, &pid);
     let (cpu0, t0) = (cpu_ns(wl.pid()), Instant::now());
     let out = agent.cli(&[
         "profile",
@@ -135,8 +140,8 @@ fn off_cpu_answers_in_every_format_and_refuses_lines() {
     let agent = Agent::start(CONFIG);
     let bin = build_c("offcpu_wait", &["-O1", "-g", "-fno-omit-frame-pointer"]);
     let wl = Workload::spawn(Command::new(&bin).args(["sleep", "60"]));
-    std::thread::sleep(Duration::from_secs(2));
     let pid = wl.pid().to_string();
+    wait_for_unwound_stacks(&agent, &pid);
     let top = agent.cli(&["profile", "--pid", &pid, "--off-cpu", "-d", "2s"]);
     let text = String::from_utf8_lossy(&top.stdout);
     assert!(
