@@ -19,7 +19,7 @@ const CHAIN: &[&str] = &[
 /// neighbours evict the workload's binary before its samples are named.
 /// The agent also builds unwind tables for those neighbours (rustc's are
 /// ~20 MiB each), so the correctness tests get a budget their hot set fits
-/// in; `small_budget_evicts_and_keeps_profiling` covers eviction.
+/// in; `small_budget_is_enforced_and_profiling_continues` covers the budget.
 const BASE: &str = "[collectors.profile]\nfrequency_hz = 199\nmax_cached_files = 512\n";
 const CONFIG: &str = "[collectors.profile]\nfrequency_hz = 199\nmax_cached_files = 512\n\
                       unwind_table_budget_mib = 256\n";
@@ -246,7 +246,7 @@ fn python_busy_loop_has_deep_stacks() {
 }
 
 #[test]
-fn small_budget_evicts_and_keeps_profiling() {
+fn small_budget_is_enforced_and_profiling_continues() {
     // One agent at a time: each builds tables for every process it samples.
     let _x = exclusive();
     let budget = 1u64; // MiB: less than libc + python3 + the Rust binary
@@ -260,9 +260,17 @@ fn small_budget_evicts_and_keeps_profiling() {
         ])),
         Workload::spawn(Command::new(c_chain()).args(["qsort", "120"])),
     ];
-    let m = wait_for(Duration::from_secs(40), "evictions", || {
+    // The budget is enforced one of two ways: a table older than its 10 s
+    // minimum residency is evicted, or a new file finds no room (and is
+    // walked with frame pointers until room frees up). Which one happens
+    // depends on the order the workloads are first seen in; waiting for
+    // evictions alone timed out in a whole-suite run.
+    let m = wait_for(Duration::from_secs(40), "the budget to be enforced", || {
         let m = agent.metrics();
-        (metric_value(&m, "sonde_unwind_table_evictions_total").unwrap_or(0.0) > 0.0).then_some(m)
+        let evicted = metric_value(&m, "sonde_unwind_table_evictions_total").unwrap_or(0.0);
+        let refused = metric_value(&m, "sonde_unwind_table_failures_total{reason=\"no_room\"}")
+            .unwrap_or(0.0);
+        (evicted + refused > 0.0).then_some(m)
     });
     let used = metric_value(&m, "sonde_unwind_table_bytes").expect("bytes gauge");
     assert!(used <= (budget << 20) as f64, "{used} bytes > budget: {m}");
