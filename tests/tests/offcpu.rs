@@ -3,6 +3,7 @@
 //! `sonde profile --off-cpu`.
 
 use std::{
+    io::Read as _,
     process::Command,
     time::{Duration, Instant},
 };
@@ -193,14 +194,138 @@ fn off_cpu_answers_in_every_format_and_refuses_lines() {
     );
 }
 
+/// `sched_switch` links of `agent` whose program is `profile_offcpu`, from
+/// /proc/PID/fdinfo: a tp_btf program is attached as a raw-tracepoint link
+/// (`link_type: raw_tracepoint`, `tp_name: sched_switch`), and bpftool
+/// names its program.
+fn offcpu_links(agent: &Agent) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fdinfo", agent.pid())) else {
+        return 0;
+    };
+    let prog_ids: Vec<String> = fds
+        .flatten()
+        .filter_map(|fd| {
+            let info = std::fs::read_to_string(fd.path()).ok()?;
+            let field = |k: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(k)?.strip_prefix(':'))
+                    .map(|v| v.trim().to_owned())
+            };
+            (field("link_type").as_deref() == Some("raw_tracepoint")
+                && field("tp_name").as_deref() == Some("sched_switch"))
+            .then(|| field("prog_id"))
+            .flatten()
+        })
+        .collect();
+    prog_ids
+        .iter()
+        .filter(|id| {
+            let out = Command::new("bpftool")
+                .args(["prog", "show", "id", id, "-j"])
+                .output()
+                .expect("bpftool");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v["name"] == "profile_offcpu"
+        })
+        .count()
+}
+
+fn wait_links(agent: &Agent, n: usize, what: &str) {
+    sonde_tests::wait_for(Duration::from_secs(5), what, || {
+        (offcpu_links(agent) == n).then_some(())
+    });
+}
+
+/// The default: the sched_switch hook is attached only while an off-CPU
+/// request runs, and a client that goes away (Ctrl-C) detaches it at once.
 #[test]
-fn off_cpu_off_is_a_clear_error() {
-    let agent = Agent::start("[collectors.profile]\noff_cpu = false\n");
-    let out = agent.cli(&["profile", "--off-cpu", "--last"]);
-    assert_eq!(out.status.code(), Some(1));
+fn on_demand_the_hook_is_attached_only_while_a_request_runs() {
+    let agent = Agent::start("[collectors.profile]\noff_cpu_max_rate = 100000\n");
+    let status: serde_json::Value = agent.api("/api/v1/status");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("collectors.profile.off_cpu = false"),
+        status.to_string().contains("off-CPU on demand"),
+        "status says: {status}"
+    );
+    assert_eq!(offcpu_links(&agent), 0, "attached before any request");
+
+    let bin = build_c("offcpu_wait", &["-O1", "-g", "-fno-omit-frame-pointer"]);
+    let wl = Workload::spawn(Command::new(&bin).args(["sleep", "60", "2000", "8000"]));
+    let pid = wl.pid().to_string();
+    // Each probe is a request of its own: attach, 1 s window, detach.
+    wait_for_unwound_stacks(&agent, &pid);
+    wait_links(&agent, 0, "the hook to be detached after the probes");
+
+    let mut req = Command::new(sonde_tests::sonde_bin())
+        .args([
+            "profile",
+            "--pid",
+            &pid,
+            "--off-cpu",
+            "-d",
+            "4s",
+            "-f",
+            "folded",
+        ])
+        .arg("--socket")
+        .arg(&agent.socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn sonde profile");
+    let mut stdout = req.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    wait_links(&agent, 1, "the hook to be attached for the request");
+    let st = sonde_tests::wait_child_or_kill(&mut req, Duration::from_secs(30), "sonde profile");
+    let mut err = String::new();
+    let _ = req.stderr.take().expect("stderr").read_to_string(&mut err);
+    assert!(
+        st.success(),
+        "sonde profile --off-cpu failed ({st}): {err}\nagent log:\n{}",
+        agent.log()
+    );
+    let stacks = parse_folded(&reader.join().expect("reader"));
+    let total: u64 = stacks.iter().map(|s| s.1).sum();
+    let blocking: u64 = stacks
+        .iter()
+        .filter(|(f, _)| f.join(";").contains("main;sonde_wl_block"))
+        .map(|s| s.1)
+        .sum();
+    // ~80 % of the 4 s window blocked; the window only counts blocks that
+    // began inside it, so a little less.
+    assert!(
+        blocking >= 2_000_000_000 && blocking * 100 >= total * 80,
+        "sonde_wl_block has {blocking} of {total} ns: {stacks:?}"
+    );
+    wait_links(&agent, 0, "the hook to be detached after the request");
+
+    // A client stopped with Ctrl-C mid-window releases the hook at once.
+    let mut req = Command::new(sonde_tests::sonde_bin())
+        .args(["profile", "--off-cpu", "-d", "60s"])
+        .arg("--socket")
+        .arg(&agent.socket)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn sonde profile");
+    wait_links(&agent, 1, "the hook to be attached for the long request");
+    let st = Command::new("kill")
+        .args(["-INT", &req.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let _ = req.wait();
+    wait_links(
+        &agent,
+        0,
+        "the hook to be detached after the client went away",
+    );
+    assert!(
+        agent.log().contains("off-CPU hook detached"),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        agent.log()
     );
 }

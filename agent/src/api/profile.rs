@@ -3,7 +3,8 @@
 //! process name, service or HTTP route, as pprof, folded stacks, SVG, a
 //! top table or per-line sample counts; `by=route` splits by route first;
 //! `off_cpu=true` gives the off-CPU profile, the same formats weighted by
-//! blocked nanoseconds.
+//! blocked nanoseconds; when off-CPU is on demand (the default), the
+//! request attaches its hook for its window (profile/offcpu_demand.rs).
 
 use std::time::{Duration, SystemTime};
 
@@ -98,18 +99,20 @@ pub async fn profile(State(s): State<AppState>, Query(q): Query<ProfileQuery>) -
             "the profile collector is disabled (collectors.profile.enabled = false)",
         );
     };
-    let store = if q.off_cpu {
-        match s.handles.get::<OffCpuStore>() {
-            Some(o) => o.0,
-            None => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "off-CPU profiling is off (collectors.profile.off_cpu = false)",
-                );
+    // On demand, the request holds the off-CPU hook attached for its
+    // window (dropped with the handler, also when the client goes away).
+    let mut _lease = None;
+    let store = match s.handles.get::<OffCpuStore>() {
+        Some(o) if q.off_cpu => {
+            if let Some(d) = o.demand.as_ref().filter(|_| !q.last) {
+                match d.acquire().await {
+                    Ok(l) => _lease = Some(l),
+                    Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                }
             }
+            o.store
         }
-    } else {
-        store
+        _ => store,
     };
     let not_running = |e: crate::collectors::profile::store::StoreError| {
         if q.off_cpu {

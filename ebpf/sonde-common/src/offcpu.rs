@@ -49,7 +49,9 @@ impl OffCpuPending {
 }
 
 /// Slots of the off-CPU control array (`u64`s written by the agent).
-/// Non-zero turns the program on; 0 = off-CPU off (it returns at once).
+/// 0 = off-CPU off (the program returns at once). Otherwise the
+/// `bpf_ktime_get_ns()` time it was turned on: a block parked before it
+/// (left over from an earlier on-demand attachment) is not counted.
 pub const OFFCPU_ON_SLOT: u32 = 0;
 /// `task_struct.flags`' offset, from the kernel's BTF.
 pub const OFFCPU_FLAGS_OFF_SLOT: u32 = 1;

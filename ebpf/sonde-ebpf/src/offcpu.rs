@@ -9,7 +9,9 @@
 //!   with nothing parked stop there. A parked block is added, if it lasted
 //!   at least `OFFCPU_MIN_BLOCK_SLOT` ns, to the current generation's
 //!   counts under its stack key. The thread may come back on another CPU:
-//!   task-local storage follows the thread, not the CPU.
+//!   task-local storage follows the thread, not the CPU. A block parked
+//!   before the time in `OFFCPU_ON_SLOT` (an earlier on-demand attachment)
+//!   is dropped: it began outside this window.
 //! - **Switch-out** (`prev`, which is still the current task): the idle
 //!   task stops at once, then the per-CPU rate cap (at most
 //!   `OFFCPU_CAP_SLOT` stacks per CPU per 1/16 s; the clock is read at
@@ -122,9 +124,10 @@ fn within_rate() -> Option<&'static mut OffCpuRate> {
     (r.taken < control(OFFCPU_CAP_SLOT)).then_some(r)
 }
 
-/// The incoming thread: account its block if one is parked.
+/// The incoming thread: account its block if one is parked since `on`
+/// (the time off-CPU was turned on).
 #[inline(always)]
-fn switch_in(next: *mut task_struct) {
+fn switch_in(next: *mut task_struct, on: u64) {
     let Some(p) = OFFCPU_PARKED.get_mut(next) else {
         return;
     };
@@ -132,6 +135,12 @@ fn switch_in(next: *mut task_struct) {
         return;
     }
     p.parked = 0;
+    if p.pending.since_ns() < on {
+        // Parked during an earlier attachment (on demand): the thread
+        // blocked before this window began. The agent cleared its
+        // `OFFCPU_PENDING` copy when it detached.
+        return;
+    }
     // SAFETY: the helper takes no arguments and only reads the clock.
     let now = unsafe { bpf_ktime_get_ns() };
     let blocked = now.wrapping_sub(p.pending.since_ns());
@@ -232,13 +241,14 @@ fn switch_out(ctx: &BtfTracePointContext) {
 /// One context switch. Entry points call this.
 #[inline(always)]
 pub fn try_switch(ctx: &BtfTracePointContext) -> Result<(), ()> {
-    if control(OFFCPU_ON_SLOT) == 0 {
+    let on = control(OFFCPU_ON_SLOT);
+    if on == 0 {
         // The agent has not configured (or has turned off) off-CPU.
         return Ok(());
     }
     // Argument 2 of sched_switch is `struct task_struct *next`, a trusted
     // BTF pointer for the verifier (read straight from the context).
-    switch_in(ctx.arg::<*mut task_struct>(2));
+    switch_in(ctx.arg::<*mut task_struct>(2), on);
     switch_out(ctx);
     Ok(())
 }

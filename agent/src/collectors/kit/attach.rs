@@ -211,6 +211,48 @@ pub fn attach_set(
     Ok(Vec::new())
 }
 
+/// The links of an all-or-nothing set attached with [`attach_links`], to
+/// detach later with [`Links::detach`] (on-demand hooks). Dropping it
+/// without detaching leaves the links to the object's drop.
+#[must_use = "the links are needed to detach"]
+pub struct Links(Vec<Link>);
+
+impl Links {
+    /// Detaches every link; the programs stay loaded, ready to attach
+    /// again.
+    pub fn detach(self, obj: &mut Ebpf) {
+        for l in self.0 {
+            detach(obj, l);
+        }
+    }
+}
+
+/// Loads every program of `set` (once: a loaded program is not loaded
+/// again) without attaching it.
+pub fn load_set(obj: &mut Ebpf, btf: &KernelBtf, set: &HookSet) -> Result<(), CollectorError> {
+    for hook in set.hooks {
+        load(obj, hook, btf)?;
+    }
+    Ok(())
+}
+
+/// Attaches the programs of an all-or-nothing `set`, already loaded with
+/// [`load_set`], and returns their links; on a failure, detaches the ones
+/// attached before it.
+pub fn attach_links(obj: &mut Ebpf, set: &HookSet) -> Result<Links, CollectorError> {
+    let mut links = Vec::new();
+    for hook in set.hooks {
+        match attach_one(obj, hook) {
+            Ok(l) => links.push(l),
+            Err(e) => {
+                Links(links).detach(obj);
+                return Err(e);
+            }
+        }
+    }
+    Ok(Links(links))
+}
+
 /// Attaches the first of `sets` that the kernel has the feature for and
 /// that attaches. `notes` are reasons the caller already has for passing
 /// over preferred sets (configuration, architecture); they lead `skipped`.

@@ -178,6 +178,11 @@ impl RawDrainer {
         }
     }
 
+    /// The off-CPU program's maps, when it loaded.
+    pub fn offcpu_mut(&mut self) -> Option<&mut OffCpuMaps> {
+        self.offcpu.as_mut()
+    }
+
     /// Flips, then reads and clears the idle generation. Errors on single
     /// entries are counted, never fatal.
     pub fn drain(&mut self) -> RawBatch {
@@ -394,7 +399,7 @@ impl Symbolizing {
             if let Some(a) = &mut self.routes {
                 a.label(&mut off, &off_tags);
             }
-            store.0.push(Batch { at, samples: off });
+            store.store.push(Batch { at, samples: off });
         }
         // After the batch: a process that exited since the last drain
         // still has its samples of this batch spliced.

@@ -22,6 +22,7 @@ pub mod by_route;
 pub mod drain;
 pub mod lines;
 pub mod offcpu;
+pub mod offcpu_demand;
 pub mod pprof;
 pub mod procmaps;
 pub mod python;
@@ -55,7 +56,7 @@ use self::{
 use super::{
     Base, Collector, CollectorError, ComponentHealth, Deps, SharedHealth, StartContext,
     kit::{
-        attach::{PerCpu, attach_per_cpu},
+        attach::{Links, PerCpu, attach_per_cpu},
         budget, chain,
         counters::KernelCounters,
         program,
@@ -88,8 +89,8 @@ pub struct ProfileCollector {
     /// CPU by route, when the HTTP collector runs too.
     routes: Option<routes::RouteShare>,
     store: ProfileStore,
-    /// The off-CPU window, when `off_cpu` is on.
-    offcpu: Option<offcpu::OffCpuStore>,
+    /// The off-CPU window, and its on-demand switch.
+    offcpu: offcpu::OffCpuStore,
     table: ProcessTable,
     base: Base,
 }
@@ -101,11 +102,11 @@ impl ProfileCollector {
         // still bounds memory when thousands of stacks are live.
         let store = ProfileStore::new(config.window.get(), config.frequency_hz.get(), 2_000_000);
         deps.handles.register(store.clone());
-        let offcpu = config.off_cpu.then(|| {
-            let s = offcpu::OffCpuStore(ProfileStore::new(config.window.get(), 1, 2_000_000));
-            deps.handles.register(s.clone());
-            s
-        });
+        let offcpu = offcpu::OffCpuStore {
+            store: ProfileStore::new(config.window.get(), 1, 2_000_000),
+            demand: (!config.off_cpu).then(offcpu_demand::Demand::default),
+        };
+        deps.handles.register(offcpu.clone());
         Self {
             config: config.clone(),
             routes: deps.handles.get::<routes::RouteShare>(),
@@ -219,8 +220,9 @@ impl Collector for ProfileCollector {
 
     fn stop(&mut self) {
         self.store.set_flusher(None);
-        if let Some(o) = &self.offcpu {
-            o.0.set_flusher(None);
+        self.offcpu.store.set_flusher(None);
+        if let Some(d) = &self.offcpu.demand {
+            d.set_drain(None);
         }
         self.base.stop();
     }
@@ -245,11 +247,6 @@ impl Collector for ProfileCollector {
                     "UNWIND_STACKS_1",
                 ] {
                     l.map_max_entries(m, stacks);
-                }
-                if !off_cpu {
-                    for m in offcpu::MAPS {
-                        l.map_max_entries(m, 1);
-                    }
                 }
                 // The off-CPU program's task-local storage: aya 0.14 creates
                 // the map but has no user-space type for it, which the agent
@@ -306,21 +303,41 @@ impl Collector for ProfileCollector {
         // Before anything drops a map it took (the Python tracker drops
         // PY_CONFIG once set): the program's map references are the fds of
         // the object's maps, which must still be open when it loads.
-        let (offcpu_maps, offcpu_status) = if off_cpu {
-            match offcpu::attach(&mut obj, ctx.btf, &self.config, ctx.telemetry) {
-                Ok(m) => (Some(m), Some(Ok(offcpu::describe(&self.config)))),
+        // Loaded in both modes, so that on demand only attaches; a failure
+        // degrades the profiler only when off-CPU was asked to be always on.
+        let (offcpu_maps, offcpu_links, offcpu_status) =
+            match offcpu::prepare(&mut obj, ctx.btf, &self.config, ctx.telemetry) {
+                Ok(mut m) if off_cpu => match m.switch_on(&mut obj) {
+                    Ok(l) => (
+                        Some(m),
+                        Some(l),
+                        Some(Ok(offcpu::describe(&self.config, true))),
+                    ),
+                    Err(e) => {
+                        let why = chain(&e);
+                        tracing::warn!(collector = NAME, "off-CPU profiling not running: {why}");
+                        (None, None, Some(Err(why)))
+                    }
+                },
+                Ok(m) => (
+                    Some(m),
+                    None,
+                    Some(Ok(offcpu::describe(&self.config, false))),
+                ),
                 Err(e) => {
-                    tracing::warn!(
-                        collector = NAME,
-                        "off-CPU profiling not running: {}",
-                        chain(&e)
-                    );
-                    (None, Some(Err(chain(&e))))
+                    let why = chain(&e);
+                    tracing::warn!(collector = NAME, "off-CPU profiling not available: {why}");
+                    if off_cpu {
+                        (None, None, Some(Err(why)))
+                    } else {
+                        (
+                            None,
+                            None,
+                            Some(Ok(format!("off-CPU not available: {why}"))),
+                        )
+                    }
                 }
-            }
-        } else {
-            (None, None)
-        };
+            };
         let mut att = PerCpu::default();
         attach_cpus(&mut obj, hz, &mut att)?;
         if att.ok.is_empty() {
@@ -360,9 +377,12 @@ impl Collector for ProfileCollector {
         let (tx, rx) = mpsc::channel();
         let (sym_tx, sym_rx) = mpsc::channel();
         self.store.set_flusher(Some(tx.clone()));
-        let offcpu_store = self.offcpu.clone().filter(|_| offcpu_maps.is_some());
+        let offcpu_store = Some(self.offcpu.clone()).filter(|_| offcpu_maps.is_some());
         if let Some(o) = &offcpu_store {
-            o.0.set_flusher(Some(tx.clone()));
+            o.store.set_flusher(Some(tx.clone()));
+            if let Some(d) = &o.demand {
+                d.set_drain(Some(tx.clone()));
+            }
         }
         let token = self.base.begin(&ctx);
         let samples = dm.samples.clone();
@@ -372,6 +392,8 @@ impl Collector for ProfileCollector {
             att,
             hz,
             offcpu: offcpu_status,
+            offcpu_links,
+            config: self.config.clone(),
             cpus,
             health: self.base.shared_health(),
         };
@@ -433,6 +455,9 @@ struct Worker {
     att: PerCpu,
     hz: u64,
     offcpu: Option<Result<String, String>>,
+    /// The off-CPU hook's links while it is attached.
+    offcpu_links: Option<Links>,
+    config: ProfileConfig,
     cpus: IntGauge,
     health: SharedHealth,
 }
@@ -453,6 +478,37 @@ impl Worker {
         }
         self.health.set(h);
         r
+    }
+
+    /// Attaches the off-CPU hook for on-demand requests (see
+    /// offcpu_demand.rs).
+    fn offcpu_on(&mut self) -> Result<(), String> {
+        if self.offcpu_links.is_some() {
+            return Ok(());
+        }
+        let Some(maps) = self.raw.offcpu_mut() else {
+            return Err(match &self.offcpu {
+                Some(Ok(s) | Err(s)) => s.clone(),
+                None => "not loaded".into(),
+            });
+        };
+        let links = maps.switch_on(&mut self.obj).map_err(|e| chain(&e))?;
+        self.offcpu_links = Some(links);
+        self.offcpu = Some(Ok(offcpu::describe(&self.config, true)));
+        self.health.set(describe(&self.att, self.hz, &self.offcpu));
+        tracing::info!(collector = NAME, "off-CPU hook attached on demand");
+        Ok(())
+    }
+
+    /// Detaches the on-demand off-CPU hook (the last request ended).
+    fn offcpu_off(&mut self) {
+        let (Some(links), Some(maps)) = (self.offcpu_links.take(), self.raw.offcpu_mut()) else {
+            return;
+        };
+        maps.switch_off(&mut self.obj, links);
+        self.offcpu = Some(Ok(offcpu::describe(&self.config, false)));
+        self.health.set(describe(&self.att, self.hz, &self.offcpu));
+        tracing::info!(collector = NAME, "off-CPU hook detached (no request left)");
     }
 }
 
@@ -487,6 +543,10 @@ pub enum Cmd {
     /// Drain now; answered with the flip time once the batch is in the
     /// window.
     Flush(oneshot::Sender<SystemTime>),
+    /// Attach the on-demand off-CPU hook; answered once it runs.
+    OffCpuOn(oneshot::Sender<Result<(), String>>),
+    /// Detach the on-demand off-CPU hook.
+    OffCpuOff,
     Stop,
 }
 
@@ -515,6 +575,14 @@ fn run_drain(
         let wait = next.saturating_duration_since(Instant::now());
         let reply = match cmds.recv_timeout(wait) {
             Ok(Cmd::Flush(r)) => Some(r),
+            Ok(Cmd::OffCpuOn(r)) => {
+                let _ = r.send(w.offcpu_on());
+                continue;
+            }
+            Ok(Cmd::OffCpuOff) => {
+                w.offcpu_off();
+                continue;
+            }
             Ok(Cmd::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 next = Instant::now() + interval;

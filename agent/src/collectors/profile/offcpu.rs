@@ -27,6 +27,7 @@ use sonde_common::{
 };
 
 use super::{
+    offcpu_demand::Demand,
     pprof::{self, PProfile},
     render,
     store::{Profile, ProfileStore},
@@ -35,7 +36,7 @@ use crate::{
     collectors::{
         CollectorError,
         kit::{
-            attach::{Hook, HookSet, attach_set},
+            attach::{Hook, HookSet, Links, attach_links, load_set},
             counters::KernelCounters,
             take_map,
         },
@@ -53,10 +54,6 @@ const HOOKS: HookSet = HookSet::new(
     &[Hook::TpBtf(PROGRAM, "sched_switch")],
 );
 
-/// Maps the program sizes to one entry when off-CPU is off, so a disabled
-/// feature costs no kernel memory.
-pub const MAPS: [&str; 3] = ["OFFCPU_PENDING", "OFFCPU_COUNTS_0", "OFFCPU_COUNTS_1"];
-
 /// Rate-cap windows per second (`OFFCPU_RATE_WINDOW_NS` is 1/16 s).
 const WINDOWS_PER_S: u64 = 16;
 
@@ -65,12 +62,18 @@ const WINDOWS_PER_S: u64 = 16;
 const PRUNE_AFTER: Duration = Duration::from_secs(30);
 
 /// The window of off-CPU samples (`count` = blocked nanoseconds), a handle
-/// of its own next to the CPU profile's [`ProfileStore`].
+/// of its own next to the CPU profile's [`ProfileStore`], and, in
+/// on-demand mode, the switch a request takes a lease on.
 #[derive(Clone)]
-pub struct OffCpuStore(pub ProfileStore);
+pub struct OffCpuStore {
+    pub store: ProfileStore,
+    /// `None`: always on (`off_cpu = true`).
+    pub demand: Option<Demand>,
+}
 
 /// The program's maps, owned by the drain thread.
 pub struct OffCpuMaps {
+    control: Array<MapData, u64>,
     counts: [PerCpuHashMap<MapData, OffCpuKey, u64>; 2],
     pending: BpfHashMap<MapData, u32, OffCpuPending>,
     counters: KernelCounters<OffCpuCounter>,
@@ -87,9 +90,10 @@ pub struct OffCpuRows {
     pub active: Vec<(StackKey, u64)>,
 }
 
-/// Sets the program's offsets and limits, loads and attaches it. The maps
-/// are taken only once it runs: an error leaves the CPU profiler as it was.
-pub fn attach(
+/// Sets the program's offsets and limits and loads it, not yet attached
+/// ([`OffCpuMaps::switch_on`] attaches it). The maps are taken only once
+/// it loaded: an error leaves the CPU profiler as it was.
+pub fn prepare(
     obj: &mut Ebpf,
     btf: &KernelBtf,
     config: &ProfileConfig,
@@ -111,14 +115,12 @@ pub fn attach(
         (OFFCPU_FLAGS_OFF_SLOT, flags_off),
         (OFFCPU_MIN_BLOCK_SLOT, min_block),
         (OFFCPU_CAP_SLOT, cap),
-        // Last: it turns the program on.
-        (OFFCPU_ON_SLOT, 1),
     ] {
         control
             .set(slot, v, 0)
             .map_err(|e| CollectorError::NoHook(format!("OFFCPU_CONTROL: {e}")))?;
     }
-    attach_set(obj, btf, &HOOKS)?;
+    load_set(obj, btf, &HOOKS)?;
     let events = telemetry.register(
         IntCounterVec::new(
             Opts::new(
@@ -132,6 +134,7 @@ pub fn attach(
         .expect("valid metric"),
     );
     Ok(OffCpuMaps {
+        control,
         counts: [
             take_map(obj, "OFFCPU_COUNTS_0")?,
             take_map(obj, "OFFCPU_COUNTS_1")?,
@@ -142,16 +145,47 @@ pub fn attach(
     })
 }
 
-/// What the health line says about off-CPU.
-pub fn describe(config: &ProfileConfig) -> String {
-    format!(
-        "off-CPU on sched_switch (blocks >= {}, <= {} stacks/s per CPU)",
+/// What the health line says about off-CPU; `attached`: the hook runs.
+pub fn describe(config: &ProfileConfig, attached: bool) -> String {
+    let limits = format!(
+        "blocks >= {}, <= {} stacks/s per CPU",
         crate::duration::format_duration(config.off_cpu_min_block.get()),
         config.off_cpu_max_rate.get()
-    )
+    );
+    match (config.off_cpu, attached) {
+        (true, _) => format!("off-CPU on sched_switch ({limits})"),
+        (false, true) => format!("off-CPU on sched_switch while a request runs ({limits})"),
+        (false, false) => "off-CPU on demand (sched_switch attached only while \
+                           `sonde profile --off-cpu` runs)"
+            .into(),
+    }
 }
 
 impl OffCpuMaps {
+    /// Turns the program on and attaches it. Blocks parked by an earlier
+    /// attachment are not counted: the program ignores blocks that began
+    /// before the time written here.
+    pub fn switch_on(&mut self, obj: &mut Ebpf) -> Result<Links, CollectorError> {
+        let now = crate::collectors::memory::session::monotonic_ns().max(1);
+        self.control
+            .set(OFFCPU_ON_SLOT, now, 0)
+            .map_err(|e| CollectorError::NoHook(format!("OFFCPU_CONTROL: {e}")))?;
+        attach_links(obj, &HOOKS).inspect_err(|_| {
+            let _ = self.control.set(OFFCPU_ON_SLOT, 0, 0);
+        })
+    }
+
+    /// Detaches the program and forgets the threads still parked: their
+    /// blocks end outside any window, and the stacks they name can go.
+    pub fn switch_off(&mut self, obj: &mut Ebpf, links: Links) {
+        links.detach(obj);
+        let _ = self.control.set(OFFCPU_ON_SLOT, 0, 0);
+        let parked: Vec<u32> = self.pending.keys().filter_map(Result::ok).collect();
+        for tid in parked {
+            let _ = self.pending.remove(&tid);
+        }
+    }
+
     /// Reads and clears generation `idle`'s counts (call after the flip).
     pub fn take(&mut self, idle: usize, active: usize) -> OffCpuRows {
         let counts = &mut self.counts[idle];

@@ -18,7 +18,7 @@
 use std::{
     collections::HashMap,
     fs::File,
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -333,7 +333,7 @@ impl Resolver {
         // Frames are cached by file identity, so they outlive the file's
         // eviction: a hot address of an evicted file needs neither the maps
         // re-read nor the file reopened and parsed again.
-        if let Some(Located::File { key, offset }) = &found
+        if let Some(Located::File { key, offset, .. }) = &found
             && let Some(f) = self.cached(*key, *offset)
         {
             return f;
@@ -350,7 +350,12 @@ impl Resolver {
             found = self.locate(pid, addr);
         }
         match found {
-            Some(Located::File { key, offset }) => self.file_frames(key, offset),
+            Some(Located::File { key, offset, map }) => {
+                if !self.files.contains_key(&key) {
+                    self.reopen(pid, map, key);
+                }
+                self.file_frames(key, offset)
+            }
             Some(Located::Jit(name)) => {
                 self.metrics.result("resolved").inc();
                 Arc::from([Frame {
@@ -416,7 +421,11 @@ impl Resolver {
         {
             let offset = addr - m.start + m.offset;
             if let Some(key) = p.files[i] {
-                return Some(Located::File { key, offset });
+                return Some(Located::File {
+                    key,
+                    offset,
+                    map: i,
+                });
             }
             if let Some(name) = p.perf_map.as_ref().and_then(|pm| pm.find(addr)) {
                 return Some(Located::Jit(name.to_owned()));
@@ -433,6 +442,27 @@ impl Resolver {
         // JIT code often lives in anonymous memory that perf maps describe.
         let name = p.perf_map.as_ref()?.find(addr)?.to_owned();
         Some(Located::Jit(name))
+    }
+
+    /// Opens again the file of mapping `map` of live process `pid` when it
+    /// is still the file `key`. The last resort when the file was evicted
+    /// and re-reading the maps was not possible this drain (it is done at
+    /// most once per drain and process), so that a busy host's file churn
+    /// never leaves a live process's frames unresolved.
+    fn reopen(&mut self, pid: u32, map: usize, key: FileKey) {
+        let Some(m) = self.procs.get(&pid).and_then(|p| p.maps.maps.get(map)) else {
+            return;
+        };
+        let path = m.path.clone();
+        let mapped = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        let Ok(f) = File::open(mapped) else { return };
+        let same = f
+            .metadata()
+            .is_ok_and(|meta| (meta.dev(), meta.ino(), meta.mtime()) == key);
+        if same {
+            tracing::debug!(pid, path, "evicted file opened again");
+            self.keep_file(f, key, &path);
+        }
     }
 
     /// The cached frames at `offset` in file `key`.
@@ -556,9 +586,17 @@ impl Resolver {
 }
 
 enum Located {
-    File { key: FileKey, offset: u64 },
+    /// `map`: the mapping's index in the process's maps.
+    File {
+        key: FileKey,
+        offset: u64,
+        map: usize,
+    },
     Jit(String),
-    Unknown { module: Arc<Module>, offset: u64 },
+    Unknown {
+        module: Arc<Module>,
+        offset: u64,
+    },
 }
 
 /// Removes the least recently used entries until `keep` remain (keeping
@@ -700,5 +738,40 @@ mod tests {
         assert!(r.files.is_empty(), "every file evicted");
         assert_eq!(r.user(pid, &[addr]), first);
         assert!(r.files.is_empty(), "a cache hit reopens nothing");
+    }
+
+    #[inline(never)]
+    fn other_marker() -> u64 {
+        std::hint::black_box(7)
+    }
+
+    /// A live process's file evicted in a drain whose one re-read of the
+    /// maps is already spent: its uncached addresses still resolve (the
+    /// file is opened again), never `[evicted]`.
+    #[test]
+    fn an_evicted_file_of_a_live_process_is_opened_again() {
+        let pid = std::process::id();
+        let mut r = Resolver::new(
+            Limits {
+                files: 64,
+                symbols: 10_000,
+                processes: 16,
+            },
+            SymbolizeMetrics::unregistered(),
+        )
+        .without_debug_info();
+        r.next_drain();
+        r.see(pid);
+        r.limits.files = 0;
+        r.next_drain();
+        assert!(r.files.is_empty(), "every file evicted");
+        // This drain's re-read is spent (as when an address in no mapping
+        // came first).
+        r.procs.get_mut(&pid).expect("captured").refreshed = r.tick;
+        let frames = r.user(pid, &[other_marker as *const () as u64]);
+        assert!(
+            frames.iter().any(|f| f.function.contains("other_marker")),
+            "resolved after reopening: {frames:?}"
+        );
     }
 }
