@@ -12,8 +12,11 @@ pub struct Mapping {
     pub end: u64,
     /// File offset of `start`.
     pub offset: u64,
-    /// `dev:inode` as the kernel reports it; 0 for anonymous memory.
+    /// The inode as the kernel reports it; 0 for anonymous memory.
     pub inode: u64,
+    /// The device (`major:minor`, as `sonde_python::detect::parse_dev`
+    /// encodes it); 0 for anonymous memory.
+    pub dev: u64,
     /// Path as the process sees it (inside its mount namespace), or a
     /// pseudo name (`[vdso]`), or empty for anonymous memory.
     pub path: String,
@@ -67,7 +70,7 @@ fn parse_line(line: &str) -> Option<Mapping> {
     let range = it.next()?;
     let perms = it.next()?;
     let offset = it.next()?;
-    let _dev = it.next()?;
+    let dev = it.next()?;
     let inode = it.next()?;
     let path = it.next().unwrap_or("").trim();
     if !perms.contains('x') {
@@ -79,6 +82,7 @@ fn parse_line(line: &str) -> Option<Mapping> {
         end: u64::from_str_radix(e, 16).ok()?,
         offset: u64::from_str_radix(offset, 16).ok()?,
         inode: inode.parse().ok()?,
+        dev: sonde_python::detect::parse_dev(dev)?,
         path: path.trim_end_matches(" (deleted)").to_owned(),
     })
 }
@@ -185,6 +189,7 @@ mod tests {
         let w = m.find(0x55d0c0a01010).unwrap();
         assert_eq!(w.path, "/usr/bin/work");
         assert_eq!(w.offset, 0x1000);
+        assert_eq!((w.dev, w.inode), (8 << 32 | 1, 1234));
         assert!(w.is_file());
         assert!(m.find(0x55d0c0a00010).is_none(), "not executable");
         assert!(!m.find(0x7f0000200010).unwrap().is_file());
