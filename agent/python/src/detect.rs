@@ -91,16 +91,19 @@ pub fn read_maps(pid: u32) -> Result<Vec<Mapping>, Rejected> {
                 end: u64::from_str_radix(e, 16).ok()?,
                 offset: u64::from_str_radix(offset, 16).ok()?,
                 executable: perms.contains('x'),
-                file_id: (
-                    dev.split(':').try_fold(0, |acc, part| {
-                        u64::from_str_radix(part, 16).ok().map(|v| (acc << 32) | v)
-                    })?,
-                    inode.parse().ok()?,
-                ),
+                file_id: (parse_dev(dev)?, inode.parse().ok()?),
                 path: path.to_owned(),
             })
         })
         .collect())
+}
+
+/// The `major:minor` device field of /proc/PID/maps as one number (the
+/// device half of [`Mapping::file_id`]).
+pub fn parse_dev(dev: &str) -> Option<u64> {
+    dev.split(':').try_fold(0, |acc, part| {
+        u64::from_str_radix(part, 16).ok().map(|v| (acc << 32) | v)
+    })
 }
 
 /// glibc's thread-specific data: the value of key `k` (< `first_block`)
@@ -263,7 +266,12 @@ impl Detector {
     }
 
     pub fn detect(&mut self, pid: u32) -> Result<Interpreter, Rejected> {
-        let maps = read_maps(pid)?;
+        self.detect_in(pid, &read_maps(pid)?)
+    }
+
+    /// [`Detector::detect`] with the process's maps already read (its
+    /// executable mappings are enough).
+    pub fn detect_in(&mut self, pid: u32, maps: &[Mapping]) -> Result<Interpreter, Rejected> {
         if maps
             .iter()
             .any(|m| base_name(&m.path).starts_with("libpypy"))
@@ -337,7 +345,7 @@ impl Detector {
             code_type: facts.code_type.map(|a| a + bias),
             tss_key_addr: table_key + bias,
             tss_key_cross_checked: facts.tss_key_decoded.is_some(),
-            tsd: self.tsd(pid, &maps)?,
+            tsd: self.tsd(pid, maps)?,
             facts: (*facts).clone(),
             path,
         })

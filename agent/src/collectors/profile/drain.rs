@@ -364,7 +364,7 @@ impl Symbolizing {
     /// captured by the announcing task.
     pub fn seen(&mut self, c: Captured) {
         if let Some(py) = &mut self.python {
-            py.announced(c.maps.pid);
+            py.announced_with(&c.maps);
         }
         self.resolver.adopt(c);
     }
@@ -447,18 +447,35 @@ impl Symbolizing {
                 .count();
             stack.extend(frames.into_iter().skip(ours));
         }
-        let mut user = traces
-            .get(&k.user_stack_id)
-            .map(|ips| self.resolver.user(pid, ips))
-            .unwrap_or_default();
-        if let Some(py) = &mut self.python {
-            py.sampled(pid);
-            let records = python
-                .get(&k.python_stack_id)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            user = py.splice(pid, user, records);
-        }
+        let ips = traces.get(&k.user_stack_id).map(Vec::as_slice);
+        let user = match &mut self.python {
+            Some(py) => {
+                py.sampled(pid);
+                let records = python
+                    .get(&k.python_stack_id)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                match ips {
+                    // The eval loop's frames give way to the Python ones:
+                    // not worth symbolizing.
+                    Some(ips) if !records.is_empty() && py.interpreter(pid).is_some() => {
+                        let native = self
+                            .resolver
+                            .user_eliding(pid, ips, &|path, offset| py.in_eval(pid, path, offset));
+                        py.splice_elided(pid, native, records, || self.resolver.user(pid, ips))
+                    }
+                    _ => {
+                        let native = ips
+                            .map(|ips| self.resolver.user(pid, ips))
+                            .unwrap_or_default();
+                        py.splice(pid, native, records)
+                    }
+                }
+            }
+            None => ips
+                .map(|ips| self.resolver.user(pid, ips))
+                .unwrap_or_default(),
+        };
         stack.extend(user);
         let comm = comm_str(&k.comm);
         // Once per process and drain: a lookup clones the whole entry.

@@ -1,19 +1,28 @@
 //! Executable mappings of a process, captured from `/proc/PID/maps` the first
 //! time the process is seen, so its stacks still resolve after it exits.
 
-use std::{fs::File, os::unix::fs::MetadataExt, path::PathBuf};
+use std::{
+    collections::HashMap,
+    fs::File,
+    hash::{DefaultHasher, Hash, Hasher},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+};
 
 use crate::process_table::read_lossy;
 
 /// One executable, file-backed (or anonymous) mapping.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Mapping {
     pub start: u64,
     pub end: u64,
     /// File offset of `start`.
     pub offset: u64,
-    /// `dev:inode` as the kernel reports it; 0 for anonymous memory.
+    /// The inode as the kernel reports it; 0 for anonymous memory.
     pub inode: u64,
+    /// The device (`major:minor`, as `sonde_python::detect::parse_dev`
+    /// encodes it); 0 for anonymous memory.
+    pub dev: u64,
     /// Path as the process sees it (inside its mount namespace), or a
     /// pseudo name (`[vdso]`), or empty for anonymous memory.
     pub path: String,
@@ -67,7 +76,7 @@ fn parse_line(line: &str) -> Option<Mapping> {
     let range = it.next()?;
     let perms = it.next()?;
     let offset = it.next()?;
-    let _dev = it.next()?;
+    let dev = it.next()?;
     let inode = it.next()?;
     let path = it.next().unwrap_or("").trim();
     if !perms.contains('x') {
@@ -79,8 +88,44 @@ fn parse_line(line: &str) -> Option<Mapping> {
         end: u64::from_str_radix(e, 16).ok()?,
         offset: u64::from_str_radix(offset, 16).ok()?,
         inode: inode.parse().ok()?,
+        dev: sonde_python::detect::parse_dev(dev)?,
         path: path.trim_end_matches(" (deleted)").to_owned(),
     })
+}
+
+/// The maps last captured per process, so that an announcement that
+/// changes nothing costs one read of /proc/PID/maps and no more: the kernel
+/// and the drain take a new comm for an exec, and a process whose threads
+/// have names of their own (rustc's codegen threads, the agent's) flips
+/// between them from sample to sample. Each flip used to open every mapped
+/// file again and have the symbolizer (and the Python detection) take the
+/// process in anew: the biggest part of the agent's CPU on a machine
+/// running builds. An exec maps another image (or the same one elsewhere:
+/// address randomization), so it still counts as a change.
+#[derive(Default)]
+pub struct Recapture {
+    last: HashMap<u32, u64>,
+}
+
+/// Processes [`Recapture`] remembers (then it forgets them all).
+const MAX_RECAPTURE: usize = 65_536;
+
+impl Recapture {
+    /// Whether `maps` differ from what was captured last for their process
+    /// (and remembers them).
+    pub fn changed(&mut self, maps: &ProcMaps) -> bool {
+        let mut h = DefaultHasher::new();
+        maps.maps.hash(&mut h);
+        let sig = h.finish();
+        if self.last.get(&maps.pid) == Some(&sig) {
+            return false;
+        }
+        if self.last.len() >= MAX_RECAPTURE {
+            self.last.clear();
+        }
+        self.last.insert(maps.pid, sig);
+        true
+    }
 }
 
 /// A file's identity: a replaced file (new inode or mtime) is a new file.
@@ -185,6 +230,7 @@ mod tests {
         let w = m.find(0x55d0c0a01010).unwrap();
         assert_eq!(w.path, "/usr/bin/work");
         assert_eq!(w.offset, 0x1000);
+        assert_eq!((w.dev, w.inode), (8 << 32 | 1, 1234));
         assert!(w.is_file());
         assert!(m.find(0x55d0c0a00010).is_none(), "not executable");
         assert!(!m.find(0x7f0000200010).unwrap().is_file());
@@ -194,6 +240,19 @@ mod tests {
             m.host_path("/usr/bin/work"),
             PathBuf::from("/proc/42/root/usr/bin/work")
         );
+    }
+
+    #[test]
+    fn recapture_only_when_the_maps_change() {
+        let mut r = Recapture::default();
+        let a = ProcMaps::parse(42, MAPS);
+        assert!(r.changed(&a), "first capture");
+        assert!(!r.changed(&a.clone()), "announced again, same maps");
+        assert!(r.changed(&ProcMaps::parse(43, MAPS)), "another process");
+        // An exec: the same binary mapped elsewhere.
+        let moved = MAPS.replace("55d0c0a01000-55d0c0a02000", "56d0c0a01000-56d0c0a02000");
+        assert!(r.changed(&ProcMaps::parse(42, &moved)));
+        assert!(r.changed(&a), "and back");
     }
 
     #[test]

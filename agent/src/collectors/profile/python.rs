@@ -22,12 +22,24 @@ use sonde_common::{
     profile::ProfileCounter,
     python::{PY_CONFIG_FSBASE, PY_FRAME_ENTRY, PY_FRAME_NO_CHECKSUM, PyFrameRecord, PyProcInfo},
 };
-use sonde_python::{Detector, Interpreter, ProcMem, Rejected, code::CodeCache, walk::proc_info};
+use sonde_python::{
+    Detector, Interpreter, ProcMem, Rejected,
+    code::CodeCache,
+    detect::{Mapping, read_maps},
+    walk::proc_info,
+};
 
-use super::store::{Frame, FrameKind, Module};
+use super::{
+    procmaps::ProcMaps,
+    store::{Frame, FrameKind, Module},
+    symbolize::ELIDED,
+};
 
 /// Code objects remembered across all processes.
 const CODE_CACHE: usize = 16_384;
+/// Named frames remembered across all processes, one per (code object,
+/// instruction): a busy process has a few hundred.
+const FRAME_CACHE: usize = 65_536;
 /// A process whose interpreter was not initialized yet is tried again
 /// after this long (when it is sampled again), doubled at each try, at
 /// most [`MAX_TRIES`] times: a program that links libpython without
@@ -138,6 +150,7 @@ pub struct PyTracker {
     procs: BpfHashMap<MapData, u32, PyProcInfo>,
     detector: Detector,
     codes: CodeCache,
+    named: NamedFrames,
     pids: HashMap<u32, Tracked>,
     metrics: PythonMetrics,
     module: Arc<Module>,
@@ -190,6 +203,7 @@ impl PyTracker {
             procs,
             detector: Detector::default(),
             codes: CodeCache::new(CODE_CACHE),
+            named: NamedFrames::new(FRAME_CACHE),
             pids: HashMap::new(),
             metrics,
             module: Arc::new(Module {
@@ -203,7 +217,29 @@ impl PyTracker {
     pub fn announced(&mut self, pid: u32) {
         self.forget(pid);
         self.pids.remove(&pid);
-        self.detect(pid);
+        self.detect(pid, None);
+    }
+
+    /// [`PyTracker::announced`] with the maps the announcement captured
+    /// (read once per new process, not once more here).
+    pub fn announced_with(&mut self, maps: &ProcMaps) {
+        let pid = maps.pid;
+        self.forget(pid);
+        self.pids.remove(&pid);
+        let maps = maps
+            .maps
+            .iter()
+            .filter(|m| m.is_file())
+            .map(|m| Mapping {
+                start: m.start,
+                end: m.end,
+                offset: m.offset,
+                executable: true,
+                file_id: (m.dev, m.inode),
+                path: m.path.clone(),
+            })
+            .collect();
+        self.detect(pid, Some(maps));
     }
 
     /// The interpreter of `pid`, when its Python frames are walked.
@@ -227,10 +263,10 @@ impl PyTracker {
     /// when its interpreter was still starting.
     pub fn sampled(&mut self, pid: u32) {
         match self.pids.get(&pid) {
-            None => self.detect(pid),
+            None => self.detect(pid, None),
             Some(Tracked::Rejected {
                 retry_at: Some(at), ..
-            }) if Instant::now() >= *at => self.detect(pid),
+            }) if Instant::now() >= *at => self.detect(pid, None),
             _ => {}
         }
     }
@@ -239,10 +275,13 @@ impl PyTracker {
         if let Some(Tracked::Walked(_)) = self.pids.remove(&pid) {
             let _ = self.procs.remove(&pid);
             self.codes.forget_pid(pid);
+            self.named.forget_pid(pid);
         }
     }
 
-    fn detect(&mut self, pid: u32) {
+    /// Detects `pid` from `maps` (its executable mappings), or from its
+    /// maps read now.
+    fn detect(&mut self, pid: u32, maps: Option<Vec<Mapping>>) {
         let Some(start) = start_time(pid) else {
             self.forget(pid);
             return;
@@ -254,7 +293,7 @@ impl PyTracker {
         if self.pids.len() >= MAX_PIDS {
             self.pids.retain(|_, t| matches!(t, Tracked::Walked(_)));
         }
-        let t = match self.try_detect(pid, start) {
+        let t = match self.try_detect(pid, start, maps) {
             Ok(w) => match self.procs.insert(pid, w.1, 0) {
                 Ok(()) => {
                     tracing::debug!(
@@ -291,11 +330,19 @@ impl PyTracker {
         self.pids.insert(pid, t);
     }
 
-    fn try_detect(&mut self, pid: u32, start: u64) -> Result<(Box<Walked>, PyProcInfo), Rejected> {
-        let interp = self.detector.detect(pid)?;
+    fn try_detect(
+        &mut self,
+        pid: u32,
+        start: u64,
+        maps: Option<Vec<Mapping>>,
+    ) -> Result<(Box<Walked>, PyProcInfo), Rejected> {
+        let maps = match maps {
+            Some(m) => m,
+            None => read_maps(pid)?,
+        };
+        let interp = self.detector.detect_in(pid, &maps)?;
         let mem = ProcMem::new(pid);
         let info = proc_info(&interp, &mem)?;
-        let maps = sonde_python::detect::read_maps(pid)?;
         let mut ranges = Vec::new();
         for r in interp.interpreter_ranges() {
             let (s, e) = (r.start + interp.bias, r.end + interp.bias);
@@ -366,6 +413,9 @@ impl PyTracker {
             .iter()
             .map(|r| {
                 let checksum = (r.flags & PY_FRAME_NO_CHECKSUM == 0).then_some(r.checksum);
+                if let Some(f) = checksum.and_then(|k| self.named.get(pid, r.code, r.instr, k)) {
+                    return f;
+                }
                 let code = self.codes.get(
                     &w.mem,
                     &w.interp.offsets,
@@ -373,18 +423,7 @@ impl PyTracker {
                     r.code,
                     checksum,
                 );
-                let (function, file, line) = match code {
-                    Ok(c) if checksum.is_none_or(|k| k == c.checksum) => (
-                        Arc::from(c.qualname.as_str()),
-                        Some(Arc::from(c.filename.as_str())),
-                        c.line(r.instr as i32).unwrap_or(0).max(0) as u32,
-                    ),
-                    _ => {
-                        self.metrics.error("symbolize");
-                        (Arc::from("[unknown python]"), None, 0)
-                    }
-                };
-                Frame {
+                let frame = |function, file, line| Frame {
                     function,
                     file,
                     line,
@@ -392,9 +431,38 @@ impl PyTracker {
                     module: self.module.clone(),
                     addr: r.code,
                     inlined: false,
+                };
+                match code {
+                    Ok(c) if checksum.is_none_or(|k| k == c.checksum) => {
+                        let f = frame(
+                            Arc::from(c.qualname.as_str()),
+                            Some(Arc::from(c.filename.as_str())),
+                            c.line(r.instr as i32).unwrap_or(0).max(0) as u32,
+                        );
+                        if let Some(k) = checksum {
+                            self.named.insert(pid, r.code, r.instr, k, f.clone());
+                        }
+                        f
+                    }
+                    _ => {
+                        self.metrics.error("symbolize");
+                        frame(Arc::from("[unknown python]"), None, 0)
+                    }
                 }
             })
             .collect()
+    }
+
+    /// Whether the native frame at `offset` in the file shown as `path`
+    /// is in `pid`'s eval loop, when `pid`'s Python frames are walked.
+    pub fn in_eval(&self, pid: u32, path: &str, offset: u64) -> bool {
+        match self.pids.get(&pid) {
+            Some(Tracked::Walked(w)) => w
+                .ranges
+                .iter()
+                .any(|(p, r)| &**p == path && r.contains(&offset)),
+            _ => false,
+        }
     }
 
     /// `native` (leaf first) with each eval-loop frame replaced by its
@@ -407,8 +475,49 @@ impl PyTracker {
         native: Vec<Frame>,
         records: &[PyFrameRecord],
     ) -> Vec<Frame> {
+        let (out, mismatches) = self.splice_counting(pid, native, records);
+        self.count_merge(mismatches);
+        out
+    }
+
+    /// [`PyTracker::splice`] of a native stack symbolized with its
+    /// eval-loop frames elided (`Resolver::user_eliding` with
+    /// [`PyTracker::in_eval`]), which a non-empty `records` replaces. When
+    /// one is left (more eval calls than Python segments), `whole` gives
+    /// the stack symbolized in full and the splice is done with it, so the
+    /// stack shows the eval loop's real name, as without elision.
+    pub fn splice_elided(
+        &mut self,
+        pid: u32,
+        native: Vec<Frame>,
+        records: &[PyFrameRecord],
+        whole: impl FnOnce() -> Vec<Frame>,
+    ) -> Vec<Frame> {
+        let (mut out, mut mismatches) = self.splice_counting(pid, native, records);
+        if elided_left(&out, mismatches) {
+            (out, mismatches) = self.splice_counting(pid, whole(), records);
+        }
+        self.count_merge(mismatches);
+        out
+    }
+
+    fn count_merge(&self, mismatches: u64) {
+        if mismatches > 0 {
+            self.metrics
+                .errors
+                .with_label_values(&["merge"])
+                .inc_by(mismatches);
+        }
+    }
+
+    fn splice_counting(
+        &mut self,
+        pid: u32,
+        native: Vec<Frame>,
+        records: &[PyFrameRecord],
+    ) -> (Vec<Frame>, u64) {
         let Some(Tracked::Walked(w)) = self.pids.get(&pid) else {
-            return native;
+            return (native, 0);
         };
         let in_eval = |f: &Frame| {
             matches!(f.kind, FrameKind::User | FrameKind::Unknown)
@@ -420,19 +529,60 @@ impl PyTracker {
         // state, a failed read the kernel counted): the native frames as
         // they are.
         if records.is_empty() {
-            return native;
+            return (native, 0);
         }
         let eval: Vec<bool> = native.iter().map(in_eval).collect();
         let python = self.frames(pid, records);
-        let (out, mismatches) = merge(&native, &eval, &python, records);
-        if mismatches > 0 {
-            self.metrics
-                .errors
-                .with_label_values(&["merge"])
-                .inc_by(mismatches);
-        }
-        out
+        merge(&native, &eval, &python, records)
     }
+}
+
+/// Frames already named, by (pid, code object, instruction) and the
+/// checksum the kernel read with the sample: a code object freed and
+/// another compiled at its address hashes differently, so it misses here
+/// and is read afresh (the code cache validates the same way). A hit costs
+/// no read of the target's memory, no line-table decode and no allocation.
+struct NamedFrames {
+    cap: usize,
+    map: HashMap<(u32, u64, u32), (u32, Frame)>,
+}
+
+impl NamedFrames {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            map: HashMap::new(),
+        }
+    }
+
+    fn get(&self, pid: u32, code: u64, instr: u32, checksum: u32) -> Option<Frame> {
+        self.map
+            .get(&(pid, code, instr))
+            .filter(|(k, _)| *k == checksum)
+            .map(|(_, f)| f.clone())
+    }
+
+    /// Replaces what an earlier occupant of `code` left; when full, starts
+    /// over (entries are cheap to name again from the code cache).
+    fn insert(&mut self, pid: u32, code: u64, instr: u32, checksum: u32, f: Frame) {
+        if self.map.len() >= self.cap {
+            self.map.clear();
+        }
+        self.map.insert((pid, code, instr), (checksum, f));
+    }
+
+    fn forget_pid(&mut self, pid: u32) {
+        self.map.retain(|k, _| k.0 != pid);
+    }
+}
+
+/// Whether a splice of an elided native stack left an elided frame in
+/// place (only a mismatch does).
+fn elided_left(out: &[Frame], mismatches: u64) -> bool {
+    mismatches > 0
+        && out
+            .iter()
+            .any(|f| f.kind == FrameKind::User && &*f.function == ELIDED)
 }
 
 /// The splice proper: `eval[i]` says whether `native[i]` is in the eval
@@ -563,6 +713,36 @@ mod tests {
         assert_eq!(st[m.filename as usize], "[python]");
     }
 
+    /// A code object freed and another compiled at its address (same
+    /// instruction offset) hashes differently: the old name is never
+    /// served for it, and the new one replaces it.
+    #[test]
+    fn named_frames_miss_for_a_reused_code_address() {
+        let mut c = NamedFrames::new(8);
+        c.insert(1, 0x1000, 7, 0xaaaa, frame("gen_1", FrameKind::Python, 3));
+        let hit = c.get(1, 0x1000, 7, 0xaaaa).map(|f| f.function);
+        assert_eq!(hit.as_deref(), Some("gen_1"));
+        assert!(c.get(1, 0x1000, 7, 0xbbbb).is_none(), "another checksum");
+        assert!(c.get(1, 0x1000, 8, 0xaaaa).is_none(), "another instruction");
+        assert!(c.get(2, 0x1000, 7, 0xaaaa).is_none(), "another process");
+        c.insert(1, 0x1000, 7, 0xbbbb, frame("gen_2", FrameKind::Python, 3));
+        assert!(
+            c.get(1, 0x1000, 7, 0xaaaa).is_none(),
+            "the old occupant is gone"
+        );
+        let hit = c.get(1, 0x1000, 7, 0xbbbb).map(|f| f.function);
+        assert_eq!(hit.as_deref(), Some("gen_2"));
+        c.insert(2, 0x1000, 7, 0xaaaa, frame("other", FrameKind::Python, 1));
+        c.forget_pid(1);
+        assert!(c.get(1, 0x1000, 7, 0xbbbb).is_none());
+        assert!(c.get(2, 0x1000, 7, 0xaaaa).is_some());
+        // Bounded: full, it starts over.
+        for i in 0..8 {
+            c.insert(3, i, 0, 1, frame("f", FrameKind::Python, 1));
+        }
+        assert!(c.map.len() <= 8);
+    }
+
     #[test]
     fn each_eval_call_takes_its_segment_and_c_frames_stay_between() {
         // leaf: a C extension called from `hot`, whose eval call also ran
@@ -586,6 +766,29 @@ mod tests {
             ["cext", "hot", "middle", "PyObject_Call", "outer", "main"]
         );
         assert_eq!(bad, 0);
+    }
+
+    /// Eval-loop frames left unsymbolized vanish in a splice that matches;
+    /// one left by a mismatch is noticed (the stack is then symbolized in
+    /// full).
+    #[test]
+    fn elided_eval_frames_are_replaced_or_noticed() {
+        let (mut n, eval) = native(&[("eval", 100), ("PyObject_Call", 2), ("eval", 101)]);
+        for f in n.iter_mut().filter(|f| f.function.starts_with("eval")) {
+            f.function = Arc::from(ELIDED);
+        }
+        let py: Vec<Frame> = ["hot", "outer"]
+            .iter()
+            .map(|s| frame(s, FrameKind::Python, 1))
+            .collect();
+        let recs = [rec(true), rec(true)];
+        let (out, bad) = merge(&n, &eval, &py, &recs);
+        assert_eq!(names(&out), ["hot", "PyObject_Call", "outer"]);
+        assert!(!elided_left(&out, bad));
+        // One segment for two eval calls: the older eval frame stays.
+        let (out, bad) = merge(&n, &eval, &py[..1], &recs[..1]);
+        assert_eq!(names(&out), ["hot", "PyObject_Call", ELIDED]);
+        assert!(elided_left(&out, bad));
     }
 
     #[test]

@@ -41,6 +41,9 @@ use crate::telemetry::Telemetry;
 /// [`Resolver::keep_parsed_for`].
 pub const KEEP_PARSED_DRAINS: u64 = 3;
 
+/// The name of a frame [`Resolver::user_eliding`] did not symbolize.
+pub const ELIDED: &str = "[not symbolized]";
+
 struct OpenFile {
     /// Held open so the path below stays valid after the process exits.
     _file: File,
@@ -80,7 +83,8 @@ impl SymbolizeMetrics {
             IntCounterVec::new(
                 prometheus::Opts::new(
                     "sonde_profile_symbolize_total",
-                    "Frame addresses symbolized, by result: cached, resolved, unknown.",
+                    "Frame addresses symbolized, by result: cached, resolved, unknown, elided \
+                     (eval-loop addresses replaced by Python frames, not symbolized).",
                 ),
                 &["result"],
             )
@@ -318,25 +322,54 @@ impl Resolver {
 
     /// Frames of a user stack, leaf first.
     pub fn user(&mut self, pid: u32, ips: &[u64]) -> Vec<Frame> {
+        self.user_eliding(pid, ips, &|_, _| false)
+    }
+
+    /// Like [`Resolver::user`], but an address that `elide` accepts (by the
+    /// path its file is shown with and the file offset) and that is not
+    /// cached yet is not symbolized: it becomes one frame named
+    /// [`ELIDED`] in that file at that offset. For frames the caller
+    /// replaces anyway (the Python interpreter's eval loop): a miss there
+    /// is a DWARF lookup through a large function full of inlined code.
+    pub fn user_eliding(
+        &mut self,
+        pid: u32,
+        ips: &[u64],
+        elide: &dyn Fn(&str, u64) -> bool,
+    ) -> Vec<Frame> {
         let mut out = Vec::with_capacity(ips.len());
         for (i, &ip) in ips.iter().enumerate() {
             // Return addresses point after the call; step back into it so
             // the line is the call's (perf does the same). Not for the leaf.
             let addr = if i == 0 { ip } else { ip.saturating_sub(1) };
-            out.extend(self.user_one(pid, addr).iter().cloned());
+            out.extend(self.user_one(pid, addr, elide).iter().cloned());
         }
         out
     }
 
-    fn user_one(&mut self, pid: u32, addr: u64) -> Arc<[Frame]> {
+    fn user_one(&mut self, pid: u32, addr: u64, elide: &dyn Fn(&str, u64) -> bool) -> Arc<[Frame]> {
         let mut found = self.locate(pid, addr);
         // Frames are cached by file identity, so they outlive the file's
         // eviction: a hot address of an evicted file needs neither the maps
         // re-read nor the file reopened and parsed again.
-        if let Some(Located::File { key, offset, .. }) = &found
-            && let Some(f) = self.cached(*key, *offset)
-        {
-            return f;
+        if let Some(Located::File { key, offset, .. }) = &found {
+            if let Some(f) = self.cached(*key, *offset) {
+                return f;
+            }
+            if let Some(file) = self.files.get(key)
+                && elide(&file.module.path, *offset)
+            {
+                self.metrics.result("elided").inc();
+                return Arc::from([Frame {
+                    function: Arc::from(ELIDED),
+                    file: None,
+                    line: 0,
+                    kind: FrameKind::User,
+                    module: file.module.clone(),
+                    addr: *offset,
+                    inlined: false,
+                }]);
+            }
         }
         // No mapping holds it (a dlopen since), or its file was evicted
         // while the process lives (a busy host churns through more files
@@ -728,6 +761,9 @@ mod tests {
             0,
             "dropped after {KEEP_PARSED_DRAINS} idle drains"
         );
+        // Elision spares only addresses not cached yet.
+        let elided = r.user_eliding(pid, &[addr], &|_, _| true);
+        assert_eq!(elided, first, "a cached address is not elided");
         // The cached frames answer without parsing again.
         r.next_drain();
         assert_eq!(r.user(pid, &[addr]), first);
@@ -773,5 +809,41 @@ mod tests {
             frames.iter().any(|f| f.function.contains("other_marker")),
             "resolved after reopening: {frames:?}"
         );
+    }
+
+    #[test]
+    fn elided_addresses_are_not_symbolized() {
+        let pid = std::process::id();
+        let mut r = Resolver::new(
+            Limits {
+                files: 64,
+                symbols: 10_000,
+                processes: 16,
+            },
+            SymbolizeMetrics::unregistered(),
+        )
+        .without_debug_info();
+        r.next_drain();
+        r.see(pid);
+        let addr = marker as *const () as u64;
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let seen = std::cell::RefCell::new(Vec::new());
+        let out = r.user_eliding(pid, &[addr], &|path, offset| {
+            seen.borrow_mut().push((path.to_owned(), offset));
+            true
+        });
+        assert_eq!(out.len(), 1);
+        assert_eq!(&*out[0].function, ELIDED);
+        assert_eq!(out[0].kind, FrameKind::User);
+        // Asked with the path and offset the splice compares.
+        assert_eq!(
+            *seen.borrow(),
+            [(out[0].module.path.to_string(), out[0].addr)]
+        );
+        assert_eq!(Path::new(&*out[0].module.path), exe);
+        assert_eq!(parsed(&r), 0, "nothing parsed for an elided address");
+        // Not cached either: asked without elision, it resolves.
+        let full = r.user(pid, &[addr]);
+        assert!(full.iter().any(|f| f.function.contains("marker")));
     }
 }
