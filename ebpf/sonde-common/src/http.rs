@@ -3,6 +3,7 @@
 //! wire-format recognition both sides share ([`parse`]).
 
 pub mod parse;
+pub mod red;
 
 /// Bytes of each request (server: read; client: written) kept for the agent:
 /// enough for the method and a path; the agent strips the query string and
@@ -97,7 +98,11 @@ pub struct HttpConn {
     pub _pad: u8,
     /// Local TCP port (host order), from the socket-layer hooks; else 0.
     pub lport: u16,
-    pub _pad2: [u8; 6],
+    pub _pad2: [u8; 2],
+    /// Series id of the in-flight request in the kernel's path dictionary
+    /// (`red::HttpRouteKey`), looked up when it started; 0: not known
+    /// there, its exchange goes to the agent as an event.
+    pub route_id: u32,
     /// Task name of the thread that created the entry, copied into every
     /// event of the connection: one `bpf_get_current_comm` per connection
     /// instead of one per event.
@@ -115,6 +120,10 @@ pub const CONN_FROM_SYSCALL: u8 = 1;
 /// socket lock's backlog), before that send's hook runs. The agent reports
 /// such entries as aborted and deletes them on its next scan.
 pub const CONN_GONE: u8 = 2;
+
+/// `HttpConn::flags`: the last response was counted in the kernel's
+/// aggregation map (no event), so its final sizes go there too.
+pub const CONN_AGG: u8 = 4;
 
 const _: () = assert!(core::mem::size_of::<HttpConn>() == 64 + crate::COMM_LEN + HTTP_PREFIX_LEN);
 

@@ -3,35 +3,42 @@
 //! Kernel side (ebpf/sonde-ebpf/src/http/): the socket layer (tp_btf
 //! `sock_send_length`/`sock_recv_length`/`inet_sock_set_state`), else tp_btf
 //! `sys_enter`/`sys_exit`, else the per-syscall tracepoints, feed one
-//! per-connection state machine that emits one event per exchange; message
+//! per-connection state machine. An exchange whose path this side has
+//! already labelled is counted in the kernel (`sonde_common::http::red`,
+//! read every 250 ms by [`agg`]); any other comes as an event. Message
 //! heads are classified by `sonde_common::http::parse`, which this side
-//! shares. This side turns events into OTel-named metrics with bounded
+//! shares. This side turns both into OTel-named metrics with bounded
 //! labels (route normalization, per-service cap) and keeps a per-route
 //! summary for `sonde http`. See docs/http.md.
 
+mod agg;
+mod hist;
 pub mod port;
 pub mod route;
 mod series;
 pub mod stats;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap};
 use prometheus::IntCounter;
 use sonde_common::{
     http::{
         CONN_GONE, EVENT_CLOSED, HttpConn, HttpConnKey, HttpCounter, HttpEvent, HttpEventKind,
-        HttpRole, state,
+        HttpRole,
+        red::{HttpAgg, HttpAggKey},
+        state,
     },
     route::route_tag,
 };
 use sonde_wire::http::RouteRow;
 
 use self::{
+    agg::{Agg, Delta, Labelled},
     port::PortResolver,
     route::{RouteTable, parse_request_line},
     series::{Group, Series, SeriesCache},
@@ -118,6 +125,23 @@ const TRACEPOINTS: HookSet = HookSet::new(
 )
 .partial();
 
+/// How often the kernel's counts are read.
+const AGG_POLL: Duration = Duration::from_millis(250);
+
+/// Entries of the kernel's aggregation map: 4096 (series x status), fewer
+/// on hosts with many CPUs, where each entry costs its ~830 bytes per CPU
+/// (preallocated): at most ~32 MiB. Past it, exchanges come as events.
+fn agg_entries() -> u32 {
+    let cpus = aya::util::nr_cpus().map_or(1, |n| n.max(1));
+    let per = cpus * size_of::<HttpAgg>();
+    u32::try_from((32 << 20) / per).map_or(4096, |n| n.clamp(256, 4096))
+}
+
+/// Whether a status is an error for the summary's error rate.
+fn is_error(client: bool, status: u16) -> bool {
+    if client { status >= 400 } else { status >= 500 }
+}
+
 /// Most (role, pid, service, method, route) summaries kept for `sonde http`;
 /// beyond it new keys are not summarized (metrics are unaffected).
 const MAX_STAT_KEYS: usize = 100_000;
@@ -138,6 +162,8 @@ struct Inner {
     /// tgid -> service_name, refreshed every few seconds (pids get reused).
     services: FastMap<u32, String>,
     series: SeriesCache,
+    /// The kernel's path dictionary and counts.
+    agg: Agg,
 }
 
 /// CPU by route: the shared dictionary and CPU totals (see
@@ -271,8 +297,11 @@ impl Collector for HttpCollector {
                 new.routes.clone(),
                 new.max_routes_per_service.get() as usize,
             );
-            // Cached series carry the old route labels.
+            // Cached series carry the old route labels, and so do the
+            // kernel's dictionary entries: new requests get labelled anew.
             inner.series.clear();
+            let keys = inner.agg.ids.relabel();
+            inner.agg.delete(&keys, &Default::default());
         }
         vec![
             "collectors.http.routes",
@@ -288,8 +317,11 @@ impl Collector for HttpCollector {
         let mut obj = routes::load_with(share.as_ref(), OBJECT, &ctx.kernel_log_level, |l| {
             l.map_max_entries("HTTP_CONNS", conns)
                 .map_max_entries("HTTP_SOCKS", conns)
-                .map_max_entries("HTTP_FRESH", conns);
+                .map_max_entries("HTTP_FRESH", conns)
+                .map_max_entries("HTTP_AGG", agg_entries());
         })?;
+        let routes_map: BpfHashMap<MapData, _, u32> = take_map(&mut obj, "HTTP_ROUTES")?;
+        let agg_map: PerCpuHashMap<MapData, HttpAggKey, HttpAgg> = take_map(&mut obj, "HTTP_AGG")?;
         let events = Ring::<HttpEvent>::new(NAME, take_map(&mut obj, "HTTP_EVENTS")?)?
             // The kernel wakes us only when a lot is queued (see
             // WAKEUP_BYTES in the kernel side), so we also poll.
@@ -324,6 +356,7 @@ impl Collector for HttpCollector {
             ports: PortResolver::default(),
             services: FastMap::default(),
             series: SeriesCache::default(),
+            agg: Agg::new(routes_map, agg_map),
         });
         let metrics = HttpMetrics::new(ctx.telemetry);
         let lost = ctx.telemetry.events_lost.with_label_values(&[NAME]);
@@ -335,6 +368,14 @@ impl Collector for HttpCollector {
         };
         let drain = w.clone();
         self.base.spawn(events.run(move |evs| drain.drain_all(evs)));
+        let poller = w.clone();
+        self.base.spawn(async move {
+            let mut tick = tokio::time::interval(AGG_POLL);
+            loop {
+                tick.tick().await;
+                poller.poll_agg();
+            }
+        });
         if !window.is_zero() {
             self.base.spawn(async move {
                 tokio::time::sleep(window).await;
@@ -448,15 +489,19 @@ impl Worker {
             inner.ports.port(ev.tgid, ev.fd).unwrap_or(0)
         };
         let group = (client, ev.tgid, port, ev.status, method);
+        // The profiler's tag of this request line (server side, profiler on).
+        let tag = (!client && self.query.routes().is_some())
+            .then(|| route_tag(&ev.prefix, usize::from(ev.prefix_len).min(ev.prefix.len())));
         let i = match inner.series.find(&group, path) {
             Some(i) => i,
             None => {
-                let s = self.new_series(inner, ev, group, path);
+                let tags: Vec<u32> = tag.into_iter().collect();
+                let s = self.new_series(inner, &ev.comm, &tags, group, path);
                 inner.series.insert(group, path, s)
             }
         };
-        let secs = ev.end_ns.saturating_sub(ev.start_ns) as f64 / 1e9;
-        inner.series.observe(i, secs, (ev.tgid, ev.fd));
+        let ns = ev.end_ns.saturating_sub(ev.start_ns);
+        inner.series.observe(i, ns, (ev.tgid, ev.fd));
         let series = inner.series.get(i);
         if series.overflow {
             self.metrics
@@ -464,34 +509,50 @@ impl Worker {
                 .with_label_values(&[&series.stat.service])
                 .inc();
         }
-        let error = if client {
-            ev.status >= 400
-        } else {
-            ev.status >= 500
-        };
         if let Some(s) = series.stat_slot.and_then(|i| inner.stats.get_mut(i)) {
-            s.1.observe(secs, error, now);
+            s.1.observe(ns, is_error(client, ev.status), now);
+        }
+        // Seen twice: later requests of this path are counted in the kernel.
+        let l = Labelled {
+            ev,
+            method,
+            path,
+            port,
+            route: &series.stat.route,
+            tag,
+        };
+        if let Some((k, id)) = inner.agg.ids.learn(&l, now) {
+            inner.agg.insert(&k, id);
         }
     }
 
-    /// Resolves labels and metric handles for a (group, path) not cached.
-    fn new_series(&self, inner: &mut Inner, ev: &HttpEvent, group: Group, path: &str) -> Series {
+    /// Resolves labels and metric handles for a (group, path) not cached;
+    /// `comm`: the task name of the event (the service when the process is
+    /// gone); `tags`: the profiler's route tags that stand for it.
+    fn new_series(
+        &self,
+        inner: &mut Inner,
+        comm: &[u8],
+        tags: &[u32],
+        group: Group,
+        path: &str,
+    ) -> Series {
         let (client, tgid, port, status, method) = group;
-        let service = self.service(&mut inner.services, tgid, &ev.comm);
+        let service = self.service(&mut inner.services, tgid, comm);
         let (route, overflow) = inner.routes.route(&service, path);
         if !client && let Some(share) = self.query.routes() {
-            // The profiler tags samples of the serving thread with this
-            // request's tag (hashed from the line the kernel recorded).
-            let tag = route_tag(&ev.prefix, usize::from(ev.prefix_len).min(ev.prefix.len()));
-            share.learn(tgid, tag, method, &route);
+            // The profiler tags samples of the serving thread with the
+            // tag of its request line (hashed from what the kernel recorded).
+            for &tag in tags {
+                share.learn(tgid, tag, method, &route);
+            }
         }
         let status = status.to_string();
         let m = &self.metrics;
         let (duration, sizes) = if client {
             (
                 m.client_duration
-                    .with_label_values(&[method, &status, &route, &service])
-                    .local(),
+                    .local(&[method, &status, &route, &service]),
                 None,
             )
         } else {
@@ -502,11 +563,8 @@ impl Worker {
             };
             let l = [method, status.as_str(), &route, &service, &port];
             (
-                m.server_duration.with_label_values(&l).local(),
-                Some((
-                    m.server_req_size.with_label_values(&l).local(),
-                    m.server_resp_size.with_label_values(&l).local(),
-                )),
+                m.server_duration.local(&l),
+                Some((m.server_req_size.local(&l), m.server_resp_size.local(&l))),
             )
         };
         let stat = StatKey {
@@ -532,6 +590,77 @@ impl Worker {
             stat,
             stat_slot,
         }
+    }
+
+    /// Adds what the kernel counted for `k` since the last read to the
+    /// series and summary its id stands for.
+    fn apply_counts(&self, inner: &mut Inner, k: HttpAggKey, d: &Delta, now: u64) {
+        let Some(info) = inner.agg.ids.info.get(&k.id) else {
+            return;
+        };
+        let (client, tgid, port, method, _) = info.key.clone();
+        let (path, comm, tags) = (info.path.clone(), info.comm, info.tags.clone());
+        let group = (client, tgid, port, k.status, method);
+        let i = match inner.series.find(&group, &path) {
+            Some(i) => i,
+            None => {
+                let s = self.new_series(inner, &comm, &tags, group, &path);
+                inner.series.insert(group, &path, s)
+            }
+        };
+        inner.series.add(i, d);
+        let series = inner.series.get(i);
+        let n = d.exchanges();
+        if series.overflow && n > 0 {
+            self.metrics
+                .route_overflow
+                .with_label_values(&[&series.stat.service])
+                .inc_by(n);
+        }
+        if n > 0
+            && let Some(s) = series.stat_slot.and_then(|i| inner.stats.get_mut(i))
+        {
+            s.1.add(n, is_error(client, k.status), &d.log, now);
+        }
+    }
+
+    /// Reads the kernel's counts and applies what moved.
+    fn poll_agg_locked(&self, inner: &mut Inner) {
+        let deltas = inner.agg.poll();
+        if deltas.is_empty() {
+            return;
+        }
+        let now = now_secs();
+        for (k, d) in &deltas {
+            self.apply_counts(inner, *k, d, now);
+        }
+        inner.series.flush();
+    }
+
+    fn poll_agg(&self) {
+        if let Some(inner) = self.query.lock().as_mut() {
+            self.poll_agg_locked(inner);
+        }
+    }
+
+    /// Deletes the kernel's dictionary and counts of exited processes,
+    /// after a last read of their counts.
+    fn release_agg(&self) {
+        let mut g = self.query.lock();
+        let Some(inner) = g.as_mut() else { return };
+        let dead: HashSet<u32> = inner
+            .agg
+            .ids
+            .tgids()
+            .into_iter()
+            .filter(|t| !std::path::Path::new(&format!("/proc/{t}")).exists())
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        self.poll_agg_locked(inner);
+        let (keys, ids) = inner.agg.ids.release(&dead);
+        inner.agg.delete(&keys, &ids);
     }
 
     /// Scans the kernel's connection table for requests in flight, and
@@ -625,6 +754,7 @@ async fn housekeeping(
             .get(HttpCounter::RingbufFull);
         lost.inc_by(dropped);
         w.scan_inflight(&mut conns);
+        w.release_agg();
         if ticks.is_multiple_of(10) {
             // Pids get reused: re-resolve service names now and then.
             if let Some(inner) = w.query.lock().as_mut() {

@@ -2,18 +2,16 @@
 //! labels and histograms an exchange feeds, and for each connection whose
 //! last exchange awaits its final sizes, the series they belong to.
 //!
-//! Observations go to `prometheus::local::LocalHistogram`s, plain counters
-//! owned by the cache (the drain holds the collector's lock), and reach the
-//! shared histograms once per drained batch ([`SeriesCache::flush`]): a
-//! shared `Histogram::observe` is four atomic read-modify-writes, and with
-//! up to three per server exchange it was the largest item of the agent's
+//! Observations (one per event, or the kernel's counts of many exchanges,
+//! [`SeriesCache::add`]) go to [`LocalHist`]s, plain counters owned by the
+//! cache (the drain holds the collector's lock), and reach the exported
+//! histograms once per drained batch ([`SeriesCache::flush`]): updating a
+//! shared histogram per observation was the largest item of the agent's
 //! CPU under wrk (perf, release build).
 
 use std::collections::hash_map::Entry;
 
-use prometheus::local::LocalHistogram;
-
-use super::{FastMap, stats::StatKey};
+use super::{FastMap, agg::Delta, hist::LocalHist, stats::StatKey};
 
 /// (client, tgid, server port or 0, status, method): with the raw path,
 /// what determines an exchange's series.
@@ -23,9 +21,9 @@ pub(super) type Group = (bool, u32, u16, u16, &'static str);
 /// them (route normalization, label hashing) once per path instead of once
 /// per request keeps the agent's cost per event low.
 pub(super) struct Series {
-    pub duration: LocalHistogram,
+    pub duration: LocalHist,
     /// Request and response sizes (server exchanges).
-    pub sizes: Option<(LocalHistogram, LocalHistogram)>,
+    pub sizes: Option<(LocalHist, LocalHist)>,
     pub overflow: bool,
     pub stat: StatKey,
     /// Index of `stat`'s summary (none past the cap on summaries).
@@ -33,9 +31,9 @@ pub(super) struct Series {
 }
 
 impl Series {
-    fn flush(&self) {
+    fn flush(&mut self) {
         self.duration.flush();
-        if let Some((req, resp)) = &self.sizes {
+        if let Some((req, resp)) = &mut self.sizes {
             req.flush();
             resp.flush();
         }
@@ -108,8 +106,8 @@ impl SeriesCache {
 
     /// Observes an exchange's duration on slot `i`, and remembers the slot
     /// for the connection's final sizes when it has size histograms.
-    pub fn observe(&mut self, i: usize, secs: f64, conn: (u32, u32)) {
-        self.slots[i].series.duration.observe(secs);
+    pub fn observe(&mut self, i: usize, ns: u64, conn: (u32, u32)) {
+        self.slots[i].series.duration.observe(ns);
         self.touch(i);
         if self.slots[i].series.sizes.is_some() {
             if self.pending.len() >= MAX_PENDING {
@@ -124,11 +122,23 @@ impl SeriesCache {
         let Some(i) = self.pending.remove(&conn) else {
             return;
         };
-        if let Some((rq, rs)) = &self.slots[i].series.sizes {
-            rq.observe(req as f64);
-            rs.observe(resp as f64);
+        if let Some((rq, rs)) = &mut self.slots[i].series.sizes {
+            rq.observe(req);
+            rs.observe(resp);
             self.touch(i);
         }
+    }
+
+    /// Exchanges counted in the kernel: durations, and the sizes of those
+    /// whose last byte is known.
+    pub fn add(&mut self, i: usize, d: &Delta) {
+        let s = &mut self.slots[i].series;
+        s.duration.add(&d.dur, d.dur_sum_ns);
+        if let Some((rq, rs)) = &mut s.sizes {
+            rq.add(&d.req, d.req_sum);
+            rs.add(&d.resp, d.resp_sum);
+        }
+        self.touch(i);
     }
 
     /// The connection closed: no sizes will come for it.
@@ -175,18 +185,18 @@ impl SeriesCache {
 
 #[cfg(test)]
 mod tests {
-    use prometheus::{Histogram, HistogramOpts};
+    use sonde_common::http::red::SIZE_BOUNDS;
 
-    use super::*;
+    use super::{super::hist::HistVec, *};
 
-    fn hist() -> Histogram {
-        Histogram::with_opts(HistogramOpts::new("h", "h")).unwrap()
+    fn hist() -> HistVec {
+        HistVec::new("h", "h", &[], &SIZE_BOUNDS, 1.0).unwrap()
     }
 
-    fn series(d: &Histogram, sizes: Option<(&Histogram, &Histogram)>) -> Series {
+    fn series(d: &HistVec, sizes: Option<(&HistVec, &HistVec)>) -> Series {
         Series {
-            duration: d.local(),
-            sizes: sizes.map(|(a, b)| (a.local(), b.local())),
+            duration: d.local(&[]),
+            sizes: sizes.map(|(a, b)| (a.local(&[]), b.local(&[]))),
             overflow: false,
             stat: StatKey {
                 client: false,
@@ -206,11 +216,11 @@ mod tests {
         let g: Group = (false, 1, 80, 200, "GET");
         let i = c.insert(g, "/a", series(&d, Some((&rq, &rs))));
         assert_eq!(c.find(&g, "/a"), Some(i));
-        c.observe(i, 0.5, (1, 3));
-        c.observe(i, 0.5, (1, 4));
-        assert_eq!(d.get_sample_count(), 0, "not flushed yet");
+        c.observe(i, 500, (1, 3));
+        c.observe(i, 500, (1, 4));
+        assert_eq!(d.sample(&[]).unwrap().0, 0, "not flushed yet");
         c.flush();
-        assert_eq!(d.get_sample_count(), 2);
+        assert_eq!(d.sample(&[]).unwrap().0, 2);
         // The cache starts over while two connections wait for sizes: their
         // series survive until the sizes come.
         c.clear();
@@ -219,15 +229,15 @@ mod tests {
         c.sizes((1, 4), 11, 21);
         c.sizes((1, 5), 1, 1);
         c.flush();
-        assert_eq!(rq.get_sample_count(), 2);
-        assert_eq!(rs.get_sample_sum(), 41.0);
+        assert_eq!(rq.sample(&[]).unwrap().0, 2);
+        assert_eq!(rs.sample(&[]).unwrap().1, 41);
         // A closed connection's sizes are not awaited.
         let j = c.insert(g, "/a", series(&d, Some((&rq, &rs))));
-        c.observe(j, 0.1, (1, 6));
+        c.observe(j, 100, (1, 6));
         c.forget((1, 6));
         c.sizes((1, 6), 1, 1);
         c.flush();
-        assert_eq!(rq.get_sample_count(), 2);
-        assert_eq!(d.get_sample_count(), 3);
+        assert_eq!(rq.sample(&[]).unwrap().0, 2);
+        assert_eq!(d.sample(&[]).unwrap().0, 3);
     }
 }

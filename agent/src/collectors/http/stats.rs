@@ -7,29 +7,26 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use sonde_common::http::red::{
+    DURATION_BOUNDS_NS, LOG_BUCKETS, SIZE_BOUNDS, log_bucket, log_bucket_upper_secs,
+};
 use sonde_wire::http::RouteRow;
 
+use super::hist::HistVec;
 use crate::telemetry::Telemetry;
 
-/// OTel semconv buckets for http.*.request.duration.
-pub const DURATION_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-];
-
-/// Buckets for message sizes: 64 B .. 16 MiB, x4 steps.
-pub const SIZE_BUCKETS: &[f64] = &[
-    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
-];
-
-/// Every metric the collector exports.
+/// Every metric the collector exports. The histograms' buckets are the
+/// kernel's (`sonde_common::http::red`): OTel semconv boundaries for
+/// http.*.request.duration (observed in ns, exported in seconds), 64 B ..
+/// 16 MiB in x4 steps for sizes.
 #[derive(Clone)]
 pub struct HttpMetrics {
-    pub server_duration: HistogramVec,
-    pub client_duration: HistogramVec,
+    pub server_duration: HistVec,
+    pub client_duration: HistVec,
     pub server_active: IntGaugeVec,
-    pub server_req_size: HistogramVec,
-    pub server_resp_size: HistogramVec,
+    pub server_req_size: HistVec,
+    pub server_resp_size: HistVec,
     pub aborted: IntCounterVec,
     pub unparsed: IntCounterVec,
     pub route_overflow: IntCounterVec,
@@ -50,12 +47,13 @@ const CLIENT_LABELS: &[&str] = &[
     "service_name",
 ];
 
-fn hist(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
-    HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
-    )
-    .expect("valid metric")
+/// Durations are observed in ns and exported in seconds.
+fn duration(name: &str, help: &str, labels: &[&str]) -> HistVec {
+    HistVec::new(name, help, labels, &DURATION_BOUNDS_NS, 1e-9).expect("valid metric")
+}
+
+fn size(name: &str, help: &str, labels: &[&str]) -> HistVec {
+    HistVec::new(name, help, labels, &SIZE_BOUNDS, 1.0).expect("valid metric")
 }
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -65,16 +63,14 @@ fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 impl HttpMetrics {
     pub fn new(t: &Telemetry) -> Self {
         Self {
-            server_duration: t.register(hist(
+            server_duration: t.register(duration(
                 "http_server_request_duration_seconds",
                 "Duration of HTTP server requests: first request byte read to status line written.",
-                DURATION_BUCKETS,
                 SERVER_LABELS,
             )),
-            client_duration: t.register(hist(
+            client_duration: t.register(duration(
                 "http_client_request_duration_seconds",
                 "Duration of HTTP client requests: request written to status line read.",
-                DURATION_BUCKETS,
                 CLIENT_LABELS,
             )),
             server_active: t.register(
@@ -87,16 +83,14 @@ impl HttpMetrics {
                 )
                 .expect("valid metric"),
             ),
-            server_req_size: t.register(hist(
+            server_req_size: t.register(size(
                 "http_server_request_body_size_bytes",
                 "Bytes of HTTP server requests on the wire (request line and headers included).",
-                SIZE_BUCKETS,
                 SERVER_LABELS,
             )),
-            server_resp_size: t.register(hist(
+            server_resp_size: t.register(size(
                 "http_server_response_body_size_bytes",
                 "Bytes of HTTP server responses on the wire (status line and headers included).",
-                SIZE_BUCKETS,
                 SERVER_LABELS,
             )),
             aborted: t.register(counter(
@@ -133,13 +127,12 @@ pub struct StatKey {
     pub route: String,
 }
 
-/// Log-scale latency histogram: bucket i covers up to 2^(i/4) µs.
+/// Log-scale latency histogram, in the kernel's buckets
+/// (`sonde_common::http::red::log_bucket`: four per power of two).
 #[derive(Debug, Clone)]
 pub struct LogHist {
     buckets: Vec<u64>,
 }
-
-const LOG_BUCKETS: usize = 128;
 
 impl Default for LogHist {
     fn default() -> Self {
@@ -150,14 +143,15 @@ impl Default for LogHist {
 }
 
 impl LogHist {
-    fn bound_us(i: usize) -> f64 {
-        2f64.powf(i as f64 / 4.0)
+    pub fn observe(&mut self, ns: u64) {
+        self.buckets[log_bucket(ns)] += 1;
     }
 
-    pub fn observe(&mut self, secs: f64) {
-        let us = (secs * 1e6).max(1.0);
-        let i = ((us.log2() * 4.0).ceil() as usize).min(LOG_BUCKETS - 1);
-        self.buckets[i] += 1;
+    /// Adds counts per bucket (the kernel's, read as differences).
+    pub fn add(&mut self, counts: &[u64]) {
+        for (a, b) in self.buckets.iter_mut().zip(counts) {
+            *a += b;
+        }
     }
 
     pub fn merge(&mut self, o: &LogHist) {
@@ -167,7 +161,7 @@ impl LogHist {
     }
 
     /// Upper bound (seconds) of the bucket holding quantile `q`: within
-    /// +19% of the true value.
+    /// +25% of the true value (for durations of 1 µs and more).
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let total: u64 = self.buckets.iter().sum();
         if total == 0 {
@@ -178,7 +172,7 @@ impl LogHist {
         for (i, n) in self.buckets.iter().enumerate() {
             seen += n;
             if seen >= rank {
-                return Some(Self::bound_us(i) / 1e6);
+                return Some(log_bucket_upper_secs(i));
             }
         }
         None
@@ -204,15 +198,27 @@ pub fn now_secs() -> u64 {
 }
 
 impl RouteStats {
-    pub fn observe(&mut self, secs: f64, error: bool, now: u64) {
-        self.count += 1;
-        self.errors += u64::from(error);
-        self.hist.observe(secs);
+    pub fn observe(&mut self, ns: u64, error: bool, now: u64) {
+        self.hist.observe(ns);
+        self.count_at(1, error, now);
+    }
+
+    /// `n` exchanges counted in the kernel, in the latency buckets `log`.
+    pub fn add(&mut self, n: u64, error: bool, log: &[u64], now: u64) {
+        self.hist.add(log);
+        self.count_at(n, error, now);
+    }
+
+    fn count_at(&mut self, n: u64, error: bool, now: u64) {
+        self.count += n;
+        if error {
+            self.errors += n;
+        }
         let slot = &mut self.slots[(now % WINDOW) as usize];
         if slot.0 != now {
             *slot = (now, 0);
         }
-        slot.1 += 1;
+        slot.1 += n;
     }
 
     pub fn recent(&self, now: u64) -> u64 {
@@ -299,10 +305,10 @@ mod tests {
     fn quantiles_are_close() {
         let mut h = LogHist::default();
         for _ in 0..90 {
-            h.observe(0.001);
+            h.observe(1_000_000);
         }
         for _ in 0..10 {
-            h.observe(0.3);
+            h.observe(300_000_000);
         }
         let p50 = h.quantile(0.5).unwrap();
         assert!((0.001..0.0012).contains(&p50), "{p50}");
@@ -314,8 +320,8 @@ mod tests {
     #[test]
     fn window_counts_recent_only() {
         let mut s = RouteStats::default();
-        s.observe(0.1, false, 100);
-        s.observe(0.1, true, 105);
+        s.observe(100_000_000, false, 100);
+        s.observe(100_000_000, true, 105);
         assert_eq!(s.recent(105), 2);
         assert_eq!(s.recent(111), 1);
         assert_eq!(s.recent(200), 0);

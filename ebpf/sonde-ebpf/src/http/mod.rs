@@ -30,6 +30,7 @@
 
 pub mod maps;
 pub mod msg;
+pub mod red;
 pub mod sock;
 pub mod state;
 pub mod sys_btf;

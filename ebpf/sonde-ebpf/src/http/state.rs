@@ -1,15 +1,17 @@
 //! The per-connection state machine (see the `http` module header): fed
 //! one message at a time by the front-ends ([`on_data`]), it tracks each
-//! connection's exchange in `HTTP_CONNS`, keeps the request's prefix and
-//! emits an event to `HTTP_EVENTS` when the response starts, and when a
-//! connection ends with an exchange in flight ([`close_key`]).
+//! connection's exchange in `HTTP_CONNS` and keeps the request's prefix.
+//! When the response starts, an exchange whose path is in the kernel's
+//! dictionary is counted in the aggregation map ([`super::red`]); any other
+//! is emitted as an event to `HTTP_EVENTS`, as is what is in flight when a
+//! connection ends ([`close_key`]).
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_ns, generated},
 };
 use sonde_common::http::{
-    CONN_FROM_SYSCALL, EVENT_CLOSED, HTTP_PREFIX_LEN, HttpConn, HttpConnKey, HttpCounter,
+    CONN_AGG, CONN_FROM_SYSCALL, EVENT_CLOSED, HTTP_PREFIX_LEN, HttpConn, HttpConnKey, HttpCounter,
     HttpEvent, HttpEventKind, HttpRole,
     parse::{Head, is_final_status},
     state,
@@ -23,6 +25,7 @@ use crate::{
             HttpError, mark_known, sniffing,
         },
         msg::{Dir, Head16, Op, data_ptr},
+        red,
     },
 };
 
@@ -51,6 +54,7 @@ pub(crate) fn new_conn(key: &HttpConnKey, role: HttpRole, flags: u8) -> Result<(
         core::ptr::write_volatile(&mut t.prev_req_bytes, 0);
         core::ptr::write_volatile(&mut t.prev_resp_bytes, 0);
         core::ptr::write_volatile(&mut t.sk, 0);
+        core::ptr::write_volatile(&mut t.route_id, 0);
     }
     t.lport = 0;
     t.role = role as u8;
@@ -244,19 +248,34 @@ pub(crate) fn on_data(
                     // retry). Drop the earlier one rather than mismatch.
                     bump(&HTTP_COUNTERS_MAP, HttpCounter::Pipelined as u32);
                 }
+                c.prev_req_bytes = 0;
+                c.prev_resp_bytes = 0;
                 if c.state == state::RESPONSE {
-                    // Sizes of the exchange that just ended ride on the
-                    // next event of this connection.
-                    c.prev_req_bytes = c.req_bytes;
-                    c.prev_resp_bytes = c.resp_bytes;
-                } else {
-                    c.prev_req_bytes = 0;
-                    c.prev_resp_bytes = 0;
+                    // The exchange that just ended has its final sizes:
+                    // into its kernel counts, else onto the next event of
+                    // this connection.
+                    if c.flags & CONN_AGG == 0
+                        || !red::count_sizes(c.route_id, c.status, c.req_bytes, c.resp_bytes)
+                    {
+                        c.prev_req_bytes = c.req_bytes;
+                        c.prev_resp_bytes = c.resp_bytes;
+                    }
                 }
                 start_request(c, buf, n, have_prefix)?;
+                c.route_id = red::route_id(key, c);
+                let mut sent = Ok(());
+                if c.route_id != 0 && c.prev_req_bytes != 0 {
+                    // This exchange will likely send no event to carry the
+                    // previous one's sizes: send them on their own.
+                    let (rq, rs) = (c.prev_req_bytes, c.prev_resp_bytes);
+                    c.prev_req_bytes = 0;
+                    c.prev_resp_bytes = 0;
+                    sent = emit(key, c, HttpEventKind::ResponseEnd, 0, 0, rq, rs);
+                }
                 if c.role == HttpRole::Server as u8 {
                     crate::route_tag::begin(&c.prefix, c.prefix_len, c.start_ns);
                 }
+                sent?;
             }
             Head::Http2 => {
                 c.state = state::NOT_HTTP;
@@ -288,7 +307,15 @@ pub(crate) fn on_data(
                         if c.role == HttpRole::Server as u8 {
                             crate::route_tag::end();
                         }
-                        emit(key, c, HttpEventKind::Complete, now, 0)?;
+                        if c.route_id != 0
+                            && red::count(c.route_id, code, now.saturating_sub(c.start_ns))
+                        {
+                            c.flags |= CONN_AGG;
+                        } else {
+                            c.flags &= !CONN_AGG;
+                            let (rq, rs) = (c.req_bytes, c.resp_bytes);
+                            emit(key, c, HttpEventKind::Complete, now, 0, rq, rs)?;
+                        }
                     }
                 } else {
                     bump(&HTTP_COUNTERS_MAP, HttpCounter::Orphan as u32);
@@ -340,6 +367,8 @@ fn emit(
     kind: HttpEventKind,
     end_ns: u64,
     flags: u8,
+    req_bytes: u64,
+    resp_bytes: u64,
 ) -> Result<(), HttpError> {
     let Some(mut entry) = HTTP_EVENTS.reserve::<HttpEvent>(0) else {
         return Err(HttpError::RingbufFull);
@@ -356,8 +385,8 @@ fn emit(
         (*ev).status = c.status;
         (*ev).start_ns = c.start_ns;
         (*ev).end_ns = end_ns;
-        (*ev).req_bytes = c.req_bytes;
-        (*ev).resp_bytes = c.resp_bytes;
+        (*ev).req_bytes = req_bytes;
+        (*ev).resp_bytes = resp_bytes;
         (*ev).prev_req_bytes = c.prev_req_bytes;
         (*ev).prev_resp_bytes = c.prev_resp_bytes;
         (*ev).prefix_len = c.prefix_len;
@@ -403,17 +432,19 @@ pub(crate) fn close_key(key: &HttpConnKey) -> Result<(), HttpError> {
     };
     // SAFETY: pointer from a successful lookup; read before the delete.
     let c = unsafe { &*c };
+    let (rq, rs) = (c.req_bytes, c.resp_bytes);
     let r = if c.state == state::RESPONSE {
-        emit(&key, c, HttpEventKind::ResponseEnd, 0, EVENT_CLOSED)
+        if c.flags & CONN_AGG != 0 && red::count_sizes(c.route_id, c.status, rq, rs) {
+            // Counted in the kernel: the agent keeps nothing for this
+            // connection (no sizes awaited; its port came from the socket).
+            Ok(())
+        } else {
+            emit(&key, c, HttpEventKind::ResponseEnd, 0, EVENT_CLOSED, rq, rs)
+        }
     } else if c.state == state::REQUEST && c.flags & CONN_FROM_SYSCALL != 0 {
         // SAFETY: helper without arguments.
-        emit(
-            &key,
-            c,
-            HttpEventKind::Aborted,
-            unsafe { bpf_ktime_get_ns() },
-            EVENT_CLOSED,
-        )
+        let now = unsafe { bpf_ktime_get_ns() };
+        emit(&key, c, HttpEventKind::Aborted, now, EVENT_CLOSED, rq, rs)
     } else {
         Ok(())
     };
