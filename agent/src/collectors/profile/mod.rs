@@ -427,12 +427,8 @@ impl Collector for ProfileCollector {
                 }
                 run_symbolize(s, sym_rx);
             })?;
-        let mut recapture = procmaps::Recapture::default();
-        self.base.spawn(
-            new_pids.run(move |pids| {
-                forward_new_pids(pids, &sym_tx, unwind_tx.as_ref(), &mut recapture)
-            }),
-        );
+        self.base
+            .spawn(new_pids.run(move |pids| forward_new_pids(pids, &sym_tx, unwind_tx.as_ref())));
         // Wake the drain thread at shutdown: it exits on `Stop`, and the
         // symbolizing thread follows when its senders are gone.
         tokio::spawn(async move {
@@ -523,22 +519,15 @@ fn forward_new_pids(
     pids: &mut dyn Iterator<Item = u32>,
     tx: &mpsc::Sender<SymCmd>,
     unwind: Option<&mpsc::Sender<unwind::UnwindCmd>>,
-    recapture: &mut procmaps::Recapture,
 ) {
     for pid in pids {
-        let maps = procmaps::ProcMaps::read(pid);
-        // Announced again with nothing changed (a thread of another name).
-        if maps.as_ref().is_some_and(|m| !recapture.changed(m)) {
-            continue;
-        }
         if let Some(u) = unwind {
             let _ = u.send(unwind::UnwindCmd::Seen(pid));
         }
-        let Some(maps) = maps else {
+        let Some(c) = procmaps::Captured::read(pid) else {
             tracing::debug!(collector = NAME, pid, "announced process already gone");
             continue;
         };
-        let c = procmaps::Captured::open(maps);
         tracing::debug!(
             collector = NAME,
             pid,
@@ -582,7 +571,6 @@ fn run_drain(
     let mut next = Instant::now() + interval;
     let mut last_hotplug = Instant::now();
     let mut known: HashMap<u32, [u8; COMM_LEN]> = HashMap::new();
-    let mut recapture = procmaps::Recapture::default();
     loop {
         let wait = next.saturating_duration_since(Instant::now());
         let reply = match cmds.recv_timeout(wait) {
@@ -622,11 +610,8 @@ fn run_drain(
                 known.clear();
             }
             known.insert(k.tgid, k.comm);
-            if let Some(maps) = procmaps::ProcMaps::read(k.tgid)
-                && recapture.changed(&maps)
-                && out
-                    .send(SymCmd::Seen(procmaps::Captured::open(maps)))
-                    .is_err()
+            if let Some(c) = procmaps::Captured::read(k.tgid)
+                && out.send(SymCmd::Seen(c)).is_err()
             {
                 return;
             }

@@ -1,18 +1,12 @@
 //! Executable mappings of a process, captured from `/proc/PID/maps` the first
 //! time the process is seen, so its stacks still resolve after it exits.
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    hash::{DefaultHasher, Hash, Hasher},
-    os::unix::fs::MetadataExt,
-    path::PathBuf,
-};
+use std::{fs::File, os::unix::fs::MetadataExt, path::PathBuf};
 
 use crate::process_table::read_lossy;
 
 /// One executable, file-backed (or anonymous) mapping.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
     pub start: u64,
     pub end: u64,
@@ -91,41 +85,6 @@ fn parse_line(line: &str) -> Option<Mapping> {
         dev: sonde_python::detect::parse_dev(dev)?,
         path: path.trim_end_matches(" (deleted)").to_owned(),
     })
-}
-
-/// The maps last captured per process, so that an announcement that
-/// changes nothing costs one read of /proc/PID/maps and no more: the kernel
-/// and the drain take a new comm for an exec, and a process whose threads
-/// have names of their own (rustc's codegen threads, the agent's) flips
-/// between them from sample to sample. Each flip used to open every mapped
-/// file again and have the symbolizer (and the Python detection) take the
-/// process in anew: the biggest part of the agent's CPU on a machine
-/// running builds. An exec maps another image (or the same one elsewhere:
-/// address randomization), so it still counts as a change.
-#[derive(Default)]
-pub struct Recapture {
-    last: HashMap<u32, u64>,
-}
-
-/// Processes [`Recapture`] remembers (then it forgets them all).
-const MAX_RECAPTURE: usize = 65_536;
-
-impl Recapture {
-    /// Whether `maps` differ from what was captured last for their process
-    /// (and remembers them).
-    pub fn changed(&mut self, maps: &ProcMaps) -> bool {
-        let mut h = DefaultHasher::new();
-        maps.maps.hash(&mut h);
-        let sig = h.finish();
-        if self.last.get(&maps.pid) == Some(&sig) {
-            return false;
-        }
-        if self.last.len() >= MAX_RECAPTURE {
-            self.last.clear();
-        }
-        self.last.insert(maps.pid, sig);
-        true
-    }
 }
 
 /// A file's identity: a replaced file (new inode or mtime) is a new file.
@@ -240,19 +199,6 @@ mod tests {
             m.host_path("/usr/bin/work"),
             PathBuf::from("/proc/42/root/usr/bin/work")
         );
-    }
-
-    #[test]
-    fn recapture_only_when_the_maps_change() {
-        let mut r = Recapture::default();
-        let a = ProcMaps::parse(42, MAPS);
-        assert!(r.changed(&a), "first capture");
-        assert!(!r.changed(&a.clone()), "announced again, same maps");
-        assert!(r.changed(&ProcMaps::parse(43, MAPS)), "another process");
-        // An exec: the same binary mapped elsewhere.
-        let moved = MAPS.replace("55d0c0a01000-55d0c0a02000", "56d0c0a01000-56d0c0a02000");
-        assert!(r.changed(&ProcMaps::parse(42, &moved)));
-        assert!(r.changed(&a), "and back");
     }
 
     #[test]
