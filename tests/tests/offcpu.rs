@@ -1,6 +1,14 @@
 //! Off-CPU profiles end to end: the profile object's sched_switch program
 //! on a real workload that blocks in a known function, served through
 //! `sonde profile --off-cpu`.
+//!
+//! One test at a time: each agent profiles (and builds unwind tables for)
+//! every process of the host, the other tests' agents included. With three
+//! at once, a workload's stacks stayed frame-pointer only for 60 s in two
+//! whole-suite runs of 2026-12-07; the cause is not proven (the suspect is
+//! the unwind-table budget taken by the other agents' large binaries, and
+//! a file refused for room being retried only when its process is
+//! announced again).
 
 use std::{
     io::Read as _,
@@ -9,7 +17,7 @@ use std::{
 };
 
 use sonde_tests::{
-    Agent,
+    Agent, exclusive,
     workload::{Workload, build_c},
 };
 
@@ -72,6 +80,7 @@ fn wait_for_unwound_stacks(agent: &Agent, pid: &str) {
 
 #[test]
 fn blocked_time_goes_to_the_blocking_stack_and_adds_up_to_wall_minus_cpu() {
+    let _x = exclusive();
     let agent = Agent::start(CONFIG);
     let bin = build_c("offcpu_wait", &["-O1", "-g", "-fno-omit-frame-pointer"]);
     // 2 ms of CPU, then 8 ms in nanosleep: ~80 % of wall time off CPU.
@@ -138,6 +147,7 @@ fn blocked_time_goes_to_the_blocking_stack_and_adds_up_to_wall_minus_cpu() {
 
 #[test]
 fn off_cpu_answers_in_every_format_and_refuses_lines() {
+    let _x = exclusive();
     let agent = Agent::start(CONFIG);
     let bin = build_c("offcpu_wait", &["-O1", "-g", "-fno-omit-frame-pointer"]);
     let wl = Workload::spawn(Command::new(&bin).args(["sleep", "60"]));
@@ -240,6 +250,7 @@ fn wait_links(agent: &Agent, n: usize, what: &str) {
 /// request runs, and a client that goes away (Ctrl-C) detaches it at once.
 #[test]
 fn on_demand_the_hook_is_attached_only_while_a_request_runs() {
+    let _x = exclusive();
     let agent = Agent::start("[collectors.profile]\noff_cpu_max_rate = 100000\n");
     let status: serde_json::Value = agent.api("/api/v1/status");
     assert!(

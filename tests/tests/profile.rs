@@ -245,6 +245,9 @@ fn sample_count_matches_cpu_time_at_19_hz() {
             file.to_str().expect("utf-8 path"),
         ],
     );
+    // The window ends at the agent's last flip, which can fall after the
+    // last 5 ms reading taken before the CLI returned: read past it.
+    std::thread::sleep(Duration::from_millis(50));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let readings = readings.join().expect("CPU readings");
     let prof = pprof::decode(&std::fs::read(&file).expect("pprof file"));
