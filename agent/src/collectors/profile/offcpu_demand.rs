@@ -85,13 +85,12 @@ impl Demand {
             let mut users = lock(&self.shared.users);
             let drain = lock(&self.shared.drain);
             let tx = drain.as_ref().ok_or(DemandError::NotRunning)?;
-            *users += 1;
-            if *users == 1 {
-                tx.send(Cmd::OffCpuOn(reply)).is_ok()
-            } else {
-                drop(reply);
-                false
+            if *users == 0 && tx.send(Cmd::OffCpuOn(reply)).is_err() {
+                // The drain thread is gone (the collector is stopping).
+                return Err(DemandError::NotRunning);
             }
+            *users += 1;
+            *users == 1
         };
         // From here the lease undoes the count if anything fails.
         let lease = OffCpuLease {
