@@ -220,6 +220,11 @@ impl Agent {
             .stdout(log_file.try_clone().expect("dup"))
             .stderr(log_file)
             .env_remove("RUST_LOG");
+        // A developer chasing a failure asks for the agent's debug log
+        // with SONDE_TEST_AGENT_LOG (e.g. `sonde=debug`).
+        if let Ok(filter) = std::env::var("SONDE_TEST_AGENT_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
         // Set after the removal so a test can ask for RUST_LOG explicitly.
         for (k, v) in env {
             cmd.env(k, v);

@@ -3,12 +3,7 @@
 //! `sonde profile --off-cpu`.
 //!
 //! One test at a time: each agent profiles (and builds unwind tables for)
-//! every process of the host, the other tests' agents included. With three
-//! at once, a workload's stacks stayed frame-pointer only for 60 s in two
-//! whole-suite runs of 2026-12-07; the cause is not proven (the suspect is
-//! the unwind-table budget taken by the other agents' large binaries, and
-//! a file refused for room being retried only when its process is
-//! announced again).
+//! every process of the host, the other tests' agents included.
 
 use std::{
     io::Read as _,

@@ -298,3 +298,51 @@ fn small_budget_is_enforced_and_profiling_continues() {
         agent.log()
     );
 }
+
+/// A process announced before its exec, whose comm the exec does not
+/// change, is not announced again; the agent has to notice its new maps on
+/// its own while it is busy. In whole-suite runs an off-CPU workload was
+/// announced mid-exec (comm already new, libraries not mapped yet) and kept
+/// frame-pointer stacks for 60 s. Here a launcher with no unwind table at
+/// all, named so its comm is the target's, spins long enough to be
+/// announced and found tableless, then execs the frame-pointer-less chain.
+#[test]
+fn a_process_announced_before_its_exec_gets_tables_after_it() {
+    let _x = exclusive();
+    let agent = Agent::start(CONFIG);
+    let target = c_chain();
+    let launcher_src = build_c(
+        "exec_later",
+        &[
+            "-O1",
+            "-static",
+            "-nostdlib",
+            "-fno-asynchronous-unwind-tables",
+            "-fno-unwind-tables",
+            "-fno-stack-protector",
+            "-fcf-protection=none",
+        ],
+    );
+    // The comm is the first 15 bytes of the executed file's name.
+    let dir = sonde_tests::workspace_root().join("target/workloads/launchers");
+    std::fs::create_dir_all(&dir).expect("mkdir launchers");
+    let name = target.file_name().expect("name").to_string_lossy();
+    let launcher = dir.join(format!("{}-launcher", &name[..15]));
+    let tmp = dir.join(format!("launcher.tmp{}", std::process::id()));
+    std::fs::copy(&launcher_src, &tmp).expect("copy the launcher");
+    std::fs::rename(&tmp, &launcher).expect("rename the launcher into place");
+    let wl = Workload::spawn(
+        Command::new(&launcher)
+            .arg("2000")
+            .arg(&target)
+            .args(["spin", "60"]),
+    );
+    // Announced and found without tables while it is the launcher.
+    let pid = wl.pid();
+    wait_for(Duration::from_secs(10), "the launcher's exec", || {
+        std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .filter(|p| p.file_name() == target.file_name())
+    });
+    assert_full_chain(&agent, pid);
+}

@@ -621,6 +621,11 @@ fn run_drain(
             for (k, n) in &batch.rows {
                 *per_pid.entry(k.tgid).or_default() += n;
             }
+            // A process that only blocks is busy too: its off-CPU stacks
+            // need its tables as much (one per stack; the values are ns).
+            for (k, _) in batch.offcpu.iter().chain(&batch.offcpu_late.rows) {
+                *per_pid.entry(k.tgid).or_default() += 1;
+            }
             let _ = h.send(unwind::UnwindCmd::Hot(per_pid.into_iter().collect()));
         }
         if out.send(SymCmd::Batch(Box::new(batch), reply)).is_err() {

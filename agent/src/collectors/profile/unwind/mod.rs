@@ -212,6 +212,18 @@ struct Proc {
     keys: Vec<Option<FileKey>>,
     /// `(start, end, inode)` of its executable mappings, to notice changes.
     sig: Vec<(u64, u64, u64)>,
+    /// A file of it found no room: looked at again while it stays busy.
+    short: bool,
+    added: Instant,
+}
+
+/// A process none of whose mappings has a table.
+struct Tableless {
+    sig: Vec<(u64, u64, u64)>,
+    /// A file of it found no room (not a file without CFI).
+    short: bool,
+    /// When its maps were last read.
+    checked: Instant,
 }
 
 pub struct Unwinder {
@@ -227,7 +239,7 @@ pub struct Unwinder {
     free_ids: Vec<u32>,
     pids: HashMap<u32, Proc>,
     /// Processes without any table, with the mappings they had then.
-    tableless: HashMap<u32, Vec<(u64, u64, u64)>>,
+    tableless: HashMap<u32, Tableless>,
     tick: u64,
     metrics: UnwindMetrics,
 }
@@ -280,8 +292,7 @@ impl Unwinder {
                         self.tick += 1;
                         for (pid, n) in counts {
                             self.touch(pid);
-                            if self.pids.get(&pid).is_some_and(|p| p.sig.is_empty()) {
-                                // Busy and lost a table to eviction: reload.
+                            if self.worth_another_look(pid) {
                                 pending.insert(pid, n);
                                 continue;
                             }
@@ -310,13 +321,31 @@ impl Unwinder {
         }
     }
 
+    /// Whether a busy process should have its maps read again:
+    /// - it lost a table to eviction;
+    /// - a file of it found no room, long enough ago for tables to have
+    ///   become evictable;
+    /// - it had no table at all when last read. An announcement can come
+    ///   in the middle of an exec, when the comm is already the new one
+    ///   but the loader has not mapped the libraries yet; nothing would
+    ///   announce that process again (a whole-suite run lost a workload's
+    ///   DWARF stacks for 60 s that way).
+    fn worth_another_look(&self, pid: u32) -> bool {
+        if let Some(p) = self.pids.get(&pid) {
+            return p.sig.is_empty() || (p.short && p.added.elapsed() >= MIN_RESIDENCY);
+        }
+        self.tableless
+            .get(&pid)
+            .is_some_and(|t| t.checked.elapsed() >= SWEEP)
+    }
+
     /// Loads tables for `pid`'s executable files and tells the kernel its
     /// mappings (replacing what it had: the pid may have exec'd).
     pub fn add(&mut self, pid: u32) {
         let Some(maps) = super::procmaps::ProcMaps::read(pid) else {
             // Gone, or a kernel thread (no maps): nothing to unwind.
             self.remove(pid);
-            self.tableless.insert(pid, Vec::new());
+            self.set_tableless(pid, Vec::new(), false);
             return;
         };
         let sig: Vec<(u64, u64, u64)> = maps
@@ -324,9 +353,18 @@ impl Unwinder {
             .iter()
             .map(|m| (m.start, m.end, m.inode))
             .collect();
-        if self.pids.get(&pid).is_some_and(|p| p.sig == sig)
-            || self.tableless.get(&pid).is_some_and(|s| *s == sig)
-        {
+        if let Some(t) = self.tableless.get_mut(&pid) {
+            t.checked = Instant::now();
+        }
+        let unchanged = self
+            .pids
+            .get(&pid)
+            .is_some_and(|p| p.sig == sig && !p.short)
+            || self
+                .tableless
+                .get(&pid)
+                .is_some_and(|t| t.sig == sig && !t.short);
+        if unchanged {
             return; // announced again (a thread with another comm): no change
         }
         let c = Captured::open(maps);
@@ -338,6 +376,7 @@ impl Unwinder {
         });
         let mut keys = Vec::new();
         let mut any = false;
+        let mut short = false;
         for (m, f) in c.maps.maps.iter().zip(&c.files) {
             let i = entry.len as usize;
             if i >= UNWIND_MAX_MAPPINGS {
@@ -361,6 +400,8 @@ impl Unwinder {
                 slot.bias = bias;
                 key = Some(*k);
                 any = true;
+            } else if let Some((_, k)) = f {
+                short |= self.no_room.contains_key(k);
             }
             entry.maps[i] = slot;
             entry.len += 1;
@@ -368,10 +409,14 @@ impl Unwinder {
         }
         self.remove(pid);
         if !any {
-            if self.tableless.len() >= MAX_FAILED {
-                self.tableless.clear();
-            }
-            self.tableless.insert(pid, sig);
+            tracing::debug!(
+                collector = NAME,
+                pid,
+                maps = sig.len(),
+                short,
+                "no unwind table"
+            );
+            self.set_tableless(pid, sig, short);
             return;
         }
         self.tableless.remove(&pid);
@@ -386,7 +431,16 @@ impl Unwinder {
             maps = entry.len,
             "unwind tables loaded"
         );
-        self.pids.insert(pid, Proc { entry, keys, sig });
+        self.pids.insert(
+            pid,
+            Proc {
+                entry,
+                keys,
+                sig,
+                short,
+                added: Instant::now(),
+            },
+        );
         self.gauges();
     }
 
@@ -573,6 +627,21 @@ impl Unwinder {
     }
 
     /// Forgets `pid` in the kernel and here.
+    fn set_tableless(&mut self, pid: u32, sig: Vec<(u64, u64, u64)>, short: bool) {
+        if self.tableless.len() >= MAX_FAILED {
+            self.tableless.clear();
+        }
+        let checked = Instant::now();
+        self.tableless.insert(
+            pid,
+            Tableless {
+                sig,
+                short,
+                checked,
+            },
+        );
+    }
+
     fn remove(&mut self, pid: u32) {
         if let Some(p) = self.pids.remove(&pid) {
             let _ = self.procs.remove(&pid);
