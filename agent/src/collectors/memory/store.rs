@@ -1,9 +1,13 @@
 //! Tier-1 memory growth by stack, cumulative since the agent started (or
 //! since the process did, if later): what `sonde memory` and
 //! `GET /api/v1/memory` read. Bounded: rows of exited processes go first.
+//! Each distinct stack is stored once, whichever processes' rows hold it:
+//! short-lived processes of one binary repeat the same few stacks (the
+//! loader's mmaps, the first faults), and a copy per row made the store
+//! the agent's largest heap user under process churn.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex, mpsc},
     time::{Duration, SystemTime},
 };
@@ -30,6 +34,8 @@ type Key = (u32, Group, Arc<[Frame]>);
 
 struct Inner {
     rows: HashMap<Key, Row>,
+    /// Every stack a row holds, once; dropped with its last row.
+    stacks: HashSet<Arc<[Frame]>>,
     procs: HashMap<u32, ProcInfo>,
     started: SystemTime,
     dropped: u64,
@@ -65,6 +71,7 @@ impl MemoryStore {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 rows: HashMap::new(),
+                stacks: HashSet::new(),
                 procs: HashMap::new(),
                 started: SystemTime::now(),
                 dropped: 0,
@@ -106,11 +113,21 @@ impl MemoryStore {
                     alive: true,
                 },
             );
-            let key = (u.pid, u.group, u.stack);
-            if !g.rows.contains_key(&key) && g.rows.len() >= self.max_rows {
+            let stack = match g.stacks.get(&u.stack) {
+                Some(s) => s.clone(),
+                None => u.stack,
+            };
+            let key = (u.pid, u.group, stack);
+            if let Some(r) = g.rows.get_mut(&key) {
+                r.bytes += u.bytes;
+                r.events += u.events;
+                continue;
+            }
+            if g.rows.len() >= self.max_rows {
                 dropped += 1;
                 continue;
             }
+            g.stacks.insert(key.2.clone());
             let r = g.rows.entry(key).or_default();
             r.bytes += u.bytes;
             r.events += u.events;
@@ -136,7 +153,14 @@ impl MemoryStore {
             for pid in gone {
                 g.procs.remove(&pid);
             }
+            g.stacks.retain(|s| Arc::strong_count(s) > 1);
         }
+    }
+
+    /// Distinct stacks held (each stored once).
+    #[cfg(test)]
+    fn stacks(&self) -> usize {
+        self.lock().stacks.len()
     }
 
     pub fn has_pid(&self, pid: u32) -> bool {
@@ -215,5 +239,49 @@ mod tests {
         s.prune(|pid| pid != 1);
         assert!(!s.has_pid(1));
         assert!(s.has_pid(2));
+    }
+
+    #[test]
+    fn equal_stacks_of_many_processes_are_stored_once() {
+        let frame = |f: &str| Frame {
+            function: f.into(),
+            file: None,
+            line: 0,
+            kind: crate::collectors::profile::store::FrameKind::User,
+            module: Arc::new(crate::collectors::profile::store::Module {
+                path: "/usr/bin/true".into(),
+                build_id: None,
+            }),
+            addr: 0x10,
+            inlined: false,
+        };
+        let with = |pid: u32, f: &str| Update {
+            stack: Arc::from([frame(f), frame("main")]),
+            ..up(pid, Group::Mapped, 4096)
+        };
+        let s = MemoryStore::new(24);
+        // A fresh copy of the same stack from each short-lived process.
+        s.add((1..=20).map(|pid| with(pid, "mmap")).collect());
+        s.add(vec![with(1, "brk")]);
+        assert_eq!(s.stacks(), 2, "one copy per distinct stack");
+        let (p, _) = s.profile(Group::Mapped, &Filter::default());
+        assert_eq!(p.samples.len(), 21);
+        let mmap: Vec<&Sample> = p
+            .samples
+            .iter()
+            .filter(|x| &*x.stack[0].function == "mmap")
+            .collect();
+        assert_eq!(mmap.len(), 20);
+        assert!(mmap.iter().all(|x| Arc::ptr_eq(&x.stack, &mmap[0].stack)));
+        drop(mmap);
+        drop(p);
+        // Past three quarters full, exited processes go; a stack stays
+        // while a row of a live process holds it.
+        let again = MemoryStore::new(24);
+        again.add((1..=20).map(|pid| with(pid, "mmap")).collect());
+        again.prune(|pid| pid == 1);
+        assert_eq!(again.stacks(), 1);
+        s.prune(|_| false);
+        assert_eq!(s.stacks(), 0, "stacks go with their last row");
     }
 }
