@@ -20,6 +20,7 @@
 
 pub mod by_route;
 pub mod drain;
+pub mod ksyms;
 pub mod lines;
 pub mod offcpu;
 pub mod offcpu_demand;

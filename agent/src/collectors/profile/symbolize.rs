@@ -26,11 +26,12 @@ use std::{
 
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
-    source::{Elf, Kernel, Source},
+    source::{Elf, Source},
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 
 use super::{
+    ksyms::KernelSymbols,
     procmaps::{Captured, FileKey, PerfMap, ProcMaps},
     store::{Frame, FrameKind, Module},
 };
@@ -151,9 +152,9 @@ pub struct Limits {
 }
 
 pub struct Resolver {
-    /// Parses the kernel's symbols; dropped after [`KEEP_PARSED_DRAINS`]
-    /// drains without a kernel miss.
-    ksym: Option<Symbolizer>,
+    /// The kernel's symbols; dropped after the keep period without a
+    /// kernel miss.
+    ksym: Option<KernelSymbols>,
     /// Drain (`tick`) of the last kernel miss.
     ksym_used: u64,
     procs: HashMap<u32, ProcEntry>,
@@ -552,20 +553,28 @@ impl Resolver {
             .filter(|ip| !self.kernel_cache.contains_key(ip))
             .collect();
         if !missing.is_empty() {
-            let src = Source::Kernel(Kernel::default());
             self.ksym_used = self.tick;
-            let results = self
-                .ksym
-                .get_or_insert_with(Symbolizer::new)
-                .symbolize(&src, Input::AbsAddr(&missing))
-                .unwrap_or_default();
-            for (i, &ip) in missing.iter().enumerate() {
-                let frames: Arc<[Frame]> = match results.get(i) {
-                    Some(Symbolized::Sym(sym)) => {
+            let ksym = self.ksym.get_or_insert_with(|| {
+                KernelSymbols::read().unwrap_or_else(|e| {
+                    tracing::debug!("cannot read /proc/kallsyms: {e}");
+                    KernelSymbols::default()
+                })
+            });
+            for &ip in &missing {
+                let frames: Arc<[Frame]> = match ksym.find(ip) {
+                    Some(name) => {
                         self.metrics.result("resolved").inc();
-                        frames_of(sym, &self.kernel_module, ip, FrameKind::Kernel).into()
+                        Arc::from([Frame {
+                            function: name.into(),
+                            file: None,
+                            line: 0,
+                            kind: FrameKind::Kernel,
+                            module: self.kernel_module.clone(),
+                            addr: ip,
+                            inlined: false,
+                        }])
                     }
-                    _ => {
+                    None => {
                         self.metrics.result("unknown").inc();
                         unknown(self.kernel_module.clone(), ip)
                     }
