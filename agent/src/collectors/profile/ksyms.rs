@@ -57,7 +57,8 @@ impl KernelSymbols {
         s
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.addrs.len()
     }
 
