@@ -50,6 +50,13 @@ const MAX_FAILED: usize = 4096;
 /// machine that rebuilt ~20 tables a second, half of the agent's CPU; now
 /// each table is built at most once per this period.
 const MIN_RESIDENCY: Duration = Duration::from_secs(10);
+/// How often a busy process without any table has its maps read again.
+/// Short: the usual cause is an announcement in the middle of an exec,
+/// which the loader's mappings follow within milliseconds, and every
+/// second before the next look is a second of frame-pointer stacks. A
+/// look is one read of /proc/PID/maps (tens of µs; kernel threads fail at
+/// once).
+const TABLELESS_RELOOK: Duration = Duration::from_secs(1);
 
 /// Work for the unwinder thread.
 pub enum UnwindCmd {
@@ -336,7 +343,7 @@ impl Unwinder {
         }
         self.tableless
             .get(&pid)
-            .is_some_and(|t| t.checked.elapsed() >= SWEEP)
+            .is_some_and(|t| t.checked.elapsed() >= TABLELESS_RELOOK)
     }
 
     /// Loads tables for `pid`'s executable files and tells the kernel its
