@@ -633,7 +633,7 @@ impl Unwinder {
         }
     }
 
-    /// Forgets `pid` in the kernel and here.
+    /// Remembers `pid` as having no table, with the mappings it had.
     fn set_tableless(&mut self, pid: u32, sig: Vec<(u64, u64, u64)>, short: bool) {
         if self.tableless.len() >= MAX_FAILED {
             self.tableless.clear();
@@ -649,6 +649,7 @@ impl Unwinder {
         );
     }
 
+    /// Forgets `pid` in the kernel and here.
     fn remove(&mut self, pid: u32) {
         if let Some(p) = self.pids.remove(&pid) {
             let _ = self.procs.remove(&pid);
