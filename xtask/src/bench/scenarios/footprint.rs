@@ -18,10 +18,14 @@ use crate::bench::{
 pub fn footprint(ctx: &Ctx) -> ScenarioResult {
     let name = "footprint";
     let what = "The agent's RSS with every default collector on: peak during start-up (VmHWM \
-                after readiness) and steady state (median VmRSS over the run) while a mixed \
-                workload runs (a syscall loop, short-lived processes, a busy CPU); and the CPU \
-                the agent used to become ready (schedstat ns of its threads).";
-    let secs = if ctx.quick { 8 } else { 60 };
+                after readiness), steady state (median VmRSS after the first 90 s, once the \
+                60 s windows and caches have filled; sampled every ~0.5 s) and the last VmRSS \
+                of the run, while a mixed workload runs (a syscall loop, short-lived \
+                processes, a busy CPU); and the CPU the agent used to become ready \
+                (schedstat ns of its threads).";
+    let secs = if ctx.quick { 8 } else { 180 };
+    // Samples before this are start-up, not steady state.
+    let settle = Duration::from_secs(if ctx.quick { 4 } else { 90 });
     let run = || -> Result<ScenarioResult> {
         let loop_bin = build_c("tests/workloads/getppid_loop.c", ctx.work.path())?;
         let metrics = alternate(
@@ -33,6 +37,7 @@ pub fn footprint(ctx: &Ctx) -> ScenarioResult {
             &[
                 ("startup peak RSS", "MiB"),
                 ("steady RSS", "MiB"),
+                ("RSS at the end", "MiB"),
                 ("startup CPU", "ms"),
             ],
             vec![(
@@ -51,13 +56,17 @@ pub fn footprint(ctx: &Ctx) -> ScenarioResult {
                         for _ in 0..20 {
                             Command::new("true").status()?;
                         }
-                        rss.push(status_mib(a.pid(), "VmRSS:")?);
+                        let now = status_mib(a.pid(), "VmRSS:")?;
+                        if t0.elapsed() >= settle {
+                            rss.push(now);
+                        }
                         std::thread::sleep(Duration::from_millis(500));
                     }
                     a.stop()?;
                     Ok(vec![
                         ("startup peak RSS", peak),
                         ("steady RSS", summarize(&rss).median),
+                        ("RSS at the end", rss.last().copied().unwrap_or(0.0)),
                         ("startup CPU", startup_ms),
                     ])
                 }),
@@ -88,10 +97,19 @@ pub fn footprint(ctx: &Ctx) -> ScenarioResult {
             "×",
             Some(("≤ 1.5×", |x| x <= 1.5)),
         );
+        let end = r.spread("RSS at the end", "all collectors");
+        r.derive_range(
+            "RSS at the end",
+            end,
+            "MiB",
+            Some(("≤ 64 MiB", |m| m <= 64.0)),
+        );
         let cpu = r.spread("startup CPU", "all collectors");
         r.derive_range("startup CPU", cpu, "ms", None);
         r.commands = vec![format!(
-            "sonde agent (default config) for {secs} s under a mixed workload"
+            "sonde agent (default config) for {secs} s under a mixed workload; steady RSS: \
+             the median of VmRSS samples after {} s",
+            settle.as_secs()
         )];
         Ok(r)
     };
