@@ -1,7 +1,7 @@
 //! Building and running test workloads (C sources under tests/workloads/).
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command},
 };
 
@@ -43,6 +43,29 @@ pub fn build_c(name: &str, flags: &[&str]) -> PathBuf {
     assert!(status.success(), "compiling {} failed", src.display());
     std::fs::rename(&tmp, &out).expect("rename the built workload into place");
     out
+}
+
+/// Copies the executable `src` to `dst`, to run it under another name.
+///
+/// The copy is written by a `cp` child, never through a file descriptor of
+/// this process: tests of one binary run in parallel, and a test that
+/// forked a child while this one held `dst` open for writing left that
+/// descriptor open in the child until its exec; spawning `dst` in that
+/// window failed with ETXTBSY ("Text file busy", `top` in a whole-suite run
+/// of 2026-12-07). Once `cp` has exited, nothing can hold it for writing.
+pub fn copy_exe(src: &Path, dst: &Path) {
+    let status = Command::new("cp")
+        .arg("--")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .expect("run cp");
+    assert!(
+        status.success(),
+        "cp {} {} failed",
+        src.display(),
+        dst.display()
+    );
 }
 
 /// Spawns a workload; the returned guard kills it when dropped.

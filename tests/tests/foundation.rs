@@ -4,7 +4,7 @@ use std::{os::unix::net::UnixListener, process::Command, time::Duration};
 
 use sonde_tests::{
     Agent, metric_value, require_root, sonde_bin, wait_child_or_kill, wait_for, wait_until,
-    workload::{Workload, build_c},
+    workload::{Workload, build_c, copy_exe},
 };
 use sonde_wire::{
     HealthStatus,
@@ -69,7 +69,7 @@ fn agent_tracks_processes_serves_metrics_and_detaches_on_sigterm() {
         metric_value(&agent.metrics(), "sonde_process_execs_total").expect("execs metric");
     let bin = build_c("sleeper", &["-O1"]);
     let named = agent.dir.path().join("sonde_wl_named");
-    std::fs::copy(&bin, &named).expect("copy workload");
+    copy_exe(&bin, &named);
     let wl = Workload::spawn(&mut Command::new(&named));
     let pid = wl.pid();
 

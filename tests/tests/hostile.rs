@@ -23,7 +23,7 @@ use sonde_tests::{
     Agent, free_port,
     peers::{Peer, ensure_installed, get_json},
     wait_for, wait_until,
-    workload::Workload,
+    workload::{Workload, copy_exe},
     workspace_root,
 };
 use sonde_wire::{HealthStatus, status::Status};
@@ -279,11 +279,10 @@ fn hostile_input_is_counted_escaped_and_never_exported() {
 
     // The server: python under the hostile name.
     let exe = work.path().join(OsStr::from_bytes(EXE_NAME));
-    std::fs::copy(
-        std::fs::canonicalize("/usr/bin/python3").expect("python3"),
+    copy_exe(
+        &std::fs::canonicalize("/usr/bin/python3").expect("python3"),
         &exe,
-    )
-    .expect("copy python3");
+    );
     let (port, talk_first) = (free_port(), free_port());
     let comm_hex: String = COMM.iter().map(|b| format!("{b:02x}")).collect();
     let mut srv = Workload::spawn(

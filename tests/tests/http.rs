@@ -12,7 +12,9 @@ use std::{
 };
 
 use sonde_tests::{
-    Agent, exclusive, free_port, wait_for, wait_until, workload::Workload, workspace_root,
+    Agent, exclusive, free_port, wait_for, wait_until,
+    workload::{Workload, copy_exe},
+    workspace_root,
 };
 use sonde_wire::http::RouteRow;
 
@@ -591,11 +593,10 @@ fn garbage_on_sockets_is_ignored() {
     // exclusive) abort requests of their own.
     let service = "sonde_py_garbage";
     let python = agent.dir.path().join(service);
-    std::fs::copy(
-        std::fs::canonicalize("/usr/bin/python3").expect("python3"),
+    copy_exe(
+        &std::fs::canonicalize("/usr/bin/python3").expect("python3"),
         &python,
-    )
-    .expect("copy python3");
+    );
     let (_srv, port) = python_server_as(dir.path(), &python);
     let p = port.to_string();
     // The kernel's not_http counter has no label to scope it by: count

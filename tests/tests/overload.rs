@@ -13,7 +13,7 @@ use std::{
 
 use sonde_tests::{
     Agent, exclusive, free_port, metric_value, wait_for,
-    workload::{Workload, build_c},
+    workload::{Workload, build_c, copy_exe},
 };
 use sonde_wire::{HealthStatus, status::HealthReport};
 
@@ -83,7 +83,7 @@ fn logged(dir: &Path, path: &str) -> u64 {
 /// The forker workload under a unique name (its `service_name`).
 fn forker(agent: &Agent, name: &str) -> PathBuf {
     let p = agent.dir.path().join(name);
-    std::fs::copy(build_c("forker", &["-O2", "-static"]), &p).expect("copy forker");
+    copy_exe(&build_c("forker", &["-O2", "-static"]), &p);
     p
 }
 

@@ -11,7 +11,8 @@ use std::{
 
 use sonde_common::syscalls::{hist_bucket, hist_lower_ns, hist_upper_ns};
 use sonde_tests::{
-    Agent, exclusive, metric_value, wait_child_or_kill, wait_for, wait_until, workload::build_c,
+    Agent, exclusive, metric_value, wait_child_or_kill, wait_for, wait_until,
+    workload::{build_c, copy_exe},
 };
 use sonde_wire::syscalls::{Report, Row};
 
@@ -21,7 +22,7 @@ const CONFIG: &str = "[collectors.syscalls]\nenabled = true\ninterval = \"1s\"\n
 /// Copies a workload binary under a unique name: its `service_name`.
 fn named_copy(agent: &Agent, bin: &Path, name: &str) -> PathBuf {
     let p = agent.dir.path().join(name);
-    std::fs::copy(bin, &p).expect("copy workload");
+    copy_exe(bin, &p);
     p
 }
 

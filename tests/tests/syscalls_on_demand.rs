@@ -14,7 +14,8 @@ use std::{
 };
 
 use sonde_tests::{
-    Agent, exclusive, metric_value, sonde_bin, unix_get, wait_for, workload::build_c,
+    Agent, exclusive, metric_value, sonde_bin, unix_get, wait_for,
+    workload::{build_c, copy_exe},
 };
 use sonde_wire::{HealthStatus, status::Status, syscalls::Report, top::SyscallsFrame};
 
@@ -150,7 +151,7 @@ fn syscalls_duration_counts_a_known_workload_exactly() {
     let _x = exclusive();
     let agent = Agent::start(CONFIG);
     let bin: PathBuf = agent.dir.path().join("sonde_od_mix");
-    std::fs::copy(build_c("syscall_mix", &["-O2"]), &bin).expect("copy workload");
+    copy_exe(&build_c("syscall_mix", &["-O2"]), &bin);
     let mut mix = Command::new(&bin)
         .args(["20000", "5000", "300", "3", "1"])
         .env_remove("LD_LIBRARY_PATH")
@@ -321,7 +322,7 @@ fn a_killed_client_leaves_the_hooks_attached_only_until_its_lease_expires() {
     let _x = exclusive();
     let agent = Agent::start(CONFIG);
     let loop_bin = agent.dir.path().join("sonde_od_loop");
-    std::fs::copy(build_c("getppid_loop", &["-O2"]), &loop_bin).expect("copy workload");
+    copy_exe(&build_c("getppid_loop", &["-O2"]), &loop_bin);
     let mut work = Command::new(&loop_bin)
         .arg("2000000000")
         .stdout(Stdio::null())

@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sonde_tests::{Agent, exclusive, text, wait_child_or_kill, wait_until, workload::build_c};
+use sonde_tests::{
+    Agent, exclusive, text, wait_child_or_kill, wait_until,
+    workload::{build_c, copy_exe},
+};
 use sonde_wire::{syscalls::Report, top::SyscallsFrame};
 
 const CONFIG: &str = "[collectors.syscalls]\nenabled = true\ninterval = \"1s\"\n\
@@ -19,7 +22,7 @@ fn top_once_json_shows_a_getppid_loop_at_its_rate() {
     let _x = exclusive();
     let agent = Agent::start(CONFIG);
     let bin = agent.dir.path().join("sonde_top_loop");
-    std::fs::copy(build_c("getppid_loop", &["-O2"]), &bin).expect("copy workload");
+    copy_exe(&build_c("getppid_loop", &["-O2"]), &bin);
     // About 6-20 s of getppid calls: longer than the warm-up, the 1 s
     // sample and the table's sample below on a loaded 2-core machine.
     let calls = 16_000_000u64;

@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use sonde_tests::{
     Agent, exclusive, metric_value, wait_for,
-    workload::{Workload, build_c},
+    workload::{Workload, build_c, copy_exe},
 };
 
 const FLAGS: &[&str] = &["-O2", "-fomit-frame-pointer"];
@@ -329,7 +329,7 @@ fn a_process_announced_before_its_exec_gets_tables_after_it() {
     let name = target.file_name().expect("name").to_string_lossy();
     let launcher = dir.join(format!("{}-launcher", &name[..15]));
     let tmp = dir.join(format!("launcher.tmp{}", std::process::id()));
-    std::fs::copy(&launcher_src, &tmp).expect("copy the launcher");
+    copy_exe(&launcher_src, &tmp);
     std::fs::rename(&tmp, &launcher).expect("rename the launcher into place");
     let wl = Workload::spawn(
         Command::new(&launcher)
