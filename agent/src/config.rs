@@ -340,6 +340,11 @@ pub struct ProfileConfig {
     pub max_cached_symbols: Bounded<1024, 16_777_216>,
     /// Most processes whose memory maps are remembered.
     pub max_processes: Bounded<16, 1_048_576>,
+    /// Most DWARF one file may bring to symbolization, in MiB of
+    /// uncompressed `.debug_*` sections; twice this is held at most. A
+    /// larger file gets names from its ELF symbols, without lines. 0: never
+    /// parse DWARF.
+    pub dwarf_budget_mib: Bounded<0, 4096>,
     /// Walk user stacks with DWARF unwind tables (`.eh_frame`) built from
     /// the binaries, for code without frame pointers.
     pub unwind: bool,
@@ -382,6 +387,7 @@ impl Default for ProfileConfig {
             max_cached_files: Bounded(32),
             max_cached_symbols: Bounded(50_000),
             max_processes: Bounded(4096),
+            dwarf_budget_mib: Bounded(16),
             unwind: true,
             unwind_table_budget_mib: Bounded(64),
             max_keys: Bounded(u64::from(sonde_common::profile::PROFILE_MAX_KEYS)),

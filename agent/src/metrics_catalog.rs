@@ -71,6 +71,8 @@ pub const KNOWN: &[&str] = &[
     "sonde_profile_errors_total",
     "sonde_profile_files_cached",
     "sonde_profile_files_parsed",
+    "sonde_profile_dwarf_bytes",
+    "sonde_profile_dwarf_refused_total",
     "sonde_profile_kernel_stack_absent_total",
     "sonde_profile_offcpu_events_total",
     "sonde_profile_processes_mapped",

@@ -20,6 +20,7 @@
 
 pub mod by_route;
 pub mod drain;
+pub mod dwarf_size;
 pub mod ksyms;
 pub mod lines;
 pub mod offcpu;
@@ -52,7 +53,7 @@ use tokio::sync::oneshot;
 use self::{
     drain::{DrainMetrics, KernelMaps, RawBatch, RawDrainer, Symbolizing},
     store::ProfileStore,
-    symbolize::{Limits, Resolver, SymbolizeMetrics},
+    symbolize::{DwarfBudget, Limits, Resolver, SymbolizeMetrics},
 };
 use super::{
     Base, Collector, CollectorError, ComponentHealth, Deps, SharedHealth, StartContext,
@@ -364,6 +365,7 @@ impl Collector for ProfileCollector {
             processes: self.config.max_processes.get() as usize,
         };
         let sym_metrics = SymbolizeMetrics::new(ctx.telemetry);
+        let dwarf_budget = DwarfBudget::per_file_mib(self.config.dwarf_budget_mib.get());
         let unwind_tx = if self.config.unwind {
             let m = unwind::UnwindMetrics::new(ctx.telemetry, u64::from(rows) * unwind::ROW_BYTES);
             let u = unwind::Unwinder::new(unwind_maps, rows, m)?;
@@ -414,8 +416,9 @@ impl Collector for ProfileCollector {
         std::thread::Builder::new()
             .name("sonde-prof-sym".into())
             .spawn(move || {
-                let resolver =
-                    Resolver::new(limits, sym_metrics).keep_parsed_for(KEEP_PARSED, interval);
+                let resolver = Resolver::new(limits, sym_metrics)
+                    .keep_parsed_for(KEEP_PARSED, interval)
+                    .dwarf_budget(dwarf_budget);
                 let mut s = Symbolizing::new(resolver, store, table, samples);
                 if let Some(t) = py_tracker {
                     s = s.with_python(t);

@@ -42,6 +42,31 @@ use crate::telemetry::Telemetry;
 /// [`Resolver::keep_parsed_for`].
 pub const KEEP_PARSED_DRAINS: u64 = 3;
 
+/// Default for [`Resolver::dwarf_budget`] (`collectors.profile.
+/// dwarf_budget_mib = 16`): the most DWARF (uncompressed section bytes)
+/// one file may bring, and twice that parsed at once. The agent runs at
+/// ~48 MiB without parsed DWARF against a 64 MiB budget, so one file is
+/// allowed that headroom. Measured here: libc's separate debug file 9.5
+/// MiB, pyenv's libpython3.11 15.9 MiB, the workspace's own debug-built
+/// `xtask` 19.3 MiB (names from its ELF symbols, no lines).
+pub const DWARF_BUDGET: DwarfBudget = DwarfBudget::per_file_mib(16);
+
+/// See [`DWARF_BUDGET`].
+#[derive(Debug, Clone, Copy)]
+pub struct DwarfBudget {
+    pub total: u64,
+    pub per_file: u64,
+}
+
+impl DwarfBudget {
+    pub const fn per_file_mib(mib: u64) -> Self {
+        Self {
+            total: 2 * (mib << 20),
+            per_file: mib << 20,
+        }
+    }
+}
+
 /// The name of a frame [`Resolver::user_eliding`] did not symbolize.
 pub const ELIDED: &str = "[not symbolized]";
 
@@ -54,6 +79,11 @@ struct OpenFile {
     last_used: u64,
     /// What blazesym parsed of this file, while misses keep coming.
     sym: Option<Symbolizer>,
+    /// Whether `sym` reads the file's DWARF (it was admitted under the
+    /// budget), or only its ELF symbols.
+    with_dwarf: bool,
+    /// The file's DWARF bytes (`dwarf_size`), read at its first miss.
+    dwarf: Option<u64>,
     /// Drain (`tick`) of the last miss.
     last_miss: u64,
 }
@@ -76,6 +106,8 @@ pub struct SymbolizeMetrics {
     files_cached: IntGauge,
     files_parsed: IntGauge,
     processes_mapped: IntGauge,
+    dwarf_refused: IntCounter,
+    dwarf_held: IntGauge,
 }
 
 impl SymbolizeMetrics {
@@ -120,6 +152,19 @@ impl SymbolizeMetrics {
                 "sonde_profile_processes_mapped",
                 "Processes whose memory maps the profiler remembers.",
             ),
+            dwarf_refused: t.register(
+                IntCounter::new(
+                    "sonde_profile_dwarf_refused_total",
+                    "Files symbolized from their ELF symbols only (no lines, no inlined \
+                     frames) because their DWARF did not fit the budget next to the DWARF \
+                     already parsed.",
+                )
+                .expect("valid metric"),
+            ),
+            dwarf_held: t.gauge(
+                "sonde_profile_dwarf_bytes",
+                "DWARF bytes of the files whose parsed debug info is held.",
+            ),
         }
     }
     /// The same metrics, registered nowhere: for short-lived resolvers
@@ -137,6 +182,8 @@ impl SymbolizeMetrics {
             files_cached: gauge("files"),
             files_parsed: gauge("parsed"),
             processes_mapped: gauge("processes"),
+            dwarf_refused: IntCounter::new("dwarf_refused", "unexported").expect("valid metric"),
+            dwarf_held: gauge("dwarf"),
         }
     }
 
@@ -168,6 +215,10 @@ pub struct Resolver {
     tick: u64,
     /// Read DWARF (lines, inlined frames), not only ELF symbols.
     debug_syms: bool,
+    /// Most DWARF bytes (by `dwarf_size`) of files parsed with debug info
+    /// at once, and of one file; a file that does not fit is symbolized
+    /// from its ELF symbols while it does not.
+    dwarf_budget: DwarfBudget,
     /// Drains without a miss before parsed state is dropped.
     keep_parsed: u64,
 }
@@ -189,6 +240,7 @@ impl Resolver {
             metrics,
             tick: 0,
             debug_syms: true,
+            dwarf_budget: DWARF_BUDGET,
             keep_parsed: KEEP_PARSED_DRAINS,
         }
     }
@@ -206,6 +258,12 @@ impl Resolver {
     pub fn keep_parsed_for(mut self, period: Duration, drain_interval: Duration) -> Self {
         let drains = period.as_millis() / drain_interval.as_millis().max(1);
         self.keep_parsed = (drains as u64).max(KEEP_PARSED_DRAINS);
+        self
+    }
+
+    /// Parses DWARF of at most `budget` (by section sizes).
+    pub fn dwarf_budget(mut self, budget: DwarfBudget) -> Self {
+        self.dwarf_budget = budget;
         self
     }
 
@@ -250,6 +308,43 @@ impl Resolver {
         self.metrics
             .files_parsed
             .set(self.files.values().filter(|f| f.sym.is_some()).count() as i64);
+        self.metrics.dwarf_held.set(self.dwarf_held() as i64);
+    }
+
+    /// Whether the DWARF of `key` fits the budget next to what is held.
+    fn admit_dwarf(&mut self, key: FileKey) -> bool {
+        let held = self.dwarf_held();
+        let Some(file) = self.files.get_mut(&key) else {
+            return false;
+        };
+        let size = match file.dwarf {
+            Some(n) => n,
+            None => {
+                let n = super::dwarf_size::dwarf_bytes(&file.fd_path);
+                file.dwarf = Some(n);
+                n
+            }
+        };
+        let fits = size <= self.dwarf_budget.per_file && held + size <= self.dwarf_budget.total;
+        if !fits {
+            self.metrics.dwarf_refused.inc();
+            tracing::debug!(
+                path = %file.module.path,
+                size,
+                held,
+                "DWARF over the budget: ELF symbols only"
+            );
+        }
+        fits
+    }
+
+    /// DWARF bytes of the files parsed with debug info now.
+    fn dwarf_held(&self) -> u64 {
+        self.files
+            .values()
+            .filter(|f| f.sym.is_some() && f.with_dwarf)
+            .map(|f| f.dwarf.unwrap_or(0))
+            .sum()
     }
 
     /// Captures the maps of `pid` if nothing did yet. Later changes are
@@ -316,6 +411,8 @@ impl Resolver {
                 }),
                 last_used: self.tick,
                 sym: None,
+                with_dwarf: false,
+                dwarf: None,
                 last_miss: self.tick,
             },
         );
@@ -515,7 +612,7 @@ impl Resolver {
         if let Some(f) = self.cached(key, offset) {
             return f;
         }
-        let Some(file) = self.files.get_mut(&key) else {
+        let Some(file) = self.files.get(&key) else {
             return unknown(
                 Arc::new(Module {
                     path: "[evicted]".into(),
@@ -524,10 +621,22 @@ impl Resolver {
                 offset,
             );
         };
+        // Parsed state is built at a miss that finds none: the file's
+        // DWARF is admitted (or not) then, for as long as it is held.
+        if file.sym.is_none() {
+            let with = self.debug_syms && self.admit_dwarf(key);
+            if let Some(f) = self.files.get_mut(&key) {
+                f.with_dwarf = with;
+            }
+        }
+        let file = self
+            .files
+            .get_mut(&key)
+            .expect("looked up above, and admitting removes no file");
         file.last_used = self.tick;
         let module = file.module.clone();
         let mut elf = Elf::new(file.fd_path.clone());
-        elf.debug_syms = self.debug_syms;
+        elf.debug_syms = file.with_dwarf;
         let src = Source::Elf(elf);
         file.last_miss = self.tick;
         let sym = file.sym.get_or_insert_with(Symbolizer::new);
@@ -793,6 +902,37 @@ mod tests {
     /// A live process's file evicted in a drain whose one re-read of the
     /// maps is already spent: its uncached addresses still resolve (the
     /// file is opened again), never `[evicted]`.
+    #[test]
+    fn a_file_whose_dwarf_is_over_the_budget_gets_names_without_lines() {
+        let pid = std::process::id();
+        let mut r = Resolver::new(
+            Limits {
+                files: 64,
+                symbols: 10_000,
+                processes: 16,
+            },
+            SymbolizeMetrics::unregistered(),
+        )
+        .dwarf_budget(DwarfBudget {
+            total: 1 << 40,
+            per_file: 1 << 20,
+        });
+        r.next_drain();
+        r.see(pid);
+        let frames = r.user(pid, &[marker as *const () as u64]);
+        let f = frames
+            .iter()
+            .find(|f| f.function.contains("marker"))
+            .unwrap_or_else(|| panic!("named from ELF symbols: {frames:?}"));
+        // The test binary carries far more than 1 MiB of DWARF (a debug
+        // build): refused, so no line and no file.
+        assert_eq!((f.line, f.file.as_deref()), (0, None), "{f:?}");
+        assert_eq!(r.metrics.dwarf_refused.get(), 1);
+        let exe = r.files.values().find(|f| f.sym.is_some()).expect("parsed");
+        assert!(exe.dwarf.unwrap_or(0) > 1 << 20 && !exe.with_dwarf);
+        assert_eq!(r.dwarf_held(), 0, "refused DWARF is not counted as held");
+    }
+
     #[test]
     fn an_evicted_file_of_a_live_process_is_opened_again() {
         let pid = std::process::id();
