@@ -840,14 +840,9 @@ mod tests {
         std::hint::black_box(42)
     }
 
-    fn parsed(r: &Resolver) -> usize {
-        r.files.values().filter(|f| f.sym.is_some()).count()
-    }
-
-    #[test]
-    fn parsed_files_are_dropped_after_idle_drains_and_frames_stay_cached() {
-        let pid = std::process::id();
-        let mut r = Resolver::new(
+    /// A resolver with room for this test process, registering no metric.
+    fn test_resolver() -> Resolver {
+        Resolver::new(
             Limits {
                 files: 64,
                 symbols: 10_000,
@@ -855,7 +850,16 @@ mod tests {
             },
             SymbolizeMetrics::unregistered(),
         )
-        .without_debug_info();
+    }
+
+    fn parsed(r: &Resolver) -> usize {
+        r.files.values().filter(|f| f.sym.is_some()).count()
+    }
+
+    #[test]
+    fn parsed_files_are_dropped_after_idle_drains_and_frames_stay_cached() {
+        let pid = std::process::id();
+        let mut r = test_resolver().without_debug_info();
         r.next_drain();
         r.see(pid);
         let addr = marker as *const () as u64;
@@ -905,15 +909,7 @@ mod tests {
     #[test]
     fn a_file_whose_dwarf_is_over_the_budget_gets_names_without_lines() {
         let pid = std::process::id();
-        let mut r = Resolver::new(
-            Limits {
-                files: 64,
-                symbols: 10_000,
-                processes: 16,
-            },
-            SymbolizeMetrics::unregistered(),
-        )
-        .dwarf_budget(DwarfBudget {
+        let mut r = test_resolver().dwarf_budget(DwarfBudget {
             total: 1 << 40,
             per_file: 1 << 20,
         });
@@ -936,15 +932,7 @@ mod tests {
     #[test]
     fn an_evicted_file_of_a_live_process_is_opened_again() {
         let pid = std::process::id();
-        let mut r = Resolver::new(
-            Limits {
-                files: 64,
-                symbols: 10_000,
-                processes: 16,
-            },
-            SymbolizeMetrics::unregistered(),
-        )
-        .without_debug_info();
+        let mut r = test_resolver().without_debug_info();
         r.next_drain();
         r.see(pid);
         r.limits.files = 0;
@@ -963,15 +951,7 @@ mod tests {
     #[test]
     fn elided_addresses_are_not_symbolized() {
         let pid = std::process::id();
-        let mut r = Resolver::new(
-            Limits {
-                files: 64,
-                symbols: 10_000,
-                processes: 16,
-            },
-            SymbolizeMetrics::unregistered(),
-        )
-        .without_debug_info();
+        let mut r = test_resolver().without_debug_info();
         r.next_drain();
         r.see(pid);
         let addr = marker as *const () as u64;
