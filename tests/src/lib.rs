@@ -16,6 +16,7 @@ use std::{
 
 pub mod peers;
 pub mod python;
+pub mod stacks;
 pub mod workload;
 
 /// The `sonde` binary under test: `$SONDE_BIN` (set by `cargo xtask test`),

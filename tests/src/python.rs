@@ -1,13 +1,10 @@
 //! Helpers of the Python profiling tests (tests/tests/python*.rs): pyenv
-//! interpreters, scripts, `sonde profile` folded stacks and their Python
-//! frames.
+//! interpreters, scripts and the Python frames of folded stacks.
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
 };
-
-use crate::Agent;
 
 /// The 1-based line of `src` holding `marker`.
 pub fn line_of(src: &str, marker: &str) -> u32 {
@@ -38,41 +35,6 @@ pub fn script(dir: &Path, name: &str, src: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, src).expect("write script");
     p
-}
-
-/// Parses folded stacks (`a;b;c COUNT` lines, root first).
-pub fn parse_folded(text: &str) -> Vec<(Vec<String>, u64)> {
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (stack, n) = l.rsplit_once(' ').expect("count");
-            (
-                stack.split(';').map(str::to_owned).collect(),
-                n.parse().expect("count"),
-            )
-        })
-        .collect()
-}
-
-/// `sonde profile --pid PID --duration D --format folded`, parsed.
-pub fn folded(agent: &Agent, pid: u32, duration: &str) -> Vec<(Vec<String>, u64)> {
-    let p = pid.to_string();
-    let out = agent.cli(&[
-        "profile",
-        "--pid",
-        &p,
-        "--duration",
-        duration,
-        "--format",
-        "folded",
-    ]);
-    assert!(
-        out.status.success(),
-        "sonde profile failed: {}\nagent log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.log()
-    );
-    parse_folded(&String::from_utf8(out.stdout).expect("utf-8"))
 }
 
 /// `qualname (file:LINE)` → (qualname, file, line) for Python frames.

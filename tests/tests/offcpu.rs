@@ -13,26 +13,13 @@ use std::{
 
 use sonde_tests::{
     Agent, exclusive,
+    stacks::parse_folded,
     workload::{Workload, build_c},
 };
 
 /// Stacks taken per CPU per second: high, so that the rest of a busy test
 /// machine does not push the workload's blocks past the cap.
 const CONFIG: &str = "[collectors.profile]\noff_cpu = true\noff_cpu_max_rate = 100000\n";
-
-/// Folded lines as (frames root first, nanoseconds).
-fn parse_folded(text: &str) -> Vec<(Vec<String>, u64)> {
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (stack, n) = l.rsplit_once(' ').expect("folded line has a count");
-            (
-                stack.split(';').map(str::to_owned).collect(),
-                n.parse().expect("count"),
-            )
-        })
-        .collect()
-}
 
 /// Time `pid`'s threads ran on a CPU, in ns (/proc/PID/schedstat).
 fn cpu_ns(pid: u32) -> u64 {

@@ -10,6 +10,7 @@ use std::{
 
 use sonde_tests::{
     Agent, exclusive, metric_value,
+    stacks::folded,
     workload::{Workload, build_c},
 };
 
@@ -36,37 +37,6 @@ fn run_ok(agent: &Agent, args: &[&str]) -> Vec<u8> {
         agent.log()
     );
     out.stdout
-}
-
-/// Folded lines as (frames root first, count).
-fn parse_folded(text: &str) -> Vec<(Vec<String>, u64)> {
-    text.lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (stack, n) = l.rsplit_once(' ').expect("folded line has a count");
-            (
-                stack.split(';').map(str::to_owned).collect(),
-                n.parse().expect("count"),
-            )
-        })
-        .collect()
-}
-
-fn folded(agent: &Agent, pid: u32, duration: &str) -> Vec<(Vec<String>, u64)> {
-    let p = pid.to_string();
-    let out = run_ok(
-        agent,
-        &[
-            "profile",
-            "--pid",
-            &p,
-            "--duration",
-            duration,
-            "--format",
-            "folded",
-        ],
-    );
-    parse_folded(&String::from_utf8(out).expect("utf-8 folded output"))
 }
 
 #[test]

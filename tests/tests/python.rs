@@ -7,7 +7,8 @@ use std::{process::Command, time::Duration};
 
 use sonde_tests::{
     Agent, exclusive, metric_value,
-    python::{folded, line_of, py_frame, pyenv, python3, require_modules, script},
+    python::{line_of, py_frame, pyenv, python3, require_modules, script},
+    stacks::folded,
     workload::{Workload, build_c},
 };
 
@@ -510,7 +511,7 @@ fn python_self_time_agrees_with_py_spy() {
         "py-spy failed: {}",
         String::from_utf8_lossy(&spy_out.stderr)
     );
-    let theirs = sonde_tests::python::parse_folded(
+    let theirs = sonde_tests::stacks::parse_folded(
         &std::fs::read_to_string(&raw).expect("py-spy's raw output"),
     );
     let (a, na) = python_self_shares(&ours);

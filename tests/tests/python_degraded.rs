@@ -8,7 +8,8 @@ use std::{process::Command, time::Duration};
 
 use sonde_tests::{
     Agent, exclusive, metric_value,
-    python::{folded, py_frame, pyenv, python3, script},
+    python::{py_frame, pyenv, python3, script},
+    stacks::{folded, settled},
     workload::{Workload, build_c},
 };
 
@@ -100,7 +101,7 @@ fn a_target_exiting_mid_window_keeps_its_stacks_and_the_agent() {
         "profile of the exited pid's window: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let last = sonde_tests::python::parse_folded(&String::from_utf8_lossy(&out.stdout));
+    let last = sonde_tests::stacks::parse_folded(&String::from_utf8_lossy(&out.stdout));
     assert!(
         last.iter().any(|(s, _)| ends_with_chain(s, "exiting.py")),
         "the exited process's stacks are gone from the window: {last:#?}"
@@ -311,8 +312,11 @@ fn an_unsupported_python_falls_back_to_native_frames() {
         "def hot():\n    x = 0\n    while True:\n        x += 1\n\n\nhot()\n",
     );
     let wl = Workload::spawn(Command::new(pyenv("3.9.18")).arg(&src));
-    std::thread::sleep(Duration::from_secs(4));
-    let stacks = folded(&agent, wl.pid(), "4s");
+    // Until the interpreter's unwind tables are built (seconds on a busy
+    // machine), its stacks end at the first frame without a frame pointer.
+    let stacks = settled(&agent, wl.pid(), "4s", |s| {
+        s.iter().any(|f| f == "Py_BytesMain")
+    });
     let m = agent.metrics();
     let total: u64 = stacks.iter().map(|s| s.1).sum();
     let eval: u64 = stacks

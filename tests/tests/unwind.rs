@@ -5,7 +5,9 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use sonde_tests::{
-    Agent, exclusive, metric_value, wait_for,
+    Agent, exclusive, metric_value,
+    stacks::{folded, settled, share},
+    wait_for,
     workload::{Workload, build_c, copy_exe},
 };
 
@@ -49,38 +51,6 @@ fn rust_chain() -> PathBuf {
     .clone()
 }
 
-fn folded(agent: &Agent, pid: u32, duration: &str) -> Vec<(Vec<String>, u64)> {
-    let p = pid.to_string();
-    let args = [
-        "profile",
-        "--pid",
-        &p,
-        "--duration",
-        duration,
-        "--format",
-        "folded",
-    ];
-    let out = agent.cli(&args);
-    assert!(
-        out.status.success(),
-        "sonde {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.log()
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (s, n) = l.rsplit_once(' ').expect("count");
-            (
-                s.split(';').map(str::to_owned).collect(),
-                n.parse().expect("n"),
-            )
-        })
-        .collect()
-}
-
 /// `frame` names function `name` (C name, or a Rust path ending in it).
 fn is(frame: &str, name: &str) -> bool {
     let f = frame.trim_end_matches("_[i]");
@@ -107,36 +77,6 @@ fn chain_from(frames: &[String], mut i: usize, names: &[&str]) -> Option<usize> 
         i += 1;
     }
     Some(i)
-}
-
-fn share(stacks: &[(Vec<String>, u64)], ok: impl Fn(&[String]) -> bool) -> (u64, u64) {
-    let total = stacks.iter().map(|s| s.1).sum();
-    let good = stacks.iter().filter(|s| ok(&s.0)).map(|s| s.1).sum();
-    (good, total)
-}
-
-/// Profiles `pid` in 1 s slices until `ok` holds for most samples (the
-/// tables are built when the process is first sampled), then for `secs`.
-fn settled(
-    agent: &Agent,
-    pid: u32,
-    secs: &str,
-    ok: impl Fn(&[String]) -> bool,
-) -> Vec<(Vec<String>, u64)> {
-    let start = std::time::Instant::now();
-    loop {
-        let s = folded(agent, pid, "1s");
-        let (g, t) = share(&s, &ok);
-        if t > 0 && g * 2 > t {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(40),
-            "unwind tables not in use after 40 s: {s:?}\n{}",
-            agent.log()
-        );
-    }
-    folded(agent, pid, secs)
 }
 
 fn assert_full_chain(agent: &Agent, pid: u32) {

@@ -25,8 +25,11 @@ pub const AFTER: &str = "Examples:
   sudo sonde profile --pid 1234 --off-cpu -f svg -o wait.svg where it waits: stacks
                                                              weighted by time off CPU
 
-Frames come from frame pointers: build with -fno-omit-frame-pointer (C/C++) or
--C force-frame-pointers=yes (Rust) for full user stacks. See docs/profiling.md.";
+User stacks are walked with the binaries' .eh_frame tables, built in the
+background when a process is first sampled (frame pointers until then), and
+CPython 3.10-3.13 frames are named by function, file and line. Names need
+symbols: a stripped binary without debug files shows [unknown] module+offset.
+See docs/profiling.md.";
 
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
