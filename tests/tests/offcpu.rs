@@ -12,7 +12,7 @@ use std::{
 };
 
 use sonde_tests::{
-    Agent, exclusive,
+    Agent, exclusive, metric_value,
     stacks::parse_folded,
     workload::{Workload, build_c},
 };
@@ -35,7 +35,7 @@ fn cpu_ns(pid: u32) -> u64 {
 /// pointers, which lose `sonde_wl_block` behind libc's nanosleep. A fixed
 /// sleep was not enough with the rest of the suite's load (it failed in a
 /// whole-suite run of 2026-12-07, 2 s after the workload started).
-fn wait_for_unwound_stacks(agent: &Agent, pid: &str) {
+fn wait_for_unwound_stacks(agent: &Agent, pid: &str, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let probe = agent.cli(&[
@@ -49,12 +49,12 @@ fn wait_for_unwound_stacks(agent: &Agent, pid: &str) {
             "folded",
         ]);
         let text = String::from_utf8_lossy(&probe.stdout);
-        if probe.status.success() && text.contains("main;sonde_wl_block") {
+        if probe.status.success() && text.contains(needle) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "no DWARF-unwound off-CPU stack of the workload after 60 s; last profile:\n{text}\nagent log:\n{}",
+            "no DWARF-unwound off-CPU stack with {needle:?} after 60 s; last profile:\n{text}\nagent log:\n{}",
             agent.log()
         );
     }
@@ -68,7 +68,7 @@ fn blocked_time_goes_to_the_blocking_stack_and_adds_up_to_wall_minus_cpu() {
     // 2 ms of CPU, then 8 ms in nanosleep: ~80 % of wall time off CPU.
     let wl = Workload::spawn(Command::new(&bin).args(["sleep", "60", "2000", "8000"]));
     let pid = wl.pid().to_string();
-    wait_for_unwound_stacks(&agent, &pid);
+    wait_for_unwound_stacks(&agent, &pid, "main;sonde_wl_block");
     let (cpu0, t0) = (cpu_ns(wl.pid()), Instant::now());
     let out = agent.cli(&[
         "profile",
@@ -127,6 +127,101 @@ fn blocked_time_goes_to_the_blocking_stack_and_adds_up_to_wall_minus_cpu() {
     );
 }
 
+/// Off-CPU events of one kind so far, host-wide.
+fn offcpu_events(agent: &Agent, event: &str) -> f64 {
+    metric_value(
+        &agent.metrics(),
+        &format!("sonde_profile_offcpu_events_total{{event=\"{event}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// Nanoseconds the burst workload says it spent in `sonde_wl_block`.
+fn self_timed_ns(file: &std::path::Path) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(ns) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return ns;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never written",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A thread that keeps blocking briefly has its stack taken on fewer and
+/// fewer switch-outs (`thinned`); when it then blocks long, that block is
+/// lost once (`thinned_long`) and the thread grows more patient, so the
+/// long blocks that follow bursts of short ones are all in the profile:
+/// the blocked time under the long block's stack matches what the
+/// workload measured itself.
+#[test]
+fn thinning_short_blocks_keeps_the_long_ones_that_follow_them() {
+    let _x = exclusive();
+    let agent = Agent::start(CONFIG);
+    let bin = build_c("offcpu_wait", &["-O1", "-g", "-fno-omit-frame-pointer"]);
+    let file = agent.dir.path().join("burst_blocked_ns");
+    // 300 brief sleeps (~60 us each), then 20 ms in sonde_wl_block.
+    let wl = Workload::spawn(
+        Command::new(&bin)
+            .args(["burst", "60", "300", "20000"])
+            .arg(&file),
+    );
+    let pid = wl.pid().to_string();
+    // `burst` is inlined into main.
+    wait_for_unwound_stacks(&agent, &pid, "main;burst_[i];sonde_wl_block");
+    assert!(
+        offcpu_events(&agent, "thinned") > 0.0,
+        "no switch-out thinned after bursts of 300 short blocks:\n{}",
+        agent.metrics()
+    );
+    let before = self_timed_ns(&file);
+    let out = agent.cli(&[
+        "profile",
+        "--pid",
+        &pid,
+        "--off-cpu",
+        "--duration",
+        "5s",
+        "--format",
+        "folded",
+    ]);
+    let after = self_timed_ns(&file);
+    assert!(
+        out.status.success(),
+        "sonde profile --off-cpu failed: {}\nagent log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        agent.log()
+    );
+    let stacks = parse_folded(&String::from_utf8(out.stdout).expect("utf-8"));
+    let long: u64 = stacks
+        .iter()
+        .filter(|(f, _)| f.join(";").contains("main;burst_[i];sonde_wl_block"))
+        .map(|s| s.1)
+        .sum();
+    // The self-timed window spans the CLI call, a little more than the
+    // profile's; a long block is ~20 ms of ~2.5 s.
+    let ratio = long as f64 / (after - before);
+    eprintln!(
+        "burst: {:.3} s under sonde_wl_block, {:.3} s self-timed ({ratio:.3}); thinned {}, thinned_long {}",
+        long as f64 / 1e9,
+        (after - before) / 1e9,
+        offcpu_events(&agent, "thinned"),
+        offcpu_events(&agent, "thinned_long")
+    );
+    assert!(
+        (0.85..=1.05).contains(&ratio),
+        "long blocks under sonde_wl_block: {long} ns against {} ns self-timed: {stacks:?}",
+        after - before
+    );
+}
+
 #[test]
 fn off_cpu_answers_in_every_format_and_refuses_lines() {
     let _x = exclusive();
@@ -134,7 +229,7 @@ fn off_cpu_answers_in_every_format_and_refuses_lines() {
     let bin = build_c("offcpu_wait", &["-O1", "-g", "-fno-omit-frame-pointer"]);
     let wl = Workload::spawn(Command::new(&bin).args(["sleep", "60"]));
     let pid = wl.pid().to_string();
-    wait_for_unwound_stacks(&agent, &pid);
+    wait_for_unwound_stacks(&agent, &pid, "main;sonde_wl_block");
     let top = agent.cli(&["profile", "--pid", &pid, "--off-cpu", "-d", "2s"]);
     let text = String::from_utf8_lossy(&top.stdout);
     assert!(
@@ -245,7 +340,7 @@ fn on_demand_the_hook_is_attached_only_while_a_request_runs() {
     let wl = Workload::spawn(Command::new(&bin).args(["sleep", "60", "2000", "8000"]));
     let pid = wl.pid().to_string();
     // Each probe is a request of its own: attach, 1 s window, detach.
-    wait_for_unwound_stacks(&agent, &pid);
+    wait_for_unwound_stacks(&agent, &pid, "main;sonde_wl_block");
     wait_links(&agent, 0, "the hook to be detached after the probes");
 
     let mut req = Command::new(sonde_tests::sonde_bin())

@@ -3,6 +3,10 @@
 // pipe a helper thread writes to after `block_us`). Usage:
 //   offcpu_wait sleep|pipe SECONDS [spin_us block_us]
 // The defaults (2 ms of CPU, 8 ms blocked) keep it ~80 % off CPU.
+//   offcpu_wait burst SECONDS BRIEF block_us NS_FILE
+// instead: BRIEF short sleeps (1 us asked; well under 1 ms) in
+// sonde_wl_brief, then one of `block_us` in sonde_wl_block, whose time
+// (CLOCK_MONOTONIC ns, cumulative) is written to NS_FILE after each.
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +36,29 @@ __attribute__((noinline)) void sonde_wl_block(void) {
     __asm__ volatile("" ::: "memory"); // not a tail call: keep this frame
 }
 
+__attribute__((noinline)) void sonde_wl_brief(void) {
+    struct timespec t = {0, 1000};
+    nanosleep(&t, NULL);
+    __asm__ volatile("" ::: "memory");
+}
+
+// Bursts of short blocks, each followed by a long one, timed.
+static int burst(double secs, long brief, const char *ns_file) {
+    double end = now(CLOCK_MONOTONIC) + secs;
+    double blocked = 0;
+    while (now(CLOCK_MONOTONIC) < end) {
+        for (long i = 0; i < brief; i++) sonde_wl_brief();
+        double t0 = now(CLOCK_MONOTONIC);
+        sonde_wl_block();
+        blocked += now(CLOCK_MONOTONIC) - t0;
+        FILE *f = fopen(ns_file, "w");
+        if (!f) return 1;
+        fprintf(f, "%.0f\n", blocked * 1e9);
+        fclose(f);
+    }
+    return 0;
+}
+
 __attribute__((noinline)) void sonde_wl_read(void) {
     char c;
     if (read(pipefd[0], &c, 1) != 1) exit(1);
@@ -50,8 +77,19 @@ static void *writer(void *arg) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s sleep|pipe SECONDS [spin_us block_us]\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s sleep|pipe SECONDS [spin_us block_us]\n"
+                "       %s burst SECONDS BRIEF block_us NS_FILE\n",
+                argv[0], argv[0]);
         return 2;
+    }
+    if (strcmp(argv[1], "burst") == 0) {
+        if (argc < 6) {
+            fprintf(stderr, "usage: %s burst SECONDS BRIEF block_us NS_FILE\n", argv[0]);
+            return 2;
+        }
+        block_us = atol(argv[4]);
+        return burst(atof(argv[2]), atol(argv[3]), argv[5]);
     }
     int use_pipe = strcmp(argv[1], "pipe") == 0;
     double secs = atof(argv[2]);

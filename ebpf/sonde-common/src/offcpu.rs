@@ -112,6 +112,13 @@ crate::counters! {
         /// The incoming task's pid or the outgoing task's flags could not
         /// be read.
         TaskRead = 6 => "task_read",
+        /// A user thread whose recent blocks were all short left the CPU
+        /// between the 1 in 2^k switch-outs whose stacks are taken: timed,
+        /// no stack.
+        Thinned = 7 => "thinned",
+        /// A thinned block proved long: not in the profile, and the
+        /// thread's thinning ends.
+        ThinnedLong = 8 => "thinned_long",
     }
 }
 

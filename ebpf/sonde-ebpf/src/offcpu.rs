@@ -20,7 +20,9 @@
 //!   `profile::stack_key` and parked, with the time, in its task-local
 //!   storage and in `OFFCPU_PENDING` (a global hash by thread id, the
 //!   agent's view: it keeps the stacks parked keys name, and prunes
-//!   entries of threads that exited).
+//!   entries of threads that exited), unless the thread is being thinned
+//!   (its blocks keep being short, see [`THIN_AFTER`]): then only the
+//!   time is parked.
 
 use aya_ebpf::{
     bindings::task_struct,
@@ -59,10 +61,43 @@ pub struct Parked {
     pending: OffCpuPending,
     /// The thread id the `OFFCPU_PENDING` copy is under.
     tid: u32,
-    /// Non-zero while a block is parked: the value is created once per
-    /// thread and reused by its later blocks.
+    /// [`WALKED`] while a block with a stack is parked, [`THINNED`] while
+    /// one without is, else 0: the value is created once per thread and
+    /// reused by its later blocks.
     parked: u32,
+    /// Taken blocks in a row that proved short.
+    short_streak: u32,
+    /// Thinning of a thread that keeps blocking briefly: its stack is
+    /// taken on one switch-out in 2^`thin` (0..=[`MAX_THIN`]).
+    thin: u32,
+    /// Switch-outs passed over since the last taken one.
+    skipped: u32,
+    /// Thinning starts after [`THIN_AFTER`] << `patience` short blocks in
+    /// a row; one more (up to [`MAX_PATIENCE`]) each time a thinned block
+    /// proves long, so a thread that alternates bursts of short blocks
+    /// with long ones stops being thinned after a few lost blocks.
+    patience: u32,
+    /// When a thinned block began (`bpf_ktime_get_ns`, low half first).
+    thinned_since: [u32; 2],
 }
+
+const WALKED: u32 = 1;
+const THINNED: u32 = 2;
+
+/// Short blocks are the bulk of context switches (a ping-pong, a lock
+/// handed back and forth) and are not counted, so their stack walks were
+/// spent for nothing. After [`THIN_AFTER`] taken blocks in a row proved
+/// short, a thread's stack is taken on 1 switch-out in 2, then 4, ... up
+/// to 2^[`MAX_THIN`]; the others are only timed. The first of those that
+/// proves long (a block left out, counted as `thinned_long`) and every
+/// taken long block end the thinning, and the former makes the thread
+/// more patient (see `patience`). No block is weighted or guessed: what is
+/// counted is exact, what is left out is counted.
+const THIN_AFTER: u32 = 16;
+const MAX_THIN: u32 = 6;
+/// 16 << 8: a thread that has lost 8 long blocks to thinning is thinned
+/// only after 4096 short blocks in a row.
+const MAX_PATIENCE: u32 = 8;
 
 #[btf_map]
 static OFFCPU_PARKED: TaskStorage<Parked> = TaskStorage::new();
@@ -131,10 +166,25 @@ fn switch_in(next: *mut task_struct, on: u64) {
     let Some(p) = OFFCPU_PARKED.get_mut(next) else {
         return;
     };
-    if p.parked == 0 {
+    let parked = p.parked;
+    if parked == 0 {
         return;
     }
     p.parked = 0;
+    if parked == THINNED {
+        // SAFETY: the helper takes no arguments and only reads the clock.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let since = p.thinned_since[0] as u64 | (p.thinned_since[1] as u64) << 32;
+        if since >= on && now.wrapping_sub(since) >= control(OFFCPU_MIN_BLOCK_SLOT) {
+            count(OffCpuCounter::ThinnedLong);
+            p.short_streak = 0;
+            p.thin = 0;
+            if p.patience < MAX_PATIENCE {
+                p.patience += 1;
+            }
+        }
+        return;
+    }
     if p.pending.since_ns() < on {
         // Parked during an earlier attachment (on demand): the thread
         // blocked before this window began. The agent cleared its
@@ -153,7 +203,13 @@ fn switch_in(next: *mut task_struct, on: u64) {
     }
     if blocked < control(OFFCPU_MIN_BLOCK_SLOT) || blocked > i64::MAX as u64 {
         count(OffCpuCounter::Short);
+        p.short_streak = p.short_streak.saturating_add(1);
+        if p.short_streak >= THIN_AFTER << (p.patience & 15) && p.thin < MAX_THIN {
+            p.thin += 1;
+        }
     } else {
+        p.short_streak = 0;
+        p.thin = 0;
         let counts = if generation() == 0 {
             &OFFCPU_COUNTS_0
         } else {
@@ -197,7 +253,28 @@ fn switch_out(ctx: &BtfTracePointContext) {
             return;
         }
     }
+    // The cap counts the switch-outs looked at (thinned ones too): it
+    // bounds this path's cost whatever the threads do.
     rate.taken += 1;
+    // SAFETY: the helper takes no arguments and returns the current task
+    // as a trusted BTF pointer, which task storage helpers accept.
+    let current = unsafe { bpf_get_current_task_btf() };
+    let Some(p) = OFFCPU_PARKED.get_or_create(current) else {
+        count(OffCpuCounter::PendingFull);
+        return;
+    };
+    if p.thin > 0 {
+        p.skipped += 1;
+        if p.skipped < 1 << (p.thin & 7) {
+            // SAFETY: the helper takes no arguments and only reads the clock.
+            let now = unsafe { bpf_ktime_get_ns() };
+            p.thinned_since = [now as u32, (now >> 32) as u32];
+            p.parked = THINNED;
+            count(OffCpuCounter::Thinned);
+            return;
+        }
+    }
+    p.skipped = 0;
     count(OffCpuCounter::Taken);
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     announce_new(tgid, &comm);
@@ -225,17 +302,9 @@ fn switch_out(ctx: &BtfTracePointContext) {
         count(OffCpuCounter::PendingFull);
         return;
     }
-    // SAFETY: the helper takes no arguments and returns the current task
-    // as a trusted BTF pointer, which task storage helpers accept.
-    let current = unsafe { bpf_get_current_task_btf() };
-    let Some(p) = OFFCPU_PARKED.get_or_create(current) else {
-        count(OffCpuCounter::PendingFull);
-        let _ = OFFCPU_PENDING.remove(tid);
-        return;
-    };
     p.pending = pending;
     p.tid = tid;
-    p.parked = 1;
+    p.parked = WALKED;
 }
 
 /// One context switch. Entry points call this.

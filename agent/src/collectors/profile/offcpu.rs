@@ -127,7 +127,9 @@ pub fn prepare(
                 "sonde_profile_offcpu_events_total",
                 "Off-CPU profiler events, by event: taken (a stack taken as a thread \
                  left the CPU), capped (not taken: per-CPU rate cap), short (block under \
-                 the threshold), counted, pending_full, counts_map_full, task_read.",
+                 the threshold), thinned (timed without a stack: the thread's blocks kept \
+                 being short), thinned_long (a thinned block proved long: not in the \
+                 profile), counted, pending_full, counts_map_full, task_read.",
             ),
             &["event"],
         )
