@@ -21,19 +21,10 @@ pub fn parse_folded(text: &str) -> Folded {
         .collect()
 }
 
-/// `sonde profile --pid PID --duration D --format folded`, parsed.
-pub fn folded(agent: &Agent, pid: u32, duration: &str) -> Folded {
-    let p = pid.to_string();
-    let args = [
-        "profile",
-        "--pid",
-        &p,
-        "--duration",
-        duration,
-        "--format",
-        "folded",
-    ];
-    let out = agent.cli(&args);
+/// `sonde ARGS`' standard output; fails the test, with the agent's log,
+/// when the command fails.
+pub fn cli_ok(agent: &Agent, args: &[&str]) -> Vec<u8> {
+    let out = agent.cli(args);
     assert!(
         out.status.success(),
         "sonde {args:?} failed ({}): {}\nagent log:\n{}",
@@ -41,7 +32,29 @@ pub fn folded(agent: &Agent, pid: u32, duration: &str) -> Folded {
         String::from_utf8_lossy(&out.stderr),
         agent.log()
     );
-    parse_folded(&String::from_utf8(out.stdout).expect("utf-8 folded output"))
+    out.stdout
+}
+
+/// `sonde ARGS` (a `--format folded` profile), parsed.
+pub fn folded_of(agent: &Agent, args: &[&str]) -> Folded {
+    parse_folded(&String::from_utf8(cli_ok(agent, args)).expect("utf-8 folded output"))
+}
+
+/// `sonde profile --pid PID --duration D --format folded`, parsed.
+pub fn folded(agent: &Agent, pid: u32, duration: &str) -> Folded {
+    let p = pid.to_string();
+    folded_of(
+        agent,
+        &[
+            "profile",
+            "--pid",
+            &p,
+            "--duration",
+            duration,
+            "--format",
+            "folded",
+        ],
+    )
 }
 
 /// (samples whose stack satisfies `ok`, all samples).

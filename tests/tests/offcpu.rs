@@ -13,13 +13,31 @@ use std::{
 
 use sonde_tests::{
     Agent, exclusive, metric_value,
-    stacks::parse_folded,
+    stacks::{folded_of, parse_folded},
     workload::{Workload, build_c},
 };
 
 /// Stacks taken per CPU per second: high, so that the rest of a busy test
 /// machine does not push the workload's blocks past the cap.
 const CONFIG: &str = "[collectors.profile]\noff_cpu = true\noff_cpu_max_rate = 100000\n";
+
+/// `sonde profile --pid PID --off-cpu --duration D --format folded`,
+/// parsed (nanoseconds blocked per stack).
+fn offcpu_folded(agent: &Agent, pid: &str, duration: &str) -> Vec<(Vec<String>, u64)> {
+    folded_of(
+        agent,
+        &[
+            "profile",
+            "--pid",
+            pid,
+            "--off-cpu",
+            "--duration",
+            duration,
+            "--format",
+            "folded",
+        ],
+    )
+}
 
 /// Time `pid`'s threads ran on a CPU, in ns (/proc/PID/schedstat).
 fn cpu_ns(pid: u32) -> u64 {
@@ -70,24 +88,8 @@ fn blocked_time_goes_to_the_blocking_stack_and_adds_up_to_wall_minus_cpu() {
     let pid = wl.pid().to_string();
     wait_for_unwound_stacks(&agent, &pid, "main;sonde_wl_block");
     let (cpu0, t0) = (cpu_ns(wl.pid()), Instant::now());
-    let out = agent.cli(&[
-        "profile",
-        "--pid",
-        &pid,
-        "--off-cpu",
-        "--duration",
-        "6s",
-        "--format",
-        "folded",
-    ]);
+    let stacks = offcpu_folded(&agent, &pid, "6s");
     let (cpu1, wall) = (cpu_ns(wl.pid()), t0.elapsed());
-    assert!(
-        out.status.success(),
-        "sonde profile --off-cpu failed: {}\nagent log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.log()
-    );
-    let stacks = parse_folded(&String::from_utf8(out.stdout).expect("utf-8"));
     let total: u64 = stacks.iter().map(|s| s.1).sum();
     let blocking: u64 = stacks
         .iter()
@@ -182,24 +184,8 @@ fn thinning_short_blocks_keeps_the_long_ones_that_follow_them() {
         agent.metrics()
     );
     let before = self_timed_ns(&file);
-    let out = agent.cli(&[
-        "profile",
-        "--pid",
-        &pid,
-        "--off-cpu",
-        "--duration",
-        "5s",
-        "--format",
-        "folded",
-    ]);
+    let stacks = offcpu_folded(&agent, &pid, "5s");
     let after = self_timed_ns(&file);
-    assert!(
-        out.status.success(),
-        "sonde profile --off-cpu failed: {}\nagent log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        agent.log()
-    );
-    let stacks = parse_folded(&String::from_utf8(out.stdout).expect("utf-8"));
     let long: u64 = stacks
         .iter()
         .filter(|(f, _)| f.join(";").contains("main;burst_[i];sonde_wl_block"))

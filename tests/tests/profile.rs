@@ -10,7 +10,7 @@ use std::{
 
 use sonde_tests::{
     Agent, exclusive, metric_value,
-    stacks::folded,
+    stacks::{cli_ok, folded},
     workload::{Workload, build_c},
 };
 
@@ -26,18 +26,6 @@ fn workload(mode: &str, secs: &str) -> Workload {
 
 /// The service name the agent gives the workload (its executable's name).
 const SERVICE: &str = "profile_abc-O1gfnoomitframepointer";
-
-fn run_ok(agent: &Agent, args: &[&str]) -> Vec<u8> {
-    let out = agent.cli(args);
-    assert!(
-        out.status.success(),
-        "sonde {args:?} failed ({}): {}\nagent log:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        agent.log()
-    );
-    out.stdout
-}
 
 #[test]
 fn folded_shows_the_call_chain_and_pprof_decodes_with_lines() {
@@ -63,7 +51,7 @@ fn folded_shows_the_call_chain_and_pprof_decodes_with_lines() {
     // The same samples as pprof (the retained window holds them).
     let file = agent.dir.path().join("p.pb.gz");
     let p = wl.pid().to_string();
-    run_ok(
+    cli_ok(
         &agent,
         &[
             "profile",
@@ -119,7 +107,7 @@ fn folded_shows_the_call_chain_and_pprof_decodes_with_lines() {
     );
 
     // svg and top render the same profile.
-    let svg = run_ok(
+    let svg = cli_ok(
         &agent,
         &["profile", "--pid", &p, "--last", "--format", "svg"],
     );
@@ -128,7 +116,7 @@ fn folded_shows_the_call_chain_and_pprof_decodes_with_lines() {
         svg.contains("<svg") && svg.contains("sonde_wl_b"),
         "svg: {svg:.300}"
     );
-    let top = run_ok(
+    let top = cli_ok(
         &agent,
         &["profile", "--pid", &p, "--last", "--format", "top"],
     );
@@ -201,7 +189,7 @@ fn sample_count_matches_cpu_time_at_19_hz() {
     let readings = record_cpu(wl.pid(), stop.clone());
     let file = agent.dir.path().join("window.pb.gz");
     let p = wl.pid().to_string();
-    run_ok(
+    cli_ok(
         &agent,
         &[
             "profile",
